@@ -1,0 +1,319 @@
+//! proto <-> domain. Invalid enum values and missing required messages are
+//! reported as [`InvalidRequest`] naming the field.
+
+use std::path::PathBuf;
+use std::time::{Duration, UNIX_EPOCH};
+
+use super::proto;
+use crate::pipeline::event::{CheckResult, Event, EventKind, Failure, Outcome, ProbeResult, Stage};
+use crate::pipeline::model::{
+    BuildOptions, DeployRequest, HealthCheckSpec, Ingress, InvalidRequest, PreflightRequest,
+    RollbackPolicy, RuntimeSettings, SecretEnv, SourceSpec, Target, VerifyRequest, VpcEgress,
+};
+
+fn target(t: Option<proto::Target>) -> Result<Target, InvalidRequest> {
+    let t = t.ok_or_else(|| InvalidRequest::new("target", "is required"))?;
+    Ok(Target {
+        project: t.project,
+        region: t.region,
+        service: t.service,
+    })
+}
+
+fn ingress(v: i32, field: &'static str) -> Result<Option<Ingress>, InvalidRequest> {
+    match proto::Ingress::try_from(v) {
+        Ok(proto::Ingress::Unspecified) => Ok(None),
+        Ok(proto::Ingress::All) => Ok(Some(Ingress::All)),
+        Ok(proto::Ingress::InternalOnly) => Ok(Some(Ingress::InternalOnly)),
+        Ok(proto::Ingress::InternalLoadBalancer) => Ok(Some(Ingress::InternalLoadBalancer)),
+        Err(_) => Err(InvalidRequest::new(field, format!("unknown value {v}"))),
+    }
+}
+
+fn egress(v: i32, field: &'static str) -> Result<Option<VpcEgress>, InvalidRequest> {
+    match proto::VpcEgress::try_from(v) {
+        Ok(proto::VpcEgress::Unspecified) => Ok(None),
+        Ok(proto::VpcEgress::PrivateRangesOnly) => Ok(Some(VpcEgress::PrivateRangesOnly)),
+        Ok(proto::VpcEgress::AllTraffic) => Ok(Some(VpcEgress::AllTraffic)),
+        Err(_) => Err(InvalidRequest::new(field, format!("unknown value {v}"))),
+    }
+}
+
+fn nonzero(v: u32) -> Option<u32> {
+    (v != 0).then_some(v)
+}
+
+fn nonempty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+fn build_options(b: Option<proto::BuildOptions>) -> BuildOptions {
+    let d = BuildOptions::default();
+    let Some(b) = b else { return d };
+    BuildOptions {
+        machine_type: nonempty(b.machine_type).unwrap_or(d.machine_type),
+        timeout: nonzero(b.timeout_seconds)
+            .map(|s| Duration::from_secs(s.into()))
+            .unwrap_or(d.timeout),
+        step_timeout: nonzero(b.step_timeout_seconds)
+            .map(|s| Duration::from_secs(s.into()))
+            .unwrap_or(d.step_timeout),
+        max_attempts: nonzero(b.max_attempts).unwrap_or(d.max_attempts),
+        repository: nonempty(b.repository).unwrap_or(d.repository),
+    }
+}
+
+/// Health settings shared by DeployRequest.health_check and VerifyRequest.
+pub fn health(
+    path: String,
+    attempts: u32,
+    timeout_ms: u32,
+    statuses: Vec<u32>,
+    base_delay_ms: u32,
+    expect_body: String,
+    field: &'static str,
+) -> Result<HealthCheckSpec, InvalidRequest> {
+    let d = HealthCheckSpec::default();
+    let accepted_statuses = if statuses.is_empty() {
+        d.accepted_statuses
+    } else {
+        statuses
+            .into_iter()
+            .map(|s| {
+                u16::try_from(s)
+                    .map_err(|_| InvalidRequest::new(field, format!("{s} is not an HTTP status")))
+            })
+            .collect::<Result<_, _>>()?
+    };
+    Ok(HealthCheckSpec {
+        path: nonempty(path).unwrap_or(d.path),
+        attempts: nonzero(attempts).unwrap_or(d.attempts),
+        timeout: nonzero(timeout_ms)
+            .map(|ms| Duration::from_millis(ms.into()))
+            .unwrap_or(d.timeout),
+        accepted_statuses,
+        base_delay: nonzero(base_delay_ms)
+            .map(|ms| Duration::from_millis(ms.into()))
+            .unwrap_or(d.base_delay),
+        expect_body: nonempty(expect_body),
+    })
+}
+
+pub fn deploy_request(
+    r: proto::DeployRequest,
+    default_health_delay: Duration,
+) -> Result<DeployRequest, InvalidRequest> {
+    let source = r
+        .source
+        .ok_or_else(|| InvalidRequest::new("source", "is required"))?;
+    let source = match source.kind {
+        Some(proto::source::Kind::LocalPath(p)) => SourceSpec::LocalPath(PathBuf::from(p)),
+        Some(proto::source::Kind::GitUrl(url)) => SourceSpec::Git {
+            url,
+            git_ref: nonempty(source.git_ref),
+        },
+        None => return Err(InvalidRequest::new("source", "needs local_path or git_url")),
+    };
+    let rt = r.runtime.unwrap_or_default();
+    let runtime = RuntimeSettings {
+        env: rt.env.into_iter().collect(),
+        secrets: rt
+            .secrets
+            .into_iter()
+            .map(|s| SecretEnv {
+                env_name: s.env_name,
+                secret: s.secret,
+                version: s.version,
+            })
+            .collect(),
+        cpu: nonempty(rt.cpu),
+        memory: nonempty(rt.memory),
+        min_instances: nonzero(rt.min_instances),
+        max_instances: nonzero(rt.max_instances),
+        concurrency: nonzero(rt.concurrency),
+        request_timeout: nonzero(rt.request_timeout_seconds).map(|s| Duration::from_secs(s.into())),
+        service_account: nonempty(rt.service_account),
+        ingress: ingress(rt.ingress, "runtime.ingress")?,
+        vpc_egress: egress(rt.vpc_egress, "runtime.vpc_egress")?,
+        vpc_connector: nonempty(rt.vpc_connector),
+        allow_unauthenticated: rt.allow_unauthenticated,
+        container_port: u16::try_from(rt.container_port)
+            .map_err(|_| InvalidRequest::new("runtime.container_port", "must be a TCP port"))?,
+    };
+    let h = r.health_check.unwrap_or_default();
+    let base_delay_ms = if h.base_delay_ms == 0 {
+        u32::try_from(default_health_delay.as_millis()).unwrap_or(u32::MAX)
+    } else {
+        h.base_delay_ms
+    };
+    let health = health(
+        h.path,
+        h.attempts,
+        h.timeout_ms,
+        h.accepted_statuses,
+        base_delay_ms,
+        h.expect_body,
+        "health_check",
+    )?;
+    let rollback = match proto::RollbackPolicy::try_from(r.rollback_policy) {
+        Ok(_) => RollbackPolicy::Recommend,
+        Err(_) => {
+            return Err(InvalidRequest::new(
+                "rollback_policy",
+                format!("unknown value {}", r.rollback_policy),
+            ))
+        }
+    };
+    Ok(DeployRequest {
+        target: target(r.target)?,
+        source,
+        runtime,
+        build: build_options(r.build),
+        health,
+        rollback,
+    })
+}
+
+pub fn preflight_request(r: proto::PreflightRequest) -> Result<PreflightRequest, InvalidRequest> {
+    Ok(PreflightRequest {
+        target: target(r.target)?,
+        service_account: nonempty(r.service_account),
+        ingress: ingress(r.ingress, "ingress")?,
+        vpc_egress: egress(r.vpc_egress, "vpc_egress")?,
+        build: build_options(Some(proto::BuildOptions {
+            repository: r.repository,
+            ..Default::default()
+        })),
+    })
+}
+
+pub fn verify_request(
+    r: proto::VerifyRequest,
+    default_delay: Duration,
+) -> Result<VerifyRequest, InvalidRequest> {
+    let base_delay_ms = if r.base_delay_ms == 0 {
+        u32::try_from(default_delay.as_millis()).unwrap_or(u32::MAX)
+    } else {
+        r.base_delay_ms
+    };
+    Ok(VerifyRequest {
+        url: r.url,
+        health: health(
+            r.health_path,
+            r.attempts,
+            r.timeout_ms,
+            r.accepted_statuses,
+            base_delay_ms,
+            r.expect_body,
+            "health_path",
+        )?,
+    })
+}
+
+pub fn stage(s: Stage) -> proto::Stage {
+    match s {
+        Stage::Source => proto::Stage::Source,
+        Stage::Analyze => proto::Stage::Analyze,
+        Stage::Preflight => proto::Stage::Preflight,
+        Stage::Build => proto::Stage::Build,
+        Stage::Deploy => proto::Stage::Deploy,
+        Stage::Verify => proto::Stage::Verify,
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn check(c: CheckResult) -> proto::Check {
+    proto::Check {
+        name: c.name.to_string(),
+        ok: c.ok,
+        detail: c.detail,
+        remediation: c.remediation,
+        inconclusive: c.inconclusive,
+    }
+}
+
+fn failure(f: Failure) -> proto::Failure {
+    proto::Failure {
+        code: f.code,
+        message: f.message,
+        retriable: f.retriable,
+        remediation: f.remediation,
+    }
+}
+
+fn probe(p: ProbeResult) -> proto::Probe {
+    proto::Probe {
+        attempt: p.attempt,
+        url: p.url,
+        status_code: p.status.map(u32::from).unwrap_or(0),
+        response_time_ms: ms(p.response_time),
+        healthy: p.healthy,
+        error: p.error.unwrap_or_default(),
+    }
+}
+
+fn outcome(o: Outcome) -> proto::Outcome {
+    proto::Outcome {
+        success: o.success,
+        url: o.url,
+        verified: o.verified,
+        response_time_ms: o.response_time.map(ms).unwrap_or(0.0),
+        should_rollback: o.should_rollback,
+        error: o.error.map(failure),
+        checks: o.checks.into_iter().map(check).collect(),
+        revision: o.revision,
+        previous_revision: o.previous_revision,
+        image: o.image,
+        build_id: o.build_id,
+        failed_stage: o
+            .failed_stage
+            .map(stage)
+            .unwrap_or(proto::Stage::Unspecified)
+            .into(),
+        source_commit: o.source_commit,
+    }
+}
+
+pub fn event(e: Event) -> proto::Event {
+    use proto::event::Kind;
+    let kind = match e.kind {
+        EventKind::StageStarted => Kind::StageStarted(proto::StageStarted {}),
+        EventKind::StageFinished { ok, duration } => Kind::StageFinished(proto::StageFinished {
+            ok,
+            duration_ms: ms(duration),
+        }),
+        EventKind::Progress(message) => Kind::Progress(proto::Progress { message }),
+        EventKind::Log(line) => Kind::Log(proto::LogLine { line }),
+        EventKind::Check(c) => Kind::Check(check(c)),
+        EventKind::Probe(p) => Kind::Probe(probe(p)),
+        EventKind::Retry {
+            operation,
+            attempt,
+            delay,
+            reason,
+        } => Kind::Retry(proto::Retry {
+            operation,
+            attempt,
+            delay_ms: ms(delay),
+            reason,
+        }),
+        EventKind::Outcome(o) => Kind::Outcome(outcome(*o)),
+    };
+    let since = e.time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    proto::Event {
+        deployment_id: e.deployment_id,
+        stage: e
+            .stage
+            .map(stage)
+            .unwrap_or(proto::Stage::Unspecified)
+            .into(),
+        time: Some(prost_types::Timestamp {
+            seconds: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+            nanos: i32::try_from(since.subsec_nanos()).unwrap_or(0),
+        }),
+        kind: Some(kind),
+    }
+}

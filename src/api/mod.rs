@@ -1,0 +1,137 @@
+//! The gRPC edge: the tonic service for `deployd.v1.Deployer`, health and
+//! reflection, proto <-> domain conversion, and the one place where domain
+//! errors become `tonic::Status`. Handlers are thin: extract, convert, start
+//! the pipeline, stream its events back.
+
+pub mod convert;
+
+pub mod proto {
+    #![allow(clippy::all)]
+    tonic::include_proto!("deployd.v1");
+
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("deployd_descriptor");
+}
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::{Request, Response, Status};
+
+use crate::pipeline::event::Reporter;
+use crate::pipeline::model::InvalidRequest;
+use crate::pipeline::Pipeline;
+use crate::telemetry::metrics;
+use proto::deployer_server::{Deployer, DeployerServer};
+
+/// Buffered events per run; a slow client slows its run, not others.
+const EVENT_BUFFER: usize = 256;
+
+pub struct DeployerService {
+    pipeline: Arc<Pipeline>,
+    runs: TaskTracker,
+    shutdown: CancellationToken,
+    /// First verify backoff when the request leaves it unset.
+    health_base_delay: Duration,
+}
+
+impl DeployerService {
+    pub fn new(
+        pipeline: Arc<Pipeline>,
+        runs: TaskTracker,
+        shutdown: CancellationToken,
+        health_base_delay: Duration,
+    ) -> Self {
+        Self {
+            pipeline,
+            runs,
+            shutdown,
+            health_base_delay,
+        }
+    }
+
+    pub fn into_server(self) -> DeployerServer<Self> {
+        DeployerServer::new(self)
+    }
+
+    /// Starts a run detached from the request: it finishes (or is cancelled
+    /// cleanly when the client goes away or the daemon stops) and logs and
+    /// counts its outcome either way.
+    fn start<F, Fut>(&self, method: &'static str, run: F) -> EventStream
+    where
+        F: FnOnce(Arc<Pipeline>, Reporter, CancellationToken) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        let id = uuid::Uuid::new_v4().to_string();
+        let cancel = self.shutdown.child_token();
+        let fut = run(self.pipeline.clone(), Reporter::new(id, tx), cancel.clone());
+        self.runs.spawn(fut);
+        metrics::grpc_request(method, "OK");
+        // Dropping the response stream (client gone) cancels the run.
+        let guard = cancel.drop_guard();
+        Box::pin(ReceiverStream::new(rx).map(move |e| {
+            let _keep = &guard;
+            Ok(convert::event(e))
+        }))
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<proto::Event, Status>> + Send>>;
+
+/// The one conversion from domain errors to gRPC status.
+fn invalid(method: &'static str, e: InvalidRequest) -> Status {
+    metrics::grpc_request(method, "INVALID_ARGUMENT");
+    Status::invalid_argument(format!("{}: {}", e.field, e.reason))
+}
+
+#[tonic::async_trait]
+impl Deployer for DeployerService {
+    type PreflightStream = EventStream;
+    type DeployStream = EventStream;
+    type VerifyStream = EventStream;
+
+    async fn preflight(
+        &self,
+        request: Request<proto::PreflightRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        const M: &str = "Preflight";
+        let req = convert::preflight_request(request.into_inner()).map_err(|e| invalid(M, e))?;
+        req.validate().map_err(|e| invalid(M, e))?;
+        Ok(Response::new(self.start(M, move |p, r, c| async move {
+            p.preflight(req, r, c).await;
+        })))
+    }
+
+    async fn deploy(
+        &self,
+        request: Request<proto::DeployRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        const M: &str = "Deploy";
+        let req = convert::deploy_request(request.into_inner(), self.health_base_delay)
+            .map_err(|e| invalid(M, e))?;
+        req.validate().map_err(|e| invalid(M, e))?;
+        Ok(Response::new(self.start(M, move |p, r, c| async move {
+            p.deploy(req, r, c).await;
+        })))
+    }
+
+    async fn verify(
+        &self,
+        request: Request<proto::VerifyRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        const M: &str = "Verify";
+        let req = convert::verify_request(request.into_inner(), self.health_base_delay)
+            .map_err(|e| invalid(M, e))?;
+        req.validate().map_err(|e| invalid(M, e))?;
+        Ok(Response::new(self.start(M, move |p, r, c| async move {
+            p.verify(req, r, c).await;
+        })))
+    }
+}

@@ -1,0 +1,497 @@
+//! The command line: `serve` runs the daemon; `deploy`, `preflight` and
+//! `verify` are gRPC clients of it that render the event stream. With
+//! `--sandbox`, a client command starts its own daemon and sandbox on
+//! loopback first, so one process does the whole job.
+
+mod render;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::proto::{self, deployer_client::DeployerClient};
+use crate::config::*;
+use crate::daemon;
+use crate::sandbox::{SandboxConfig, DEFAULT_PROJECT};
+use crate::telemetry::{self, LogFormat};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "deployd",
+    version,
+    about = "Source to a running, verified Cloud Run service"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon.
+    Serve(ServeArgs),
+    /// Deploy a source directory or git repository to Cloud Run.
+    Deploy(DeployArgs),
+    /// Check that a project is ready for deploys.
+    Preflight(PreflightArgs),
+    /// Probe a URL until it is healthy.
+    Verify(VerifyArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    #[arg(long, env = ENV_LISTEN, default_value = DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    #[arg(long, env = ENV_METRICS_LISTEN, default_value = DEFAULT_METRICS_LISTEN)]
+    metrics_listen: SocketAddr,
+    /// Serve against an embedded GCP sandbox instead of Google.
+    #[arg(long, conflicts_with = "gcp_endpoint")]
+    sandbox: bool,
+    /// With --sandbox: where the sandbox listens (default: an ephemeral port).
+    #[arg(long, requires = "sandbox")]
+    sandbox_listen: Option<SocketAddr>,
+    /// Send every Google API call to this base URL (an emulator); no credentials.
+    #[arg(long, env = ENV_GCP_ENDPOINT)]
+    gcp_endpoint: Option<String>,
+    #[command(flatten)]
+    tuning: Tuning,
+}
+
+/// Daemon settings shared by `serve` and the embedded mode.
+#[derive(Args, Debug, Clone)]
+struct Tuning {
+    /// First backoff delay of retries, doubling after each.
+    #[arg(long, env = ENV_RETRY_BASE_DELAY_MS, default_value_t = 2000)]
+    retry_base_delay_ms: u64,
+    /// How often running builds and operations are polled.
+    #[arg(long, env = ENV_POLL_INTERVAL_MS)]
+    poll_interval_ms: Option<u64>,
+    /// Where git sources are cloned.
+    #[arg(long, env = ENV_WORK_DIR)]
+    work_dir: Option<PathBuf>,
+    /// IAM member used in remediation commands, e.g. user:me@example.com.
+    #[arg(long, env = ENV_CALLER_MEMBER, default_value = "user:YOUR_EMAIL")]
+    caller_member: String,
+}
+
+/// Which daemon a client command talks to.
+#[derive(Args, Debug, Clone)]
+struct Connect {
+    /// A running daemon.
+    #[arg(long, env = ENV_SERVER, conflicts_with = "sandbox")]
+    server: Option<String>,
+    /// Start an embedded daemon and GCP sandbox in this process.
+    #[arg(long)]
+    sandbox: bool,
+    /// One JSON object per event on stdout.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    tuning: Tuning,
+}
+
+#[derive(Args, Debug, Clone)]
+struct TargetArgs {
+    /// Google Cloud project id (default with --sandbox: the sandbox's project).
+    #[arg(long, env = ENV_PROJECT)]
+    project: Option<String>,
+    #[arg(long, env = ENV_REGION, default_value = "us-central1")]
+    region: String,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum IngressArg {
+    All,
+    Internal,
+    InternalAndCloudLoadBalancing,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum EgressArg {
+    PrivateRangesOnly,
+    AllTraffic,
+}
+
+#[derive(Args, Debug)]
+struct DeployArgs {
+    /// Source directory (omit with --git-url).
+    #[arg(required_unless_present = "git_url")]
+    path: Option<PathBuf>,
+    #[arg(long, conflicts_with = "path")]
+    git_url: Option<String>,
+    #[arg(long, requires = "git_url")]
+    git_ref: Option<String>,
+    #[arg(long)]
+    service: String,
+    #[command(flatten)]
+    target: TargetArgs,
+    /// KEY=VALUE, repeatable.
+    #[arg(long = "env", value_parser = parse_kv)]
+    env: Vec<(String, String)>,
+    /// ENV=SECRET[:VERSION], repeatable.
+    #[arg(long = "secret", value_parser = parse_kv)]
+    secrets: Vec<(String, String)>,
+    #[arg(long)]
+    cpu: Option<String>,
+    #[arg(long)]
+    memory: Option<String>,
+    #[arg(long)]
+    min_instances: Option<u32>,
+    #[arg(long)]
+    max_instances: Option<u32>,
+    #[arg(long)]
+    concurrency: Option<u32>,
+    /// Request timeout in seconds.
+    #[arg(long)]
+    timeout: Option<u32>,
+    #[arg(long)]
+    service_account: Option<String>,
+    #[arg(long, value_enum)]
+    ingress: Option<IngressArg>,
+    #[arg(long)]
+    vpc_connector: Option<String>,
+    #[arg(long, value_enum)]
+    vpc_egress: Option<EgressArg>,
+    /// Make the service public (roles/run.invoker for allUsers).
+    #[arg(long)]
+    allow_unauthenticated: bool,
+    #[arg(long)]
+    port: Option<u32>,
+    #[arg(long)]
+    machine_type: Option<String>,
+    /// Build timeout in seconds.
+    #[arg(long)]
+    build_timeout: Option<u32>,
+    #[arg(long)]
+    build_attempts: Option<u32>,
+    #[arg(long)]
+    repository: Option<String>,
+    #[arg(long, default_value = "/")]
+    health_path: String,
+    #[arg(long)]
+    health_attempts: Option<u32>,
+    #[command(flatten)]
+    connect: Connect,
+}
+
+#[derive(Args, Debug)]
+struct PreflightArgs {
+    #[arg(long, default_value = "")]
+    service: String,
+    #[command(flatten)]
+    target: TargetArgs,
+    #[arg(long)]
+    service_account: Option<String>,
+    #[arg(long, value_enum)]
+    ingress: Option<IngressArg>,
+    #[arg(long, value_enum)]
+    vpc_egress: Option<EgressArg>,
+    #[arg(long)]
+    repository: Option<String>,
+    #[command(flatten)]
+    connect: Connect,
+}
+
+#[derive(Args, Debug)]
+struct VerifyArgs {
+    url: String,
+    #[arg(long, default_value = "/")]
+    path: String,
+    #[arg(long)]
+    attempts: Option<u32>,
+    #[arg(long)]
+    timeout_ms: Option<u32>,
+    #[arg(long)]
+    expect_body: Option<String>,
+    /// Accepted status codes, repeatable (default 200, 204, 301, 302).
+    #[arg(long = "status")]
+    statuses: Vec<u32>,
+    #[command(flatten)]
+    connect: Connect,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+impl Tuning {
+    fn daemon_config(&self, backend: Backend) -> DaemonConfig {
+        let d = DaemonConfig::default();
+        let poll = self
+            .poll_interval_ms
+            .map(Duration::from_millis)
+            .unwrap_or(match backend {
+                // The sandbox finishes operations in fractions of a second.
+                Backend::EmbeddedSandbox | Backend::Endpoint(_) => Duration::from_millis(100),
+                Backend::Google => d.poll_interval,
+            });
+        DaemonConfig {
+            backend,
+            retry_base_delay: Duration::from_millis(self.retry_base_delay_ms),
+            poll_interval: poll,
+            work_dir: self.work_dir.clone().unwrap_or(d.work_dir.clone()),
+            caller_member: self.caller_member.clone(),
+            ..d
+        }
+    }
+}
+
+fn ingress(i: Option<IngressArg>) -> i32 {
+    match i {
+        None => proto::Ingress::Unspecified,
+        Some(IngressArg::All) => proto::Ingress::All,
+        Some(IngressArg::Internal) => proto::Ingress::InternalOnly,
+        Some(IngressArg::InternalAndCloudLoadBalancing) => proto::Ingress::InternalLoadBalancer,
+    }
+    .into()
+}
+
+fn egress(e: Option<EgressArg>) -> i32 {
+    match e {
+        None => proto::VpcEgress::Unspecified,
+        Some(EgressArg::PrivateRangesOnly) => proto::VpcEgress::PrivateRangesOnly,
+        Some(EgressArg::AllTraffic) => proto::VpcEgress::AllTraffic,
+    }
+    .into()
+}
+
+fn project(t: &TargetArgs, c: &Connect) -> anyhow::Result<String> {
+    match (&t.project, c.sandbox) {
+        (Some(p), _) => Ok(p.clone()),
+        (None, true) => Ok(DEFAULT_PROJECT.into()),
+        (None, false) => bail!("--project (or {ENV_PROJECT}) is required"),
+    }
+}
+
+/// Runs the CLI; returns the process exit code.
+pub async fn main() -> anyhow::Result<i32> {
+    let cli = Cli::parse();
+    // Client commands print the event stream; the embedded daemon's own logs
+    // would only interleave with it.
+    let level = if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    telemetry::init_logging(cli.log_format, level);
+    match cli.command {
+        Command::Serve(a) => serve(a).await,
+        Command::Deploy(a) => {
+            let local_path = match &a.path {
+                Some(p) => Some(
+                    std::fs::canonicalize(p)
+                        .with_context(|| format!("source directory {}", p.display()))?
+                        .display()
+                        .to_string(),
+                ),
+                None => None,
+            };
+            let kind = match (local_path, &a.git_url) {
+                (Some(p), _) => proto::source::Kind::LocalPath(p),
+                (None, Some(u)) => proto::source::Kind::GitUrl(u.clone()),
+                (None, None) => bail!("a source path or --git-url is required"),
+            };
+            let secrets = a
+                .secrets
+                .iter()
+                .map(|(env, spec)| {
+                    let (secret, version) = spec.split_once(':').unwrap_or((spec, ""));
+                    proto::SecretEnv {
+                        env_name: env.clone(),
+                        secret: secret.into(),
+                        version: version.into(),
+                    }
+                })
+                .collect();
+            let req = proto::DeployRequest {
+                target: Some(proto::Target {
+                    project: project(&a.target, &a.connect)?,
+                    region: a.target.region.clone(),
+                    service: a.service.clone(),
+                }),
+                source: Some(proto::Source {
+                    kind: Some(kind),
+                    git_ref: a.git_ref.clone().unwrap_or_default(),
+                }),
+                runtime: Some(proto::RuntimeSettings {
+                    env: a.env.iter().cloned().collect::<HashMap<_, _>>(),
+                    secrets,
+                    cpu: a.cpu.clone().unwrap_or_default(),
+                    memory: a.memory.clone().unwrap_or_default(),
+                    min_instances: a.min_instances.unwrap_or(0),
+                    max_instances: a.max_instances.unwrap_or(0),
+                    concurrency: a.concurrency.unwrap_or(0),
+                    request_timeout_seconds: a.timeout.unwrap_or(0),
+                    service_account: a.service_account.clone().unwrap_or_default(),
+                    ingress: ingress(a.ingress),
+                    vpc_egress: egress(a.vpc_egress),
+                    vpc_connector: a.vpc_connector.clone().unwrap_or_default(),
+                    allow_unauthenticated: a.allow_unauthenticated,
+                    container_port: a.port.unwrap_or(0),
+                }),
+                build: Some(proto::BuildOptions {
+                    machine_type: a.machine_type.clone().unwrap_or_default(),
+                    timeout_seconds: a.build_timeout.unwrap_or(0),
+                    step_timeout_seconds: 0,
+                    max_attempts: a.build_attempts.unwrap_or(0),
+                    repository: a.repository.clone().unwrap_or_default(),
+                }),
+                health_check: Some(proto::HealthCheck {
+                    path: a.health_path.clone(),
+                    attempts: a.health_attempts.unwrap_or(0),
+                    ..Default::default()
+                }),
+                rollback_policy: proto::RollbackPolicy::Unspecified.into(),
+            };
+            run_client(&a.connect, |mut c| async move {
+                Ok(c.deploy(req).await?.into_inner())
+            })
+            .await
+        }
+        Command::Preflight(a) => {
+            let req = proto::PreflightRequest {
+                target: Some(proto::Target {
+                    project: project(&a.target, &a.connect)?,
+                    region: a.target.region.clone(),
+                    service: a.service.clone(),
+                }),
+                service_account: a.service_account.clone().unwrap_or_default(),
+                ingress: ingress(a.ingress),
+                vpc_egress: egress(a.vpc_egress),
+                repository: a.repository.clone().unwrap_or_default(),
+            };
+            run_client(&a.connect, |mut c| async move {
+                Ok(c.preflight(req).await?.into_inner())
+            })
+            .await
+        }
+        Command::Verify(a) => {
+            let req = proto::VerifyRequest {
+                url: a.url.clone(),
+                health_path: a.path.clone(),
+                attempts: a.attempts.unwrap_or(0),
+                timeout_ms: a.timeout_ms.unwrap_or(0),
+                accepted_statuses: a.statuses.clone(),
+                base_delay_ms: 0,
+                expect_body: a.expect_body.clone().unwrap_or_default(),
+            };
+            run_client(&a.connect, |mut c| async move {
+                Ok(c.verify(req).await?.into_inner())
+            })
+            .await
+        }
+    }
+}
+
+async fn serve(a: ServeArgs) -> anyhow::Result<i32> {
+    let backend = match (a.sandbox, &a.gcp_endpoint) {
+        (true, _) => Backend::EmbeddedSandbox,
+        (false, Some(url)) => Backend::Endpoint(url.clone()),
+        (false, None) => Backend::Google,
+    };
+    let config = DaemonConfig {
+        listen: a.listen,
+        metrics_listen: Some(a.metrics_listen),
+        ..a.tuning.daemon_config(backend)
+    };
+    let shutdown = CancellationToken::new();
+    let mut sandbox_config = SandboxConfig::default();
+    if let Some(addr) = a.sandbox_listen {
+        sandbox_config.projects = vec![DEFAULT_PROJECT.into()];
+        let _ = addr;
+    }
+    let running = daemon::start(config, sandbox_config, shutdown.clone()).await?;
+    if let Some(sb) = &running.sandbox {
+        eprintln!("sandbox: {} (project {DEFAULT_PROJECT})", sb.base_url());
+    }
+    eprintln!(
+        "deployd: gRPC on {}, metrics on {:?}",
+        running.grpc, running.metrics
+    );
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down: cancelling running deploys");
+        stop.cancel();
+    });
+    running.done.await.context("daemon task")??;
+    Ok(0)
+}
+
+type Events = tonic::Streaming<proto::Event>;
+
+/// Connects (starting an embedded daemon for --sandbox), calls, renders the
+/// stream; exit code 0 only when the outcome says success.
+async fn run_client<F, Fut>(c: &Connect, call: F) -> anyhow::Result<i32>
+where
+    F: FnOnce(DeployerClient<tonic::transport::Channel>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Events>>,
+{
+    let shutdown = CancellationToken::new();
+    let mut _embedded = None;
+    let url = if c.sandbox {
+        let config = DaemonConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics_listen: None,
+            ..c.tuning.daemon_config(Backend::EmbeddedSandbox)
+        };
+        let running = daemon::start(config, SandboxConfig::default(), shutdown.clone()).await?;
+        let url = format!("http://{}", running.grpc);
+        _embedded = Some(running);
+        url
+    } else {
+        c.server
+            .clone()
+            .unwrap_or_else(|| format!("http://{DEFAULT_LISTEN}"))
+    };
+    let client = DeployerClient::connect(url.clone())
+        .await
+        .with_context(|| format!("connecting to deployd at {url}"))?;
+    let mut stream = match call(client).await {
+        Ok(s) => s,
+        Err(e) => {
+            match e.downcast_ref::<tonic::Status>() {
+                Some(s) => eprintln!(
+                    "deployd refused the request: {:?}: {}",
+                    s.code(),
+                    s.message()
+                ),
+                None => eprintln!("deployd call failed: {e:#}"),
+            }
+            return Ok(2);
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    let mut success = None;
+    while let Some(event) = stream.message().await? {
+        if c.json {
+            writeln!(stdout, "{}", render::to_json(&event))?;
+        } else {
+            render::human(&mut stdout, &event)?;
+        }
+        stdout.flush()?;
+        if let Some(proto::event::Kind::Outcome(o)) = &event.kind {
+            success = Some(o.success);
+        }
+    }
+    shutdown.cancel();
+    Ok(match success {
+        Some(true) => 0,
+        Some(false) => 1,
+        None => {
+            eprintln!("the stream ended without an outcome");
+            2
+        }
+    })
+}

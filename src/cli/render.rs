@@ -1,0 +1,167 @@
+//! The event stream for people (stages, progress, checks, the outcome) and,
+//! with `--json`, one JSON object per event for scripts.
+
+use std::io::Write;
+
+use serde_json::{json, Value};
+
+use crate::api::proto::{self, event::Kind};
+
+pub fn stage_name(s: i32) -> &'static str {
+    match proto::Stage::try_from(s).unwrap_or(proto::Stage::Unspecified) {
+        proto::Stage::Unspecified => "",
+        proto::Stage::Source => "source",
+        proto::Stage::Analyze => "analyze",
+        proto::Stage::Preflight => "preflight",
+        proto::Stage::Build => "build",
+        proto::Stage::Deploy => "deploy",
+        proto::Stage::Verify => "verify",
+    }
+}
+
+fn check_json(c: &proto::Check) -> Value {
+    json!({"name": c.name, "ok": c.ok, "inconclusive": c.inconclusive, "detail": c.detail, "remediation": c.remediation})
+}
+
+/// One event as a JSON object (a line of `--json` output).
+pub fn to_json(e: &proto::Event) -> Value {
+    let time = e
+        .time
+        .as_ref()
+        .and_then(|t| {
+            chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
+        })
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default();
+    let (kind, data) = match &e.kind {
+        Some(Kind::StageStarted(_)) => ("stage_started", json!({})),
+        Some(Kind::StageFinished(f)) => (
+            "stage_finished",
+            json!({"ok": f.ok, "duration_ms": f.duration_ms}),
+        ),
+        Some(Kind::Progress(p)) => ("progress", json!({"message": p.message})),
+        Some(Kind::Log(l)) => ("log", json!({"line": l.line})),
+        Some(Kind::Check(c)) => ("check", check_json(c)),
+        Some(Kind::Probe(p)) => (
+            "probe",
+            json!({"attempt": p.attempt, "url": p.url, "status_code": p.status_code,
+                   "response_time_ms": p.response_time_ms, "healthy": p.healthy, "error": p.error}),
+        ),
+        Some(Kind::Retry(r)) => (
+            "retry",
+            json!({"operation": r.operation, "attempt": r.attempt, "delay_ms": r.delay_ms, "reason": r.reason}),
+        ),
+        Some(Kind::Outcome(o)) => (
+            "outcome",
+            json!({
+                "success": o.success, "url": o.url, "verified": o.verified, "response_time_ms": o.response_time_ms,
+                "should_rollback": o.should_rollback, "revision": o.revision, "previous_revision": o.previous_revision,
+                "image": o.image, "build_id": o.build_id, "failed_stage": stage_name(o.failed_stage),
+                "source_commit": o.source_commit,
+                "error": o.error.as_ref().map(|f| json!({"code": f.code, "message": f.message, "retriable": f.retriable, "remediation": f.remediation})),
+                "checks": o.checks.iter().map(check_json).collect::<Vec<_>>(),
+            }),
+        ),
+        None => ("unknown", json!({})),
+    };
+    json!({"deployment_id": e.deployment_id, "stage": stage_name(e.stage), "time": time, "kind": kind, "data": data})
+}
+
+/// Writes one event for a person.
+pub fn human(out: &mut impl Write, e: &proto::Event) -> std::io::Result<()> {
+    let stage = stage_name(e.stage);
+    match &e.kind {
+        Some(Kind::StageStarted(_)) => writeln!(out, "==> {stage}"),
+        Some(Kind::StageFinished(f)) => {
+            let mark = if f.ok { "ok" } else { "FAILED" };
+            writeln!(out, "    {stage} {mark} ({:.1}s)", f.duration_ms / 1000.0)
+        }
+        Some(Kind::Progress(p)) => writeln!(out, "    {}", p.message),
+        Some(Kind::Log(l)) => writeln!(out, "    | {}", l.line),
+        Some(Kind::Check(c)) => {
+            let mark = match (c.ok, c.inconclusive) {
+                (true, _) => "pass",
+                (false, true) => "????",
+                (false, false) => "FAIL",
+            };
+            writeln!(out, "    [{mark}] {}: {}", c.name, c.detail)?;
+            for r in &c.remediation {
+                writeln!(out, "           -> {r}")?;
+            }
+            Ok(())
+        }
+        Some(Kind::Probe(p)) => {
+            if p.healthy {
+                writeln!(
+                    out,
+                    "    probe {}: {} in {:.1} ms",
+                    p.attempt, p.status_code, p.response_time_ms
+                )
+            } else {
+                writeln!(
+                    out,
+                    "    probe {}: unhealthy ({}) after {:.1} ms",
+                    p.attempt, p.error, p.response_time_ms
+                )
+            }
+        }
+        Some(Kind::Retry(r)) => writeln!(
+            out,
+            "    retrying {} in {:.1}s (attempt {} failed: {})",
+            r.operation,
+            r.delay_ms / 1000.0,
+            r.attempt,
+            r.reason
+        ),
+        Some(Kind::Outcome(o)) => outcome(out, o),
+        None => Ok(()),
+    }
+}
+
+fn outcome(out: &mut impl Write, o: &proto::Outcome) -> std::io::Result<()> {
+    writeln!(out)?;
+    if o.success {
+        if o.url.is_empty() {
+            writeln!(out, "SUCCESS")?;
+        } else {
+            writeln!(
+                out,
+                "SUCCESS: {} verified in {:.1} ms",
+                o.url, o.response_time_ms
+            )?;
+        }
+        if !o.revision.is_empty() {
+            writeln!(out, "  revision: {}", o.revision)?;
+        }
+        if !o.image.is_empty() {
+            writeln!(out, "  image:    {}", o.image)?;
+        }
+        return Ok(());
+    }
+    let stage = stage_name(o.failed_stage);
+    match &o.error {
+        Some(f) => {
+            writeln!(out, "FAILED in {stage}: [{}] {}", f.code, f.message)?;
+            writeln!(
+                out,
+                "  retriable: {}",
+                if f.retriable { "yes" } else { "no" }
+            )?;
+            if !f.remediation.is_empty() {
+                writeln!(out, "  what to do:")?;
+                for (i, r) in f.remediation.iter().enumerate() {
+                    writeln!(out, "    {}. {r}", i + 1)?;
+                }
+            }
+        }
+        None => writeln!(out, "FAILED in {stage}")?,
+    }
+    if o.should_rollback {
+        writeln!(
+            out,
+            "  rollback recommended: gcloud run services update-traffic SERVICE --to-revisions={}=100",
+            o.previous_revision
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,78 @@
+//! Daemon configuration: plain data, resolved once from flags and `DEPLOYD_*`
+//! environment variables (the names below) by the CLI, and built directly
+//! by tests.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::pipeline::PipelineConfig;
+
+pub const ENV_LISTEN: &str = "DEPLOYD_LISTEN";
+pub const ENV_METRICS_LISTEN: &str = "DEPLOYD_METRICS_LISTEN";
+/// Routes every Google API to one base URL (an emulator); no credentials.
+pub const ENV_GCP_ENDPOINT: &str = "DEPLOYD_GCP_ENDPOINT";
+/// First backoff delay of retried builds, preflight calls and health checks.
+pub const ENV_RETRY_BASE_DELAY_MS: &str = "DEPLOYD_RETRY_BASE_DELAY_MS";
+pub const ENV_POLL_INTERVAL_MS: &str = "DEPLOYD_POLL_INTERVAL_MS";
+pub const ENV_WORK_DIR: &str = "DEPLOYD_WORK_DIR";
+pub const ENV_CALLER_MEMBER: &str = "DEPLOYD_CALLER_MEMBER";
+pub const ENV_SERVER: &str = "DEPLOYD_SERVER";
+pub const ENV_PROJECT: &str = "DEPLOYD_PROJECT";
+pub const ENV_REGION: &str = "DEPLOYD_REGION";
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+
+/// Which Google the daemon talks to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// googleapis.com with Application Default Credentials.
+    Google,
+    /// Every API at this base URL, no credentials.
+    Endpoint(String),
+    /// An embedded sandbox started with the daemon.
+    EmbeddedSandbox,
+}
+
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub listen: SocketAddr,
+    /// `None` disables the metrics endpoint.
+    pub metrics_listen: Option<SocketAddr>,
+    pub backend: Backend,
+    pub retry_base_delay: Duration,
+    pub poll_interval: Duration,
+    pub work_dir: PathBuf,
+    pub caller_member: String,
+    /// How long shutdown waits for running deploys to wind down.
+    pub shutdown_grace: Duration,
+}
+
+impl DaemonConfig {
+    pub fn pipeline(&self) -> PipelineConfig {
+        PipelineConfig {
+            retry_base_delay: self.retry_base_delay,
+            poll_interval: self.poll_interval,
+            work_dir: self.work_dir.clone(),
+            caller_member: self.caller_member.clone(),
+            ..PipelineConfig::default()
+        }
+    }
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        let p = PipelineConfig::default();
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            backend: Backend::Google,
+            retry_base_delay: p.retry_base_delay,
+            poll_interval: p.poll_interval,
+            work_dir: p.work_dir,
+            caller_member: p.caller_member,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}

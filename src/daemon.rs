@@ -1,0 +1,196 @@
+//! Assembles the daemon: the cloud backend, the pipeline, the gRPC server
+//! (Deployer, health, reflection v1 and v1alpha) and the metrics endpoint.
+//! `serve(listeners, config, shutdown)` lets tests bind 127.0.0.1:0 and main
+//! pass ctrl-c.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{proto, DeployerService};
+use crate::config::{Backend, DaemonConfig};
+use crate::gcp::{GcpClient, GcpError, PollPolicy};
+use crate::pipeline::cloud::Cloud;
+use crate::pipeline::Pipeline;
+use crate::probe::HttpProber;
+use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::telemetry;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("binding {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("setting up the Google Cloud client")]
+    Gcp(#[from] GcpError),
+    #[error("setting up the health prober")]
+    Prober(#[source] reqwest::Error),
+    #[error("starting the sandbox")]
+    Sandbox(#[source] std::io::Error),
+    #[error("serving reflection")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("serving gRPC")]
+    Serve(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Telemetry(#[from] telemetry::TelemetryError),
+}
+
+/// Where a started daemon listens.
+pub struct Running {
+    pub grpc: SocketAddr,
+    pub metrics: Option<SocketAddr>,
+    /// The embedded sandbox, when the backend is one.
+    pub sandbox: Option<Sandbox>,
+    pub done: tokio::task::JoinHandle<Result<(), DaemonError>>,
+}
+
+/// Builds the Cloud implementation for the configured backend.
+async fn cloud(
+    config: &DaemonConfig,
+    sandbox: Option<&Sandbox>,
+) -> Result<Arc<dyn Cloud>, DaemonError> {
+    let emulator_poll = PollPolicy {
+        first: config.poll_interval,
+        multiplier: 1.0,
+        max: config.poll_interval,
+        give_up_after: Duration::from_secs(30 * 60),
+    };
+    Ok(match (&config.backend, sandbox) {
+        (Backend::EmbeddedSandbox, Some(sb)) => {
+            Arc::new(GcpClient::emulator(&sb.base_url(), emulator_poll)?)
+        }
+        (Backend::Endpoint(base), _) => Arc::new(GcpClient::emulator(base, emulator_poll)?),
+        _ => Arc::new(GcpClient::google(PollPolicy::default()).await?),
+    })
+}
+
+/// Binds, starts everything in the background, and returns the addresses.
+pub async fn start(
+    config: DaemonConfig,
+    sandbox_config: SandboxConfig,
+    shutdown: CancellationToken,
+) -> Result<Running, DaemonError> {
+    let grpc_listener =
+        TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| DaemonError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+    let grpc = grpc_listener
+        .local_addr()
+        .map_err(|source| DaemonError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| DaemonError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
+    let metrics = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let sandbox = match config.backend {
+        Backend::EmbeddedSandbox => Some(
+            Sandbox::start(sandbox_config)
+                .await
+                .map_err(DaemonError::Sandbox)?,
+        ),
+        _ => None,
+    };
+    let cloud = cloud(&config, sandbox.as_ref()).await?;
+    let prober = Arc::new(HttpProber::new().map_err(DaemonError::Prober)?);
+    let pipeline = Arc::new(Pipeline::new(cloud, prober, config.pipeline()));
+    let handle = telemetry::prometheus()?;
+    if let Some(listener) = metrics_listener {
+        let stop = shutdown.clone();
+        let router = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let h = handle.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4",
+                        )],
+                        h.render(),
+                    )
+                }
+            }),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+            {
+                tracing::error!(error = %e, "metrics endpoint stopped");
+            }
+        });
+    }
+    let done = tokio::spawn(serve(grpc_listener, pipeline, config, shutdown));
+    tracing::info!(%grpc, metrics = ?metrics, "deployd listening");
+    Ok(Running {
+        grpc,
+        metrics,
+        sandbox,
+        done,
+    })
+}
+
+/// Serves gRPC until `shutdown`, then cancels running deploys and waits for
+/// them (bounded by the grace period) so each records its outcome.
+pub async fn serve(
+    listener: TcpListener,
+    pipeline: Arc<Pipeline>,
+    config: DaemonConfig,
+    shutdown: CancellationToken,
+) -> Result<(), DaemonError> {
+    let runs = TaskTracker::new();
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<proto::deployer_server::DeployerServer<DeployerService>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let deployer = DeployerService::new(
+        pipeline,
+        runs.clone(),
+        shutdown.clone(),
+        config.retry_base_delay,
+    );
+    let stop = shutdown.clone();
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(deployer.into_server())
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            stop.cancelled().await
+        })
+        .await?;
+    runs.close();
+    if tokio::time::timeout(config.shutdown_grace, runs.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown grace elapsed with deploys still running");
+    }
+    Ok(())
+}

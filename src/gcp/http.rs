@@ -1,0 +1,148 @@
+//! The one place that sends requests to Google: base URLs, credentials,
+//! and turning non-2xx answers into [`GcpError`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::{Method, RequestBuilder, Response};
+use serde::de::DeserializeOwned;
+
+use super::error::{decode, GcpError};
+
+pub const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
+
+/// Base URL of each API. Production uses Google's global hosts; an emulator
+/// serves them all from one base URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    pub service_usage: String,
+    pub resource_manager: String,
+    pub iam: String,
+    pub org_policy: String,
+    pub artifact_registry: String,
+    pub storage: String,
+    pub cloud_build: String,
+    pub run: String,
+}
+
+impl Endpoints {
+    pub fn google() -> Self {
+        Self {
+            service_usage: "https://serviceusage.googleapis.com".into(),
+            resource_manager: "https://cloudresourcemanager.googleapis.com".into(),
+            iam: "https://iam.googleapis.com".into(),
+            org_policy: "https://orgpolicy.googleapis.com".into(),
+            artifact_registry: "https://artifactregistry.googleapis.com".into(),
+            storage: "https://storage.googleapis.com".into(),
+            cloud_build: "https://cloudbuild.googleapis.com".into(),
+            run: "https://run.googleapis.com".into(),
+        }
+    }
+
+    /// Every API at one base URL, emulator style.
+    pub fn single(base: &str) -> Self {
+        let b = base.trim_end_matches('/').to_string();
+        Self {
+            service_usage: b.clone(),
+            resource_manager: b.clone(),
+            iam: b.clone(),
+            org_policy: b.clone(),
+            artifact_registry: b.clone(),
+            storage: b.clone(),
+            cloud_build: b.clone(),
+            run: b,
+        }
+    }
+}
+
+/// How requests are authorized.
+#[derive(Clone)]
+pub enum Credentials {
+    /// Application Default Credentials through gcp_auth.
+    Google(Arc<dyn gcp_auth::TokenProvider>),
+    /// An emulator: no Authorization header.
+    None,
+}
+
+#[derive(Clone)]
+pub struct Transport {
+    pub client: reqwest::Client,
+    pub endpoints: Endpoints,
+    credentials: Credentials,
+}
+
+impl Transport {
+    pub fn new(
+        endpoints: Endpoints,
+        credentials: Credentials,
+        request_timeout: Duration,
+    ) -> Result<Self, GcpError> {
+        let client = reqwest::Client::builder()
+            .timeout(request_timeout)
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("deployd/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|source| GcpError::Transport {
+                method: "client",
+                source,
+            })?;
+        Ok(Self {
+            client,
+            endpoints,
+            credentials,
+        })
+    }
+
+    pub fn request(&self, method: Method, url: String) -> RequestBuilder {
+        self.client.request(method, url)
+    }
+
+    /// Sends and returns the response if its status is 2xx.
+    pub async fn send(
+        &self,
+        method: &'static str,
+        rb: RequestBuilder,
+    ) -> Result<Response, GcpError> {
+        let rb = match &self.credentials {
+            Credentials::Google(p) => {
+                let token = p.token(&[SCOPE]).await.map_err(GcpError::Auth)?;
+                rb.bearer_auth(token.as_str())
+            }
+            Credentials::None => rb,
+        };
+        let resp = rb
+            .send()
+            .await
+            .map_err(|source| GcpError::Transport { method, source })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status().as_u16();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|source| GcpError::Transport { method, source })?;
+        Err(decode(method, status, &body))
+    }
+
+    /// Sends and decodes a JSON body.
+    pub async fn json<T: DeserializeOwned>(
+        &self,
+        method: &'static str,
+        rb: RequestBuilder,
+    ) -> Result<T, GcpError> {
+        let resp = self.send(method, rb).await?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|source| GcpError::Transport { method, source })?;
+        // An empty body is `{}` in proto3 JSON.
+        let body: &[u8] = if body.is_empty() { b"{}" } else { &body };
+        serde_json::from_slice(body).map_err(|source| GcpError::Decode { method, source })
+    }
+}
+
+/// Percent-encodes one path segment (object names: '/' becomes %2F).
+pub fn segment(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}

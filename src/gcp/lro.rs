@@ -1,0 +1,120 @@
+//! google.longrunning.Operation, shared by every API that returns one.
+
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::error::GcpError;
+use super::http::Transport;
+use crate::pipeline::error::Code;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Operation {
+    pub name: String,
+    #[serde(default)]
+    pub done: bool,
+    #[serde(default)]
+    pub metadata: Option<Value>,
+    #[serde(default)]
+    pub error: Option<OpStatus>,
+    #[serde(default)]
+    pub response: Option<Value>,
+}
+
+/// `Operation.error`: `code` is the gRPC code number, not HTTP.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OpStatus {
+    #[serde(default)]
+    pub code: i64,
+    #[serde(default)]
+    pub message: String,
+}
+
+/// How operations are polled.
+#[derive(Debug, Clone)]
+pub struct PollPolicy {
+    pub first: Duration,
+    pub multiplier: f64,
+    pub max: Duration,
+    pub give_up_after: Duration,
+}
+
+impl Default for PollPolicy {
+    /// gcloud's: 2 s, x1.1, capped at 10 s, for 30 min. Starts at 1 s here
+    /// since deploys are latency-sensitive.
+    fn default() -> Self {
+        Self {
+            first: Duration::from_secs(1),
+            multiplier: 1.1,
+            max: Duration::from_secs(10),
+            give_up_after: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+/// Consecutive transient poll failures tolerated.
+const MAX_POLL_FAILURES: u32 = 10;
+
+/// Polls `GET {base}/{version}/{name}` until done; returns the response.
+pub async fn wait(
+    t: &Transport,
+    method: &'static str,
+    base: &str,
+    version: &str,
+    mut op: Operation,
+    policy: &PollPolicy,
+) -> Result<Value, GcpError> {
+    let started = Instant::now();
+    let mut delay = policy.first;
+    let mut failures = 0;
+    while !op.done {
+        if started.elapsed() > policy.give_up_after {
+            return Err(GcpError::OperationTimeout {
+                method,
+                name: op.name,
+                waited: started.elapsed(),
+            });
+        }
+        tokio::time::sleep(delay).await;
+        delay = delay.mul_f64(policy.multiplier).min(policy.max);
+        let url = format!("{base}/{version}/{}", op.name);
+        match t
+            .json::<Operation>(method, t.request(Method::GET, url))
+            .await
+        {
+            Ok(next) => {
+                failures = 0;
+                op = next;
+            }
+            Err(e) if is_transient(&e) && failures < MAX_POLL_FAILURES => {
+                failures += 1;
+                tracing::debug!(operation = %op.name, error = %e, "operation poll failed; polling again");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if let Some(err) = op.error {
+        return Err(GcpError::Operation {
+            method,
+            name: op.name,
+            code: Code::from_number(err.code),
+            message: err.message,
+        });
+    }
+    Ok(op.response.unwrap_or(Value::Null))
+}
+
+fn is_transient(e: &GcpError) -> bool {
+    matches!(e, GcpError::Transport { .. })
+        || e.code().is_some_and(|c| {
+            matches!(
+                c,
+                Code::Unavailable
+                    | Code::Internal
+                    | Code::DeadlineExceeded
+                    | Code::ResourceExhausted
+            )
+        })
+}

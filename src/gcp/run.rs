@@ -1,0 +1,300 @@
+//! Cloud Run Admin API v2: services, their rollout, and the invoker binding.
+
+use std::collections::BTreeMap;
+
+use reqwest::Method;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::error::{format_duration, GcpError};
+use super::http::Transport;
+use super::lro::{self, Operation, PollPolicy};
+use crate::pipeline::cloud::{RunService, ServiceSpec, TrafficTarget};
+use crate::pipeline::error::Code;
+use crate::pipeline::model::{Ingress, Target, VpcEgress};
+
+fn service_name(t: &Target) -> String {
+    format!(
+        "projects/{}/locations/{}/services/{}",
+        t.project, t.region, t.service
+    )
+}
+
+/// The request body: the full desired service (PATCH without updateMask
+/// replaces, so every setting is always sent).
+pub fn service_body(spec: &ServiceSpec) -> Value {
+    let r = &spec.runtime;
+    let mut env: Vec<Value> = r
+        .env
+        .iter()
+        .map(|(k, v)| json!({"name": k, "value": v}))
+        .collect();
+    for s in &r.secrets {
+        let version = if s.version.is_empty() {
+            "latest"
+        } else {
+            &s.version
+        };
+        env.push(json!({"name": s.env_name, "valueSource": {"secretKeyRef": {"secret": s.secret, "version": version}}}));
+    }
+    let mut container = json!({
+        "image": spec.image,
+        "ports": [{"name": "http1", "containerPort": if r.container_port == 0 { 8080 } else { r.container_port }}],
+    });
+    if !env.is_empty() {
+        container["env"] = Value::Array(env);
+    }
+    if r.cpu.is_some() || r.memory.is_some() {
+        let mut limits = serde_json::Map::new();
+        if let Some(cpu) = &r.cpu {
+            limits.insert("cpu".into(), json!(cpu));
+        }
+        if let Some(mem) = &r.memory {
+            limits.insert("memory".into(), json!(mem));
+        }
+        // cpuIdle must be explicit once resources is set.
+        container["resources"] = json!({"limits": limits, "cpuIdle": true});
+    }
+    let mut template = json!({"containers": [container]});
+    let mut scaling = serde_json::Map::new();
+    if let Some(min) = r.min_instances {
+        scaling.insert("minInstanceCount".into(), json!(min));
+    }
+    if let Some(max) = r.max_instances {
+        scaling.insert("maxInstanceCount".into(), json!(max));
+    }
+    if !scaling.is_empty() {
+        template["scaling"] = Value::Object(scaling);
+    }
+    if let Some(c) = r.concurrency {
+        template["maxInstanceRequestConcurrency"] = json!(c);
+    }
+    if let Some(timeout) = r.request_timeout {
+        template["timeout"] = json!(format_duration(timeout));
+    }
+    if let Some(sa) = &r.service_account {
+        template["serviceAccount"] = json!(sa);
+    }
+    if let Some(connector) = &r.vpc_connector {
+        let egress = match r.vpc_egress.unwrap_or(VpcEgress::PrivateRangesOnly) {
+            VpcEgress::PrivateRangesOnly => "PRIVATE_RANGES_ONLY",
+            VpcEgress::AllTraffic => "ALL_TRAFFIC",
+        };
+        template["vpcAccess"] = json!({"connector": connector, "egress": egress});
+    }
+    let ingress = match r.ingress.unwrap_or(Ingress::All) {
+        Ingress::All => "INGRESS_TRAFFIC_ALL",
+        Ingress::InternalOnly => "INGRESS_TRAFFIC_INTERNAL_ONLY",
+        Ingress::InternalLoadBalancer => "INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER",
+    };
+    json!({
+        "labels": spec.labels,
+        "client": "deployd",
+        "ingress": ingress,
+        "template": template,
+        "traffic": [{"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST", "percent": 100}],
+    })
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct Service {
+    name: String,
+    uri: String,
+    urls: Vec<String>,
+    latest_ready_revision: String,
+    latest_created_revision: String,
+    traffic: Vec<Traffic>,
+    terminal_condition: Option<Condition>,
+    template: Template,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+struct Template {
+    containers: Vec<Container>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+struct Container {
+    image: String,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+struct Traffic {
+    #[serde(rename = "type")]
+    kind: String,
+    revision: String,
+    percent: u32,
+    tag: String,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+struct Condition {
+    state: String,
+    message: String,
+}
+
+fn short(rev: String) -> Option<String> {
+    if rev.is_empty() {
+        return None;
+    }
+    Some(rev.rsplit('/').next().unwrap_or(&rev).to_string())
+}
+
+impl From<Service> for RunService {
+    fn from(s: Service) -> Self {
+        let (ready, ready_message) = match s.terminal_condition {
+            Some(c) => (
+                c.state == "CONDITION_SUCCEEDED",
+                (!c.message.is_empty()).then_some(c.message),
+            ),
+            None => (false, None),
+        };
+        RunService {
+            name: s.name,
+            uri: s.uri,
+            urls: s.urls,
+            latest_ready_revision: short(s.latest_ready_revision),
+            latest_created_revision: short(s.latest_created_revision),
+            traffic: s
+                .traffic
+                .into_iter()
+                .map(|t| TrafficTarget {
+                    revision: (t.kind != "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST")
+                        .then(|| short(t.revision))
+                        .flatten(),
+                    percent: t.percent,
+                    tag: (!t.tag.is_empty()).then_some(t.tag),
+                })
+                .collect(),
+            ready,
+            ready_message,
+            image: s.template.containers.into_iter().next().map(|c| c.image),
+        }
+    }
+}
+
+pub async fn get(t: &Transport, target: &Target) -> Result<Option<RunService>, GcpError> {
+    let url = format!("{}/v2/{}", t.endpoints.run, service_name(target));
+    match t
+        .json::<Service>(
+            "run.projects.locations.services.get",
+            t.request(Method::GET, url),
+        )
+        .await
+    {
+        Ok(s) => Ok(Some(s.into())),
+        Err(e) if e.is(Code::NotFound) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates (`exists == false`) or replaces the service; waits for the
+/// operation. `Ok(Err(message))` is a rollout the API reported as failed.
+pub async fn apply(
+    t: &Transport,
+    spec: &ServiceSpec,
+    exists: bool,
+    poll: &PollPolicy,
+) -> Result<Result<RunService, String>, GcpError> {
+    let body = service_body(spec);
+    let target = &spec.target;
+    let (method, rb) = if exists {
+        let url = format!("{}/v2/{}", t.endpoints.run, service_name(target));
+        (
+            "run.projects.locations.services.patch",
+            t.request(Method::PATCH, url).json(&body),
+        )
+    } else {
+        let url = format!(
+            "{}/v2/projects/{}/locations/{}/services",
+            t.endpoints.run, target.project, target.region
+        );
+        (
+            "run.projects.locations.services.create",
+            t.request(Method::POST, url)
+                .query(&[("serviceId", target.service.as_str())])
+                .json(&body),
+        )
+    };
+    let op: Operation = t.json(method, rb).await?;
+    match lro::wait(t, method, &t.endpoints.run, "v2", op, poll).await {
+        Ok(response) => {
+            let s: Service = serde_json::from_value(response)
+                .map_err(|source| GcpError::Decode { method, source })?;
+            Ok(Ok(s.into()))
+        }
+        Err(GcpError::Operation { message, .. }) => Ok(Err(message)),
+        Err(e) => Err(e),
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, Default, Clone)]
+#[serde(default)]
+struct Policy {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    bindings: Vec<Binding>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    etag: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, Default, Clone, PartialEq)]
+#[serde(default)]
+struct Binding {
+    role: String,
+    members: Vec<String>,
+}
+
+const INVOKER: &str = "roles/run.invoker";
+const ALL_USERS: &str = "allUsers";
+
+/// Read-modify-write of the service's IAM policy; no write when unchanged.
+pub async fn set_public_invoker(
+    t: &Transport,
+    target: &Target,
+    public: bool,
+) -> Result<(), GcpError> {
+    let name = service_name(target);
+    let url = format!("{}/v2/{name}:getIamPolicy", t.endpoints.run);
+    let mut policy: Policy = t
+        .json(
+            "run.projects.locations.services.getIamPolicy",
+            t.request(Method::GET, url),
+        )
+        .await?;
+    let before = policy.bindings.clone();
+    let has = policy
+        .bindings
+        .iter()
+        .any(|b| b.role == INVOKER && b.members.iter().any(|m| m == ALL_USERS));
+    if public && !has {
+        match policy.bindings.iter_mut().find(|b| b.role == INVOKER) {
+            Some(b) => b.members.push(ALL_USERS.into()),
+            None => policy.bindings.push(Binding {
+                role: INVOKER.into(),
+                members: vec![ALL_USERS.into()],
+            }),
+        }
+    } else if !public && has {
+        for b in policy.bindings.iter_mut().filter(|b| b.role == INVOKER) {
+            b.members.retain(|m| m != ALL_USERS);
+        }
+        policy.bindings.retain(|b| !b.members.is_empty());
+    }
+    if policy.bindings == before {
+        return Ok(());
+    }
+    let url = format!("{}/v2/{name}:setIamPolicy", t.endpoints.run);
+    let body = BTreeMap::from([("policy", &policy)]);
+    let _: Policy = t
+        .json(
+            "run.projects.locations.services.setIamPolicy",
+            t.request(Method::POST, url).json(&body),
+        )
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,12 @@
+//! deployd: takes an application's source to a running, verified Cloud Run
+//! service. See ARCHITECTURE.md for the map.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod gcp;
+pub mod pipeline;
+pub mod probe;
+pub mod sandbox;
+pub mod telemetry;

@@ -1,0 +1,473 @@
+//! The build stage: pack the source, upload it (once per content digest),
+//! run Cloud Build with `docker build --cache-from` the previous image, and
+//! stream its log while it runs. Whole build attempts are retried when the
+//! failure is on Google's side; a failing Dockerfile is not.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use super::cloud::{BuildInfo, BuildSpec, BuildStatus, BuildStep};
+use super::error::{CloudError, StageError};
+use super::event::{EventKind, Reporter, Stage};
+use super::retry::{classify_cloud, retry, GaveUp, Retriability, RetryPolicy};
+use super::{archive, naming, ArchiveRef, BuildRecord, Deployment, Pipeline};
+use crate::telemetry::metrics;
+
+/// Log lines kept for the failure message.
+const TAIL_LINES: usize = 200;
+/// Consecutive failed polls tolerated before a build is given up as unknown.
+const MAX_POLL_FAILURES: u32 = 10;
+
+/// Why one build attempt did not produce an image.
+#[derive(Debug)]
+enum AttemptError {
+    Api(CloudError),
+    Build { info: BuildInfo, tail: Vec<String> },
+    TimedOut { id: String, log_url: String },
+}
+
+/// Build results: retriable when the failure is Google's, not the user's.
+pub fn classify_build(info: &BuildInfo) -> Retriability {
+    match info.status {
+        BuildStatus::InternalError | BuildStatus::Timeout | BuildStatus::Expired => {
+            Retriability::Retriable { after: None }
+        }
+        BuildStatus::Failure => match info.failure_type.as_deref() {
+            Some("PUSH_FAILED") | Some("LOGGING_FAILURE") => {
+                Retriability::Retriable { after: None }
+            }
+            _ => Retriability::Permanent,
+        },
+        _ => Retriability::Permanent,
+    }
+}
+
+fn classify_attempt(e: &AttemptError) -> Retriability {
+    match e {
+        AttemptError::Api(e) => classify_cloud(e),
+        AttemptError::Build { info, .. } => classify_build(info),
+        AttemptError::TimedOut { .. } => Retriability::Permanent,
+    }
+}
+
+fn retry_reason(e: &AttemptError) -> &'static str {
+    match e {
+        AttemptError::Api(e) => e.code.name(),
+        AttemptError::Build { info, .. } => match info.status {
+            BuildStatus::InternalError => "BUILD_INTERNAL_ERROR",
+            BuildStatus::Timeout => "BUILD_TIMEOUT",
+            BuildStatus::Expired => "BUILD_EXPIRED",
+            _ => "BUILD_PUSH_FAILED",
+        },
+        AttemptError::TimedOut { .. } => "DEADLINE",
+    }
+}
+
+impl Pipeline {
+    pub(crate) async fn stage_build(
+        &self,
+        d: &mut Deployment,
+        dir: &std::path::Path,
+        events: &Reporter,
+        cancel: &CancellationToken,
+    ) -> Result<(), StageError> {
+        let target = d.request.target.clone();
+        let opts = d.request.build.clone();
+        let archive_ref = self.upload_source(d, dir, events).await?;
+        let bucket = naming::source_bucket(&target.project, &target.region);
+        let image = naming::image(&target, &opts.repository);
+        let tag = &archive_ref.sha256[..12];
+        let spec = BuildSpec {
+            source_bucket: bucket.clone(),
+            source_object: archive_ref.object.clone(),
+            source_generation: archive_ref.generation.clone(),
+            steps: vec![
+                BuildStep {
+                    id: "pull-cache".into(),
+                    name: "gcr.io/cloud-builders/docker".into(),
+                    entrypoint: Some("bash".into()),
+                    // The previous image speeds up the build; its absence is fine.
+                    args: vec!["-c".into(), format!("docker pull {image}:latest || exit 0")],
+                    timeout: Some(opts.step_timeout),
+                    wait_for: vec!["-".into()],
+                },
+                BuildStep {
+                    id: "build".into(),
+                    name: "gcr.io/cloud-builders/docker".into(),
+                    entrypoint: None,
+                    args: vec![
+                        "build".into(),
+                        "--cache-from".into(),
+                        format!("{image}:latest"),
+                        "-t".into(),
+                        format!("{image}:{tag}"),
+                        "-t".into(),
+                        format!("{image}:latest"),
+                        ".".into(),
+                    ],
+                    timeout: Some(opts.step_timeout),
+                    wait_for: vec!["pull-cache".into()],
+                },
+            ],
+            images: vec![format!("{image}:{tag}"), format!("{image}:latest")],
+            timeout: opts.timeout,
+            machine_type: opts.machine_type.clone(),
+            logs_bucket: format!("gs://{bucket}/{}", naming::LOGS_PREFIX),
+            tags: vec!["deployd".into(), format!("svc-{}", target.service)],
+        };
+
+        let policy = RetryPolicy {
+            max_attempts: opts.max_attempts,
+            ..RetryPolicy::builds(self.config.retry_base_delay)
+        };
+        let started = std::time::Instant::now();
+        let result = retry(
+            &policy,
+            cancel,
+            |attempt| {
+                let (spec, project) = (&spec, &target.project);
+                async move {
+                    events
+                        .progress(
+                            Stage::Build,
+                            format!("build attempt {attempt} of {}", policy.max_attempts),
+                        )
+                        .await;
+                    let r = self
+                        .build_once(project, spec, opts.timeout, events, cancel)
+                        .await;
+                    metrics::build_attempt(match &r {
+                        Ok(_) => "success",
+                        Err(e) if classify_attempt(e).is_retriable() => "retriable_error",
+                        Err(_) => "permanent_error",
+                    });
+                    r
+                }
+            },
+            classify_attempt,
+            |attempt, delay, e| {
+                let reason = retry_reason(e);
+                metrics::build_retry(reason);
+                d.retries += 1;
+                events.emit(
+                    Some(Stage::Build),
+                    EventKind::Retry {
+                        operation: "build".into(),
+                        attempt,
+                        delay,
+                        reason: attempt_summary(e),
+                    },
+                )
+            },
+        )
+        .await;
+        let elapsed = started.elapsed();
+        match result {
+            Ok((info, attempts)) => {
+                metrics::build_finished("success", elapsed);
+                let pushed = info
+                    .images
+                    .iter()
+                    .find(|(name, _)| name.ends_with(&format!(":{tag}")))
+                    .map(|(_, digest)| format!("{image}@{digest}"))
+                    .unwrap_or_else(|| format!("{image}:{tag}"));
+                events
+                    .progress(
+                        Stage::Build,
+                        format!("built {pushed} in {:.1}s", elapsed.as_secs_f64()),
+                    )
+                    .await;
+                d.build = Some(BuildRecord {
+                    id: info.id,
+                    image: pushed,
+                    log_url: info.log_url,
+                    attempts,
+                });
+                Ok(())
+            }
+            Err(GaveUp::Cancelled { .. }) => {
+                metrics::build_finished("cancelled", elapsed);
+                Err(StageError::Cancelled { stage: "build" })
+            }
+            Err(GaveUp::Failed { error, attempts }) => {
+                metrics::build_finished("failure", elapsed);
+                Err(match error {
+                    AttemptError::Api(e) => StageError::Cloud {
+                        what: format!("creating a Cloud Build build in project {}", target.project),
+                        attempts,
+                        source: e,
+                    },
+                    AttemptError::TimedOut { id, log_url } => StageError::BuildTimedOut {
+                        build_id: id,
+                        timeout: opts.timeout,
+                        log_url,
+                    },
+                    AttemptError::Build { info, tail } => {
+                        let retriable = classify_build(&info).is_retriable();
+                        d.build = Some(BuildRecord {
+                            id: info.id.clone(),
+                            image: String::new(),
+                            log_url: info.log_url.clone(),
+                            attempts,
+                        });
+                        StageError::BuildFailed {
+                            detail: failure_detail(&info, &tail),
+                            build_id: info.id,
+                            status: info.status_name,
+                            log_tail: tail,
+                            log_url: info.log_url,
+                            retriable,
+                            attempts,
+                        }
+                    }
+                })
+            }
+        }
+    }
+
+    async fn upload_source(
+        &self,
+        d: &mut Deployment,
+        dir: &std::path::Path,
+        events: &Reporter,
+    ) -> Result<ArchiveRef, StageError> {
+        let target = &d.request.target;
+        let owned = dir.to_path_buf();
+        let packed = tokio::task::spawn_blocking(move || archive::pack(&owned))
+            .await
+            .map_err(|e| StageError::Archive {
+                dir: dir.display().to_string(),
+                source: std::io::Error::other(e.to_string()),
+            })?
+            .map_err(|source| StageError::Archive {
+                dir: dir.display().to_string(),
+                source,
+            })?;
+        let bucket = naming::source_bucket(&target.project, &target.region);
+        let object = naming::source_object(&target.service, &packed.sha256);
+        let size = packed.bytes.len() as u64;
+        events
+            .progress(
+                Stage::Build,
+                format!(
+                    "packed {} files into {} bytes (sha256 {})",
+                    packed.files,
+                    size,
+                    &packed.sha256[..12]
+                ),
+            )
+            .await;
+        let cloud_err = |what: String| {
+            move |source| StageError::Cloud {
+                what,
+                attempts: 1,
+                source,
+            }
+        };
+        let existing = self
+            .cloud
+            .object(&bucket, &object)
+            .await
+            .map_err(cloud_err(format!("reading gs://{bucket}/{object}")))?;
+        let stored = match existing {
+            Some(o) if o.size == size => {
+                events
+                    .progress(
+                        Stage::Build,
+                        format!("source unchanged, reusing gs://{bucket}/{object}"),
+                    )
+                    .await;
+                o
+            }
+            _ => {
+                let o = self
+                    .cloud
+                    .upload_object(&bucket, &object, Bytes::from(packed.bytes))
+                    .await
+                    .map_err(cloud_err(format!("uploading the source to gs://{bucket}")))?;
+                events
+                    .progress(
+                        Stage::Build,
+                        format!("uploaded gs://{bucket}/{object}#{}", o.generation),
+                    )
+                    .await;
+                o
+            }
+        };
+        let r = ArchiveRef {
+            bucket,
+            object,
+            generation: stored.generation,
+            sha256: packed.sha256,
+            size,
+        };
+        d.archive = Some(r.clone());
+        Ok(r)
+    }
+
+    /// One build: create, then poll until terminal while streaming the log.
+    async fn build_once(
+        &self,
+        project: &str,
+        spec: &BuildSpec,
+        timeout: Duration,
+        events: &Reporter,
+        cancel: &CancellationToken,
+    ) -> Result<BuildInfo, AttemptError> {
+        let created = self
+            .cloud
+            .create_build(project, spec)
+            .await
+            .map_err(AttemptError::Api)?;
+        let id = created.id.clone();
+        events
+            .progress(
+                Stage::Build,
+                format!("build {id} queued; logs: {}", created.log_url),
+            )
+            .await;
+        let log_object = naming::log_object(&id);
+        let mut log = LogTail::default();
+        // Our own deadline: Cloud Build's timeout plus time to queue and push.
+        let deadline = tokio::time::Instant::now() + timeout + self.config.build_deadline_slack;
+        let mut poll_failures = 0;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.poll_interval) => {}
+                _ = cancel.cancelled() => {
+                    self.cancel_remote_build(project, &id).await;
+                    return Err(AttemptError::Api(CloudError::new("deployd", super::error::Code::Cancelled, "deploy cancelled")));
+                }
+            }
+            self.stream_log(&spec.source_bucket, &log_object, &mut log, events)
+                .await;
+            if tokio::time::Instant::now() >= deadline {
+                self.cancel_remote_build(project, &id).await;
+                return Err(AttemptError::TimedOut {
+                    id,
+                    log_url: created.log_url,
+                });
+            }
+            let info = match self.cloud.get_build(project, &id).await {
+                Ok(info) => {
+                    poll_failures = 0;
+                    info
+                }
+                // A reset or a 503 while polling says nothing about the build.
+                Err(e)
+                    if classify_cloud(&e).is_retriable() && poll_failures < MAX_POLL_FAILURES =>
+                {
+                    poll_failures += 1;
+                    tracing::debug!(build = %id, error = %e, "poll failed; polling again");
+                    continue;
+                }
+                Err(e) => return Err(AttemptError::Api(e)),
+            };
+            if info.status.is_terminal() {
+                // Cloud Build writes the whole log before it reports the end.
+                self.stream_log(&spec.source_bucket, &log_object, &mut log, events)
+                    .await;
+                return if info.status == BuildStatus::Success {
+                    Ok(info)
+                } else {
+                    Err(AttemptError::Build {
+                        info,
+                        tail: log.lines.into_iter().collect(),
+                    })
+                };
+            }
+        }
+    }
+
+    async fn cancel_remote_build(&self, project: &str, id: &str) {
+        if let Err(e) = self.cloud.cancel_build(project, id).await {
+            tracing::warn!(build = %id, error = %e, "could not cancel build");
+        }
+    }
+
+    /// Reads what the log gained since the last read; streaming is best
+    /// effort and never fails the build.
+    async fn stream_log(&self, bucket: &str, object: &str, log: &mut LogTail, events: &Reporter) {
+        match self
+            .cloud
+            .read_object_from(bucket, object, log.offset)
+            .await
+        {
+            Ok(Some(bytes)) if !bytes.is_empty() => {
+                log.offset += bytes.len() as u64;
+                log.partial.push_str(&String::from_utf8_lossy(&bytes));
+                while let Some(pos) = log.partial.find('\n') {
+                    let line: String = log.partial.drain(..=pos).collect();
+                    let line = line.trim_end().to_string();
+                    events
+                        .emit(Some(Stage::Build), EventKind::Log(line.clone()))
+                        .await;
+                    if log.lines.len() == TAIL_LINES {
+                        log.lines.pop_front();
+                    }
+                    log.lines.push_back(line);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "log read failed; will read again"),
+        }
+    }
+}
+
+#[derive(Default)]
+struct LogTail {
+    offset: u64,
+    partial: String,
+    lines: VecDeque<String>,
+}
+
+fn attempt_summary(e: &AttemptError) -> String {
+    match e {
+        AttemptError::Api(e) => format!("{} {}", e.code.name(), e.message),
+        AttemptError::Build { info, .. } => format!(
+            "build {} ended {}: {}",
+            info.id, info.status_name, info.status_detail
+        ),
+        AttemptError::TimedOut { id, .. } => format!("build {id} timed out"),
+    }
+}
+
+/// Names the failing step and quotes its last lines, not the whole log.
+fn failure_detail(info: &BuildInfo, tail: &[String]) -> String {
+    let step = info.failed_steps.first().cloned();
+    let relevant = relevant_lines(tail, step.as_deref());
+    let mut s = if info.status_detail.is_empty() {
+        format!("build ended {}", info.status_name)
+    } else {
+        info.status_detail.clone()
+    };
+    if let Some(step) = step {
+        s.push_str(&format!(" [failing step: {step}]"));
+    }
+    if !relevant.is_empty() {
+        s.push_str("\n");
+        s.push_str(&relevant.join("\n"));
+    }
+    s
+}
+
+/// The failing step's last output lines, prefix stripped.
+pub fn relevant_lines(tail: &[String], step: Option<&str>) -> Vec<String> {
+    let prefix = step.map(|s| format!("\"{s}\": "));
+    let mut out: Vec<String> = tail
+        .iter()
+        .filter_map(|l| match &prefix {
+            Some(p) => l.split_once(p.as_str()).map(|(_, rest)| rest.to_string()),
+            None => Some(l.clone()),
+        })
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    let keep = 8;
+    if out.len() > keep {
+        out.drain(..out.len() - keep);
+    }
+    out
+}

@@ -1,0 +1,312 @@
+//! The narrow interfaces the pipeline needs from the outside world: Google's
+//! APIs ([`Cloud`]) and an HTTP prober ([`Prober`]). `crate::gcp` implements
+//! `Cloud` against googleapis.com (or the sandbox); `crate::probe` implements
+//! `Prober`. Types here are in domain terms, not wire shapes.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::error::CloudError;
+use super::model::{RuntimeSettings, Target};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProjectState {
+    Active,
+    DeleteRequested,
+    Other(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Project {
+    pub project_id: String,
+    pub number: String,
+    pub state: ProjectState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceAccount {
+    pub email: String,
+    pub disabled: bool,
+}
+
+/// An effective list-constraint policy, reduced to what deployd decides on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListPolicy {
+    AllowAll,
+    DenyAll,
+    /// Allowed values, with any `is:` prefix removed.
+    Allowed(Vec<String>),
+    /// Denied values, with any `is:` prefix removed.
+    Denied(Vec<String>),
+}
+
+impl ListPolicy {
+    pub fn allows(&self, value: &str) -> bool {
+        match self {
+            ListPolicy::AllowAll => true,
+            ListPolicy::DenyAll => false,
+            ListPolicy::Allowed(v) => v.iter().any(|a| a == value),
+            ListPolicy::Denied(v) => !v.iter().any(|d| d == value),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repository {
+    /// e.g. "DOCKER".
+    pub format: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bucket {
+    pub name: String,
+    pub project_number: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    pub generation: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildStep {
+    pub id: String,
+    pub name: String,
+    pub entrypoint: Option<String>,
+    pub args: Vec<String>,
+    pub timeout: Option<Duration>,
+    pub wait_for: Vec<String>,
+}
+
+/// A Cloud Build request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildSpec {
+    pub source_bucket: String,
+    pub source_object: String,
+    pub source_generation: String,
+    pub steps: Vec<BuildStep>,
+    pub images: Vec<String>,
+    pub timeout: Duration,
+    pub machine_type: String,
+    /// `gs://bucket/prefix`; the log is `prefix/log-{id}.txt` in it.
+    pub logs_bucket: String,
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuildStatus {
+    Pending,
+    Queued,
+    Working,
+    Success,
+    Failure,
+    InternalError,
+    Timeout,
+    Cancelled,
+    Expired,
+    Unknown,
+}
+
+impl BuildStatus {
+    pub fn is_terminal(self) -> bool {
+        !matches!(
+            self,
+            BuildStatus::Pending
+                | BuildStatus::Queued
+                | BuildStatus::Working
+                | BuildStatus::Unknown
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildInfo {
+    pub id: String,
+    pub status: BuildStatus,
+    pub status_name: String,
+    pub status_detail: String,
+    /// `failureInfo.type`, e.g. "USER_BUILD_STEP".
+    pub failure_type: Option<String>,
+    pub log_url: String,
+    pub logs_bucket: String,
+    /// Pushed images and their digests ("sha256:...").
+    pub images: Vec<(String, String)>,
+    /// Ids of the steps whose status is FAILURE.
+    pub failed_steps: Vec<String>,
+}
+
+/// What a Cloud Run service should run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSpec {
+    pub target: Target,
+    pub image: String,
+    pub runtime: RuntimeSettings,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrafficTarget {
+    /// Short revision name; `None` means "latest ready revision".
+    pub revision: Option<String>,
+    pub percent: u32,
+    pub tag: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunService {
+    pub name: String,
+    pub uri: String,
+    pub urls: Vec<String>,
+    /// Short names (the part after `/revisions/`).
+    pub latest_ready_revision: Option<String>,
+    pub latest_created_revision: Option<String>,
+    pub traffic: Vec<TrafficTarget>,
+    pub ready: bool,
+    pub ready_message: Option<String>,
+    pub image: Option<String>,
+}
+
+impl RunService {
+    /// The revision serving 100% of traffic, whether pinned or as LATEST.
+    pub fn serving_revision(&self) -> Option<String> {
+        let full = self.traffic.iter().find(|t| t.percent == 100)?;
+        full.revision
+            .clone()
+            .or_else(|| self.latest_ready_revision.clone())
+    }
+}
+
+/// How a create or update of a Cloud Run service ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rollout {
+    Ready(RunService),
+    /// The operation failed: usually the new revision could not start.
+    Failed {
+        message: String,
+        service: Option<RunService>,
+    },
+}
+
+/// Google's APIs, as the pipeline uses them. Every method is one logical
+/// step; the implementation makes the REST calls and waits for long-running
+/// operations.
+#[async_trait]
+pub trait Cloud: Send + Sync + 'static {
+    // Resource Manager
+    async fn project(&self, project: &str) -> Result<Project, CloudError>;
+    /// The subset of `permissions` the caller holds on the project.
+    async fn test_project_permissions(
+        &self,
+        project: &str,
+        permissions: &[&str],
+    ) -> Result<Vec<String>, CloudError>;
+
+    // Service Usage
+    /// For each service name, whether it is ENABLED.
+    async fn services_enabled(
+        &self,
+        project: &str,
+        services: &[&str],
+    ) -> Result<Vec<(String, bool)>, CloudError>;
+
+    // IAM
+    async fn service_account(
+        &self,
+        project: &str,
+        email: &str,
+    ) -> Result<Option<ServiceAccount>, CloudError>;
+    async fn can_act_as(&self, project: &str, email: &str) -> Result<bool, CloudError>;
+
+    // Org Policy
+    async fn effective_list_policy(
+        &self,
+        project: &str,
+        constraint: &str,
+    ) -> Result<ListPolicy, CloudError>;
+
+    // Artifact Registry
+    async fn repository(
+        &self,
+        project: &str,
+        region: &str,
+        repository: &str,
+    ) -> Result<Option<Repository>, CloudError>;
+    /// Creates a Docker repository and waits for the operation.
+    async fn create_repository(
+        &self,
+        project: &str,
+        region: &str,
+        repository: &str,
+    ) -> Result<(), CloudError>;
+
+    // Cloud Storage
+    async fn bucket(&self, bucket: &str) -> Result<Option<Bucket>, CloudError>;
+    async fn create_bucket(
+        &self,
+        project: &str,
+        region: &str,
+        bucket: &str,
+    ) -> Result<(), CloudError>;
+    async fn object(&self, bucket: &str, object: &str) -> Result<Option<StoredObject>, CloudError>;
+    async fn upload_object(
+        &self,
+        bucket: &str,
+        object: &str,
+        data: Bytes,
+    ) -> Result<StoredObject, CloudError>;
+    /// Bytes of an object from `offset` on: `None` when the object does not
+    /// exist yet, empty when nothing is new.
+    async fn read_object_from(
+        &self,
+        bucket: &str,
+        object: &str,
+        offset: u64,
+    ) -> Result<Option<Bytes>, CloudError>;
+
+    // Cloud Build
+    async fn create_build(&self, project: &str, spec: &BuildSpec) -> Result<BuildInfo, CloudError>;
+    async fn get_build(&self, project: &str, id: &str) -> Result<BuildInfo, CloudError>;
+    async fn cancel_build(&self, project: &str, id: &str) -> Result<(), CloudError>;
+
+    // Cloud Run
+    async fn run_service(&self, target: &Target) -> Result<Option<RunService>, CloudError>;
+    /// Creates or replaces the service and waits for the rollout.
+    async fn deploy_service(&self, spec: &ServiceSpec, exists: bool)
+        -> Result<Rollout, CloudError>;
+    /// Grants or revokes roles/run.invoker for allUsers.
+    async fn set_public_invoker(&self, target: &Target, public: bool) -> Result<(), CloudError>;
+}
+
+/// Why a probe got no acceptable answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum ProbeErrorClass {
+    Dns,
+    Connect,
+    Tls,
+    Timeout,
+    HttpStatus,
+    BodyMismatch,
+    Other,
+}
+
+/// One HTTP request's result, as the prober saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeResponse {
+    pub status: Option<u16>,
+    /// Time to response headers.
+    pub headers_after: Duration,
+    /// Time to the full body.
+    pub body_after: Duration,
+    pub body_contains_expected: bool,
+    pub error: Option<(ProbeErrorClass, String)>,
+}
+
+#[async_trait]
+pub trait Prober: Send + Sync + 'static {
+    async fn probe(&self, url: &str, timeout: Duration, expect_body: Option<&str>)
+        -> ProbeResponse;
+}

@@ -1,0 +1,327 @@
+//! The pipeline's error types: what a cloud call can answer, and how a stage
+//! fails. Every stage error becomes exactly one [`Failure`] in the outcome.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::event::Failure;
+
+/// Canonical error codes (google.rpc.Code), the structured part of every
+/// Google API error and the basis of retry decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum Code {
+    Cancelled,
+    Unknown,
+    InvalidArgument,
+    DeadlineExceeded,
+    NotFound,
+    AlreadyExists,
+    PermissionDenied,
+    ResourceExhausted,
+    FailedPrecondition,
+    Aborted,
+    OutOfRange,
+    Unimplemented,
+    Internal,
+    Unavailable,
+    DataLoss,
+    Unauthenticated,
+}
+
+impl Code {
+    pub fn from_name(name: &str) -> Option<Code> {
+        Some(match name {
+            "CANCELLED" => Code::Cancelled,
+            "UNKNOWN" => Code::Unknown,
+            "INVALID_ARGUMENT" => Code::InvalidArgument,
+            "DEADLINE_EXCEEDED" => Code::DeadlineExceeded,
+            "NOT_FOUND" => Code::NotFound,
+            "ALREADY_EXISTS" => Code::AlreadyExists,
+            "PERMISSION_DENIED" => Code::PermissionDenied,
+            "RESOURCE_EXHAUSTED" => Code::ResourceExhausted,
+            "FAILED_PRECONDITION" => Code::FailedPrecondition,
+            "ABORTED" => Code::Aborted,
+            "OUT_OF_RANGE" => Code::OutOfRange,
+            "UNIMPLEMENTED" => Code::Unimplemented,
+            "INTERNAL" => Code::Internal,
+            "UNAVAILABLE" => Code::Unavailable,
+            "DATA_LOSS" => Code::DataLoss,
+            "UNAUTHENTICATED" => Code::Unauthenticated,
+            _ => return None,
+        })
+    }
+
+    /// From the gRPC code number carried in `Operation.error.code`.
+    pub fn from_number(n: i64) -> Code {
+        match n {
+            1 => Code::Cancelled,
+            3 => Code::InvalidArgument,
+            4 => Code::DeadlineExceeded,
+            5 => Code::NotFound,
+            6 => Code::AlreadyExists,
+            7 => Code::PermissionDenied,
+            8 => Code::ResourceExhausted,
+            9 => Code::FailedPrecondition,
+            10 => Code::Aborted,
+            11 => Code::OutOfRange,
+            12 => Code::Unimplemented,
+            13 => Code::Internal,
+            14 => Code::Unavailable,
+            15 => Code::DataLoss,
+            16 => Code::Unauthenticated,
+            _ => Code::Unknown,
+        }
+    }
+
+    /// For error bodies without a `status` (the Cloud Storage JSON API).
+    pub fn from_http(status: u16) -> Code {
+        match status {
+            400 => Code::InvalidArgument,
+            401 => Code::Unauthenticated,
+            403 => Code::PermissionDenied,
+            404 => Code::NotFound,
+            408 => Code::DeadlineExceeded,
+            409 => Code::Aborted,
+            412 => Code::FailedPrecondition,
+            416 => Code::OutOfRange,
+            429 => Code::ResourceExhausted,
+            499 => Code::Cancelled,
+            501 => Code::Unimplemented,
+            503 => Code::Unavailable,
+            504 => Code::DeadlineExceeded,
+            500..=599 => Code::Internal,
+            _ => Code::Unknown,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Code::Cancelled => "CANCELLED",
+            Code::Unknown => "UNKNOWN",
+            Code::InvalidArgument => "INVALID_ARGUMENT",
+            Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            Code::NotFound => "NOT_FOUND",
+            Code::AlreadyExists => "ALREADY_EXISTS",
+            Code::PermissionDenied => "PERMISSION_DENIED",
+            Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            Code::FailedPrecondition => "FAILED_PRECONDITION",
+            Code::Aborted => "ABORTED",
+            Code::OutOfRange => "OUT_OF_RANGE",
+            Code::Unimplemented => "UNIMPLEMENTED",
+            Code::Internal => "INTERNAL",
+            Code::Unavailable => "UNAVAILABLE",
+            Code::DataLoss => "DATA_LOSS",
+            Code::Unauthenticated => "UNAUTHENTICATED",
+        }
+    }
+}
+
+/// A failed call to a Google API, in the terms the pipeline decides on.
+/// The client layer fills it from the decoded google.rpc.Status.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{call}: {} {message}", code.name())]
+pub struct CloudError {
+    /// The API method, e.g. `cloudbuild.projects.locations.builds.create`.
+    pub call: &'static str,
+    pub code: Code,
+    /// HTTP status when the error came over HTTP; `None` for transport
+    /// failures and failed long-running operations.
+    pub http_status: Option<u16>,
+    /// `google.rpc.ErrorInfo.reason`, e.g. `SERVICE_DISABLED`.
+    pub reason: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub message: String,
+    /// `google.rpc.RetryInfo.retryDelay` when the API sent one.
+    pub retry_delay: Option<Duration>,
+    /// The request never got an HTTP answer (connect, reset, timeout).
+    pub transport: bool,
+}
+
+impl CloudError {
+    pub fn new(call: &'static str, code: Code, message: impl Into<String>) -> Self {
+        Self {
+            call,
+            code,
+            http_status: None,
+            reason: None,
+            metadata: BTreeMap::new(),
+            message: message.into(),
+            retry_delay: None,
+            transport: false,
+        }
+    }
+
+    pub fn is(&self, code: Code) -> bool {
+        self.code == code
+    }
+}
+
+/// How a stage failed. Each variant carries what a person needs to act.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("source {location} is not usable: {reason}")]
+    Source { location: String, reason: String },
+
+    #[error("no Dockerfile in {dir}")]
+    NoDockerfile { dir: String },
+
+    #[error("could not pack the source in {dir}")]
+    Archive {
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{failed} of {total} preflight checks did not pass: {names}")]
+    PreflightFailed {
+        failed: usize,
+        total: usize,
+        names: String,
+        inconclusive_only: bool,
+        remediation: Vec<String>,
+    },
+
+    #[error("{what} failed after {attempts} attempt(s)")]
+    Cloud {
+        what: String,
+        attempts: u32,
+        #[source]
+        source: CloudError,
+    },
+
+    #[error("build {build_id} ended {status}: {detail}")]
+    BuildFailed {
+        build_id: String,
+        status: String,
+        detail: String,
+        log_tail: Vec<String>,
+        log_url: String,
+        retriable: bool,
+        attempts: u32,
+    },
+
+    #[error("build {build_id} did not finish within {timeout:?}; it was cancelled")]
+    BuildTimedOut {
+        build_id: String,
+        timeout: Duration,
+        log_url: String,
+    },
+
+    #[error("revision {revision} of {service} did not become ready: {message}")]
+    RevisionNotReady {
+        service: String,
+        revision: String,
+        message: String,
+    },
+
+    #[error("{url} was not healthy after {attempts} attempt(s): {last_error}")]
+    Unhealthy {
+        url: String,
+        attempts: u32,
+        last_error: String,
+    },
+
+    #[error("cancelled before {stage} finished")]
+    Cancelled { stage: &'static str },
+}
+
+impl StageError {
+    /// The outcome's failure: a stable code, a message that names what
+    /// failed, whether trying again may help, and what to do.
+    pub fn to_failure(&self, project: &str) -> Failure {
+        let message = error_chain(self);
+        let (code, retriable, remediation): (&str, bool, Vec<String>) = match self {
+            StageError::Source { .. } => ("SOURCE_UNAVAILABLE", false, vec![
+                "Check that the path exists and is readable by the daemon, or that the git URL and ref are right.".into(),
+            ]),
+            StageError::NoDockerfile { .. } => ("NO_DOCKERFILE", false, vec![
+                "Add a Dockerfile at the root of the source directory.".into(),
+            ]),
+            StageError::Archive { .. } => ("ARCHIVE_FAILED", false, vec![
+                "Check that every file under the source directory is readable.".into(),
+            ]),
+            StageError::PreflightFailed { remediation, inconclusive_only, .. } => {
+                ("PREFLIGHT_FAILED", *inconclusive_only, remediation.clone())
+            }
+            StageError::Cloud { source, .. } => {
+                let retriable = super::retry::classify_cloud(source).is_retriable();
+                ("CLOUD_API_ERROR", retriable, cloud_remediation(source, project))
+            }
+            StageError::BuildFailed { retriable, log_url, attempts, .. } => {
+                let mut r = Vec::new();
+                if *retriable {
+                    r.push(format!("The build failed {attempts} time(s) for a reason on Google's side; wait a few minutes and deploy again."));
+                } else {
+                    r.push("Fix the failing build step (its last log lines are above) and deploy again.".into());
+                }
+                if !log_url.is_empty() {
+                    r.push(format!("Full build log: {log_url}"));
+                }
+                ("BUILD_FAILED", *retriable, r)
+            }
+            StageError::BuildTimedOut { log_url, .. } => ("BUILD_TIMEOUT", true, vec![
+                "Raise the build timeout (build.timeout_seconds) if the build is legitimately slow.".into(),
+                format!("Full build log: {log_url}"),
+            ]),
+            StageError::RevisionNotReady { .. } => ("REVISION_NOT_READY", false, vec![
+                "Make sure the container listens on $PORT (8080 by default) and starts within the startup timeout.".into(),
+                format!("Revision logs: https://console.cloud.google.com/run?project={project}"),
+            ]),
+            StageError::Unhealthy { .. } => ("UNHEALTHY", false, vec![
+                "The new revision does not answer its health check; roll back to the previous revision and inspect its logs.".into(),
+            ]),
+            StageError::Cancelled { .. } => ("CANCELLED", true, vec![]),
+        };
+        Failure {
+            code: code.into(),
+            message,
+            retriable,
+            remediation,
+        }
+    }
+}
+
+/// Concrete next steps for an API error, from its structured details.
+fn cloud_remediation(e: &CloudError, project: &str) -> Vec<String> {
+    match (e.code, e.reason.as_deref()) {
+        (_, Some("SERVICE_DISABLED")) => {
+            let service = e.metadata.get("service").cloned().unwrap_or_default();
+            vec![
+                format!("gcloud services enable {service} --project={project}"),
+                format!("https://console.cloud.google.com/apis/library/{service}?project={project}"),
+            ]
+        }
+        (Code::PermissionDenied, _) => {
+            let permission = e
+                .metadata
+                .get("permission")
+                .map(|p| format!(" ({p})"))
+                .unwrap_or_default();
+            vec![format!(
+                "Grant the caller the missing permission{permission} on project {project}: https://console.cloud.google.com/iam-admin/iam?project={project}"
+            )]
+        }
+        (Code::ResourceExhausted, _) => vec![
+            "Wait a few minutes and deploy again.".into(),
+            format!("Request a quota increase: https://console.cloud.google.com/iam-admin/quotas?project={project}"),
+            "Deploy to another project.".into(),
+        ],
+        (Code::Unavailable | Code::Internal | Code::DeadlineExceeded, _) => {
+            vec!["Google's API was unavailable; deploy again in a few minutes.".into()]
+        }
+        _ => vec![],
+    }
+}
+
+/// `Display` of an error and its sources, joined: each layer adds context
+/// without repeating its source in its own message.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}

@@ -1,0 +1,451 @@
+//! The domain: a deployment, its stages, events, retry policy and errors.
+//!
+//! Knows nothing of tonic, prost, reqwest or axum. Reaches Google only
+//! through [`cloud::Cloud`] and HTTP endpoints only through
+//! [`cloud::Prober`]. A deployment's progress lives in [`Deployment`], plain
+//! data that a store can persist and a restarted daemon could resume from.
+
+pub mod archive;
+mod build;
+pub mod cloud;
+mod deploy;
+pub mod error;
+pub mod event;
+pub mod model;
+pub mod naming;
+mod preflight;
+pub mod retry;
+pub mod source;
+pub mod verify;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+pub use build::{classify_build, relevant_lines};
+pub use preflight::{CHECK_ORDER, REQUIRED_APIS, REQUIRED_PERMISSIONS};
+
+use cloud::{Cloud, Prober};
+use error::StageError;
+use event::{EventKind, Failure, Outcome, Reporter, Stage};
+use model::{DeployRequest, PreflightRequest, VerifyRequest};
+use verify::Verification;
+
+use crate::telemetry::metrics;
+
+/// Settings of the pipeline itself (not of one deploy).
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// First backoff delay for retried builds and preflight calls; doubles.
+    pub retry_base_delay: Duration,
+    /// How often a running build is polled and its log read.
+    pub poll_interval: Duration,
+    /// Added to the build timeout before deployd gives up on a build.
+    pub build_deadline_slack: Duration,
+    /// Deadline of one preflight API call.
+    pub check_timeout: Duration,
+    /// Where git sources are cloned.
+    pub work_dir: PathBuf,
+    /// The IAM member in remediation commands, e.g. "user:me@example.com".
+    pub caller_member: String,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            retry_base_delay: Duration::from_secs(2),
+            poll_interval: Duration::from_secs(1),
+            build_deadline_slack: Duration::from_secs(120),
+            check_timeout: Duration::from_secs(20),
+            work_dir: std::env::temp_dir().join("deployd"),
+            caller_member: "user:YOUR_EMAIL".into(),
+        }
+    }
+}
+
+/// The uploaded source archive.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArchiveRef {
+    pub bucket: String,
+    pub object: String,
+    pub generation: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildRecord {
+    pub id: String,
+    /// By digest when Cloud Build reported one.
+    pub image: String,
+    pub log_url: String,
+    pub attempts: u32,
+}
+
+/// Where a run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Status {
+    Running(Stage),
+    Succeeded,
+    Failed(Stage),
+}
+
+/// A deployment's state, as data: what was asked, how far it got, and what
+/// each stage produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct Deployment {
+    pub id: String,
+    pub request: DeployRequest,
+    pub status: Status,
+    pub source_commit: Option<String>,
+    pub checks: Vec<event::CheckResult>,
+    pub archive: Option<ArchiveRef>,
+    pub build: Option<BuildRecord>,
+    pub previous_revision: Option<String>,
+    pub revision: Option<String>,
+    pub url: Option<String>,
+    #[serde(skip)]
+    pub verification: Option<Verification>,
+    /// Retries anywhere in the run; zero on a first-time success.
+    pub retries: u32,
+    pub failure: Option<Failure>,
+}
+
+impl Deployment {
+    pub fn new(id: String, request: DeployRequest) -> Self {
+        Self {
+            id,
+            request,
+            status: Status::Running(Stage::Source),
+            source_commit: None,
+            checks: vec![],
+            archive: None,
+            build: None,
+            previous_revision: None,
+            revision: None,
+            url: None,
+            verification: None,
+            retries: 0,
+            failure: None,
+        }
+    }
+
+    pub fn outcome(&self) -> Outcome {
+        let verification = self.verification.as_ref();
+        let verified = verification.is_some_and(|v| v.healthy);
+        let failed_stage = match self.status {
+            Status::Failed(s) => Some(s),
+            _ => None,
+        };
+        // A new revision that failed verification or never became ready
+        // should not keep serving when something healthy served before.
+        let should_rollback = matches!(failed_stage, Some(Stage::Verify) | Some(Stage::Deploy))
+            && self.revision.is_some()
+            && self.previous_revision.is_some()
+            && self.previous_revision != self.revision;
+        Outcome {
+            success: self.status == Status::Succeeded,
+            url: self.url.clone().unwrap_or_default(),
+            verified,
+            response_time: verification.and_then(|v| v.response_time),
+            should_rollback,
+            error: self.failure.clone(),
+            checks: self.checks.clone(),
+            revision: self.revision.clone().unwrap_or_default(),
+            previous_revision: self.previous_revision.clone().unwrap_or_default(),
+            image: self
+                .build
+                .as_ref()
+                .map(|b| b.image.clone())
+                .unwrap_or_default(),
+            build_id: self
+                .build
+                .as_ref()
+                .map(|b| b.id.clone())
+                .unwrap_or_default(),
+            failed_stage,
+            source_commit: self.source_commit.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// The shared pipeline behind Deploy, Preflight and Verify.
+pub struct Pipeline {
+    cloud: Arc<dyn Cloud>,
+    prober: Arc<dyn Prober>,
+    config: PipelineConfig,
+}
+
+impl Pipeline {
+    pub fn new(cloud: Arc<dyn Cloud>, prober: Arc<dyn Prober>, config: PipelineConfig) -> Self {
+        Self {
+            cloud,
+            prober,
+            config,
+        }
+    }
+
+    /// Runs every stage in order; always ends by emitting one outcome.
+    pub async fn deploy(
+        &self,
+        req: DeployRequest,
+        events: Reporter,
+        cancel: CancellationToken,
+    ) -> Outcome {
+        let id = events.deployment_id().to_string();
+        let span = tracing::info_span!("deployment", deployment_id = %id, project = %req.target.project,
+            region = %req.target.region, service = %req.target.service);
+        let started = Instant::now();
+        let _in_progress = metrics::InProgress::start();
+        let mut d = Deployment::new(id, req);
+        async {
+            tracing::info!("deploy started");
+            let mut workspace = None;
+            for stage in Stage::DEPLOY_ORDER {
+                d.status = Status::Running(stage);
+                events.emit(Some(stage), EventKind::StageStarted).await;
+                let t = Instant::now();
+                let result = tokio::select! {
+                    r = self.run_stage(stage, &mut d, &mut workspace, &events, &cancel) => r,
+                    // Stages that own remote work (the build) cancel it themselves
+                    // first; this arm catches the rest.
+                    _ = cancelled_after_grace(&cancel) => Err(StageError::Cancelled { stage: stage.as_str() }),
+                };
+                metrics::stage_duration(stage, t.elapsed());
+                events
+                    .emit(Some(stage), EventKind::StageFinished { ok: result.is_ok(), duration: t.elapsed() })
+                    .await;
+                if let Err(e) = result {
+                    tracing::warn!(stage = stage.as_str(), error = %error::error_chain(&e), "deploy failed");
+                    d.failure = Some(e.to_failure(&d.request.target.project));
+                    d.status = Status::Failed(stage);
+                    break;
+                }
+            }
+            if let Status::Running(_) = d.status {
+                d.status = Status::Succeeded;
+            }
+        }
+        .instrument(span.clone())
+        .await;
+
+        let outcome = d.outcome();
+        let result = match (&d.status, &outcome.error) {
+            (Status::Succeeded, _) => "success",
+            (_, Some(f)) if f.code == "CANCELLED" => "cancelled",
+            _ => "failure",
+        };
+        metrics::deployment_finished(result, started.elapsed(), d.retries == 0);
+        span.in_scope(|| {
+            tracing::info!(result, url = %outcome.url, revision = %outcome.revision,
+                should_rollback = outcome.should_rollback, elapsed_ms = started.elapsed().as_millis() as u64,
+                "deploy finished")
+        });
+        events
+            .emit(None, EventKind::Outcome(Box::new(outcome.clone())))
+            .await;
+        outcome
+    }
+
+    async fn run_stage(
+        &self,
+        stage: Stage,
+        d: &mut Deployment,
+        workspace: &mut Option<source::Workspace>,
+        events: &Reporter,
+        cancel: &CancellationToken,
+    ) -> Result<(), StageError> {
+        match stage {
+            Stage::Source => {
+                let ws = source::fetch(&d.request.source, &self.config.work_dir).await?;
+                d.source_commit = ws.commit.clone();
+                let mut msg = format!("source at {}", ws.dir.display());
+                if let Some(c) = &ws.commit {
+                    msg.push_str(&format!(" (commit {c})"));
+                }
+                events.progress(stage, msg).await;
+                *workspace = Some(ws);
+                Ok(())
+            }
+            Stage::Analyze => {
+                let dir = workspace_dir(workspace)?;
+                if !dir.join("Dockerfile").is_file() {
+                    return Err(StageError::NoDockerfile {
+                        dir: dir.display().to_string(),
+                    });
+                }
+                events
+                    .progress(stage, "using the app's own Dockerfile")
+                    .await;
+                Ok(())
+            }
+            Stage::Preflight => {
+                let req = preflight::request_for_deploy(&d.request);
+                let checks = self.run_checks(&req, events, cancel).await;
+                d.checks = checks;
+                preflight_verdict(&d.checks)
+            }
+            Stage::Build => {
+                let dir = workspace_dir(workspace)?;
+                self.stage_build(d, &dir, events, cancel).await
+            }
+            Stage::Deploy => self.stage_deploy(d, events).await,
+            Stage::Verify => {
+                let url = d.url.clone().unwrap_or_default();
+                let v = verify::verify(
+                    self.prober.as_ref(),
+                    &url,
+                    &d.request.health,
+                    events,
+                    cancel,
+                )
+                .await;
+                d.retries += v.attempts.saturating_sub(1);
+                let result = if v.healthy {
+                    Ok(())
+                } else {
+                    Err(StageError::Unhealthy {
+                        url: verify::health_url(&url, &d.request.health.path),
+                        attempts: v.attempts,
+                        last_error: v.last_error.clone().unwrap_or_default(),
+                    })
+                };
+                d.verification = Some(v);
+                result
+            }
+        }
+    }
+
+    /// Preflight alone. Creates the repository and bucket when missing.
+    pub async fn preflight(
+        &self,
+        req: PreflightRequest,
+        events: Reporter,
+        cancel: CancellationToken,
+    ) -> Outcome {
+        let span = tracing::info_span!("preflight", deployment_id = %events.deployment_id(), project = %req.target.project);
+        let t = Instant::now();
+        events
+            .emit(Some(Stage::Preflight), EventKind::StageStarted)
+            .await;
+        let checks = self
+            .run_checks(&req, &events, &cancel)
+            .instrument(span.clone())
+            .await;
+        let verdict = preflight_verdict(&checks);
+        metrics::stage_duration(Stage::Preflight, t.elapsed());
+        events
+            .emit(
+                Some(Stage::Preflight),
+                EventKind::StageFinished {
+                    ok: verdict.is_ok(),
+                    duration: t.elapsed(),
+                },
+            )
+            .await;
+        let outcome = Outcome {
+            success: verdict.is_ok(),
+            checks,
+            error: verdict.err().map(|e| e.to_failure(&req.target.project)),
+            failed_stage: None,
+            ..Outcome::default()
+        };
+        let outcome = Outcome {
+            failed_stage: (!outcome.success).then_some(Stage::Preflight),
+            ..outcome
+        };
+        span.in_scope(|| tracing::info!(success = outcome.success, "preflight finished"));
+        events
+            .emit(None, EventKind::Outcome(Box::new(outcome.clone())))
+            .await;
+        outcome
+    }
+
+    /// Verification of a URL alone.
+    pub async fn verify(
+        &self,
+        req: VerifyRequest,
+        events: Reporter,
+        cancel: CancellationToken,
+    ) -> Outcome {
+        let t = Instant::now();
+        events
+            .emit(Some(Stage::Verify), EventKind::StageStarted)
+            .await;
+        let v = verify::verify(
+            self.prober.as_ref(),
+            &req.url,
+            &req.health,
+            &events,
+            &cancel,
+        )
+        .await;
+        metrics::stage_duration(Stage::Verify, t.elapsed());
+        events
+            .emit(
+                Some(Stage::Verify),
+                EventKind::StageFinished {
+                    ok: v.healthy,
+                    duration: t.elapsed(),
+                },
+            )
+            .await;
+        let error = (!v.healthy).then(|| {
+            StageError::Unhealthy {
+                url: verify::health_url(&req.url, &req.health.path),
+                attempts: v.attempts,
+                last_error: v.last_error.clone().unwrap_or_default(),
+            }
+            .to_failure("")
+        });
+        let outcome = Outcome {
+            success: v.healthy,
+            url: req.url.clone(),
+            verified: v.healthy,
+            response_time: v.response_time,
+            failed_stage: (!v.healthy).then_some(Stage::Verify),
+            error,
+            ..Outcome::default()
+        };
+        tracing::info!(deployment_id = %events.deployment_id(), url = %req.url, healthy = v.healthy, attempts = v.attempts, "verify finished");
+        events
+            .emit(None, EventKind::Outcome(Box::new(outcome.clone())))
+            .await;
+        outcome
+    }
+}
+
+fn workspace_dir(ws: &Option<source::Workspace>) -> Result<PathBuf, StageError> {
+    ws.as_ref()
+        .map(|w| w.dir.clone())
+        .ok_or_else(|| StageError::Source {
+            location: "(none)".into(),
+            reason: "the source stage did not run".into(),
+        })
+}
+
+/// Fails closed: any failed or inconclusive check stops the deploy.
+fn preflight_verdict(checks: &[event::CheckResult]) -> Result<(), StageError> {
+    let failed: Vec<&event::CheckResult> = checks.iter().filter(|c| !c.ok).collect();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    Err(StageError::PreflightFailed {
+        failed: failed.len(),
+        total: checks.len(),
+        names: failed.iter().map(|c| c.name).collect::<Vec<_>>().join(", "),
+        inconclusive_only: failed.iter().all(|c| c.inconclusive),
+        remediation: preflight::gather_remediation(checks),
+    })
+}
+
+/// Resolves shortly after cancellation, giving stages that clean up remote
+/// work (cancelling a build) the chance to do so and report it themselves.
+async fn cancelled_after_grace(cancel: &CancellationToken) {
+    cancel.cancelled().await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+}

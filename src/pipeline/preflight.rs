@@ -1,0 +1,606 @@
+//! Preflight: everything that would make a deploy fail, checked before
+//! anything is built. Checks run concurrently once the project is known to
+//! be reachable; each reports as it completes. Transient errors are retried
+//! with the build policy and then reported as inconclusive, never as passed.
+
+use std::future::Future;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio_util::sync::CancellationToken;
+
+use super::cloud::{Project, ProjectState};
+use super::error::{CloudError, Code};
+use super::event::{CheckResult, EventKind, Reporter, Stage};
+use super::model::{BuildOptions, Ingress, PreflightRequest};
+use super::retry::{classify_cloud, retry, GaveUp, RetryPolicy};
+use super::{naming, Pipeline};
+
+pub const REQUIRED_APIS: &[&str] = &[
+    "cloudbuild.googleapis.com",
+    "run.googleapis.com",
+    "artifactregistry.googleapis.com",
+    "cloudresourcemanager.googleapis.com",
+    "secretmanager.googleapis.com",
+];
+
+/// Each permission a deploy needs, with the predefined role that grants it.
+pub const REQUIRED_PERMISSIONS: &[(&str, &str)] = &[
+    ("run.services.get", "roles/run.admin"),
+    ("run.services.create", "roles/run.admin"),
+    ("run.services.update", "roles/run.admin"),
+    ("run.services.setIamPolicy", "roles/run.admin"),
+    ("run.revisions.get", "roles/run.admin"),
+    ("run.operations.get", "roles/run.admin"),
+    ("cloudbuild.builds.create", "roles/cloudbuild.builds.editor"),
+    ("cloudbuild.builds.get", "roles/cloudbuild.builds.editor"),
+    ("cloudbuild.builds.update", "roles/cloudbuild.builds.editor"),
+    (
+        "artifactregistry.repositories.get",
+        "roles/artifactregistry.admin",
+    ),
+    (
+        "artifactregistry.repositories.create",
+        "roles/artifactregistry.admin",
+    ),
+    ("storage.buckets.get", "roles/storage.admin"),
+    ("storage.buckets.create", "roles/storage.admin"),
+    ("storage.objects.create", "roles/storage.admin"),
+    ("storage.objects.get", "roles/storage.admin"),
+    ("iam.serviceAccounts.actAs", "roles/iam.serviceAccountUser"),
+];
+
+/// The order a person should fix things in: access first, then APIs, then
+/// roles, then resources and policies.
+pub const CHECK_ORDER: &[&str] = &[
+    "project_access",
+    "required_apis",
+    "permissions",
+    "service_account",
+    "artifact_registry",
+    "build_bucket",
+    "cloud_build",
+    "network_policies",
+];
+
+/// A check call that failed for good (or not at all conclusively).
+enum CallError {
+    Failed(CloudError),
+    Inconclusive(String),
+}
+
+impl Pipeline {
+    /// Runs every check, emitting each as it completes; returns them in
+    /// [`CHECK_ORDER`].
+    pub(crate) async fn run_checks(
+        &self,
+        req: &PreflightRequest,
+        events: &Reporter,
+        cancel: &CancellationToken,
+    ) -> Vec<CheckResult> {
+        let project_check = self.check_project(req, cancel).await;
+        let (first, project) = project_check;
+        self.report_check(&first, events).await;
+        let mut results = vec![first];
+
+        let Some(project) = project else {
+            // Nothing else can be checked in a project we cannot reach.
+            for name in &CHECK_ORDER[1..] {
+                let skipped = CheckResult::fail(
+                    name,
+                    format!(
+                        "not checked: project {} is not reachable",
+                        req.target.project
+                    ),
+                    vec![],
+                );
+                self.report_check(&skipped, events).await;
+                results.push(skipped);
+            }
+            return results;
+        };
+
+        let mut pending: FuturesUnordered<
+            std::pin::Pin<Box<dyn Future<Output = CheckResult> + Send + '_>>,
+        > = FuturesUnordered::new();
+        pending.push(Box::pin(self.check_apis(req, cancel)));
+        pending.push(Box::pin(self.check_permissions(req, cancel)));
+        pending.push(Box::pin(self.check_service_account(req, &project, cancel)));
+        pending.push(Box::pin(self.check_repository(req, cancel)));
+        pending.push(Box::pin(self.check_bucket(req, &project, cancel)));
+        pending.push(Box::pin(async { check_build_config(req) }));
+        pending.push(Box::pin(self.check_network_policies(req, cancel)));
+        while let Some(r) = pending.next().await {
+            self.report_check(&r, events).await;
+            results.push(r);
+        }
+        results.sort_by_key(|c| CHECK_ORDER.iter().position(|n| *n == c.name));
+        results
+    }
+
+    async fn report_check(&self, c: &CheckResult, events: &Reporter) {
+        crate::telemetry::metrics::preflight_check(c.name, c.result_label());
+        events
+            .emit(Some(Stage::Preflight), EventKind::Check(c.clone()))
+            .await;
+    }
+
+    /// One check call with a deadline, retried on transient errors.
+    async fn call<T, F, Fut>(&self, cancel: &CancellationToken, mut op: F) -> Result<T, CallError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, CloudError>>,
+    {
+        let policy = RetryPolicy::builds(self.config.retry_base_delay);
+        let deadline = self.config.check_timeout;
+        let result = retry(
+            &policy,
+            cancel,
+            |_| {
+                let fut = op();
+                async move {
+                    match tokio::time::timeout(deadline, fut).await {
+                        Ok(r) => r,
+                        Err(_) => Err(CloudError::new(
+                            "preflight",
+                            Code::DeadlineExceeded,
+                            format!("no answer within {deadline:?}"),
+                        )),
+                    }
+                }
+            },
+            classify_cloud,
+            |_, _, _| async {},
+        )
+        .await;
+        match result {
+            Ok((v, _)) => Ok(v),
+            Err(GaveUp::Cancelled { .. }) => Err(CallError::Inconclusive("cancelled".into())),
+            Err(GaveUp::Failed { error, attempts }) => {
+                if classify_cloud(&error).is_retriable() {
+                    Err(CallError::Inconclusive(format!(
+                        "{} {} after {attempts} attempts: {}",
+                        error.call,
+                        error.code.name(),
+                        error.message
+                    )))
+                } else {
+                    Err(CallError::Failed(error))
+                }
+            }
+        }
+    }
+
+    async fn check_project(
+        &self,
+        req: &PreflightRequest,
+        cancel: &CancellationToken,
+    ) -> (CheckResult, Option<Project>) {
+        const NAME: &str = "project_access";
+        let p = &req.target.project;
+        match self.call(cancel, || self.cloud.project(p)).await {
+            Ok(project) => match &project.state {
+                ProjectState::Active => (
+                    CheckResult::pass(
+                        NAME,
+                        format!("project {p} (number {}) is active", project.number),
+                    ),
+                    Some(project),
+                ),
+                ProjectState::DeleteRequested => (
+                    CheckResult::fail(
+                        NAME,
+                        format!("project {p} is scheduled for deletion"),
+                        vec![format!("gcloud projects undelete {p}")],
+                    ),
+                    None,
+                ),
+                ProjectState::Other(s) => (
+                    CheckResult::fail(
+                        NAME,
+                        format!("project {p} is in state {s}, not ACTIVE"),
+                        vec![],
+                    ),
+                    None,
+                ),
+            },
+            Err(CallError::Failed(e)) if e.is(Code::NotFound) || e.is(Code::PermissionDenied) => (
+                CheckResult::fail(
+                    NAME,
+                    format!(
+                        "project {p} does not exist, or the caller has no access to it ({})",
+                        e.code.name()
+                    ),
+                    vec![
+                        format!("Check the project id: gcloud projects describe {p}"),
+                        format!("https://console.cloud.google.com/home/dashboard?project={p}"),
+                    ],
+                ),
+                None,
+            ),
+            Err(e) => (
+                call_error_check(NAME, &format!("looking up project {p}"), e, p),
+                None,
+            ),
+        }
+    }
+
+    async fn check_apis(&self, req: &PreflightRequest, cancel: &CancellationToken) -> CheckResult {
+        const NAME: &str = "required_apis";
+        let p = &req.target.project;
+        match self
+            .call(cancel, || self.cloud.services_enabled(p, REQUIRED_APIS))
+            .await
+        {
+            Ok(states) => {
+                let disabled: Vec<String> = states
+                    .into_iter()
+                    .filter(|(_, on)| !on)
+                    .map(|(name, _)| name)
+                    .collect();
+                if disabled.is_empty() {
+                    CheckResult::pass(
+                        NAME,
+                        format!(
+                            "all {} required APIs are enabled in {p}",
+                            REQUIRED_APIS.len()
+                        ),
+                    )
+                } else {
+                    CheckResult::fail(
+                        NAME,
+                        format!("disabled in project {p}: {}", disabled.join(", ")),
+                        vec![
+                            format!(
+                                "gcloud services enable {} --project={p}",
+                                disabled.join(" ")
+                            ),
+                            format!("https://console.cloud.google.com/apis/library?project={p}"),
+                        ],
+                    )
+                }
+            }
+            Err(e) => call_error_check(NAME, "reading API states", e, p),
+        }
+    }
+
+    async fn check_permissions(
+        &self,
+        req: &PreflightRequest,
+        cancel: &CancellationToken,
+    ) -> CheckResult {
+        const NAME: &str = "permissions";
+        let p = &req.target.project;
+        let wanted: Vec<&str> = REQUIRED_PERMISSIONS.iter().map(|(perm, _)| *perm).collect();
+        match self
+            .call(cancel, || self.cloud.test_project_permissions(p, &wanted))
+            .await
+        {
+            Ok(held) => {
+                let missing: Vec<&(&str, &str)> = REQUIRED_PERMISSIONS
+                    .iter()
+                    .filter(|(perm, _)| !held.iter().any(|h| h == perm))
+                    .collect();
+                if missing.is_empty() {
+                    return CheckResult::pass(
+                        NAME,
+                        format!("the caller holds all {} permissions on {p}", wanted.len()),
+                    );
+                }
+                let mut roles: Vec<&str> = missing.iter().map(|(_, role)| *role).collect();
+                roles.dedup();
+                let member = &self.config.caller_member;
+                let remediation = roles
+                    .iter()
+                    .map(|role| format!("gcloud projects add-iam-policy-binding {p} --member={member} --role={role}"))
+                    .collect();
+                CheckResult::fail(
+                    NAME,
+                    format!(
+                        "missing on project {p}: {} (granted by {})",
+                        missing
+                            .iter()
+                            .map(|(perm, _)| *perm)
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        roles.join(", ")
+                    ),
+                    remediation,
+                )
+            }
+            Err(e) => call_error_check(NAME, "testing IAM permissions", e, p),
+        }
+    }
+
+    async fn check_service_account(
+        &self,
+        req: &PreflightRequest,
+        project: &Project,
+        cancel: &CancellationToken,
+    ) -> CheckResult {
+        const NAME: &str = "service_account";
+        let p = &req.target.project;
+        let email = req
+            .service_account
+            .clone()
+            .unwrap_or_else(|| format!("{}-compute@developer.gserviceaccount.com", project.number));
+        let sa = match self
+            .call(cancel, || self.cloud.service_account(p, &email))
+            .await
+        {
+            Ok(sa) => sa,
+            Err(e) => return call_error_check(NAME, &format!("looking up {email}"), e, p),
+        };
+        match sa {
+            None => CheckResult::fail(
+                NAME,
+                format!("runtime service account {email} does not exist in project {p}"),
+                vec![format!(
+                    "gcloud iam service-accounts create {} --project={p}",
+                    email.split('@').next().unwrap_or(&email)
+                )],
+            ),
+            Some(sa) if sa.disabled => CheckResult::fail(
+                NAME,
+                format!("runtime service account {email} is disabled"),
+                vec![format!("gcloud iam service-accounts enable {email} --project={p}")],
+            ),
+            Some(_) => match self.call(cancel, || self.cloud.can_act_as(p, &email)).await {
+                Ok(true) => CheckResult::pass(NAME, format!("the caller may act as {email}")),
+                Ok(false) => CheckResult::fail(
+                    NAME,
+                    format!("the caller lacks iam.serviceAccounts.actAs on {email}"),
+                    vec![format!(
+                        "gcloud iam service-accounts add-iam-policy-binding {email} --project={p} --member={} --role=roles/iam.serviceAccountUser",
+                        self.config.caller_member
+                    )],
+                ),
+                Err(e) => call_error_check(NAME, &format!("testing actAs on {email}"), e, p),
+            },
+        }
+    }
+
+    async fn check_repository(
+        &self,
+        req: &PreflightRequest,
+        cancel: &CancellationToken,
+    ) -> CheckResult {
+        const NAME: &str = "artifact_registry";
+        let (p, region, repo) = (
+            &req.target.project,
+            &req.target.region,
+            &req.build.repository,
+        );
+        let existing = match self
+            .call(cancel, || self.cloud.repository(p, region, repo))
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => return call_error_check(NAME, &format!("reading repository {repo}"), e, p),
+        };
+        match existing {
+            Some(r) if r.format == "DOCKER" => {
+                CheckResult::pass(NAME, format!("Docker repository {repo} exists in {region}"))
+            }
+            Some(r) => CheckResult::fail(
+                NAME,
+                format!("repository {repo} in {region} has format {}, not DOCKER", r.format),
+                vec![
+                    "Choose another repository name (build.repository), or:".into(),
+                    format!("gcloud artifacts repositories create {repo}-docker --repository-format=docker --location={region} --project={p}"),
+                ],
+            ),
+            None => match self.call(cancel, || self.cloud.create_repository(p, region, repo)).await {
+                Ok(()) => CheckResult::pass(NAME, format!("created Docker repository {repo} in {region}")),
+                // Someone created it between our read and our create: fine.
+                Err(CallError::Failed(e)) if e.is(Code::AlreadyExists) => {
+                    CheckResult::pass(NAME, format!("Docker repository {repo} exists in {region}"))
+                }
+                Err(e) => call_error_check(NAME, &format!("creating repository {repo}"), e, p),
+            },
+        }
+    }
+
+    async fn check_bucket(
+        &self,
+        req: &PreflightRequest,
+        project: &Project,
+        cancel: &CancellationToken,
+    ) -> CheckResult {
+        const NAME: &str = "build_bucket";
+        let p = &req.target.project;
+        let bucket = naming::source_bucket(p, &req.target.region);
+        let owned = |b: &super::cloud::Bucket| b.project_number == project.number;
+        let existing = match self.call(cancel, || self.cloud.bucket(&bucket)).await {
+            Ok(b) => b,
+            Err(e) => return call_error_check(NAME, &format!("reading bucket {bucket}"), e, p),
+        };
+        let created = match existing {
+            Some(b) if owned(&b) => {
+                return CheckResult::pass(NAME, format!("bucket gs://{bucket} exists"))
+            }
+            Some(_) => return squatted(&bucket, p),
+            None => {
+                self.call(cancel, || {
+                    self.cloud.create_bucket(p, &req.target.region, &bucket)
+                })
+                .await
+            }
+        };
+        match created {
+            Ok(()) => CheckResult::pass(NAME, format!("created bucket gs://{bucket}")),
+            // Bucket names are global: a 409 may be a concurrent deployd or a stranger.
+            Err(CallError::Failed(e)) if e.is(Code::AlreadyExists) || e.is(Code::Aborted) => {
+                match self.call(cancel, || self.cloud.bucket(&bucket)).await {
+                    Ok(Some(b)) if owned(&b) => {
+                        CheckResult::pass(NAME, format!("bucket gs://{bucket} exists"))
+                    }
+                    Ok(_) => squatted(&bucket, p),
+                    Err(e) => call_error_check(NAME, &format!("reading bucket {bucket}"), e, p),
+                }
+            }
+            Err(e) => call_error_check(NAME, &format!("creating bucket {bucket}"), e, p),
+        }
+    }
+
+    async fn check_network_policies(
+        &self,
+        req: &PreflightRequest,
+        cancel: &CancellationToken,
+    ) -> CheckResult {
+        const NAME: &str = "network_policies";
+        let p = &req.target.project;
+        let ingress = req.ingress.unwrap_or(Ingress::All);
+        let mut wanted = vec![("run.allowedIngress", ingress.policy_value())];
+        if let Some(egress) = req.vpc_egress {
+            wanted.push(("run.allowedVPCEgress", egress.policy_value()));
+        }
+        let mut violations = Vec::new();
+        for (constraint, value) in &wanted {
+            match self
+                .call(cancel, || self.cloud.effective_list_policy(p, constraint))
+                .await
+            {
+                Ok(policy) if policy.allows(value) => {}
+                Ok(policy) => violations.push(format!(
+                    "constraints/{constraint} does not allow {value:?} (effective policy: {})",
+                    describe_policy(&policy)
+                )),
+                Err(e) => {
+                    return call_error_check(
+                        NAME,
+                        &format!("reading constraints/{constraint}"),
+                        e,
+                        p,
+                    )
+                }
+            }
+        }
+        if violations.is_empty() {
+            let what: Vec<String> = wanted.iter().map(|(c, v)| format!("{c}={v}")).collect();
+            CheckResult::pass(NAME, format!("org policies allow {}", what.join(", ")))
+        } else {
+            let mut remediation = vec!["Choose settings the policy allows (runtime.ingress / runtime.vpc_egress), or ask your organization policy administrator for an exception:".into()];
+            for (constraint, _) in &wanted {
+                remediation.push(format!(
+                    "gcloud org-policies describe {constraint} --effective --project={p}"
+                ));
+            }
+            CheckResult::fail(
+                NAME,
+                format!("project {p}: {}", violations.join("; ")),
+                remediation,
+            )
+        }
+    }
+}
+
+fn describe_policy(p: &super::cloud::ListPolicy) -> String {
+    use super::cloud::ListPolicy::*;
+    match p {
+        AllowAll => "allow all".into(),
+        DenyAll => "deny all".into(),
+        Allowed(v) => format!("allowed values {}", v.join(", ")),
+        Denied(v) => format!("denied values {}", v.join(", ")),
+    }
+}
+
+fn squatted(bucket: &str, project: &str) -> CheckResult {
+    CheckResult::fail(
+        "build_bucket",
+        format!("bucket gs://{bucket} exists but belongs to another project"),
+        vec![format!(
+            "Bucket names are global; delete or rename the other bucket, or deploy from a project whose bucket name is free (deployd uses {}).",
+            naming::source_bucket(project, "REGION")
+        )],
+    )
+}
+
+/// The build configuration deployd would submit, checked against Cloud
+/// Build's limits. No API call: it is the request we are about to make.
+fn check_build_config(req: &PreflightRequest) -> CheckResult {
+    const NAME: &str = "cloud_build";
+    let b: &BuildOptions = &req.build;
+    if let Err(e) = b.validate() {
+        return CheckResult::fail(NAME, e.to_string(), vec![format!("Fix {}.", e.field)]);
+    }
+    let image = naming::image(&req.target, &b.repository);
+    let repo_prefix = format!(
+        "{}-docker.pkg.dev/{}/{}/",
+        req.target.region,
+        naming::project_path(&req.target.project),
+        b.repository
+    );
+    if !image.starts_with(&repo_prefix) {
+        return CheckResult::fail(
+            NAME,
+            format!("image {image} is outside repository {repo_prefix}"),
+            vec![],
+        );
+    }
+    CheckResult::pass(
+        NAME,
+        format!(
+            "machine {}, build timeout {}s, step timeout {}s, image {image}",
+            b.machine_type,
+            b.timeout.as_secs(),
+            b.step_timeout.as_secs()
+        ),
+    )
+}
+
+/// A check whose API call failed: names what was being done and why.
+fn call_error_check(name: &'static str, doing: &str, e: CallError, project: &str) -> CheckResult {
+    match e {
+        CallError::Inconclusive(why) => CheckResult::inconclusive(name, format!("{doing}: {why}")),
+        CallError::Failed(e) => {
+            let mut remediation = Vec::new();
+            if e.reason.as_deref() == Some("SERVICE_DISABLED") {
+                let service = e.metadata.get("service").cloned().unwrap_or_default();
+                remediation.push(format!(
+                    "gcloud services enable {service} --project={project}"
+                ));
+                remediation.push(format!(
+                    "https://console.cloud.google.com/apis/library?project={project}"
+                ));
+            } else if e.is(Code::PermissionDenied) {
+                if let Some(perm) = e.metadata.get("permission") {
+                    remediation.push(format!("Grant a role with {perm} on project {project}: https://console.cloud.google.com/iam-admin/iam?project={project}"));
+                }
+            }
+            CheckResult::fail(
+                name,
+                format!(
+                    "{doing} in project {project} failed: {} {}",
+                    e.code.name(),
+                    e.message
+                ),
+                remediation,
+            )
+        }
+    }
+}
+
+/// Remediation of failed checks, deduplicated, in [`CHECK_ORDER`].
+pub fn gather_remediation(checks: &[CheckResult]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for c in checks.iter().filter(|c| !c.ok) {
+        for r in &c.remediation {
+            if !out.contains(r) {
+                out.push(r.clone());
+            }
+        }
+    }
+    out
+}
+
+/// Preflight's share of the deploy defaults, so a Deploy and a Preflight of
+/// the same target check the same things.
+pub fn request_for_deploy(d: &super::model::DeployRequest) -> PreflightRequest {
+    PreflightRequest {
+        target: d.target.clone(),
+        service_account: d.runtime.service_account.clone(),
+        ingress: d.runtime.ingress,
+        vpc_egress: d.runtime.vpc_egress,
+        build: d.build.clone(),
+    }
+}

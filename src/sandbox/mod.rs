@@ -1,0 +1,245 @@
+//! The sandbox: an emulator of the Google Cloud REST APIs deployd uses,
+//! written from `shared/gcp-api-contract.md` and sharing no types with
+//! `crate::gcp`, so a field misnamed on one side fails a test instead of
+//! agreeing with itself.
+//!
+//! It keeps state (APIs, permissions, repositories, buckets and objects,
+//! builds, services and revisions, operations), finishes operations after a
+//! configurable delay, runs each deployed service as a real HTTP listener on
+//! loopback, and lets tests inject faults. Time-driven progress is computed
+//! lazily on each request, so there are no background state machines to race.
+
+mod app;
+mod build;
+pub mod faults;
+mod routes;
+pub mod world;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use faults::{AppResponse, BuildFault, Fault};
+use world::{ProjectState, Request, World};
+
+/// The project a fresh sandbox has, ready for deploys.
+pub const DEFAULT_PROJECT: &str = "demo-project";
+
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// How long long-running operations take.
+    pub op_delay: Duration,
+    /// How long a build waits in QUEUED.
+    pub build_queue_delay: Duration,
+    /// Time between two build log lines.
+    pub build_line_delay: Duration,
+    /// Projects that exist from the start, all APIs on, all permissions held.
+    pub projects: Vec<String>,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            op_delay: Duration::from_millis(300),
+            build_queue_delay: Duration::from_millis(200),
+            build_line_delay: Duration::from_millis(40),
+            projects: vec![DEFAULT_PROJECT.into()],
+        }
+    }
+}
+
+impl SandboxConfig {
+    /// Fast settings for tests.
+    pub fn fast() -> Self {
+        Self {
+            op_delay: Duration::from_millis(30),
+            build_queue_delay: Duration::from_millis(20),
+            build_line_delay: Duration::from_millis(2),
+            ..Self::default()
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    pub world: Mutex<World>,
+    pub faults: Mutex<Vec<Fault>>,
+    pub config: SandboxConfig,
+    pub shutdown: CancellationToken,
+}
+
+impl Shared {
+    pub fn world(&self) -> MutexGuard<'_, World> {
+        // A panic while holding the lock only happens in a failing test;
+        // keep serving the state as it was.
+        self.world.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn faults(&self) -> MutexGuard<'_, Vec<Fault>> {
+        self.faults.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A running sandbox. Dropping it stops the server and the service apps.
+pub struct Sandbox {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+}
+
+impl Sandbox {
+    /// Binds 127.0.0.1 on an ephemeral port and starts serving.
+    pub async fn start(config: SandboxConfig) -> std::io::Result<Sandbox> {
+        Self::start_on(
+            "127.0.0.1:0".parse().map_err(std::io::Error::other)?,
+            config,
+        )
+        .await
+    }
+
+    pub async fn start_on(addr: SocketAddr, config: SandboxConfig) -> std::io::Result<Sandbox> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let mut world = World::default();
+        for (i, p) in config.projects.iter().enumerate() {
+            let number = format!("{}", 100000000001u64 + i as u64);
+            world
+                .projects
+                .insert(p.clone(), ProjectState::new(p, &number));
+        }
+        let shared = Arc::new(Shared {
+            world: Mutex::new(world),
+            faults: Mutex::new(vec![]),
+            config,
+            shutdown: CancellationToken::new(),
+        });
+        let router = routes::router(shared.clone());
+        let stop = shared.shutdown.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "sandbox server stopped");
+            }
+        });
+        tracing::info!(%addr, "sandbox listening");
+        Ok(Sandbox { shared, addr })
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Adds a healthy project and returns its number.
+    pub fn add_project(&self, id: &str) -> String {
+        let mut w = self.shared.world();
+        let number = format!("{}", 200000000000u64 + w.next_id());
+        w.projects.insert(id.into(), ProjectState::new(id, &number));
+        number
+    }
+
+    /// Changes a project's state (disable APIs, withhold permissions...).
+    pub fn with_project<R>(&self, id: &str, f: impl FnOnce(&mut ProjectState) -> R) -> Option<R> {
+        let mut w = self.shared.world();
+        w.projects.get_mut(id).map(f)
+    }
+
+    pub fn remove_project(&self, id: &str) {
+        self.shared.world().projects.remove(id);
+    }
+
+    /// The next `fault.remaining` calls of `fault.method` misbehave.
+    pub fn inject(&self, fault: Fault) {
+        self.shared.faults().push(fault);
+    }
+
+    /// The next build created ends this way.
+    pub fn fail_next_build(&self, fault: BuildFault) {
+        self.shared.world().build_faults.push_back(fault);
+    }
+
+    /// The next `n` revisions of the service fail to become ready.
+    pub fn revisions_not_ready(&self, project: &str, service: &str, n: u32) {
+        self.shared
+            .world()
+            .not_ready_revisions
+            .insert((project.into(), service.into()), n);
+    }
+
+    /// The deployed service answers these, in order, then 200s.
+    pub fn script_app(
+        &self,
+        project: &str,
+        region: &str,
+        service: &str,
+        answers: Vec<AppResponse>,
+    ) -> bool {
+        let mut w = self.shared.world();
+        let Some(p) = w.projects.get_mut(project) else {
+            return false;
+        };
+        match p
+            .services
+            .get_mut(&(region.to_string(), service.to_string()))
+        {
+            Some(s) => {
+                s.app_script.extend(answers);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<Request> {
+        self.shared.world().requests.clone()
+    }
+
+    /// How many requests of a discovery method id were received.
+    pub fn count(&self, method: &str) -> usize {
+        self.shared
+            .world()
+            .requests
+            .iter()
+            .filter(|r| r.method == method)
+            .count()
+    }
+
+    /// The service as `GET` would show it now.
+    pub fn service(&self, project: &str, region: &str, service: &str) -> Option<Value> {
+        let w = self.shared.world();
+        let p = w.projects.get(project)?;
+        let s = p.services.get(&(region.to_string(), service.to_string()))?;
+        Some(routes::render_service(p, region, service, s))
+    }
+
+    /// Builds as `GET` would show them now.
+    pub fn builds(&self) -> Vec<Value> {
+        let mut w = self.shared.world();
+        build::advance(&mut w, std::time::Instant::now());
+        let w = &*w;
+        w.builds
+            .values()
+            .map(|b| build::render(w, b, std::time::Instant::now()))
+            .collect()
+    }
+
+    /// An object's bytes.
+    pub fn object(&self, bucket: &str, name: &str) -> Option<Vec<u8>> {
+        let w = self.shared.world();
+        Some(w.buckets.get(bucket)?.objects.get(name)?.data.clone())
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.shared.shutdown.cancel();
+    }
+}

@@ -1,0 +1,1501 @@
+//! HTTP routing and handlers of the emulated APIs. Paths, query parameters,
+//! bodies and error shapes follow the contract; resource names may span
+//! several segments (`{+name}`), so routing matches segment slices rather
+//! than a path-template router.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use serde_json::{json, Value};
+
+use super::faults::{FaultAction, InjectedError};
+use super::world::{
+    now_rfc3339, Bucket, Effect, Object, Operation, ProjectState, Repository, Request, Service,
+    World,
+};
+use super::{app, build, Shared};
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new().fallback(handle).with_state(shared)
+}
+
+/// A routed request: its discovery method id, the API that serves it, the
+/// permission it needs, the project it is about, and its parameters.
+struct Route {
+    id: &'static str,
+    api: Option<&'static str>,
+    permission: Option<&'static str>,
+    project: Option<String>,
+    kind: Kind,
+}
+
+enum Kind {
+    SuBatchGet,
+    SuGet(String),
+    SuList,
+    SuEnable(String),
+    CrmGet { v1: bool },
+    CrmTestPermissions,
+    SaGet(String),
+    SaTestPermissions(String),
+    OrgEffective(String),
+    RepoGet(String, String),
+    RepoCreate(String),
+    RepoList(String),
+    BucketGet(String),
+    BucketInsert,
+    ObjectGet(String, String),
+    ObjectUpload(String),
+    BuildCreate,
+    BuildGet(String),
+    BuildCancel(String),
+    RunGet(String, String),
+    RunCreate(String),
+    RunPatch(String, String),
+    RunGetIam(String, String),
+    RunSetIam(String, String),
+    RunRevisions(String, String),
+    OpGet(String),
+    NotFound,
+}
+
+fn strip<'a>(s: &'a str, suffix: &str) -> Option<&'a str> {
+    s.strip_suffix(suffix)
+}
+
+fn route(m: &Method, segs: &[&str]) -> Route {
+    use Kind::*;
+    let r = |id, api, permission, project: &str, kind| Route {
+        id,
+        api,
+        permission,
+        project: Some(project.to_string()),
+        kind,
+    };
+    let global = |id, permission, kind| Route {
+        id,
+        api: None,
+        permission,
+        project: None,
+        kind,
+    };
+    const SU: Option<&str> = Some("serviceusage.googleapis.com");
+    const CRM: Option<&str> = Some("cloudresourcemanager.googleapis.com");
+    const IAM: Option<&str> = Some("iam.googleapis.com");
+    const ORG: Option<&str> = Some("orgpolicy.googleapis.com");
+    const AR: Option<&str> = Some("artifactregistry.googleapis.com");
+    const CB: Option<&str> = Some("cloudbuild.googleapis.com");
+    const RUN: Option<&str> = Some("run.googleapis.com");
+    match (m.as_str(), segs) {
+        // Service Usage
+        ("GET", ["v1", "projects", p, "services:batchGet"]) => r(
+            "serviceusage.services.batchGet",
+            SU,
+            Some("serviceusage.services.get"),
+            p,
+            SuBatchGet,
+        ),
+        ("GET", ["v1", "projects", p, "services"]) => r(
+            "serviceusage.services.list",
+            SU,
+            Some("serviceusage.services.list"),
+            p,
+            SuList,
+        ),
+        ("GET", ["v1", "projects", p, "services", s]) => r(
+            "serviceusage.services.get",
+            SU,
+            Some("serviceusage.services.get"),
+            p,
+            SuGet(s.to_string()),
+        ),
+        ("POST", ["v1", "projects", p, "services", s]) if s.ends_with(":enable") => r(
+            "serviceusage.services.enable",
+            SU,
+            Some("serviceusage.services.enable"),
+            p,
+            SuEnable(s.trim_end_matches(":enable").to_string()),
+        ),
+        ("GET", ["v1", "operations", rest @ ..]) => global(
+            "operations.get",
+            None,
+            OpGet(format!("operations/{}", rest.join("/"))),
+        ),
+        // Resource Manager
+        ("GET", [v @ ("v1" | "v3"), "projects", p]) if !p.contains(':') => r(
+            "cloudresourcemanager.projects.get",
+            CRM,
+            Some("resourcemanager.projects.get"),
+            p,
+            CrmGet { v1: *v == "v1" },
+        ),
+        ("POST", ["v1" | "v3", "projects", p]) if p.ends_with(":testIamPermissions") => r(
+            "cloudresourcemanager.projects.testIamPermissions",
+            CRM,
+            None,
+            p.trim_end_matches(":testIamPermissions"),
+            CrmTestPermissions,
+        ),
+        // IAM
+        ("GET", ["v1", "projects", p, "serviceAccounts", e]) => r(
+            "iam.projects.serviceAccounts.get",
+            IAM,
+            Some("iam.serviceAccounts.get"),
+            p,
+            SaGet(e.to_string()),
+        ),
+        ("POST", ["v1", "projects", p, "serviceAccounts", e])
+            if e.ends_with(":testIamPermissions") =>
+        {
+            r(
+                "iam.projects.serviceAccounts.testIamPermissions",
+                IAM,
+                None,
+                p,
+                SaTestPermissions(e.trim_end_matches(":testIamPermissions").to_string()),
+            )
+        }
+        // Org Policy
+        ("GET", ["v2", "projects", p, "policies", c]) if c.ends_with(":getEffectivePolicy") => r(
+            "orgpolicy.projects.policies.getEffectivePolicy",
+            ORG,
+            Some("orgpolicy.policy.get"),
+            p,
+            OrgEffective(c.trim_end_matches(":getEffectivePolicy").to_string()),
+        ),
+        // Artifact Registry
+        ("GET", ["v1", "projects", p, "locations", l, "repositories", repo]) => r(
+            "artifactregistry.projects.locations.repositories.get",
+            AR,
+            Some("artifactregistry.repositories.get"),
+            p,
+            RepoGet(l.to_string(), repo.to_string()),
+        ),
+        ("POST", ["v1", "projects", p, "locations", l, "repositories"]) => r(
+            "artifactregistry.projects.locations.repositories.create",
+            AR,
+            Some("artifactregistry.repositories.create"),
+            p,
+            RepoCreate(l.to_string()),
+        ),
+        ("GET", ["v1", "projects", p, "locations", l, "repositories"]) => r(
+            "artifactregistry.projects.locations.repositories.list",
+            AR,
+            Some("artifactregistry.repositories.list"),
+            p,
+            RepoList(l.to_string()),
+        ),
+        ("GET", [v @ ("v1" | "v2"), "projects", p, "locations", l, "operations", id]) => {
+            let name = format!("projects/{p}/locations/{l}/operations/{id}");
+            let _ = v;
+            global("operations.get", None, OpGet(name))
+        }
+        // Cloud Storage
+        ("GET", ["storage", "v1", "b", b]) => global(
+            "storage.buckets.get",
+            Some("storage.buckets.get"),
+            BucketGet(b.to_string()),
+        ),
+        ("POST", ["storage", "v1", "b"]) => global(
+            "storage.buckets.insert",
+            Some("storage.buckets.create"),
+            BucketInsert,
+        ),
+        ("GET", ["storage", "v1", "b", b, "o", o]) => global(
+            "storage.objects.get",
+            Some("storage.objects.get"),
+            ObjectGet(b.to_string(), o.to_string()),
+        ),
+        ("POST", ["upload", "storage", "v1", "b", b, "o"]) => global(
+            "storage.objects.insert",
+            Some("storage.objects.create"),
+            ObjectUpload(b.to_string()),
+        ),
+        // Cloud Build
+        ("POST", ["v1", "projects", p, "builds"])
+        | ("POST", ["v1", "projects", p, "locations", _, "builds"]) => r(
+            "cloudbuild.projects.locations.builds.create",
+            CB,
+            Some("cloudbuild.builds.create"),
+            p,
+            BuildCreate,
+        ),
+        ("GET", ["v1", "projects", p, "builds", id])
+        | ("GET", ["v1", "projects", p, "locations", _, "builds", id]) => r(
+            "cloudbuild.projects.locations.builds.get",
+            CB,
+            Some("cloudbuild.builds.get"),
+            p,
+            BuildGet(id.to_string()),
+        ),
+        ("POST", ["v1", "projects", p, "builds", id])
+        | ("POST", ["v1", "projects", p, "locations", _, "builds", id])
+            if id.ends_with(":cancel") =>
+        {
+            r(
+                "cloudbuild.projects.locations.builds.cancel",
+                CB,
+                Some("cloudbuild.builds.update"),
+                p,
+                BuildCancel(id.trim_end_matches(":cancel").to_string()),
+            )
+        }
+        // Cloud Run v2
+        ("GET", ["v2", "projects", p, "locations", l, "services", s]) => {
+            match strip(s, ":getIamPolicy") {
+                Some(s) => r(
+                    "run.projects.locations.services.getIamPolicy",
+                    RUN,
+                    Some("run.services.getIamPolicy"),
+                    p,
+                    RunGetIam(l.to_string(), s.to_string()),
+                ),
+                None => r(
+                    "run.projects.locations.services.get",
+                    RUN,
+                    Some("run.services.get"),
+                    p,
+                    RunGet(l.to_string(), s.to_string()),
+                ),
+            }
+        }
+        ("POST", ["v2", "projects", p, "locations", l, "services", s])
+            if s.ends_with(":setIamPolicy") =>
+        {
+            r(
+                "run.projects.locations.services.setIamPolicy",
+                RUN,
+                Some("run.services.setIamPolicy"),
+                p,
+                RunSetIam(
+                    l.to_string(),
+                    s.trim_end_matches(":setIamPolicy").to_string(),
+                ),
+            )
+        }
+        ("POST", ["v2", "projects", p, "locations", l, "services"]) => r(
+            "run.projects.locations.services.create",
+            RUN,
+            Some("run.services.create"),
+            p,
+            RunCreate(l.to_string()),
+        ),
+        ("PATCH", ["v2", "projects", p, "locations", l, "services", s]) => r(
+            "run.projects.locations.services.patch",
+            RUN,
+            Some("run.services.update"),
+            p,
+            RunPatch(l.to_string(), s.to_string()),
+        ),
+        ("GET", ["v2", "projects", p, "locations", l, "services", s, "revisions"]) => r(
+            "run.projects.locations.services.revisions.list",
+            RUN,
+            Some("run.revisions.list"),
+            p,
+            RunRevisions(l.to_string(), s.to_string()),
+        ),
+        _ => global("unknown", None, NotFound),
+    }
+}
+
+fn query_map(q: Option<&str>) -> Vec<(String, String)> {
+    let Some(q) = q else { return vec![] };
+    q.split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (decode(&k.replace('+', " ")), decode(&v.replace('+', " ")))
+        })
+        .collect()
+}
+
+fn decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .to_string()
+}
+
+fn param<'a>(q: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+async fn handle(
+    State(sh): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    // Split before decoding: an object name's %2F is part of one segment.
+    let segs: Vec<String> = uri
+        .path()
+        .trim_start_matches('/')
+        .split('/')
+        .map(decode)
+        .collect();
+    let seg_refs: Vec<&str> = segs.iter().map(String::as_str).collect();
+    let q = query_map(uri.query());
+    let route = route(&method, &seg_refs);
+    let at = Instant::now();
+
+    let fault = take_fault(&sh, route.id);
+    let response = match fault {
+        Some(FaultAction::Hang) => {
+            sh.shutdown.cancelled().await;
+            error(503, "UNAVAILABLE", "sandbox shutting down")
+        }
+        Some(FaultAction::Reset) => reset(),
+        Some(FaultAction::Error(e)) => injected(&e),
+        None => {
+            let mut w = sh.world();
+            build::advance(&mut w, at);
+            finish_operations(&mut w, at);
+            let r = match guard(&w, &route) {
+                Some(denied) => denied,
+                None => dispatch(&sh, &mut w, &route, &q, &body, &headers, at),
+            };
+            drop(w);
+            r
+        }
+    };
+    let mut w = sh.world();
+    let recorded_body = if matches!(route.kind, Kind::ObjectUpload(_)) {
+        vec![]
+    } else {
+        body.to_vec()
+    };
+    w.requests.push(Request {
+        method: route.id.to_string(),
+        http_method: method.to_string(),
+        path: uri.path().to_string(),
+        query: uri.query().unwrap_or_default().to_string(),
+        status: response.status().as_u16(),
+        at,
+        body: recorded_body,
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
+            .collect(),
+    });
+    response
+}
+
+fn take_fault(sh: &Shared, method: &str) -> Option<FaultAction> {
+    let mut faults = sh.faults();
+    let pos = faults
+        .iter()
+        .position(|f| f.method == method && f.remaining > 0)?;
+    faults[pos].remaining -= 1;
+    let action = faults[pos].action.clone();
+    if faults[pos].remaining == 0 {
+        faults.remove(pos);
+    }
+    Some(action)
+}
+
+/// Project existence, API enablement and permissions, as Google checks them.
+fn guard(w: &World, route: &Route) -> Option<Response> {
+    if matches!(route.kind, Kind::NotFound) {
+        return Some(error(404, "NOT_FOUND", "Requested entity was not found."));
+    }
+    let p = route.project.as_deref()?;
+    let Some(key) = w.project_key(p) else {
+        // Google does not tell a missing project from one you cannot see.
+        return Some(match route.kind {
+            Kind::CrmTestPermissions => ok(json!({})),
+            _ => error_info(
+                403,
+                "PERMISSION_DENIED",
+                &format!("The caller does not have permission, or project {p} does not exist."),
+                "USER_PROJECT_DENIED",
+                json!({"consumer": format!("projects/{p}")}),
+            ),
+        });
+    };
+    let project = &w.projects[&key];
+    if let Some(api) = route.api {
+        if !project.enabled_apis.contains(api) {
+            return Some(service_disabled(api, p));
+        }
+    }
+    if let Some(perm) = route.permission {
+        if !project.permissions.contains(perm) {
+            return Some(error_info(
+                403,
+                "PERMISSION_DENIED",
+                &format!("Permission '{perm}' denied on resource '//{}/projects/{p}' (or it may not exist).", route.api.unwrap_or("")),
+                "IAM_PERMISSION_DENIED",
+                json!({"permission": perm, "resource": format!("projects/{p}")}),
+            ));
+        }
+    }
+    None
+}
+
+#[allow(clippy::too_many_arguments)]
+fn dispatch(
+    sh: &Arc<Shared>,
+    w: &mut World,
+    route: &Route,
+    q: &[(String, String)],
+    raw: &[u8],
+    headers: &HeaderMap,
+    now: Instant,
+) -> Response {
+    if let Kind::ObjectUpload(b) = &route.kind {
+        return upload(w, b, q, raw, headers);
+    }
+    let body: Value = if raw.is_empty() {
+        Value::Null
+    } else {
+        match serde_json::from_slice(raw) {
+            Ok(v) => v,
+            Err(e) => {
+                return error(
+                    400,
+                    "INVALID_ARGUMENT",
+                    &format!("Invalid JSON payload received. {e}"),
+                )
+            }
+        }
+    };
+    let key = route.project.as_deref().and_then(|p| w.project_key(p));
+    match &route.kind {
+        Kind::SuBatchGet => {
+            let p = &w.projects[&key.unwrap_or_default()];
+            let names: Vec<&str> = q
+                .iter()
+                .filter(|(k, _)| k == "names")
+                .map(|(_, v)| v.as_str())
+                .collect();
+            if names.is_empty() || names.len() > 30 {
+                return error(
+                    400,
+                    "INVALID_ARGUMENT",
+                    "names must list between 1 and 30 services",
+                );
+            }
+            let services: Vec<Value> = names
+                .iter()
+                .map(|n| su_service(p, n.rsplit('/').next().unwrap_or(n)))
+                .collect();
+            ok(json!({"services": services}))
+        }
+        Kind::SuGet(s) => ok(su_service(&w.projects[&key.unwrap_or_default()], s)),
+        Kind::SuList => {
+            let p = &w.projects[&key.unwrap_or_default()];
+            let only_enabled = param(q, "filter").is_some_and(|f| f.contains("state:ENABLED"));
+            let services: Vec<Value> = super::world::ALL_APIS
+                .iter()
+                .filter(|s| !only_enabled || p.enabled_apis.contains(**s))
+                .map(|s| su_service(p, s))
+                .collect();
+            ok(json!({"services": services}))
+        }
+        Kind::SuEnable(s) => {
+            let id = w.next_id();
+            let p = w.projects.get_mut(&key.unwrap_or_default());
+            let Some(p) = p else {
+                return error(404, "NOT_FOUND", "project");
+            };
+            let number = p.number.clone();
+            let response = json!({
+                "@type": "type.googleapis.com/google.api.serviceusage.v1.EnableServiceResponse",
+                "service": {"name": format!("projects/{number}/services/{s}"), "parent": format!("projects/{number}"), "state": "ENABLED"},
+            });
+            if p.enabled_apis.contains(s) {
+                return ok(
+                    json!({"name": "operations/noop.DONE_OPERATION", "done": true, "response": response}),
+                );
+            }
+            p.enabled_apis.insert(s.clone());
+            let name = format!("operations/acf.p2-{number}-{id:08x}");
+            start_op(
+                w,
+                sh,
+                name,
+                json!({"@type": "type.googleapis.com/google.api.serviceusage.v1.OperationMetadata", "resourceNames": [format!("services/{s}/projects/{number}")]}),
+                Some(response),
+                Effect::None,
+                now,
+            )
+        }
+        Kind::CrmGet { v1 } => {
+            let p = &w.projects[&key.unwrap_or_default()];
+            if *v1 {
+                let state = if p.lifecycle == "ACTIVE" {
+                    "ACTIVE"
+                } else {
+                    "DELETE_REQUESTED"
+                };
+                ok(
+                    json!({"projectId": p.id, "projectNumber": p.number, "name": p.id, "lifecycleState": state, "createTime": "2024-01-01T00:00:00Z"}),
+                )
+            } else {
+                ok(
+                    json!({"name": format!("projects/{}", p.number), "projectId": p.id, "displayName": p.id, "state": p.lifecycle, "parent": "organizations/123456789", "createTime": "2024-01-01T00:00:00Z", "etag": "W/\"sandbox\""}),
+                )
+            }
+        }
+        Kind::CrmTestPermissions => {
+            let p = &w.projects[&key.unwrap_or_default()];
+            test_permissions(&body, |perm| p.permissions.contains(perm))
+        }
+        Kind::SaGet(email) => {
+            let p = &w.projects[&key.unwrap_or_default()];
+            match p.service_accounts.get(email) {
+                Some(disabled) => {
+                    let mut sa = json!({"name": format!("projects/{}/serviceAccounts/{email}", p.id), "projectId": p.id, "email": email, "uniqueId": "104" });
+                    if *disabled {
+                        sa["disabled"] = json!(true);
+                    }
+                    ok(sa)
+                }
+                None => error(
+                    404,
+                    "NOT_FOUND",
+                    &format!("Unknown service account {email}"),
+                ),
+            }
+        }
+        Kind::SaTestPermissions(email) => {
+            let p = &w.projects[&key.unwrap_or_default()];
+            if !p.service_accounts.contains_key(email) {
+                return error(
+                    404,
+                    "NOT_FOUND",
+                    &format!("Unknown service account {email}"),
+                );
+            }
+            let allowed = !p.act_as_denied.contains(email)
+                && p.permissions.contains("iam.serviceAccounts.actAs");
+            test_permissions(&body, |perm| perm == "iam.serviceAccounts.actAs" && allowed)
+        }
+        Kind::OrgEffective(c) => {
+            let p = &w.projects[&key.unwrap_or_default()];
+            let spec = p
+                .policies
+                .get(c)
+                .cloned()
+                .unwrap_or_else(|| json!({"rules": [{"allowAll": true}]}));
+            ok(json!({"name": format!("projects/{}/policies/{c}", p.number), "spec": spec}))
+        }
+        Kind::RepoGet(l, repo) => {
+            let p = &w.projects[&key.unwrap_or_default()];
+            match p.repositories.get(&(l.clone(), repo.clone())) {
+                Some(r) => ok(render_repo(p, l, repo, r)),
+                None => error(
+                    404,
+                    "NOT_FOUND",
+                    &format!("Requested entity was not found."),
+                ),
+            }
+        }
+        Kind::RepoList(l) => {
+            let p = &w.projects[&key.unwrap_or_default()];
+            let repos: Vec<Value> = p
+                .repositories
+                .iter()
+                .filter(|((loc, _), _)| loc == l)
+                .map(|((loc, name), r)| render_repo(p, loc, name, r))
+                .collect();
+            ok(json!({"repositories": repos}))
+        }
+        Kind::RepoCreate(l) => {
+            let Some(repo_id) = param(q, "repositoryId").map(str::to_string) else {
+                return error(400, "INVALID_ARGUMENT", "repositoryId is required");
+            };
+            let format = body
+                .get("format")
+                .and_then(Value::as_str)
+                .unwrap_or("FORMAT_UNSPECIFIED")
+                .to_string();
+            let id = w.next_id();
+            let Some(p) = w.projects.get_mut(&key.unwrap_or_default()) else {
+                return error(404, "NOT_FOUND", "project");
+            };
+            let k = (l.clone(), repo_id.clone());
+            if p.repositories.contains_key(&k) {
+                return error(
+                    409,
+                    "ALREADY_EXISTS",
+                    &format!("the repository already exists"),
+                );
+            }
+            let repo = Repository {
+                format,
+                description: body
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                create_time: now_rfc3339(),
+                tags: BTreeMap::new(),
+                digests: Default::default(),
+            };
+            let rendered = render_repo(p, l, &repo_id, &repo);
+            p.repositories.insert(k, repo);
+            let name = format!("projects/{}/locations/{l}/operations/{id:032x}", p.id);
+            let mut response = rendered;
+            response["@type"] =
+                json!("type.googleapis.com/google.devtools.artifactregistry.v1.Repository");
+            start_op(
+                w,
+                sh,
+                name,
+                json!({"@type": "type.googleapis.com/google.devtools.artifactregistry.v1.OperationMetadata"}),
+                Some(response),
+                Effect::None,
+                now,
+            )
+        }
+        Kind::BucketGet(b) => match w.buckets.get(b) {
+            Some(bucket) => ok(render_bucket(b, bucket)),
+            None => gcs_error(404, "notFound", "The specified bucket does not exist."),
+        },
+        Kind::BucketInsert => {
+            let Some(project) = param(q, "project") else {
+                return gcs_error(400, "required", "Required parameter: project");
+            };
+            let Some(pk) = w.project_key(project) else {
+                return gcs_error(403, "forbidden", &format!("The caller does not have storage.buckets.create access to project {project}."));
+            };
+            if !w.projects[&pk]
+                .permissions
+                .contains("storage.buckets.create")
+            {
+                return gcs_error(403, "forbidden", &format!("The caller does not have storage.buckets.create access to the Google Cloud project {project}."));
+            }
+            let Some(name) = body.get("name").and_then(Value::as_str).map(str::to_string) else {
+                return gcs_error(400, "required", "Required: name");
+            };
+            if w.buckets.contains_key(&name) {
+                return gcs_error(409, "conflict", "Your previous request to create the named bucket succeeded and you already own it.");
+            }
+            let bucket = Bucket {
+                project_number: w.projects[&pk].number.clone(),
+                location: body
+                    .get("location")
+                    .and_then(Value::as_str)
+                    .unwrap_or("US")
+                    .to_uppercase(),
+                create_time: now_rfc3339(),
+                objects: BTreeMap::new(),
+            };
+            let out = render_bucket(&name, &bucket);
+            w.buckets.insert(name, bucket);
+            ok(out)
+        }
+        Kind::ObjectGet(b, o) => {
+            let Some(bucket) = w.buckets.get(b) else {
+                return gcs_error(404, "notFound", "The specified bucket does not exist.");
+            };
+            let Some(obj) = bucket.objects.get(o) else {
+                return gcs_error(404, "notFound", &format!("No such object: {b}/{o}"));
+            };
+            if param(q, "alt") == Some("media") {
+                return media(obj, headers);
+            }
+            ok(render_object(b, o, obj))
+        }
+        Kind::ObjectUpload(_) => error(500, "INTERNAL", "upload routed wrongly"),
+        Kind::BuildCreate => {
+            let Some(pk) = key else {
+                return error(404, "NOT_FOUND", "project");
+            };
+            build::create(w, &sh.config, &pk, body, now)
+        }
+        Kind::BuildGet(id) => match w.builds.get(id) {
+            Some(b) if Some(&b.project) == key.as_ref() => ok(build::render(w, b, now)),
+            _ => error(404, "NOT_FOUND", "Requested entity was not found."),
+        },
+        Kind::BuildCancel(id) => build::cancel(w, key.as_deref().unwrap_or_default(), id, now),
+        Kind::RunGet(l, s) => {
+            let p = &w.projects[&key.unwrap_or_default()];
+            match p.services.get(&(l.clone(), s.clone())) {
+                Some(svc) => ok(render_service(p, l, s, svc)),
+                None => run_not_found(s, l, &p.id),
+            }
+        }
+        Kind::RunRevisions(l, s) => {
+            let p = &w.projects[&key.unwrap_or_default()];
+            match p.services.get(&(l.clone(), s.clone())) {
+                Some(svc) => {
+                    let revs: Vec<Value> = svc
+                        .revisions
+                        .iter()
+                        .rev()
+                        .map(|r| render_revision(p, l, s, r))
+                        .collect();
+                    ok(json!({"revisions": revs}))
+                }
+                None => run_not_found(s, l, &p.id),
+            }
+        }
+        Kind::RunCreate(l) => {
+            let Some(s) = param(q, "serviceId").map(str::to_string) else {
+                return error(400, "INVALID_ARGUMENT", "serviceId is required");
+            };
+            run_apply(sh, w, &key.unwrap_or_default(), l, &s, body, true, now)
+        }
+        Kind::RunPatch(l, s) => run_apply(sh, w, &key.unwrap_or_default(), l, s, body, false, now),
+        Kind::RunGetIam(l, s) => {
+            let p = &w.projects[&key.unwrap_or_default()];
+            match p.services.get(&(l.clone(), s.clone())) {
+                Some(svc) => ok(svc.iam_policy.clone()),
+                None => run_not_found(s, l, &p.id),
+            }
+        }
+        Kind::RunSetIam(l, s) => {
+            let Some(p) = w.projects.get_mut(&key.unwrap_or_default()) else {
+                return error(404, "NOT_FOUND", "project");
+            };
+            let pid = p.id.clone();
+            match p.services.get_mut(&(l.clone(), s.clone())) {
+                Some(svc) => {
+                    let mut policy = body.get("policy").cloned().unwrap_or_else(|| json!({}));
+                    policy["etag"] = json!(format!("BwY{}", now_rfc3339().len()));
+                    svc.iam_policy = policy.clone();
+                    ok(policy)
+                }
+                None => run_not_found(s, l, &pid),
+            }
+        }
+        Kind::OpGet(name) => match w.operations.get(name) {
+            Some(op) => ok(render_op(op)),
+            None => error(404, "NOT_FOUND", &format!("Operation {name} not found")),
+        },
+        Kind::NotFound => error(404, "NOT_FOUND", "Requested entity was not found."),
+    }
+}
+
+/// Simple media upload; every write makes a new generation.
+fn upload(
+    w: &mut World,
+    b: &str,
+    q: &[(String, String)],
+    raw: &[u8],
+    headers: &HeaderMap,
+) -> Response {
+    if param(q, "uploadType") != Some("media") {
+        return gcs_error(
+            400,
+            "invalid",
+            "The sandbox supports uploadType=media only.",
+        );
+    }
+    let Some(name) = param(q, "name") else {
+        return gcs_error(400, "required", "Required parameter: name");
+    };
+    let Some(bucket) = w.buckets.get_mut(b) else {
+        return gcs_error(404, "notFound", "The specified bucket does not exist.");
+    };
+    if param(q, "ifGenerationMatch") == Some("0") && bucket.objects.contains_key(name) {
+        return gcs_error(
+            412,
+            "conditionNotMet",
+            "At least one of the pre-conditions you specified did not hold.",
+        );
+    }
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_string();
+    let o = put_object(bucket, name, raw.to_vec(), &content_type);
+    ok(render_object(b, name, &o))
+}
+
+/// Writes an object with a fresh, increasing generation (µs since epoch).
+pub(crate) fn put_object(
+    bucket: &mut Bucket,
+    name: &str,
+    data: Vec<u8>,
+    content_type: &str,
+) -> Object {
+    let micros = chrono::Utc::now().timestamp_micros();
+    let prev = bucket.objects.get(name).map(|o| o.generation).unwrap_or(0);
+    let o = Object {
+        generation: micros.max(prev + 1),
+        data,
+        content_type: content_type.into(),
+        updated: now_rfc3339(),
+    };
+    bucket.objects.insert(name.to_string(), o.clone());
+    o
+}
+
+fn test_permissions(body: &Value, holds: impl Fn(&str) -> bool) -> Response {
+    let asked: Vec<&str> = body
+        .get("permissions")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if asked
+        .iter()
+        .any(|p| p.contains('*') || p.split('.').count() < 3)
+    {
+        return error(
+            400,
+            "INVALID_ARGUMENT",
+            "Permissions must be fully qualified, without wildcards",
+        );
+    }
+    let held: Vec<&str> = asked.into_iter().filter(|p| holds(p)).collect();
+    // proto3: an empty list is omitted.
+    if held.is_empty() {
+        ok(json!({}))
+    } else {
+        ok(json!({"permissions": held}))
+    }
+}
+
+fn su_service(p: &ProjectState, s: &str) -> Value {
+    let state = if p.enabled_apis.contains(s) {
+        "ENABLED"
+    } else {
+        "DISABLED"
+    };
+    json!({
+        "name": format!("projects/{}/services/{s}", p.number),
+        "parent": format!("projects/{}", p.number),
+        "state": state,
+        "config": {"name": s, "title": title(s)},
+    })
+}
+
+fn title(api: &str) -> String {
+    match api {
+        "cloudbuild.googleapis.com" => "Cloud Build API".into(),
+        "run.googleapis.com" => "Cloud Run Admin API".into(),
+        "artifactregistry.googleapis.com" => "Artifact Registry API".into(),
+        "cloudresourcemanager.googleapis.com" => "Cloud Resource Manager API".into(),
+        "secretmanager.googleapis.com" => "Secret Manager API".into(),
+        "iam.googleapis.com" => "Identity and Access Management (IAM) API".into(),
+        "orgpolicy.googleapis.com" => "Organization Policy API".into(),
+        other => other.to_string(),
+    }
+}
+
+fn render_repo(p: &ProjectState, l: &str, name: &str, r: &Repository) -> Value {
+    json!({
+        "name": format!("projects/{}/locations/{l}/repositories/{name}", p.id),
+        "format": r.format,
+        "mode": "STANDARD_REPOSITORY",
+        "description": r.description,
+        "createTime": r.create_time,
+        "updateTime": r.create_time,
+        "registryUri": format!("{l}-docker.pkg.dev/{}/{name}", p.id),
+        "sizeBytes": "0",
+    })
+}
+
+fn render_bucket(name: &str, b: &Bucket) -> Value {
+    json!({
+        "kind": "storage#bucket",
+        "id": name,
+        "name": name,
+        "selfLink": format!("https://www.googleapis.com/storage/v1/b/{name}"),
+        "projectNumber": b.project_number,
+        "location": b.location,
+        "locationType": "region",
+        "storageClass": "STANDARD",
+        "metageneration": "1",
+        "timeCreated": b.create_time,
+        "updated": b.create_time,
+        "iamConfiguration": {"uniformBucketLevelAccess": {"enabled": true}, "publicAccessPrevention": "enforced"},
+        "etag": "CAE=",
+    })
+}
+
+pub(crate) fn render_object(bucket: &str, name: &str, o: &Object) -> Value {
+    json!({
+        "kind": "storage#object",
+        "id": format!("{bucket}/{name}/{}", o.generation),
+        "name": name,
+        "bucket": bucket,
+        "generation": o.generation.to_string(),
+        "metageneration": "1",
+        "contentType": o.content_type,
+        "size": o.data.len().to_string(),
+        "timeCreated": o.updated,
+        "updated": o.updated,
+        "storageClass": "STANDARD",
+    })
+}
+
+/// `alt=media` with Range semantics: 206 with Content-Range, 416 past the end.
+fn media(o: &Object, headers: &HeaderMap) -> Response {
+    let size = o.data.len();
+    let range = headers
+        .get("range")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|s| s.parse::<usize>().ok());
+    let gen = o.generation.to_string();
+    match range {
+        None => Response::builder()
+            .status(200)
+            .header("content-type", o.content_type.as_str())
+            .header("x-goog-generation", gen)
+            .body(Body::from(o.data.clone()))
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()),
+        Some(start) if start >= size => Response::builder()
+            .status(416)
+            .header("content-range", format!("bytes */{size}"))
+            .header("content-type", "application/json")
+            .body(Body::from(
+                gcs_error_body(
+                    416,
+                    "requestedRangeNotSatisfiable",
+                    "The requested range cannot be satisfied.",
+                )
+                .to_string(),
+            ))
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()),
+        Some(start) => Response::builder()
+            .status(206)
+            .header("content-type", o.content_type.as_str())
+            .header(
+                "content-range",
+                format!("bytes {start}-{}/{size}", size - 1),
+            )
+            .header("x-goog-generation", gen)
+            .body(Body::from(o.data[start..].to_vec()))
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()),
+    }
+}
+
+fn run_not_found(s: &str, l: &str, p: &str) -> Response {
+    error(
+        404,
+        "NOT_FOUND",
+        &format!(
+            "Resource '{s}' of kind 'SERVICE' in region '{l}' in project '{p}' does not exist."
+        ),
+    )
+}
+
+/// Cloud Run create or full-replace patch: validate synchronously (org
+/// policy, image present), then a long-running rollout.
+#[allow(clippy::too_many_arguments)]
+fn run_apply(
+    sh: &Arc<Shared>,
+    w: &mut World,
+    pk: &str,
+    l: &str,
+    s: &str,
+    body: Value,
+    create: bool,
+    now: Instant,
+) -> Response {
+    let id = w.next_id();
+    let Some(p) = w.projects.get_mut(pk) else {
+        return error(404, "NOT_FOUND", "project");
+    };
+    let image = body
+        .pointer("/template/containers/0/image")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if image.is_empty() {
+        return error(
+            400,
+            "INVALID_ARGUMENT",
+            "spec.template.containers[0].image: Required",
+        );
+    }
+    let ingress = body
+        .get("ingress")
+        .and_then(Value::as_str)
+        .unwrap_or("INGRESS_TRAFFIC_ALL");
+    let ingress_value = match ingress {
+        "INGRESS_TRAFFIC_INTERNAL_ONLY" => "internal",
+        "INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER" => "internal-and-cloud-load-balancing",
+        _ => "all",
+    };
+    if let Some(reason) = policy_violation(p, "run.allowedIngress", ingress_value) {
+        return error(
+            400,
+            "FAILED_PRECONDITION",
+            &format!("Violation of constraint constraints/run.allowedIngress: {reason}"),
+        );
+    }
+    if let Some(egress) = body
+        .pointer("/template/vpcAccess/egress")
+        .and_then(Value::as_str)
+    {
+        let v = if egress == "ALL_TRAFFIC" {
+            "all-traffic"
+        } else {
+            "private-ranges-only"
+        };
+        if let Some(reason) = policy_violation(p, "run.allowedVPCEgress", v) {
+            return error(
+                400,
+                "FAILED_PRECONDITION",
+                &format!("Violation of constraint constraints/run.allowedVPCEgress: {reason}"),
+            );
+        }
+    }
+    let k = (l.to_string(), s.to_string());
+    let now_s = now_rfc3339();
+    match (create, p.services.contains_key(&k)) {
+        (true, true) => {
+            return error(
+                409,
+                "ALREADY_EXISTS",
+                &format!("Resource '{s}' already exists."),
+            )
+        }
+        (false, false) => return run_not_found(s, l, &p.id),
+        (true, false) => {
+            let uri = match app::spawn(sh.clone(), p.id.clone(), l.to_string(), s.to_string()) {
+                Ok(uri) => uri,
+                Err(e) => {
+                    return error(
+                        500,
+                        "INTERNAL",
+                        &format!("sandbox could not start the service: {e}"),
+                    )
+                }
+            };
+            p.services.insert(
+                k.clone(),
+                Service {
+                    uid: format!("{:08x}-0000-4000-8000-{:012x}", id, id),
+                    generation: 0,
+                    observed_generation: 0,
+                    spec: Value::Null,
+                    revisions: vec![],
+                    latest_ready: None,
+                    latest_created: None,
+                    reconciling: false,
+                    failed_message: None,
+                    uri,
+                    iam_policy: json!({"etag": "ACAB"}),
+                    create_time: now_s.clone(),
+                    update_time: now_s.clone(),
+                    app_script: Default::default(),
+                },
+            );
+        }
+        (false, true) => {}
+    }
+    let Some(svc) = p.services.get_mut(&k) else {
+        return error(500, "INTERNAL", "service vanished");
+    };
+    svc.generation += 1;
+    svc.spec = body;
+    svc.reconciling = true;
+    svc.update_time = now_s;
+    let snapshot = render_service(&w.projects[pk], l, s, &w.projects[pk].services[&k]);
+    let name = format!(
+        "projects/{}/locations/{l}/operations/{:08x}-6d0e-4b7a-9a61-{id:012x}",
+        w.projects[pk].id, id
+    );
+    let mut metadata = snapshot;
+    metadata["@type"] = json!("type.googleapis.com/google.cloud.run.v2.Service");
+    start_op(
+        w,
+        sh,
+        name,
+        metadata,
+        None,
+        Effect::RunRollout {
+            project: pk.to_string(),
+            location: l.to_string(),
+            service: s.to_string(),
+        },
+        now,
+    )
+}
+
+fn policy_violation(p: &ProjectState, constraint: &str, value: &str) -> Option<String> {
+    let rules = p
+        .policies
+        .get(constraint)?
+        .get("rules")?
+        .as_array()?
+        .clone();
+    let strip = |v: &Value| v.as_str().map(|s| s.trim_start_matches("is:").to_string());
+    for r in rules {
+        if r.get("denyAll").and_then(Value::as_bool) == Some(true) {
+            return Some(format!("{value} is denied (deny all)"));
+        }
+        if let Some(allowed) = r.pointer("/values/allowedValues").and_then(Value::as_array) {
+            let allowed: Vec<String> = allowed.iter().filter_map(strip).collect();
+            if !allowed.iter().any(|a| a == value) {
+                return Some(format!(
+                    "{value} is not among the allowed values {}",
+                    allowed.join(", ")
+                ));
+            }
+        }
+    }
+    None
+}
+
+fn start_op(
+    w: &mut World,
+    sh: &Arc<Shared>,
+    name: String,
+    metadata: Value,
+    response: Option<Value>,
+    effect: Effect,
+    now: Instant,
+) -> Response {
+    let op = Operation {
+        name: name.clone(),
+        done_at: now + sh.config.op_delay,
+        done: false,
+        metadata,
+        response,
+        error: None,
+        effect,
+    };
+    let out = render_op(&op);
+    w.operations.insert(name, op);
+    ok(out)
+}
+
+/// Completes operations whose time has come, applying their effects.
+fn finish_operations(w: &mut World, now: Instant) {
+    let due: Vec<String> = w
+        .operations
+        .values()
+        .filter(|o| !o.done && o.done_at <= now)
+        .map(|o| o.name.clone())
+        .collect();
+    for name in due {
+        let effect = w.operations[&name].effect.clone();
+        let result = match effect {
+            Effect::None => Ok(None),
+            Effect::RunRollout {
+                project,
+                location,
+                service,
+            } => rollout(w, &project, &location, &service),
+        };
+        if let Some(op) = w.operations.get_mut(&name) {
+            op.done = true;
+            match result {
+                Ok(Some(response)) => op.response = Some(response),
+                Ok(None) => {}
+                Err(e) => op.error = Some(e),
+            }
+        }
+    }
+}
+
+/// Finishes a Cloud Run rollout: a new revision, ready unless its image is
+/// missing or a fault says otherwise; traffic moves only to a ready one.
+fn rollout(w: &mut World, pk: &str, l: &str, s: &str) -> Result<Option<Value>, (i32, String)> {
+    let fault_key = (pk.to_string(), s.to_string());
+    let forced_failure = match w.not_ready_revisions.get_mut(&fault_key) {
+        Some(n) if *n > 0 => {
+            *n -= 1;
+            true
+        }
+        _ => false,
+    };
+    let Some(p) = w.projects.get_mut(pk) else {
+        return Err((5, "project vanished".into()));
+    };
+    let image = {
+        let svc = &p.services[&(l.to_string(), s.to_string())];
+        svc.spec
+            .pointer("/template/containers/0/image")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let image_present = image_exists(p, &image);
+    let Some(svc) = p.services.get_mut(&(l.to_string(), s.to_string())) else {
+        return Err((5, "service vanished".into()));
+    };
+    let gen = svc.generation;
+    let suffix: String = (0..3)
+        .map(|i| (b'a' + ((gen as u8).wrapping_mul(7).wrapping_add(i * 11)) % 26) as char)
+        .collect();
+    let name = svc
+        .spec
+        .pointer("/template/revision")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{s}-{gen:05}-{suffix}"));
+    let (ready, reason, message) = if !image_present {
+        (
+            false,
+            "CONTAINER_MISSING",
+            format!("Image '{image}' not found."),
+        )
+    } else if forced_failure {
+        (false, "HEALTH_CHECK_CONTAINER_ERROR", format!(
+            "Revision '{name}' is not ready and cannot serve traffic. The user-provided container failed to start and listen on the port defined provided by the PORT=8080 environment variable within the allocated timeout."
+        ))
+    } else {
+        (true, "", String::new())
+    };
+    svc.revisions.push(super::world::Revision {
+        name: name.clone(),
+        generation: gen,
+        template: svc.spec.get("template").cloned().unwrap_or(Value::Null),
+        ready,
+        message: message.clone(),
+        reason: reason.into(),
+        create_time: now_rfc3339(),
+    });
+    svc.latest_created = Some(name.clone());
+    svc.reconciling = false;
+    if ready {
+        svc.latest_ready = Some(name);
+        svc.observed_generation = gen;
+        svc.failed_message = None;
+        let mut out = render_service(
+            &w.projects[pk],
+            l,
+            s,
+            &w.projects[pk].services[&(l.to_string(), s.to_string())],
+        );
+        out["@type"] = json!("type.googleapis.com/google.cloud.run.v2.Service");
+        Ok(Some(out))
+    } else {
+        svc.failed_message = Some(message.clone());
+        let msg = if reason == "CONTAINER_MISSING" {
+            format!("Revision '{name}' is not ready and cannot serve traffic. Image '{image}' not found.")
+        } else {
+            message
+        };
+        Err((9, msg))
+    }
+}
+
+/// Images in Artifact Registry must have been pushed; others are assumed public.
+fn image_exists(p: &ProjectState, image: &str) -> bool {
+    let Some((host, rest)) = image.split_once('/') else {
+        return false;
+    };
+    let Some(location) = host.strip_suffix("-docker.pkg.dev") else {
+        return true;
+    };
+    let parts: Vec<&str> = rest.splitn(3, '/').collect();
+    let [_project, repo, name_ref] = parts.as_slice() else {
+        return false;
+    };
+    let Some(r) = p
+        .repositories
+        .get(&(location.to_string(), repo.to_string()))
+    else {
+        return false;
+    };
+    if let Some((name, digest)) = name_ref.split_once('@') {
+        r.digests.contains(&format!("{name}@{digest}"))
+    } else {
+        r.tags.contains_key(*name_ref)
+    }
+}
+
+pub(crate) fn render_service(p: &ProjectState, l: &str, s: &str, svc: &Service) -> Value {
+    let full = |r: &str| format!("projects/{}/locations/{l}/services/{s}/revisions/{r}", p.id);
+    let mut template = svc
+        .spec
+        .get("template")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    if let Some(latest) = &svc.latest_created {
+        if template.get("revision").is_none() {
+            template["revision"] = json!(latest);
+        }
+    }
+    let traffic = svc
+        .spec
+        .get("traffic")
+        .cloned()
+        .filter(|t| t.as_array().is_some_and(|a| !a.is_empty()))
+        .unwrap_or_else(
+            || json!([{"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST", "percent": 100}]),
+        );
+    let state = if svc.reconciling {
+        "CONDITION_RECONCILING"
+    } else if svc.failed_message.is_some() || svc.latest_ready.is_none() {
+        "CONDITION_FAILED"
+    } else {
+        "CONDITION_SUCCEEDED"
+    };
+    let mut terminal =
+        json!({"type": "Ready", "state": state, "lastTransitionTime": svc.update_time});
+    if let Some(m) = &svc.failed_message {
+        terminal["message"] = json!(m);
+        terminal["revisionReason"] = json!("HEALTH_CHECK_CONTAINER_ERROR");
+    }
+    let mut out = json!({
+        "name": format!("projects/{}/locations/{l}/services/{s}", p.id),
+        "uid": svc.uid,
+        "generation": svc.generation.to_string(),
+        "labels": svc.spec.get("labels").cloned().unwrap_or_else(|| json!({})),
+        "createTime": svc.create_time,
+        "updateTime": svc.update_time,
+        "creator": "deployer@sandbox.iam.gserviceaccount.com",
+        "lastModifier": "deployer@sandbox.iam.gserviceaccount.com",
+        "ingress": svc.spec.get("ingress").cloned().unwrap_or_else(|| json!("INGRESS_TRAFFIC_ALL")),
+        "launchStage": "GA",
+        "template": template,
+        "traffic": traffic.clone(),
+        "terminalCondition": terminal,
+        "conditions": [
+            {"type": "RoutesReady", "state": state},
+            {"type": "ConfigurationsReady", "state": state},
+        ],
+        "etag": format!("\"sandbox-{}\"", svc.generation),
+    });
+    if let Some(c) = svc.spec.get("client") {
+        out["client"] = c.clone();
+    }
+    if svc.observed_generation > 0 {
+        out["observedGeneration"] = json!(svc.observed_generation.to_string());
+    }
+    if let Some(r) = &svc.latest_ready {
+        out["latestReadyRevision"] = json!(full(r));
+        out["trafficStatuses"] = traffic;
+        out["uri"] = json!(svc.uri);
+        out["urls"] = json!([svc.uri]);
+    }
+    if let Some(r) = &svc.latest_created {
+        out["latestCreatedRevision"] = json!(full(r));
+    }
+    if svc.reconciling {
+        out["reconciling"] = json!(true);
+    }
+    out
+}
+
+fn render_revision(p: &ProjectState, l: &str, s: &str, r: &super::world::Revision) -> Value {
+    let mut cond = json!({"type": "Ready", "state": if r.ready { "CONDITION_SUCCEEDED" } else { "CONDITION_FAILED" }});
+    if !r.ready {
+        cond["message"] = json!(r.message);
+        cond["reason"] = json!(r.reason);
+    }
+    let mut out = r.template.clone();
+    if !out.is_object() {
+        out = json!({});
+    }
+    out["name"] = json!(format!(
+        "projects/{}/locations/{l}/services/{s}/revisions/{}",
+        p.id, r.name
+    ));
+    out["generation"] = json!(r.generation.to_string());
+    out["service"] = json!(format!("projects/{}/locations/{l}/services/{s}", p.id));
+    out["createTime"] = json!(r.create_time);
+    out["conditions"] = json!([cond]);
+    out
+}
+
+fn render_op(op: &Operation) -> Value {
+    let mut v = json!({"name": op.name, "metadata": op.metadata});
+    if op.done {
+        v["done"] = json!(true);
+        match &op.error {
+            Some((code, message)) => v["error"] = json!({"code": code, "message": message}),
+            None => {
+                if let Some(r) = &op.response {
+                    v["response"] = r.clone();
+                }
+            }
+        }
+    }
+    v
+}
+
+pub(crate) fn ok(v: Value) -> Response {
+    (StatusCode::OK, axum::Json(v)).into_response()
+}
+
+pub(crate) fn error(http: u16, status: &str, message: &str) -> Response {
+    json_status(
+        http,
+        json!({"error": {"code": http, "message": message, "status": status}}),
+    )
+}
+
+fn error_info(http: u16, status: &str, message: &str, reason: &str, metadata: Value) -> Response {
+    json_status(
+        http,
+        json!({"error": {"code": http, "message": message, "status": status, "details": [
+            {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason, "domain": "googleapis.com", "metadata": metadata},
+        ]}}),
+    )
+}
+
+fn injected(e: &InjectedError) -> Response {
+    let mut details = vec![];
+    if let Some(reason) = &e.reason {
+        let metadata: serde_json::Map<String, Value> = e
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
+        details.push(json!({"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason, "domain": "googleapis.com", "metadata": metadata}));
+    }
+    if let Some(d) = e.retry_delay {
+        details.push(json!({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": format!("{}s", d.as_secs_f64())}));
+    }
+    let mut body = json!({"error": {"code": e.http, "message": e.message, "status": e.status}});
+    if !details.is_empty() {
+        body["error"]["details"] = json!(details);
+    }
+    json_status(e.http, body)
+}
+
+/// SERVICE_DISABLED exactly as the contract's §10.4 shows it.
+fn service_disabled(api: &str, project: &str) -> Response {
+    let t = title(api);
+    let url =
+        format!("https://console.developers.google.com/apis/api/{api}/overview?project={project}");
+    let message = format!("{t} has not been used in project {project} before or it is disabled. Enable it by visiting {url} then retry. If you enabled this API recently, wait a few minutes for the action to propagate to our systems and retry.");
+    json_status(
+        403,
+        json!({"error": {"code": 403, "message": message, "status": "PERMISSION_DENIED", "details": [
+            {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "SERVICE_DISABLED", "domain": "googleapis.com",
+             "metadata": {"service": api, "consumer": format!("projects/{project}"), "activationUrl": url, "containerInfo": project, "serviceTitle": t}},
+            {"@type": "type.googleapis.com/google.rpc.LocalizedMessage", "locale": "en-US", "message": message},
+            {"@type": "type.googleapis.com/google.rpc.Help", "links": [{"description": "Google developers console API activation", "url": url}]},
+        ]}}),
+    )
+}
+
+fn gcs_error_body(http: u16, reason: &str, message: &str) -> Value {
+    json!({"error": {"code": http, "message": message, "errors": [{"message": message, "domain": "global", "reason": reason}]}})
+}
+
+/// Cloud Storage's legacy error shape: no `status`, no `details`.
+fn gcs_error(http: u16, reason: &str, message: &str) -> Response {
+    json_status(http, gcs_error_body(http, reason, message))
+}
+
+fn json_status(http: u16, v: Value) -> Response {
+    let code = StatusCode::from_u16(http).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (code, axum::Json(v)).into_response()
+}
+
+/// Headers, then a body that fails: the client sees a reset connection.
+fn reset() -> Response {
+    let stream = futures::stream::once(async {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        Err::<Bytes, std::io::Error>(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "sandbox reset",
+        ))
+    });
+    Response::builder()
+        .status(200)
+        .header("content-type", "application/json")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}

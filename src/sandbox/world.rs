@@ -1,0 +1,251 @@
+//! The emulator's state: projects with their APIs, permissions, service
+//! accounts, policies, repositories and services; global buckets; builds
+//! and operations that progress with time.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Instant;
+
+use serde_json::Value;
+
+use super::faults::{AppResponse, BuildFault};
+
+pub const ALL_APIS: &[&str] = &[
+    "cloudbuild.googleapis.com",
+    "run.googleapis.com",
+    "artifactregistry.googleapis.com",
+    "cloudresourcemanager.googleapis.com",
+    "secretmanager.googleapis.com",
+    "iam.googleapis.com",
+    "orgpolicy.googleapis.com",
+    "storage.googleapis.com",
+    "serviceusage.googleapis.com",
+];
+
+/// Every permission the emulator checks; a new project's caller holds all.
+pub const ALL_PERMISSIONS: &[&str] = &[
+    "resourcemanager.projects.get",
+    "serviceusage.services.get",
+    "serviceusage.services.list",
+    "serviceusage.services.enable",
+    "run.services.get",
+    "run.services.list",
+    "run.services.create",
+    "run.services.update",
+    "run.services.getIamPolicy",
+    "run.services.setIamPolicy",
+    "run.revisions.get",
+    "run.revisions.list",
+    "run.operations.get",
+    "cloudbuild.builds.create",
+    "cloudbuild.builds.get",
+    "cloudbuild.builds.list",
+    "cloudbuild.builds.update",
+    "cloudbuild.operations.get",
+    "artifactregistry.repositories.get",
+    "artifactregistry.repositories.list",
+    "artifactregistry.repositories.create",
+    "storage.buckets.get",
+    "storage.buckets.create",
+    "storage.buckets.list",
+    "storage.objects.create",
+    "storage.objects.get",
+    "storage.objects.delete",
+    "iam.serviceAccounts.actAs",
+    "iam.serviceAccounts.get",
+    "orgpolicy.policy.get",
+];
+
+#[derive(Debug, Clone)]
+pub struct ProjectState {
+    pub id: String,
+    pub number: String,
+    /// ACTIVE or DELETE_REQUESTED.
+    pub lifecycle: String,
+    pub enabled_apis: BTreeSet<String>,
+    pub permissions: BTreeSet<String>,
+    /// email -> disabled.
+    pub service_accounts: BTreeMap<String, bool>,
+    /// Service accounts the caller may not act as, despite project grants.
+    pub act_as_denied: BTreeSet<String>,
+    /// constraint (without "constraints/") -> Policy.spec JSON.
+    pub policies: BTreeMap<String, Value>,
+    /// (location, repository id) -> repository.
+    pub repositories: BTreeMap<(String, String), Repository>,
+    /// (location, service id) -> service.
+    pub services: BTreeMap<(String, String), Service>,
+}
+
+impl ProjectState {
+    pub fn new(id: &str, number: &str) -> Self {
+        Self {
+            id: id.into(),
+            number: number.into(),
+            lifecycle: "ACTIVE".into(),
+            enabled_apis: ALL_APIS.iter().map(|s| s.to_string()).collect(),
+            permissions: ALL_PERMISSIONS.iter().map(|s| s.to_string()).collect(),
+            service_accounts: BTreeMap::from([(
+                format!("{number}-compute@developer.gserviceaccount.com"),
+                false,
+            )]),
+            act_as_denied: BTreeSet::new(),
+            policies: BTreeMap::new(),
+            repositories: BTreeMap::new(),
+            services: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Repository {
+    pub format: String,
+    pub description: String,
+    pub create_time: String,
+    /// tag -> digest ("sha256:...").
+    pub tags: BTreeMap<String, String>,
+    /// image name -> digests pushed.
+    pub digests: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Object {
+    pub generation: i64,
+    pub data: Vec<u8>,
+    pub content_type: String,
+    pub updated: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    pub project_number: String,
+    pub location: String,
+    pub create_time: String,
+    pub objects: BTreeMap<String, Object>,
+}
+
+/// What happens when an operation finishes.
+#[derive(Debug, Clone)]
+pub enum Effect {
+    /// Nothing beyond returning `response`.
+    None,
+    /// Finish a Cloud Run create/patch: make the revision, route traffic.
+    RunRollout {
+        project: String,
+        location: String,
+        service: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Operation {
+    pub name: String,
+    pub done_at: Instant,
+    pub done: bool,
+    pub metadata: Value,
+    pub response: Option<Value>,
+    /// gRPC code and message.
+    pub error: Option<(i32, String)>,
+    pub effect: Effect,
+}
+
+/// A scheduled build: its log lines appear over time, then it ends.
+#[derive(Debug, Clone)]
+pub struct Build {
+    pub id: String,
+    pub project: String,
+    pub request: Value,
+    pub create_time: String,
+    pub start_at: Instant,
+    pub finish_at: Option<Instant>,
+    pub lines: Vec<(Instant, String)>,
+    pub written_lines: usize,
+    pub final_status: String,
+    pub status_detail: String,
+    pub failure_type: Option<String>,
+    pub failed_step: Option<usize>,
+    pub cancelled: bool,
+    pub finished: bool,
+    /// Images to push on success: (image:tag, digest).
+    pub pushes: Vec<(String, String)>,
+    pub logs_bucket: String,
+    pub log_object: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Revision {
+    pub name: String,
+    pub generation: i64,
+    pub template: Value,
+    pub ready: bool,
+    pub message: String,
+    pub reason: String,
+    pub create_time: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub uid: String,
+    pub generation: i64,
+    pub observed_generation: i64,
+    /// The last accepted request body (template, traffic, ingress, labels...).
+    pub spec: Value,
+    pub revisions: Vec<Revision>,
+    pub latest_ready: Option<String>,
+    pub latest_created: Option<String>,
+    pub reconciling: bool,
+    pub failed_message: Option<String>,
+    pub uri: String,
+    pub iam_policy: Value,
+    pub create_time: String,
+    pub update_time: String,
+    /// Scripted answers of the running app; default 200 when empty.
+    pub app_script: VecDeque<AppResponse>,
+}
+
+/// One request the emulator received.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Discovery method id, e.g. `cloudbuild.projects.locations.builds.create`,
+    /// or `app.request` for a deployed service's own traffic.
+    pub method: String,
+    pub http_method: String,
+    pub path: String,
+    pub query: String,
+    pub status: u16,
+    pub at: Instant,
+    pub body: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+}
+
+#[derive(Debug, Default)]
+pub struct World {
+    pub projects: BTreeMap<String, ProjectState>,
+    pub buckets: BTreeMap<String, Bucket>,
+    pub operations: BTreeMap<String, Operation>,
+    pub builds: BTreeMap<String, Build>,
+    pub requests: Vec<Request>,
+    pub build_faults: VecDeque<BuildFault>,
+    pub not_ready_revisions: BTreeMap<(String, String), u32>,
+    pub counter: u64,
+}
+
+impl World {
+    pub fn next_id(&mut self) -> u64 {
+        self.counter += 1;
+        self.counter
+    }
+
+    /// By id or number.
+    pub fn project_key(&self, p: &str) -> Option<String> {
+        if self.projects.contains_key(p) {
+            return Some(p.to_string());
+        }
+        self.projects
+            .values()
+            .find(|s| s.number == p)
+            .map(|s| s.id.clone())
+    }
+}
+
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}

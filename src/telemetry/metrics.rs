@@ -1,0 +1,190 @@
+//! Every metric deployd exports, declared once in [`SPEC`] (name, type,
+//! labels, meaning) and recorded through the functions below. Names follow
+//! `deployd_<thing>_<unit>`, counters end in `_total`, and labels are low
+//! cardinality: never a service name, URL, revision or deployment id.
+
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+
+use crate::pipeline::event::Stage;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+pub struct MetricSpec {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub labels: &'static [&'static str],
+    pub help: &'static str,
+}
+
+pub const BUILDS: &str = "deployd_builds_total";
+pub const BUILD_ATTEMPTS: &str = "deployd_build_attempts_total";
+pub const BUILD_RETRIES: &str = "deployd_build_retries_total";
+pub const BUILD_DURATION: &str = "deployd_build_duration_seconds";
+pub const DEPLOYMENTS: &str = "deployd_deployments_total";
+pub const FIRST_TIME_SUCCESS: &str = "deployd_deployments_first_time_success_total";
+pub const DEPLOY_DURATION: &str = "deployd_deploy_duration_seconds";
+pub const IN_PROGRESS: &str = "deployd_deployments_in_progress";
+pub const STAGE_DURATION: &str = "deployd_stage_duration_seconds";
+pub const PREFLIGHT_CHECKS: &str = "deployd_preflight_checks_total";
+pub const HEALTH_CHECK_DURATION: &str = "deployd_health_check_duration_seconds";
+pub const GRPC_REQUESTS: &str = "deployd_grpc_requests_total";
+
+pub const SPEC: &[MetricSpec] = &[
+    MetricSpec {
+        name: BUILDS,
+        kind: Kind::Counter,
+        labels: &["result"],
+        help: "Builds by final result (success, failure, cancelled), after all attempts.",
+    },
+    MetricSpec {
+        name: BUILD_ATTEMPTS,
+        kind: Kind::Counter,
+        labels: &["outcome"],
+        help: "Build attempts by outcome (success, retriable_error, permanent_error).",
+    },
+    MetricSpec {
+        name: BUILD_RETRIES,
+        kind: Kind::Counter,
+        labels: &["reason"],
+        help:
+            "Build attempts retried, by the canonical code or build status that caused the retry.",
+    },
+    MetricSpec {
+        name: BUILD_DURATION,
+        kind: Kind::Histogram,
+        labels: &[],
+        help: "Wall time of the build stage's remote builds, all attempts included.",
+    },
+    MetricSpec {
+        name: DEPLOYMENTS,
+        kind: Kind::Counter,
+        labels: &["result"],
+        help: "Deploy runs by result (success, failure, cancelled).",
+    },
+    MetricSpec {
+        name: FIRST_TIME_SUCCESS,
+        kind: Kind::Counter,
+        labels: &[],
+        help: "Deploy runs that succeeded with no retry anywhere.",
+    },
+    MetricSpec {
+        name: DEPLOY_DURATION,
+        kind: Kind::Histogram,
+        labels: &["result"],
+        help: "Wall time of whole deploy runs.",
+    },
+    MetricSpec {
+        name: IN_PROGRESS,
+        kind: Kind::Gauge,
+        labels: &[],
+        help: "Deploy runs currently running.",
+    },
+    MetricSpec {
+        name: STAGE_DURATION,
+        kind: Kind::Histogram,
+        labels: &["stage"],
+        help: "Wall time of each pipeline stage.",
+    },
+    MetricSpec {
+        name: PREFLIGHT_CHECKS,
+        kind: Kind::Counter,
+        labels: &["check", "result"],
+        help: "Preflight check verdicts by check and result (pass, fail, inconclusive).",
+    },
+    MetricSpec {
+        name: HEALTH_CHECK_DURATION,
+        kind: Kind::Histogram,
+        labels: &["result"],
+        help: "Health-check attempt latency (time to full body) by result (healthy, unhealthy).",
+    },
+    MetricSpec {
+        name: GRPC_REQUESTS,
+        kind: Kind::Counter,
+        labels: &["method", "code"],
+        help: "gRPC requests by method and status code (OK for streams that started).",
+    },
+];
+
+/// Bucket boundaries, so histograms aggregate across replicas.
+pub fn buckets_for(name: &str) -> &'static [f64] {
+    match name {
+        HEALTH_CHECK_DURATION => &[
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ],
+        _ => &[
+            1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0,
+        ],
+    }
+}
+
+/// Registers HELP text; call after the recorder is installed.
+pub fn describe() {
+    for m in SPEC {
+        match m.kind {
+            Kind::Counter => metrics::describe_counter!(m.name, m.help),
+            Kind::Gauge => metrics::describe_gauge!(m.name, m.help),
+            Kind::Histogram => metrics::describe_histogram!(m.name, metrics::Unit::Seconds, m.help),
+        }
+    }
+}
+
+pub fn build_attempt(outcome: &'static str) {
+    counter!(BUILD_ATTEMPTS, "outcome" => outcome).increment(1);
+}
+
+pub fn build_retry(reason: &'static str) {
+    counter!(BUILD_RETRIES, "reason" => reason).increment(1);
+}
+
+pub fn build_finished(result: &'static str, duration: Duration) {
+    counter!(BUILDS, "result" => result).increment(1);
+    histogram!(BUILD_DURATION).record(duration.as_secs_f64());
+}
+
+pub fn deployment_finished(result: &'static str, duration: Duration, no_retries: bool) {
+    counter!(DEPLOYMENTS, "result" => result).increment(1);
+    if result == "success" && no_retries {
+        counter!(FIRST_TIME_SUCCESS).increment(1);
+    }
+    histogram!(DEPLOY_DURATION, "result" => result).record(duration.as_secs_f64());
+}
+
+pub fn stage_duration(stage: Stage, duration: Duration) {
+    histogram!(STAGE_DURATION, "stage" => stage.as_str()).record(duration.as_secs_f64());
+}
+
+pub fn preflight_check(check: &'static str, result: &'static str) {
+    counter!(PREFLIGHT_CHECKS, "check" => check, "result" => result).increment(1);
+}
+
+pub fn health_check(result: &'static str, duration: Duration) {
+    histogram!(HEALTH_CHECK_DURATION, "result" => result).record(duration.as_secs_f64());
+}
+
+pub fn grpc_request(method: &'static str, code: &'static str) {
+    counter!(GRPC_REQUESTS, "method" => method, "code" => code).increment(1);
+}
+
+/// Counts a deploy as in progress for as long as it lives, even when the
+/// run ends by panic or cancellation.
+pub struct InProgress(());
+
+impl InProgress {
+    pub fn start() -> Self {
+        gauge!(IN_PROGRESS).increment(1.0);
+        InProgress(())
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        gauge!(IN_PROGRESS).decrement(1.0);
+    }
+}
