@@ -192,6 +192,11 @@ impl Pipeline {
                 metrics::build_finished("cancelled", elapsed);
                 Err(StageError::Cancelled { stage: "build" })
             }
+            // An attempt interrupted by cancellation (its build cancelled).
+            Err(GaveUp::Failed { .. }) if cancel.is_cancelled() => {
+                metrics::build_finished("cancelled", elapsed);
+                Err(StageError::Cancelled { stage: "build" })
+            }
             Err(GaveUp::Failed { error, attempts }) => {
                 metrics::build_finished("failure", elapsed);
                 Err(match error {

@@ -1,0 +1,220 @@
+//! Test harness: a sandbox and a daemon on ephemeral loopback ports, the
+//! daemon reaching the sandbox through the real HTTP client (exactly as it
+//! would reach Google), and a real tonic client.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use deployd::api::proto::{self, deployer_client::DeployerClient, event::Kind};
+use deployd::config::{Backend, DaemonConfig};
+use deployd::daemon::{self, Running};
+use deployd::sandbox::{Sandbox, SandboxConfig, DEFAULT_PROJECT};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+pub const PROJECT: &str = DEFAULT_PROJECT;
+pub const REGION: &str = "us-central1";
+
+pub struct Harness {
+    pub sandbox: Sandbox,
+    pub daemon: Running,
+    pub shutdown: CancellationToken,
+}
+
+impl Harness {
+    pub async fn start() -> Harness {
+        Self::start_with(SandboxConfig::fast()).await
+    }
+
+    pub async fn start_with(sandbox_config: SandboxConfig) -> Harness {
+        let sandbox = Sandbox::start(sandbox_config)
+            .await
+            .expect("sandbox starts");
+        let config = DaemonConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            backend: Backend::Endpoint(sandbox.base_url()),
+            // Backoff scaled down 100x: 20 ms, 40 ms, 80 ms...
+            retry_base_delay: Duration::from_millis(20),
+            poll_interval: Duration::from_millis(10),
+            work_dir: std::env::temp_dir().join("deployd-tests"),
+            caller_member: "user:dev@example.com".into(),
+            shutdown_grace: Duration::from_secs(10),
+        };
+        let shutdown = CancellationToken::new();
+        let daemon = daemon::start(config, SandboxConfig::fast(), shutdown.clone())
+            .await
+            .expect("daemon starts");
+        Harness {
+            sandbox,
+            daemon,
+            shutdown,
+        }
+    }
+
+    pub async fn client(&self) -> DeployerClient<Channel> {
+        DeployerClient::connect(format!("http://{}", self.daemon.grpc))
+            .await
+            .expect("client connects")
+    }
+
+    pub async fn metrics(&self) -> String {
+        let addr = self.daemon.metrics.expect("metrics endpoint");
+        reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub fn example_app() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello")
+}
+
+pub fn target(service: &str) -> proto::Target {
+    proto::Target {
+        project: PROJECT.into(),
+        region: REGION.into(),
+        service: service.into(),
+    }
+}
+
+/// A deploy of `dir` with fast health checks.
+pub fn deploy_request(service: &str, dir: &Path) -> proto::DeployRequest {
+    proto::DeployRequest {
+        target: Some(target(service)),
+        source: Some(proto::Source {
+            kind: Some(proto::source::Kind::LocalPath(dir.display().to_string())),
+            git_ref: String::new(),
+        }),
+        runtime: Some(proto::RuntimeSettings {
+            allow_unauthenticated: true,
+            ..Default::default()
+        }),
+        build: None,
+        health_check: Some(proto::HealthCheck {
+            timeout_ms: 2000,
+            ..Default::default()
+        }),
+        rollback_policy: 0,
+    }
+}
+
+/// Every event of a stream, in order.
+pub async fn collect(stream: tonic::Streaming<proto::Event>) -> Vec<proto::Event> {
+    let mut stream = stream;
+    let mut events = vec![];
+    while let Some(e) = tokio::time::timeout(Duration::from_secs(60), stream.message())
+        .await
+        .expect("stream makes progress")
+        .expect("stream ok")
+    {
+        events.push(e);
+    }
+    events
+}
+
+pub async fn deploy(h: &Harness, req: proto::DeployRequest) -> (Vec<proto::Event>, proto::Outcome) {
+    let stream = h
+        .client()
+        .await
+        .deploy(req)
+        .await
+        .expect("deploy accepted")
+        .into_inner();
+    let events = collect(stream).await;
+    let outcome = outcome(&events);
+    (events, outcome)
+}
+
+/// The single outcome, which must be the last event.
+pub fn outcome(events: &[proto::Event]) -> proto::Outcome {
+    let outcomes: Vec<&proto::Outcome> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::Outcome(o)) => Some(o),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(outcomes.len(), 1, "exactly one outcome event");
+    assert!(
+        matches!(
+            events.last().and_then(|e| e.kind.as_ref()),
+            Some(Kind::Outcome(_))
+        ),
+        "the outcome is the last event"
+    );
+    outcomes[0].clone()
+}
+
+pub fn checks(events: &[proto::Event]) -> Vec<proto::Check> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::Check(c)) => Some(c.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn probes(events: &[proto::Event]) -> Vec<proto::Probe> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::Probe(p)) => Some(p.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn logs(events: &[proto::Event]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::Log(l)) => Some(l.line.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Stage names in the order they started.
+pub fn stages_started(events: &[proto::Event]) -> Vec<i32> {
+    events
+        .iter()
+        .filter(|e| matches!(e.kind, Some(Kind::StageStarted(_))))
+        .map(|e| e.stage)
+        .collect()
+}
+
+/// A copy of the example app in a temp dir the test may change.
+pub fn app_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for f in ["Dockerfile", "main.py"] {
+        std::fs::copy(example_app().join(f), dir.path().join(f)).expect("copy example");
+    }
+    dir
+}
+
+/// Sum of a counter's samples whose labels contain `labels` (e.g. `result="success"`).
+pub fn counter(metrics: &str, name: &str, labels: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.starts_with(name)
+                && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' '))
+        })
+        .filter(|l| l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

@@ -1,0 +1,626 @@
+//! Deploy over gRPC against the sandbox, asserting on what the client saw
+//! and on what the emulator received.
+
+mod common;
+
+use common::*;
+use deployd::api::proto::{self, Stage};
+use deployd::sandbox::faults::{AppResponse, BuildFault, Fault, FaultAction, InjectedError};
+use std::time::Duration;
+
+#[tokio::test]
+async fn happy_deploy_runs_every_stage_and_verifies() {
+    let h = Harness::start().await;
+    let (events, o) = deploy(&h, deploy_request("hello", &example_app())).await;
+
+    assert!(o.success, "{o:?}");
+    assert!(o.verified);
+    assert!(o.url.starts_with("http://127.0.0.1:"), "{}", o.url);
+    assert!(o.response_time_ms > 0.0);
+    assert!(o.revision.starts_with("hello-00001-"), "{}", o.revision);
+    assert!(
+        o.image
+            .contains("-docker.pkg.dev/demo-project/deployd/hello@sha256:"),
+        "{}",
+        o.image
+    );
+    assert_eq!(o.previous_revision, "");
+    assert_eq!(
+        stages_started(&events),
+        vec![
+            Stage::Source,
+            Stage::Analyze,
+            Stage::Preflight,
+            Stage::Build,
+            Stage::Deploy,
+            Stage::Verify
+        ]
+        .into_iter()
+        .map(i32::from)
+        .collect::<Vec<_>>()
+    );
+    assert!(events
+        .iter()
+        .all(|e| !e.deployment_id.is_empty() && e.deployment_id == events[0].deployment_id));
+    // Every preflight check passed, and each was reported.
+    assert_eq!(o.checks.len(), 8);
+    assert!(o.checks.iter().all(|c| c.ok), "{:?}", o.checks);
+    // The build log was streamed, Dockerfile steps included.
+    let logs = logs(&events);
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("Step 1/7 : FROM python:3.12-slim")),
+        "{logs:?}"
+    );
+    assert!(logs.iter().any(|l| l == "DONE"));
+
+    // What the emulator received: the archive upload, the build, the
+    // service create, and the probe.
+    assert_eq!(h.sandbox.count("storage.objects.insert"), 1);
+    assert_eq!(
+        h.sandbox
+            .count("cloudbuild.projects.locations.builds.create"),
+        1
+    );
+    assert_eq!(h.sandbox.count("run.projects.locations.services.create"), 1);
+    assert!(h.sandbox.count("app.request") >= 1);
+    let build = &h.sandbox.builds()[0];
+    assert_eq!(build["options"]["machineType"], "E2_HIGHCPU_8");
+    assert_eq!(build["timeout"], "1200s");
+    assert_eq!(build["steps"][1]["timeout"], "600s");
+    assert_eq!(build["steps"][1]["args"][1], "--cache-from");
+    assert_eq!(build["status"], "SUCCESS");
+    assert!(build["source"]["storageSource"]["generation"]
+        .as_str()
+        .is_some_and(|g| !g.is_empty()));
+    // The uploaded archive is what was built.
+    let bucket = build["source"]["storageSource"]["bucket"]
+        .as_str()
+        .unwrap_or_default();
+    let object = build["source"]["storageSource"]["object"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(h
+        .sandbox
+        .object(bucket, object)
+        .is_some_and(|b| b.len() > 100));
+}
+
+#[tokio::test]
+async fn runtime_settings_reach_the_run_api() {
+    let h = Harness::start().await;
+    let mut req = deploy_request("configured", &example_app());
+    req.runtime = Some(proto::RuntimeSettings {
+        env: [("APP_ENV".to_string(), "prod".to_string())].into(),
+        secrets: vec![proto::SecretEnv {
+            env_name: "DB_PASSWORD".into(),
+            secret: "db-password".into(),
+            version: String::new(),
+        }],
+        cpu: "2".into(),
+        memory: "1Gi".into(),
+        min_instances: 1,
+        max_instances: 7,
+        concurrency: 40,
+        request_timeout_seconds: 120,
+        service_account: "100000000001-compute@developer.gserviceaccount.com".into(),
+        ingress: proto::Ingress::InternalLoadBalancer.into(),
+        vpc_egress: proto::VpcEgress::AllTraffic.into(),
+        vpc_connector: "projects/demo-project/locations/us-central1/connectors/c1".into(),
+        allow_unauthenticated: false,
+        container_port: 9000,
+    });
+    // A private service refuses unauthenticated probes: verification fails,
+    // but the settings are what this test is about.
+    let (_, o) = deploy(&h, req).await;
+    assert!(!o.verified);
+
+    let svc = h
+        .sandbox
+        .service(PROJECT, REGION, "configured")
+        .expect("service exists");
+    let c = &svc["template"]["containers"][0];
+    assert_eq!(
+        c["env"][0],
+        serde_json::json!({"name": "APP_ENV", "value": "prod"})
+    );
+    assert_eq!(
+        c["env"][1]["valueSource"]["secretKeyRef"],
+        serde_json::json!({"secret": "db-password", "version": "latest"})
+    );
+    assert_eq!(
+        c["resources"]["limits"],
+        serde_json::json!({"cpu": "2", "memory": "1Gi"})
+    );
+    assert_eq!(c["ports"][0]["containerPort"], 9000);
+    let t = &svc["template"];
+    assert_eq!(
+        t["scaling"],
+        serde_json::json!({"minInstanceCount": 1, "maxInstanceCount": 7})
+    );
+    assert_eq!(t["maxInstanceRequestConcurrency"], 40);
+    assert_eq!(t["timeout"], "120s");
+    assert_eq!(
+        t["serviceAccount"],
+        "100000000001-compute@developer.gserviceaccount.com"
+    );
+    assert_eq!(t["vpcAccess"]["egress"], "ALL_TRAFFIC");
+    assert_eq!(svc["ingress"], "INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER");
+    assert_eq!(svc["labels"]["managed-by"], "deployd");
+    // Private: no allUsers invoker binding was written.
+    assert_eq!(
+        h.sandbox
+            .count("run.projects.locations.services.setIamPolicy"),
+        0
+    );
+}
+
+#[tokio::test]
+async fn public_service_gets_the_invoker_binding() {
+    let h = Harness::start().await;
+    let (_, o) = deploy(&h, deploy_request("public", &example_app())).await;
+    assert!(o.success);
+    let set: Vec<_> = h
+        .sandbox
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "run.projects.locations.services.setIamPolicy")
+        .collect();
+    assert_eq!(set.len(), 1);
+    let body: serde_json::Value = serde_json::from_slice(&set[0].body).expect("json body");
+    assert_eq!(
+        body["policy"]["bindings"][0],
+        serde_json::json!({"role": "roles/run.invoker", "members": ["allUsers"]})
+    );
+}
+
+#[tokio::test]
+async fn second_deploy_reuses_the_source_and_reports_the_previous_revision() {
+    let h = Harness::start().await;
+    let (_, first) = deploy(&h, deploy_request("twice", &example_app())).await;
+    assert!(first.success);
+    let (events, second) = deploy(&h, deploy_request("twice", &example_app())).await;
+    assert!(second.success, "{second:?}");
+    assert_eq!(second.previous_revision, first.revision);
+    assert_ne!(second.revision, first.revision);
+    assert!(second.revision.starts_with("twice-00002-"));
+    // Same tree, same archive digest: uploaded once.
+    assert_eq!(h.sandbox.count("storage.objects.insert"), 1);
+    assert_eq!(h.sandbox.count("run.projects.locations.services.patch"), 1);
+    // The second build pulled the first build's image as its cache.
+    assert!(
+        logs(&events)
+            .iter()
+            .any(|l| l.contains("latest: Pulling from")),
+        "cache pull"
+    );
+}
+
+#[tokio::test]
+async fn failing_dockerfile_step_is_permanent_and_quoted() {
+    let h = Harness::start().await;
+    h.sandbox.fail_next_build(BuildFault::StepFails {
+        step: "build".into(),
+        lines: vec![
+            "Step 4/7 : RUN pip install -r requirements.txt".into(),
+            "ERROR: Could not find a version that satisfies the requirement flask==99.0".into(),
+            "The command '/bin/sh -c pip install -r requirements.txt' returned a non-zero code: 1"
+                .into(),
+        ],
+    });
+    let (_, o) = deploy(&h, deploy_request("broken", &example_app())).await;
+    assert!(!o.success);
+    assert_eq!(o.failed_stage, i32::from(Stage::Build));
+    let err = o.error.expect("failure");
+    assert_eq!(err.code, "BUILD_FAILED");
+    assert!(!err.retriable);
+    assert!(
+        err.message.contains("failing step: build"),
+        "{}",
+        err.message
+    );
+    assert!(err.message.contains("flask==99.0"), "{}", err.message);
+    // A user's broken Dockerfile is not retried, and nothing was deployed.
+    assert_eq!(
+        h.sandbox
+            .count("cloudbuild.projects.locations.builds.create"),
+        1
+    );
+    assert_eq!(h.sandbox.count("run.projects.locations.services.create"), 0);
+}
+
+#[tokio::test]
+async fn rate_limited_build_create_is_retried_with_backoff() {
+    let h = Harness::start().await;
+    h.sandbox.inject(Fault {
+        method: "cloudbuild.projects.locations.builds.create".into(),
+        remaining: 2,
+        action: FaultAction::Error(InjectedError::rate_limited("cloudbuild.googleapis.com")),
+    });
+    let (events, o) = deploy(&h, deploy_request("quota", &example_app())).await;
+    assert!(o.success, "{o:?}");
+    let creates: Vec<_> = h
+        .sandbox
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "cloudbuild.projects.locations.builds.create")
+        .collect();
+    assert_eq!(creates.len(), 3);
+    assert_eq!(
+        creates.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![429, 429, 200]
+    );
+    // Waits of about 20 ms then 40 ms (the base delay is 20 ms in tests).
+    let gap1 = creates[1].at - creates[0].at;
+    let gap2 = creates[2].at - creates[1].at;
+    assert!(
+        gap1 >= Duration::from_millis(20) && gap1 < Duration::from_millis(500),
+        "{gap1:?}"
+    );
+    assert!(
+        gap2 >= Duration::from_millis(40) && gap2 < Duration::from_millis(500),
+        "{gap2:?}"
+    );
+    let retries = events
+        .iter()
+        .filter(|e| matches!(e.kind, Some(proto::event::Kind::Retry(_))))
+        .count();
+    assert_eq!(retries, 2);
+}
+
+#[tokio::test]
+async fn resets_and_503s_while_polling_do_not_fail_the_build() {
+    let h = Harness::start().await;
+    h.sandbox.inject(Fault {
+        method: "cloudbuild.projects.locations.builds.get".into(),
+        remaining: 2,
+        action: FaultAction::Reset,
+    });
+    h.sandbox.inject(Fault {
+        method: "cloudbuild.projects.locations.builds.get".into(),
+        remaining: 2,
+        action: FaultAction::Error(InjectedError::unavailable()),
+    });
+    let (_, o) = deploy(&h, deploy_request("flaky", &example_app())).await;
+    assert!(o.success, "{o:?}");
+    assert_eq!(
+        h.sandbox
+            .count("cloudbuild.projects.locations.builds.create"),
+        1
+    );
+}
+
+#[tokio::test]
+async fn unhealthy_revision_recommends_rollback_to_the_previous_one() {
+    let h = Harness::start().await;
+    let (_, first) = deploy(&h, deploy_request("flaky-app", &example_app())).await;
+    assert!(first.success);
+    // The next revision answers 500 to every probe.
+    let app = app_copy();
+    std::fs::write(app.path().join("VERSION"), "2").expect("write");
+    let mut req = deploy_request("flaky-app", app.path());
+    req.health_check = Some(proto::HealthCheck {
+        attempts: 3,
+        timeout_ms: 2000,
+        ..Default::default()
+    });
+    let answers = vec![
+        AppResponse {
+            status: 500,
+            delay: Duration::ZERO,
+            body: "boom".into()
+        };
+        3
+    ];
+    // Script after the first deploy: the app serves the new revision next.
+    assert!(h.sandbox.script_app(PROJECT, REGION, "flaky-app", answers));
+    let (events, o) = deploy(&h, req).await;
+    assert!(!o.success);
+    assert_eq!(o.failed_stage, i32::from(Stage::Verify));
+    assert!(o.should_rollback);
+    assert_eq!(o.previous_revision, first.revision);
+    let probes = probes(&events);
+    assert_eq!(probes.len(), 3);
+    assert!(probes.iter().all(|p| p.status_code == 500 && !p.healthy));
+    assert_eq!(o.error.expect("failure").code, "UNHEALTHY");
+}
+
+#[tokio::test]
+async fn slow_start_is_verified_on_a_later_attempt() {
+    let h = Harness::start().await;
+    let (_, first) = deploy(&h, deploy_request("slow", &example_app())).await;
+    assert!(first.success);
+    let app = app_copy();
+    std::fs::write(app.path().join("VERSION"), "2").expect("write");
+    let answers = vec![
+        AppResponse {
+            status: 503,
+            delay: Duration::ZERO,
+            body: "starting".into()
+        };
+        2
+    ];
+    assert!(h.sandbox.script_app(PROJECT, REGION, "slow", answers));
+    let (events, o) = deploy(&h, deploy_request("slow", app.path())).await;
+    assert!(o.success, "{o:?}");
+    let probes = probes(&events);
+    assert_eq!(
+        probes.iter().map(|p| p.status_code).collect::<Vec<_>>(),
+        vec![503, 503, 200]
+    );
+    assert!(o.response_time_ms > 0.0);
+}
+
+#[tokio::test]
+async fn revision_that_never_becomes_ready_is_reported_with_the_api_message() {
+    let h = Harness::start().await;
+    let (_, first) = deploy(&h, deploy_request("crashy", &example_app())).await;
+    assert!(first.success);
+    h.sandbox.revisions_not_ready(PROJECT, "crashy", 1);
+    let app = app_copy();
+    std::fs::write(app.path().join("VERSION"), "2").expect("write");
+    let probes_before = h.sandbox.count("app.request");
+    let (_, o) = deploy(&h, deploy_request("crashy", app.path())).await;
+    assert!(!o.success);
+    assert_eq!(o.failed_stage, i32::from(Stage::Deploy));
+    let err = o.error.expect("failure");
+    assert_eq!(err.code, "REVISION_NOT_READY");
+    assert!(
+        err.message
+            .contains("failed to start and listen on the port"),
+        "{}",
+        err.message
+    );
+    assert!(o.revision.starts_with("crashy-00002-"), "{}", o.revision);
+    assert!(o.should_rollback);
+    // No probe was sent to a revision that is not ready.
+    assert_eq!(h.sandbox.count("app.request"), probes_before);
+}
+
+#[tokio::test]
+async fn disabled_api_fails_preflight_and_nothing_is_built() {
+    let h = Harness::start().await;
+    h.sandbox.with_project(PROJECT, |p| {
+        p.enabled_apis.remove("cloudbuild.googleapis.com");
+    });
+    let (events, o) = deploy(&h, deploy_request("noapi", &example_app())).await;
+    assert!(!o.success);
+    assert_eq!(o.failed_stage, i32::from(Stage::Preflight));
+    let apis = checks(&events)
+        .into_iter()
+        .find(|c| c.name == "required_apis")
+        .expect("check");
+    assert!(!apis.ok);
+    assert!(apis.detail.contains("cloudbuild.googleapis.com"));
+    let err = o.error.expect("failure");
+    assert_eq!(err.code, "PREFLIGHT_FAILED");
+    assert!(err.remediation.contains(
+        &"gcloud services enable cloudbuild.googleapis.com --project=demo-project".to_string()
+    ));
+    assert_eq!(
+        h.sandbox
+            .count("cloudbuild.projects.locations.builds.create"),
+        0
+    );
+    assert_eq!(h.sandbox.count("storage.objects.insert"), 0);
+}
+
+#[tokio::test]
+async fn missing_source_fails_in_the_source_stage() {
+    let h = Harness::start().await;
+    let (_, o) = deploy(
+        &h,
+        deploy_request("nosrc", std::path::Path::new("/nonexistent/app")),
+    )
+    .await;
+    assert!(!o.success);
+    assert_eq!(o.failed_stage, i32::from(Stage::Source));
+    assert_eq!(o.error.expect("failure").code, "SOURCE_UNAVAILABLE");
+}
+
+#[tokio::test]
+async fn deploys_from_a_git_repository_at_a_tag() {
+    let h = Harness::start().await;
+    let repo = app_copy();
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .current_dir(repo.path())
+            .output()
+            .expect("git runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    git(&["init", "-q", "-b", "main"]);
+    git(&["add", "."]);
+    git(&["commit", "-qm", "v1"]);
+    git(&["tag", "v1"]);
+    let sha = git(&["rev-parse", "HEAD"]);
+    let mut req = deploy_request("from-git", repo.path());
+    req.source = Some(proto::Source {
+        kind: Some(proto::source::Kind::GitUrl(format!(
+            "file://{}",
+            repo.path().display()
+        ))),
+        git_ref: "v1".into(),
+    });
+    let (_, o) = deploy(&h, req).await;
+    assert!(o.success, "{o:?}");
+    assert_eq!(o.source_commit, sha);
+}
+
+#[tokio::test]
+async fn invalid_requests_are_refused_naming_the_field() {
+    let h = Harness::start().await;
+    let mut client = h.client().await;
+    let base = deploy_request("valid", &example_app());
+    let cases: Vec<(proto::DeployRequest, &str)> = vec![
+        (
+            proto::DeployRequest {
+                target: Some(proto::Target {
+                    project: "".into(),
+                    ..target("svc")
+                }),
+                ..base.clone()
+            },
+            "target.project",
+        ),
+        (
+            proto::DeployRequest {
+                target: Some(target("Bad_Name")),
+                ..base.clone()
+            },
+            "target.service",
+        ),
+        (
+            proto::DeployRequest {
+                target: Some(target("trailing-")),
+                ..base.clone()
+            },
+            "target.service",
+        ),
+        (
+            proto::DeployRequest {
+                target: Some(proto::Target {
+                    region: "mars".into(),
+                    ..target("svc")
+                }),
+                ..base.clone()
+            },
+            "target.region",
+        ),
+        (
+            proto::DeployRequest {
+                source: None,
+                ..base.clone()
+            },
+            "source",
+        ),
+        (
+            proto::DeployRequest {
+                source: Some(proto::Source {
+                    kind: None,
+                    git_ref: String::new(),
+                }),
+                ..base.clone()
+            },
+            "source",
+        ),
+        (
+            proto::DeployRequest {
+                target: None,
+                ..base.clone()
+            },
+            "target",
+        ),
+        (
+            proto::DeployRequest {
+                build: Some(proto::BuildOptions {
+                    machine_type: "HUGE".into(),
+                    ..Default::default()
+                }),
+                ..base.clone()
+            },
+            "build.machine_type",
+        ),
+        (
+            proto::DeployRequest {
+                runtime: Some(proto::RuntimeSettings {
+                    ingress: 42,
+                    ..Default::default()
+                }),
+                ..base.clone()
+            },
+            "runtime.ingress",
+        ),
+    ];
+    for (req, field) in cases {
+        let status = client.deploy(req).await.expect_err("refused");
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{field}: {status:?}"
+        );
+        assert!(
+            status.message().starts_with(field),
+            "{field}: {}",
+            status.message()
+        );
+    }
+    let status = client
+        .verify(proto::VerifyRequest {
+            url: String::new(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().starts_with("url"));
+    let status = client
+        .preflight(proto::PreflightRequest {
+            target: Some(proto::Target {
+                project: "x".into(),
+                ..target("")
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect_err("refused");
+    assert!(status.message().starts_with("target.project"));
+    // Nothing reached Google.
+    assert!(h.sandbox.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_does_not_leave_an_unrecorded_deploy() {
+    let h = Harness::start().await;
+    h.sandbox.fail_next_build(BuildFault::NeverFinishes);
+    let before = counter(
+        &h.metrics().await,
+        "deployd_deployments_total",
+        "result=\"cancelled\"",
+    );
+    {
+        let mut stream = h
+            .client()
+            .await
+            .deploy(deploy_request("walkaway", &example_app()))
+            .await
+            .expect("accepted")
+            .into_inner();
+        // Read until the build is running, then hang up.
+        while let Some(e) = stream.message().await.expect("stream") {
+            if matches!(e.kind, Some(proto::event::Kind::Log(_))) {
+                break;
+            }
+        }
+    }
+    // The run is cancelled cleanly: the remote build is cancelled and the
+    // deploy is counted.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = counter(
+            &h.metrics().await,
+            "deployd_deployments_total",
+            "result=\"cancelled\"",
+        );
+        if now > before
+            && h.sandbox
+                .count("cloudbuild.projects.locations.builds.cancel")
+                == 1
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "cancelled deploy not recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(h.sandbox.builds()[0]["status"], "CANCELLED");
+}
