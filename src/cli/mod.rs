@@ -40,7 +40,7 @@ enum Command {
     /// Run the daemon.
     Serve(ServeArgs),
     /// Deploy a source directory or git repository to Cloud Run.
-    Deploy(DeployArgs),
+    Deploy(Box<DeployArgs>),
     /// Check that a project is ready for deploys.
     Preflight(PreflightArgs),
     /// Probe a URL until it is healthy.
@@ -408,8 +408,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<i32> {
     let shutdown = CancellationToken::new();
     let mut sandbox_config = SandboxConfig::default();
     if let Some(addr) = a.sandbox_listen {
-        sandbox_config.projects = vec![DEFAULT_PROJECT.into()];
-        let _ = addr;
+        sandbox_config.listen = addr;
     }
     let running = daemon::start(config, sandbox_config, shutdown.clone()).await?;
     if let Some(sb) = &running.sandbox {

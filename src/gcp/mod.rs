@@ -5,6 +5,10 @@
 //! The same code talks to googleapis.com and to the sandbox; only
 //! [`Endpoints`] and [`Credentials`] differ.
 
+// Errors are the cold path and carry the decoded status flat, so callers
+// can match on fields; boxing them would only obscure that.
+#![allow(clippy::result_large_err)]
+
 pub mod artifactregistry;
 pub mod cloudbuild;
 pub mod error;

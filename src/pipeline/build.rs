@@ -453,7 +453,7 @@ fn failure_detail(info: &BuildInfo, tail: &[String]) -> String {
         s.push_str(&format!(" [failing step: {step}]"));
     }
     if !relevant.is_empty() {
-        s.push_str("\n");
+        s.push('\n');
         s.push_str(&relevant.join("\n"));
     }
     s

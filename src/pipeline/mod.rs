@@ -5,6 +5,10 @@
 //! [`cloud::Prober`]. A deployment's progress lives in [`Deployment`], plain
 //! data that a store can persist and a restarted daemon could resume from.
 
+// StageError carries what a person needs to act (log tail, links); it is
+// built once per failed run, so its size does not matter.
+#![allow(clippy::result_large_err)]
+
 pub mod archive;
 mod build;
 pub mod cloud;

@@ -31,6 +31,8 @@ pub const DEFAULT_PROJECT: &str = "demo-project";
 
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
+    /// Where the emulated APIs listen (default: an ephemeral loopback port).
+    pub listen: SocketAddr,
     /// How long long-running operations take.
     pub op_delay: Duration,
     /// How long a build waits in QUEUED.
@@ -44,6 +46,7 @@ pub struct SandboxConfig {
 impl Default for SandboxConfig {
     fn default() -> Self {
         Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             op_delay: Duration::from_millis(300),
             build_queue_delay: Duration::from_millis(200),
             build_line_delay: Duration::from_millis(40),

@@ -53,6 +53,7 @@ enum Kind {
     ObjectGet(String, String),
     ObjectUpload(String),
     BuildCreate,
+    BuildList,
     BuildGet(String),
     BuildCancel(String),
     RunGet(String, String),
@@ -225,6 +226,14 @@ fn route(m: &Method, segs: &[&str]) -> Route {
             Some("cloudbuild.builds.create"),
             p,
             BuildCreate,
+        ),
+        ("GET", ["v1", "projects", p, "builds"])
+        | ("GET", ["v1", "projects", p, "locations", _, "builds"]) => r(
+            "cloudbuild.projects.locations.builds.list",
+            CB,
+            Some("cloudbuild.builds.list"),
+            p,
+            BuildList,
         ),
         ("GET", ["v1", "projects", p, "builds", id])
         | ("GET", ["v1", "projects", p, "locations", _, "builds", id]) => r(
@@ -593,7 +602,7 @@ fn dispatch(
                 None => error(
                     404,
                     "NOT_FOUND",
-                    &format!("Requested entity was not found."),
+                    "Requested entity was not found.",
                 ),
             }
         }
@@ -625,7 +634,7 @@ fn dispatch(
                 return error(
                     409,
                     "ALREADY_EXISTS",
-                    &format!("the repository already exists"),
+                    "the repository already exists",
                 );
             }
             let repo = Repository {
@@ -710,6 +719,17 @@ fn dispatch(
                 return error(404, "NOT_FOUND", "project");
             };
             build::create(w, &sh.config, &pk, body, now)
+        }
+        Kind::BuildList => {
+            // Newest first, as Cloud Build lists them.
+            let builds: Vec<Value> = w
+                .builds
+                .values()
+                .filter(|b| Some(&b.project) == key.as_ref())
+                .rev()
+                .map(|b| build::render(w, b, now))
+                .collect();
+            ok(json!({"builds": builds}))
         }
         Kind::BuildGet(id) => match w.builds.get(id) {
             Some(b) if Some(&b.project) == key.as_ref() => ok(build::render(w, b, now)),

@@ -188,3 +188,47 @@ impl Drop for InProgress {
         gauge!(IN_PROGRESS).decrement(1.0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOC: &str = include_str!("../../dashboards/README.md");
+
+    /// The documented table and SPEC must list the same metrics, types and labels.
+    #[test]
+    fn documentation_matches_the_spec() {
+        let rows: Vec<Vec<String>> = DOC
+            .lines()
+            .filter(|l| l.starts_with("| `deployd_"))
+            .map(|l| l.split('|').map(|c| c.trim().replace('`', "")).collect())
+            .collect();
+        assert_eq!(rows.len(), SPEC.len(), "one documented row per metric");
+        for m in SPEC {
+            let row = rows
+                .iter()
+                .find(|r| r[1] == m.name)
+                .unwrap_or_else(|| panic!("{} is not documented", m.name));
+            let kind = match m.kind {
+                Kind::Counter => "counter",
+                Kind::Gauge => "gauge",
+                Kind::Histogram => "histogram",
+            };
+            assert_eq!(row[2], kind, "{}", m.name);
+            assert_eq!(row[3], m.labels.join(", "), "{}", m.name);
+            assert_eq!(row[4], m.help, "{}", m.name);
+        }
+    }
+
+    #[test]
+    fn names_follow_the_convention() {
+        for m in SPEC {
+            assert!(m.name.starts_with("deployd_"), "{}", m.name);
+            match m.kind {
+                Kind::Counter => assert!(m.name.ends_with("_total"), "{}", m.name),
+                Kind::Histogram => assert!(m.name.ends_with("_seconds"), "{}", m.name),
+                Kind::Gauge => assert!(!m.name.ends_with("_total"), "{}", m.name),
+            }
+        }
+    }
+}
