@@ -116,3 +116,86 @@ fn invalid_service_name_is_refused() {
         "{stderr}"
     );
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// `deployd serve --sandbox` in one process, `deployd deploy --server` in
+/// another, then ctrl-c: the daemon stops cleanly.
+#[test]
+fn serve_and_deploy_as_two_processes() {
+    let (grpc, metrics) = (free_port(), free_port());
+    let mut server = deployd()
+        .args([
+            "serve",
+            "--sandbox",
+            "--listen",
+            &format!("127.0.0.1:{grpc}"),
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics}"),
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("serve starts");
+    let server_url = format!("http://127.0.0.1:{grpc}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", grpc)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "daemon did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = deployd()
+        .args([
+            "deploy",
+            "--server",
+            &server_url,
+            "--project",
+            "demo-project",
+            &example(),
+            "--service",
+            "two-procs",
+            "--allow-unauthenticated",
+        ])
+        .output()
+        .expect("client runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("SUCCESS: http://127.0.0.1:"), "{stdout}");
+
+    let metrics_text = reqwest::blocking_get(&format!("http://127.0.0.1:{metrics}/metrics"));
+    assert!(
+        metrics_text.contains("deployd_deployments_total{result=\"success\"} 1"),
+        "{metrics_text}"
+    );
+
+    // ctrl-c: the daemon shuts down and exits 0.
+    let pid = server.id().to_string();
+    let killed = Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = server.wait().expect("daemon exits");
+    assert!(status.success(), "{status:?}");
+}
+
+mod reqwest {
+    /// A one-shot HTTP GET without a runtime of the test's own.
+    pub fn blocking_get(url: &str) -> String {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            ::reqwest::get(url)
+                .await
+                .expect("get")
+                .text()
+                .await
+                .expect("body")
+        })
+    }
+}

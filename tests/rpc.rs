@@ -75,7 +75,11 @@ async fn preflight_of_a_healthy_project_creates_what_is_missing() {
         .into_inner();
     let o = outcome(&collect(stream).await);
     assert!(o.success);
-    assert_eq!(h.sandbox.requests().len() - before, 8, "the README states 8");
+    assert_eq!(
+        h.sandbox.requests().len() - before,
+        8,
+        "the README states 8"
+    );
     assert_eq!(
         h.sandbox
             .count("artifactregistry.projects.locations.repositories.create"),

@@ -599,11 +599,7 @@ fn dispatch(
             let p = &w.projects[&key.unwrap_or_default()];
             match p.repositories.get(&(l.clone(), repo.clone())) {
                 Some(r) => ok(render_repo(p, l, repo, r)),
-                None => error(
-                    404,
-                    "NOT_FOUND",
-                    "Requested entity was not found.",
-                ),
+                None => error(404, "NOT_FOUND", "Requested entity was not found."),
             }
         }
         Kind::RepoList(l) => {
@@ -631,11 +627,7 @@ fn dispatch(
             };
             let k = (l.clone(), repo_id.clone());
             if p.repositories.contains_key(&k) {
-                return error(
-                    409,
-                    "ALREADY_EXISTS",
-                    "the repository already exists",
-                );
+                return error(409, "ALREADY_EXISTS", "the repository already exists");
             }
             let repo = Repository {
                 format,
