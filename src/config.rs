@@ -17,6 +17,8 @@ pub const ENV_RETRY_BASE_DELAY_MS: &str = "DEPLOYD_RETRY_BASE_DELAY_MS";
 pub const ENV_POLL_INTERVAL_MS: &str = "DEPLOYD_POLL_INTERVAL_MS";
 pub const ENV_WORK_DIR: &str = "DEPLOYD_WORK_DIR";
 pub const ENV_CALLER_MEMBER: &str = "DEPLOYD_CALLER_MEMBER";
+/// Deadline of one preflight API call.
+pub const ENV_CHECK_TIMEOUT_MS: &str = "DEPLOYD_CHECK_TIMEOUT_MS";
 pub const ENV_SERVER: &str = "DEPLOYD_SERVER";
 pub const ENV_PROJECT: &str = "DEPLOYD_PROJECT";
 pub const ENV_REGION: &str = "DEPLOYD_REGION";
@@ -45,6 +47,8 @@ pub struct DaemonConfig {
     pub poll_interval: Duration,
     pub work_dir: PathBuf,
     pub caller_member: String,
+    /// Deadline of one preflight API call.
+    pub check_timeout: Duration,
     /// How long shutdown waits for running deploys to wind down.
     pub shutdown_grace: Duration,
 }
@@ -56,6 +60,7 @@ impl DaemonConfig {
             poll_interval: self.poll_interval,
             work_dir: self.work_dir.clone(),
             caller_member: self.caller_member.clone(),
+            check_timeout: self.check_timeout,
             ..PipelineConfig::default()
         }
     }
@@ -72,6 +77,7 @@ impl Default for DaemonConfig {
             poll_interval: p.poll_interval,
             work_dir: p.work_dir,
             caller_member: p.caller_member,
+            check_timeout: p.check_timeout,
             shutdown_grace: Duration::from_secs(30),
         }
     }

@@ -81,6 +81,9 @@ struct Tuning {
     /// IAM member used in remediation commands, e.g. user:me@example.com.
     #[arg(long, env = ENV_CALLER_MEMBER, default_value = "user:YOUR_EMAIL")]
     caller_member: String,
+    /// Deadline of one preflight API call.
+    #[arg(long, env = ENV_CHECK_TIMEOUT_MS, default_value_t = 20_000)]
+    check_timeout_ms: u64,
 }
 
 /// Which daemon a client command talks to.
@@ -242,6 +245,7 @@ impl Tuning {
             poll_interval: poll,
             work_dir: self.work_dir.clone().unwrap_or(d.work_dir.clone()),
             caller_member: self.caller_member.clone(),
+            check_timeout: Duration::from_millis(self.check_timeout_ms),
             ..d
         }
     }

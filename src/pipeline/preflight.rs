@@ -4,6 +4,7 @@
 //! with the build policy and then reported as inconclusive, never as passed.
 
 use std::future::Future;
+use std::sync::OnceLock;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio_util::sync::CancellationToken;
@@ -62,6 +63,14 @@ pub const CHECK_ORDER: &[&str] = &[
     "network_policies",
 ];
 
+/// How far the project could be looked at.
+enum Reach {
+    Reachable(Project),
+    /// The Resource Manager API is disabled: the project number is unknown.
+    ApiDisabled,
+    Unreachable,
+}
+
 /// A check call that failed for good (or not at all conclusively).
 enum CallError {
     Failed(CloudError),
@@ -77,39 +86,51 @@ impl Pipeline {
         events: &Reporter,
         cancel: &CancellationToken,
     ) -> Vec<CheckResult> {
-        let project_check = self.check_project(req, cancel).await;
-        let (first, project) = project_check;
-        self.report_check(&first, events).await;
-        let mut results = vec![first];
-
-        let Some(project) = project else {
-            // Nothing else can be checked in a project we cannot reach.
-            for name in &CHECK_ORDER[1..] {
-                let skipped = CheckResult::fail(
-                    name,
-                    format!(
-                        "not checked: project {} is not reachable",
-                        req.target.project
-                    ),
-                    vec![],
-                );
-                self.report_check(&skipped, events).await;
-                results.push(skipped);
-            }
-            return results;
-        };
-
-        let mut pending: FuturesUnordered<
-            std::pin::Pin<Box<dyn Future<Output = CheckResult> + Send + '_>>,
-        > = FuturesUnordered::new();
+        type Check<'a> = std::pin::Pin<Box<dyn Future<Output = CheckResult> + Send + 'a>>;
+        // Checks that need the project number start once the project is
+        // known; the others start at once, so the critical path is two round
+        // trips (project, then the service account), not one per check.
+        let known: OnceLock<Option<Project>> = OnceLock::new();
+        let mut pending: FuturesUnordered<Check<'_>> = FuturesUnordered::new();
         pending.push(Box::pin(self.check_apis(req, cancel)));
         pending.push(Box::pin(self.check_permissions(req, cancel)));
-        pending.push(Box::pin(self.check_service_account(req, &project, cancel)));
         pending.push(Box::pin(self.check_repository(req, cancel)));
-        pending.push(Box::pin(self.check_bucket(req, &project, cancel)));
         pending.push(Box::pin(async { check_build_config(req) }));
         pending.push(Box::pin(self.check_network_policies(req, cancel)));
-        while let Some(r) = pending.next().await {
+        let mut project_check = Box::pin(self.check_project(req, cancel));
+        let mut project_done = false;
+        let mut results = Vec::with_capacity(CHECK_ORDER.len());
+        loop {
+            let r = tokio::select! {
+                (r, reach) = &mut project_check, if !project_done => {
+                    project_done = true;
+                    let project = match reach {
+                        Reach::Reachable(p) => Some(p),
+                        // Resource Manager is off: the number is unknown.
+                        Reach::ApiDisabled => None,
+                        Reach::Unreachable => {
+                            for name in ["service_account", "build_bucket"] {
+                                let skipped = CheckResult::fail(
+                                    name,
+                                    format!("not checked: project {} is not reachable", req.target.project),
+                                    vec![],
+                                );
+                                self.report_check(&skipped, events).await;
+                                results.push(skipped);
+                            }
+                            None
+                        }
+                    };
+                    if results.iter().all(|c: &CheckResult| c.name != "service_account") {
+                        let project = known.get_or_init(|| project).as_ref();
+                        pending.push(Box::pin(self.check_service_account(req, project, cancel)));
+                        pending.push(Box::pin(self.check_bucket(req, project, cancel)));
+                    }
+                    r
+                }
+                Some(r) = pending.next() => r,
+                else => break,
+            };
             self.report_check(&r, events).await;
             results.push(r);
         }
@@ -174,7 +195,7 @@ impl Pipeline {
         &self,
         req: &PreflightRequest,
         cancel: &CancellationToken,
-    ) -> (CheckResult, Option<Project>) {
+    ) -> (CheckResult, Reach) {
         const NAME: &str = "project_access";
         let p = &req.target.project;
         match self.call(cancel, || self.cloud.project(p)).await {
@@ -184,7 +205,7 @@ impl Pipeline {
                         NAME,
                         format!("project {p} (number {}) is active", project.number),
                     ),
-                    Some(project),
+                    Reach::Reachable(project),
                 ),
                 ProjectState::DeleteRequested => (
                     CheckResult::fail(
@@ -192,7 +213,7 @@ impl Pipeline {
                         format!("project {p} is scheduled for deletion"),
                         vec![format!("gcloud projects undelete {p}")],
                     ),
-                    None,
+                    Reach::Unreachable,
                 ),
                 ProjectState::Other(s) => (
                     CheckResult::fail(
@@ -200,9 +221,18 @@ impl Pipeline {
                         format!("project {p} is in state {s}, not ACTIVE"),
                         vec![],
                     ),
-                    None,
+                    Reach::Unreachable,
                 ),
             },
+            Err(CallError::Failed(e)) if e.reason.as_deref() == Some("SERVICE_DISABLED") => (
+                call_error_check(
+                    NAME,
+                    &format!("looking up project {p}"),
+                    CallError::Failed(e),
+                    p,
+                ),
+                Reach::ApiDisabled,
+            ),
             Err(CallError::Failed(e)) if e.is(Code::NotFound) || e.is(Code::PermissionDenied) => (
                 CheckResult::fail(
                     NAME,
@@ -215,11 +245,11 @@ impl Pipeline {
                         format!("https://console.cloud.google.com/home/dashboard?project={p}"),
                     ],
                 ),
-                None,
+                Reach::Unreachable,
             ),
             Err(e) => (
                 call_error_check(NAME, &format!("looking up project {p}"), e, p),
-                None,
+                Reach::Unreachable,
             ),
         }
     }
@@ -314,19 +344,28 @@ impl Pipeline {
     async fn check_service_account(
         &self,
         req: &PreflightRequest,
-        project: &Project,
+        project: Option<&Project>,
         cancel: &CancellationToken,
     ) -> CheckResult {
         const NAME: &str = "service_account";
         let p = &req.target.project;
-        let email = req
-            .service_account
-            .clone()
-            .unwrap_or_else(|| format!("{}-compute@developer.gserviceaccount.com", project.number));
-        let sa = match self
-            .call(cancel, || self.cloud.service_account(p, &email))
-            .await
-        {
+        let email = match (&req.service_account, project) {
+            (Some(email), _) => email.clone(),
+            (None, Some(project)) => format!("{}-compute@developer.gserviceaccount.com", project.number),
+            (None, None) => {
+                return CheckResult::fail(
+                    NAME,
+                    "not checked: the default runtime service account is named after the project number, which Resource Manager did not give",
+                    vec![],
+                )
+            }
+        };
+        // Existence and actAs are independent questions: ask both at once.
+        let (sa, act_as) = tokio::join!(
+            self.call(cancel, || self.cloud.service_account(p, &email)),
+            self.call(cancel, || self.cloud.can_act_as(p, &email)),
+        );
+        let sa = match sa {
             Ok(sa) => sa,
             Err(e) => return call_error_check(NAME, &format!("looking up {email}"), e, p),
         };
@@ -344,7 +383,7 @@ impl Pipeline {
                 format!("runtime service account {email} is disabled"),
                 vec![format!("gcloud iam service-accounts enable {email} --project={p}")],
             ),
-            Some(_) => match self.call(cancel, || self.cloud.can_act_as(p, &email)).await {
+            Some(_) => match act_as {
                 Ok(true) => CheckResult::pass(NAME, format!("the caller may act as {email}")),
                 Ok(false) => CheckResult::fail(
                     NAME,
@@ -403,13 +442,15 @@ impl Pipeline {
     async fn check_bucket(
         &self,
         req: &PreflightRequest,
-        project: &Project,
+        project: Option<&Project>,
         cancel: &CancellationToken,
     ) -> CheckResult {
         const NAME: &str = "build_bucket";
         let p = &req.target.project;
         let bucket = naming::source_bucket(p, &req.target.region);
-        let owned = |b: &super::cloud::Bucket| b.project_number == project.number;
+        // Without the project number ownership cannot be proven; the
+        // project_access check already fails in that case.
+        let owned = |b: &super::cloud::Bucket| project.is_none_or(|p| b.project_number == p.number);
         let existing = match self.call(cancel, || self.cloud.bucket(&bucket)).await {
             Ok(b) => b,
             Err(e) => return call_error_check(NAME, &format!("reading bucket {bucket}"), e, p),

@@ -101,6 +101,7 @@ async fn serve(
             query: uri.query().unwrap_or_default().to_string(),
             status,
             at,
+            duration: delay,
             body: vec![],
             headers: headers
                 .iter()

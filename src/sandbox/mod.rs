@@ -41,6 +41,8 @@ pub struct SandboxConfig {
     pub build_line_delay: Duration,
     /// Projects that exist from the start, all APIs on, all permissions held.
     pub projects: Vec<String>,
+    /// Added to every API answer, to model a realistic round trip.
+    pub latency: Duration,
 }
 
 impl Default for SandboxConfig {
@@ -51,6 +53,7 @@ impl Default for SandboxConfig {
             build_queue_delay: Duration::from_millis(200),
             build_line_delay: Duration::from_millis(40),
             projects: vec![DEFAULT_PROJECT.into()],
+            latency: Duration::ZERO,
         }
     }
 }
@@ -156,6 +159,24 @@ impl Sandbox {
 
     pub fn remove_project(&self, id: &str) {
         self.shared.world().projects.remove(id);
+    }
+
+    /// Creates a bucket owned by `project` (which must exist).
+    pub fn add_bucket(&self, name: &str, project: &str) -> bool {
+        let mut w = self.shared.world();
+        let Some(number) = w.projects.get(project).map(|p| p.number.clone()) else {
+            return false;
+        };
+        w.buckets.insert(
+            name.into(),
+            world::Bucket {
+                project_number: number,
+                location: "US-CENTRAL1".into(),
+                create_time: world::now_rfc3339(),
+                objects: Default::default(),
+            },
+        );
+        true
     }
 
     /// The next `fault.remaining` calls of `fault.method` misbehave.

@@ -353,6 +353,30 @@ async fn handle(
     let route = route(&method, &seg_refs);
     let at = Instant::now();
 
+    // Recorded on arrival, so calls that never get an answer are seen too.
+    let recorded = Request {
+        method: route.id.to_string(),
+        http_method: method.to_string(),
+        path: uri.path().to_string(),
+        query: uri.query().unwrap_or_default().to_string(),
+        status: 0,
+        at,
+        duration: Duration::ZERO,
+        body: if matches!(route.kind, Kind::ObjectUpload(_)) {
+            vec![]
+        } else {
+            body.to_vec()
+        },
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
+            .collect(),
+    };
+    let index = {
+        let mut w = sh.world();
+        w.requests.push(recorded);
+        w.requests.len() - 1
+    };
     let fault = take_fault(&sh, route.id);
     let response = match fault {
         Some(FaultAction::Hang) => {
@@ -373,25 +397,13 @@ async fn handle(
             r
         }
     };
-    let mut w = sh.world();
-    let recorded_body = if matches!(route.kind, Kind::ObjectUpload(_)) {
-        vec![]
-    } else {
-        body.to_vec()
-    };
-    w.requests.push(Request {
-        method: route.id.to_string(),
-        http_method: method.to_string(),
-        path: uri.path().to_string(),
-        query: uri.query().unwrap_or_default().to_string(),
-        status: response.status().as_u16(),
-        at,
-        body: recorded_body,
-        headers: headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
-            .collect(),
-    });
+    if !sh.config.latency.is_zero() {
+        tokio::time::sleep(sh.config.latency).await;
+    }
+    if let Some(r) = sh.world().requests.get_mut(index) {
+        r.status = response.status().as_u16();
+        r.duration = at.elapsed();
+    }
     response
 }
 
@@ -428,6 +440,20 @@ fn guard(w: &World, route: &Route) -> Option<Response> {
         });
     };
     let project = &w.projects[&key];
+    // Only Resource Manager still answers for a project being deleted.
+    if project.lifecycle != "ACTIVE"
+        && !matches!(route.kind, Kind::CrmGet { .. } | Kind::CrmTestPermissions)
+    {
+        return Some(error_info(
+            403,
+            "PERMISSION_DENIED",
+            &format!(
+                "Project {p} has been scheduled for deletion and cannot be used for API calls."
+            ),
+            "USER_PROJECT_DENIED",
+            json!({"consumer": format!("projects/{p}")}),
+        ));
+    }
     if let Some(api) = route.api {
         if !project.enabled_apis.contains(api) {
             return Some(service_disabled(api, p));

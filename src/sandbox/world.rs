@@ -212,6 +212,8 @@ pub struct Request {
     pub query: String,
     pub status: u16,
     pub at: Instant,
+    /// Time from arrival to answer; status 0 and zero duration while unanswered.
+    pub duration: std::time::Duration,
     pub body: Vec<u8>,
     pub headers: Vec<(String, String)>,
 }

@@ -2,7 +2,7 @@
 
 pub mod metrics;
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -18,6 +18,10 @@ pub enum TelemetryError {
 /// Installs the process-wide Prometheus recorder once and returns its handle;
 /// later calls (several daemons in one test process) share it.
 pub fn prometheus() -> Result<PrometheusHandle, TelemetryError> {
+    // Serialises installation: two daemons starting at once must not both
+    // try to install a global recorder.
+    static INSTALL: Mutex<()> = Mutex::new(());
+    let _guard = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(h) = HANDLE.get() {
         return Ok(h.clone());
     }
@@ -33,11 +37,9 @@ pub fn prometheus() -> Result<PrometheusHandle, TelemetryError> {
             )
             .map_err(TelemetryError::Recorder)?;
     }
-    let handle = match builder.install_recorder() {
-        Ok(h) => h,
-        // Lost a race with another thread installing it: use theirs.
-        Err(e) => return HANDLE.get().cloned().ok_or(TelemetryError::Recorder(e)),
-    };
+    let handle = builder
+        .install_recorder()
+        .map_err(TelemetryError::Recorder)?;
     let handle = HANDLE.get_or_init(|| handle).clone();
     metrics::describe();
     let upkeep = handle.clone();

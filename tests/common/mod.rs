@@ -41,6 +41,7 @@ impl Harness {
             poll_interval: Duration::from_millis(10),
             work_dir: std::env::temp_dir().join("deployd-tests"),
             caller_member: "user:dev@example.com".into(),
+            check_timeout: Duration::from_millis(300),
             shutdown_grace: Duration::from_secs(10),
         };
         let shutdown = CancellationToken::new();
