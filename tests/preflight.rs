@@ -581,3 +581,48 @@ async fn preflight_failures_are_counted_by_check_and_result() {
         ) >= 1.0
     );
 }
+
+#[tokio::test]
+async fn build_service_account_missing() {
+    let o = stopped_by_preflight(
+        |_| {},
+        |r| {
+            r.build = Some(proto::BuildOptions {
+                service_account: "builder@demo-project.iam.gserviceaccount.com".into(),
+                ..Default::default()
+            })
+        },
+        &["cloud_build"],
+        &["gcloud iam service-accounts create builder --project=demo-project"],
+    )
+    .await;
+    assert!(check(&o, "cloud_build")
+        .detail
+        .contains("build service account builder@"));
+}
+
+#[tokio::test]
+async fn build_runs_as_the_requested_service_account() {
+    let h = Harness::start().await;
+    let email = "builder@demo-project.iam.gserviceaccount.com";
+    h.sandbox
+        .with_project(PROJECT, |p| p.service_accounts.insert(email.into(), false));
+    let mut req = deploy_request("own-sa", &example_app());
+    req.build = Some(proto::BuildOptions {
+        service_account: email.into(),
+        ..Default::default()
+    });
+    let (_, o) = deploy(&h, req).await;
+    assert!(o.success, "{o:?}");
+    assert!(check(&o, "cloud_build").detail.contains(email));
+    let build = &h.sandbox.builds()[0];
+    assert_eq!(
+        build["serviceAccount"],
+        format!("projects/demo-project/serviceAccounts/{email}")
+    );
+    // With a service account, Cloud Build requires our own logs bucket.
+    assert_eq!(
+        build["logsBucket"],
+        "gs://deployd-demo-project-us-central1/logs"
+    );
+}

@@ -60,6 +60,7 @@ fn build_options(b: Option<proto::BuildOptions>) -> BuildOptions {
             .unwrap_or(d.step_timeout),
         max_attempts: nonzero(b.max_attempts).unwrap_or(d.max_attempts),
         repository: nonempty(b.repository).unwrap_or(d.repository),
+        service_account: nonempty(b.service_account),
     }
 }
 
@@ -182,6 +183,7 @@ pub fn preflight_request(r: proto::PreflightRequest) -> Result<PreflightRequest,
         vpc_egress: egress(r.vpc_egress, "vpc_egress")?,
         build: build_options(Some(proto::BuildOptions {
             repository: r.repository,
+            service_account: r.build_service_account,
             ..Default::default()
         })),
     })

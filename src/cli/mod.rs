@@ -178,6 +178,9 @@ struct DeployArgs {
     build_attempts: Option<u32>,
     #[arg(long)]
     repository: Option<String>,
+    /// Service account the build runs as.
+    #[arg(long)]
+    build_service_account: Option<String>,
     #[arg(long, default_value = "/")]
     health_path: String,
     #[arg(long)]
@@ -200,6 +203,9 @@ struct PreflightArgs {
     vpc_egress: Option<EgressArg>,
     #[arg(long)]
     repository: Option<String>,
+    /// Service account builds would run as.
+    #[arg(long)]
+    build_service_account: Option<String>,
     #[command(flatten)]
     connect: Connect,
 }
@@ -350,6 +356,7 @@ pub async fn main() -> anyhow::Result<i32> {
                     step_timeout_seconds: 0,
                     max_attempts: a.build_attempts.unwrap_or(0),
                     repository: a.repository.clone().unwrap_or_default(),
+                    service_account: a.build_service_account.clone().unwrap_or_default(),
                 }),
                 health_check: Some(proto::HealthCheck {
                     path: a.health_path.clone(),
@@ -374,6 +381,7 @@ pub async fn main() -> anyhow::Result<i32> {
                 ingress: ingress(a.ingress),
                 vpc_egress: egress(a.vpc_egress),
                 repository: a.repository.clone().unwrap_or_default(),
+                build_service_account: a.build_service_account.clone().unwrap_or_default(),
             };
             run_client(&a.connect, |mut c| async move {
                 Ok(c.preflight(req).await?.into_inner())

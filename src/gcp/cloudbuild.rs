@@ -23,6 +23,9 @@ struct BuildRequest {
     logs_bucket: String,
     options: serde_json::Value,
     tags: Vec<String>,
+    /// `projects/{project}/serviceAccounts/{email}`; needs logsBucket set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service_account: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -120,6 +123,10 @@ pub async fn create(t: &Transport, project: &str, spec: &BuildSpec) -> Result<Bu
             "logStreamingOption": "STREAM_ON",
         }),
         tags: spec.tags.clone(),
+        service_account: spec
+            .service_account
+            .as_ref()
+            .map(|email| format!("projects/{project}/serviceAccounts/{email}")),
     };
     let op: Operation = t
         .json(METHOD, t.request(Method::POST, url).json(&body))

@@ -117,6 +117,7 @@ impl Pipeline {
             machine_type: opts.machine_type.clone(),
             logs_bucket: format!("gs://{bucket}/{}", naming::LOGS_PREFIX),
             tags: vec!["deployd".into(), format!("svc-{}", target.service)],
+            service_account: opts.service_account.clone(),
         };
 
         let policy = RetryPolicy {

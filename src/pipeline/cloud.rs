@@ -95,6 +95,8 @@ pub struct BuildSpec {
     /// `gs://bucket/prefix`; the log is `prefix/log-{id}.txt` in it.
     pub logs_bucket: String,
     pub tags: Vec<String>,
+    /// Service account email the build runs as.
+    pub service_account: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -258,6 +258,8 @@ pub struct BuildOptions {
     pub step_timeout: Duration,
     pub max_attempts: u32,
     pub repository: String,
+    /// The build's service account email; Cloud Build's default when `None`.
+    pub service_account: Option<String>,
 }
 
 pub const DEFAULT_REPOSITORY: &str = "deployd";
@@ -270,6 +272,7 @@ impl Default for BuildOptions {
             step_timeout: Duration::from_secs(600),
             max_attempts: 3,
             repository: DEFAULT_REPOSITORY.into(),
+            service_account: None,
         }
     }
 }

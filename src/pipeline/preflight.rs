@@ -95,7 +95,7 @@ impl Pipeline {
         pending.push(Box::pin(self.check_apis(req, cancel)));
         pending.push(Box::pin(self.check_permissions(req, cancel)));
         pending.push(Box::pin(self.check_repository(req, cancel)));
-        pending.push(Box::pin(async { check_build_config(req) }));
+        pending.push(Box::pin(self.check_cloud_build(req, cancel)));
         pending.push(Box::pin(self.check_network_policies(req, cancel)));
         let mut project_check = Box::pin(self.check_project(req, cancel));
         let mut project_done = false;
@@ -556,8 +556,54 @@ fn squatted(bucket: &str, project: &str) -> CheckResult {
     )
 }
 
-/// The build configuration deployd would submit, checked against Cloud
-/// Build's limits. No API call: it is the request we are about to make.
+impl Pipeline {
+    /// The build configuration deployd would submit, checked against Cloud
+    /// Build's limits, and the builder's service account when one is set.
+    async fn check_cloud_build(
+        &self,
+        req: &PreflightRequest,
+        cancel: &CancellationToken,
+    ) -> CheckResult {
+        let config = check_build_config(req);
+        let Some(email) = req.build.service_account.as_deref().filter(|_| config.ok) else {
+            return config;
+        };
+        let p = &req.target.project;
+        let (sa, act_as) = tokio::join!(
+            self.call(cancel, || self.cloud.service_account(p, email)),
+            self.call(cancel, || self.cloud.can_act_as(p, email)),
+        );
+        const NAME: &str = "cloud_build";
+        match (sa, act_as) {
+            (Ok(Some(sa)), _) if sa.disabled => CheckResult::fail(
+                NAME,
+                format!("build service account {email} is disabled"),
+                vec![format!("gcloud iam service-accounts enable {email} --project={p}")],
+            ),
+            (Ok(Some(_)), Ok(true)) => CheckResult::pass(NAME, format!("{}; builds run as {email}", config.detail)),
+            (Ok(Some(_)), Ok(false)) => CheckResult::fail(
+                NAME,
+                format!("the caller lacks iam.serviceAccounts.actAs on the build service account {email}"),
+                vec![format!(
+                    "gcloud iam service-accounts add-iam-policy-binding {email} --project={p} --member={} --role=roles/iam.serviceAccountUser",
+                    self.config.caller_member
+                )],
+            ),
+            (Ok(None), _) => CheckResult::fail(
+                NAME,
+                format!("build service account {email} does not exist in project {p}"),
+                vec![format!(
+                    "gcloud iam service-accounts create {} --project={p}",
+                    email.split('@').next().unwrap_or(email)
+                )],
+            ),
+            (Err(e), _) | (_, Err(e)) => call_error_check(NAME, &format!("looking up build service account {email}"), e, p),
+        }
+    }
+}
+
+/// The request deployd is about to make, checked against Cloud Build's
+/// limits; no API call.
 fn check_build_config(req: &PreflightRequest) -> CheckResult {
     const NAME: &str = "cloud_build";
     let b: &BuildOptions = &req.build;
@@ -581,10 +627,14 @@ fn check_build_config(req: &PreflightRequest) -> CheckResult {
     CheckResult::pass(
         NAME,
         format!(
-            "machine {}, build timeout {}s, step timeout {}s, image {image}",
+            "machine {}, build timeout {}s, step timeout {}s, image {image}, {}",
             b.machine_type,
             b.timeout.as_secs(),
-            b.step_timeout.as_secs()
+            b.step_timeout.as_secs(),
+            match &b.service_account {
+                Some(_) => "own build service account",
+                None => "Cloud Build's default service account",
+            }
         ),
     )
 }
