@@ -17,6 +17,10 @@ pub const ENV_RETRY_BASE_DELAY_MS: &str = "DEPLOYD_RETRY_BASE_DELAY_MS";
 pub const ENV_POLL_INTERVAL_MS: &str = "DEPLOYD_POLL_INTERVAL_MS";
 pub const ENV_WORK_DIR: &str = "DEPLOYD_WORK_DIR";
 pub const ENV_CALLER_MEMBER: &str = "DEPLOYD_CALLER_MEMBER";
+/// Uncompressed source bytes a deploy may send.
+pub const ENV_MAX_SOURCE_BYTES: &str = "DEPLOYD_MAX_SOURCE_BYTES";
+/// Archives above this size are uploaded in resumable chunks of this size.
+pub const ENV_UPLOAD_CHUNK_BYTES: &str = "DEPLOYD_UPLOAD_CHUNK_BYTES";
 /// Deadline of one preflight API call.
 pub const ENV_CHECK_TIMEOUT_MS: &str = "DEPLOYD_CHECK_TIMEOUT_MS";
 pub const ENV_SERVER: &str = "DEPLOYD_SERVER";
@@ -49,6 +53,11 @@ pub struct DaemonConfig {
     pub caller_member: String,
     /// Deadline of one preflight API call.
     pub check_timeout: Duration,
+    pub max_source_bytes: u64,
+    /// Uploads larger than this go in resumable chunks of this size.
+    pub upload_chunk_bytes: usize,
+    /// Added to a build's timeout before deployd cancels it itself.
+    pub build_deadline_slack: Duration,
     /// How long shutdown waits for running deploys to wind down.
     pub shutdown_grace: Duration,
 }
@@ -61,7 +70,8 @@ impl DaemonConfig {
             work_dir: self.work_dir.clone(),
             caller_member: self.caller_member.clone(),
             check_timeout: self.check_timeout,
-            ..PipelineConfig::default()
+            max_source_bytes: self.max_source_bytes,
+            build_deadline_slack: self.build_deadline_slack,
         }
     }
 }
@@ -78,6 +88,9 @@ impl Default for DaemonConfig {
             work_dir: p.work_dir,
             caller_member: p.caller_member,
             check_timeout: p.check_timeout,
+            max_source_bytes: p.max_source_bytes,
+            upload_chunk_bytes: crate::gcp::storage::DEFAULT_CHUNK_BYTES,
+            build_deadline_slack: p.build_deadline_slack,
             shutdown_grace: Duration::from_secs(30),
         }
     }

@@ -63,13 +63,14 @@ async fn cloud(
         max: config.poll_interval,
         give_up_after: Duration::from_secs(30 * 60),
     };
-    Ok(match (&config.backend, sandbox) {
-        (Backend::EmbeddedSandbox, Some(sb)) => {
-            Arc::new(GcpClient::emulator(&sb.base_url(), emulator_poll)?)
-        }
-        (Backend::Endpoint(base), _) => Arc::new(GcpClient::emulator(base, emulator_poll)?),
-        _ => Arc::new(GcpClient::google(PollPolicy::default()).await?),
-    })
+    let client = match (&config.backend, sandbox) {
+        (Backend::EmbeddedSandbox, Some(sb)) => GcpClient::emulator(&sb.base_url(), emulator_poll)?,
+        (Backend::Endpoint(base), _) => GcpClient::emulator(base, emulator_poll)?,
+        _ => GcpClient::google(PollPolicy::default()).await?,
+    };
+    Ok(Arc::new(
+        client.with_upload_chunk(config.upload_chunk_bytes),
+    ))
 }
 
 /// Binds, starts everything in the background, and returns the addresses.

@@ -84,6 +84,12 @@ struct Tuning {
     /// Deadline of one preflight API call.
     #[arg(long, env = ENV_CHECK_TIMEOUT_MS, default_value_t = 20_000)]
     check_timeout_ms: u64,
+    /// Uncompressed source bytes a deploy may send.
+    #[arg(long, env = ENV_MAX_SOURCE_BYTES, default_value_t = crate::pipeline::archive::DEFAULT_MAX_SOURCE_BYTES)]
+    max_source_bytes: u64,
+    /// Resumable upload chunk size (a multiple of 256 KiB).
+    #[arg(long, env = ENV_UPLOAD_CHUNK_BYTES, default_value_t = crate::gcp::storage::DEFAULT_CHUNK_BYTES)]
+    upload_chunk_bytes: usize,
 }
 
 /// Which daemon a client command talks to.
@@ -252,6 +258,8 @@ impl Tuning {
             work_dir: self.work_dir.clone().unwrap_or(d.work_dir.clone()),
             caller_member: self.caller_member.clone(),
             check_timeout: Duration::from_millis(self.check_timeout_ms),
+            max_source_bytes: self.max_source_bytes,
+            upload_chunk_bytes: self.upload_chunk_bytes,
             ..d
         }
     }

@@ -50,6 +50,12 @@ pub enum GcpError {
     },
     #[error("obtaining Google credentials")]
     Auth(#[source] gcp_auth::Error),
+    /// The API answered in a way its protocol does not allow.
+    #[error("{method}: {message}")]
+    Protocol {
+        method: &'static str,
+        message: String,
+    },
 }
 
 impl GcpError {
@@ -103,6 +109,7 @@ impl From<GcpError> for CloudError {
                 CloudError::new(method, Code::DeadlineExceeded, message)
             }
             GcpError::Auth(_) => CloudError::new("auth", Code::Unauthenticated, message),
+            GcpError::Protocol { method, .. } => CloudError::new(method, Code::Internal, message),
         }
     }
 }

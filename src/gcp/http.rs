@@ -103,6 +103,21 @@ impl Transport {
         method: &'static str,
         rb: RequestBuilder,
     ) -> Result<Response, GcpError> {
+        let resp = self.send_unchecked(method, rb).await?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        Err(Self::error_of(method, resp).await)
+    }
+
+    /// Sends and returns the response whatever its status; only transport
+    /// failures are errors. For protocols with meaningful non-2xx answers
+    /// (resumable uploads' 308).
+    pub async fn send_unchecked(
+        &self,
+        method: &'static str,
+        rb: RequestBuilder,
+    ) -> Result<Response, GcpError> {
         let rb = match &self.credentials {
             Credentials::Google(p) => {
                 let token = p.token(&[SCOPE]).await.map_err(GcpError::Auth)?;
@@ -110,19 +125,18 @@ impl Transport {
             }
             Credentials::None => rb,
         };
-        let resp = rb
-            .send()
+        rb.send()
             .await
-            .map_err(|source| GcpError::Transport { method, source })?;
-        if resp.status().is_success() {
-            return Ok(resp);
-        }
+            .map_err(|source| GcpError::Transport { method, source })
+    }
+
+    /// Turns an error response into its typed error.
+    pub async fn error_of(method: &'static str, resp: Response) -> GcpError {
         let status = resp.status().as_u16();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|source| GcpError::Transport { method, source })?;
-        Err(decode(method, status, &body))
+        match resp.bytes().await {
+            Ok(body) => decode(method, status, &body),
+            Err(source) => GcpError::Transport { method, source },
+        }
     }
 
     /// Sends and decodes a JSON body.

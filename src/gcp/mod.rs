@@ -40,11 +40,24 @@ use crate::pipeline::model::Target;
 pub struct GcpClient {
     t: Transport,
     poll: PollPolicy,
+    /// Uploads larger than this are resumable, in chunks of this size.
+    upload_chunk: usize,
 }
 
 impl GcpClient {
     pub fn new(t: Transport, poll: PollPolicy) -> Self {
-        Self { t, poll }
+        Self {
+            t,
+            poll,
+            upload_chunk: storage::DEFAULT_CHUNK_BYTES,
+        }
+    }
+
+    /// Rounds down to a multiple of 256 KiB, as Cloud Storage requires.
+    pub fn with_upload_chunk(mut self, bytes: usize) -> Self {
+        const QUANTUM: usize = 256 * 1024;
+        self.upload_chunk = (bytes / QUANTUM).max(1) * QUANTUM;
+        self
     }
 
     /// Production: Google's hosts and Application Default Credentials.
@@ -236,7 +249,11 @@ impl Cloud for GcpClient {
         object: &str,
         data: Bytes,
     ) -> Result<StoredObject, CloudError> {
-        let o = storage::upload(&self.t, bucket, object, data).await?;
+        let o = if data.len() > self.upload_chunk {
+            storage::upload_resumable(&self.t, bucket, object, data, self.upload_chunk).await?
+        } else {
+            storage::upload(&self.t, bucket, object, data).await?
+        };
         Ok(StoredObject {
             size: o.size.parse().unwrap_or(0),
             generation: o.generation,

@@ -123,6 +123,138 @@ pub async fn upload(
     .await
 }
 
+/// Resumable uploads send chunks of this size (a multiple of 256 KiB).
+pub const DEFAULT_CHUNK_BYTES: usize = 8 * 1024 * 1024;
+/// Consecutive failed chunks tolerated before the upload is given up.
+const MAX_CHUNK_FAILURES: u32 = 5;
+
+/// Resumable upload: a session, then chunks; a chunk that fails is resumed
+/// from what the server says it has, not resent from the start.
+pub async fn upload_resumable(
+    t: &Transport,
+    bucket: &str,
+    object: &str,
+    data: Bytes,
+    chunk: usize,
+) -> Result<Object, GcpError> {
+    const METHOD: &str = "storage.objects.insert";
+    let total = data.len();
+    let url = format!(
+        "{}/upload/storage/v1/b/{}/o",
+        t.endpoints.storage,
+        segment(bucket)
+    );
+    let resp = t
+        .send(
+            METHOD,
+            t.request(Method::POST, url)
+                .query(&[("uploadType", "resumable"), ("name", object)])
+                .header("X-Upload-Content-Type", "application/gzip")
+                .header("X-Upload-Content-Length", total.to_string())
+                .json(&json!({"name": object, "contentType": "application/gzip"})),
+        )
+        .await?;
+    let session = resp
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .ok_or_else(|| GcpError::Protocol {
+            method: METHOD,
+            message: "resumable upload session without a Location header".into(),
+        })?;
+    let mut offset = 0usize;
+    let mut failures = 0;
+    loop {
+        let end = (offset + chunk).min(total);
+        let range = if total == 0 {
+            "bytes */0".to_string()
+        } else {
+            format!("bytes {offset}-{}/{total}", end - 1)
+        };
+        let put = t
+            .request(Method::PUT, session.clone())
+            .header(reqwest::header::CONTENT_RANGE, range)
+            .body(data.slice(offset..end));
+        let answer = match t.send_unchecked(METHOD, put).await {
+            Ok(resp) => chunk_answer(METHOD, resp).await,
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(ChunkAnswer::Done(o)) => return Ok(o),
+            Ok(ChunkAnswer::Have(n)) => {
+                failures = 0;
+                offset = n;
+            }
+            Err(e) if is_transient(&e) && failures < MAX_CHUNK_FAILURES => {
+                failures += 1;
+                tracing::debug!(error = %e, offset, "upload chunk failed; asking the server where to resume");
+                let query = t
+                    .request(Method::PUT, session.clone())
+                    .header(reqwest::header::CONTENT_RANGE, format!("bytes */{total}"));
+                match t.send_unchecked(METHOD, query).await {
+                    Ok(resp) => match chunk_answer(METHOD, resp).await {
+                        Ok(ChunkAnswer::Done(o)) => return Ok(o),
+                        Ok(ChunkAnswer::Have(n)) => offset = n,
+                        Err(e) if is_transient(&e) => {}
+                        Err(e) => return Err(e),
+                    },
+                    Err(e) => tracing::debug!(error = %e, "upload status query failed"),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+enum ChunkAnswer {
+    Done(Object),
+    /// The server holds this many bytes (308 Resume Incomplete).
+    Have(usize),
+}
+
+async fn chunk_answer(
+    method: &'static str,
+    resp: reqwest::Response,
+) -> Result<ChunkAnswer, GcpError> {
+    match resp.status().as_u16() {
+        200 | 201 => {
+            let body = resp
+                .bytes()
+                .await
+                .map_err(|source| GcpError::Transport { method, source })?;
+            serde_json::from_slice(&body)
+                .map(ChunkAnswer::Done)
+                .map_err(|source| GcpError::Decode { method, source })
+        }
+        308 => {
+            // "Range: bytes=0-N" means N+1 bytes are stored; no header, none.
+            let have = resp
+                .headers()
+                .get(RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|r| r.rsplit('-').next())
+                .and_then(|n| n.parse::<usize>().ok())
+                .map_or(0, |n| n + 1);
+            Ok(ChunkAnswer::Have(have))
+        }
+        _ => Err(Transport::error_of(method, resp).await),
+    }
+}
+
+fn is_transient(e: &GcpError) -> bool {
+    matches!(e, GcpError::Transport { .. })
+        || e.code().is_some_and(|c| {
+            matches!(
+                c,
+                Code::Unavailable
+                    | Code::Internal
+                    | Code::ResourceExhausted
+                    | Code::DeadlineExceeded
+            )
+        })
+}
+
 /// Ranged read from `offset`: `None` if the object does not exist yet,
 /// empty bytes if nothing is new (416).
 pub async fn read_from(

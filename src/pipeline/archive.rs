@@ -2,13 +2,20 @@
 //! zero mtimes, root ownership, normalised modes. The same tree always gives
 //! the same bytes, so the archive's digest names it in the bucket and an
 //! unchanged source is never uploaded twice.
+//!
+//! What is sent follows gcloud: `.gcloudignore` when present (gitignore
+//! syntax, `#!include:FILE` pulls in another file's rules), otherwise the
+//! rules of `.gitignore` and `.dockerignore`. Version-control directories are
+//! never sent. Symlinks that leave the tree, device files, fifos and sockets
+//! are refused, never followed; so is a tree over the size limit.
 
 use std::fs;
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use flate2::write::GzEncoder;
 use flate2::Compression;
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use sha2::{Digest, Sha256};
 
 /// A packed source.
@@ -18,68 +25,336 @@ pub struct SourceArchive {
     /// Hex SHA-256 of `bytes`.
     pub sha256: String,
     pub files: usize,
+    /// Uncompressed size of the regular files sent.
+    pub source_bytes: u64,
+    /// Which ignore file decided what was left out, if any.
+    pub ignore_file: Option<&'static str>,
+}
+
+/// Uncompressed bytes sent at most, by default. Cloud Build documents no
+/// source size limit of its own; a source this large is almost always
+/// build output or dependencies that an ignore file should leave out.
+pub const DEFAULT_MAX_SOURCE_BYTES: u64 = 500 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("reading {path}")]
+    Io {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("symlink {path} points outside the source tree (to {target}); it is not followed")]
+    SymlinkEscape { path: String, target: String },
+    #[error("{path} is a {kind}, which cannot be part of a source archive")]
+    SpecialFile { path: String, kind: &'static str },
+    #[error("{path} has a path component that leaves the source tree")]
+    PathEscape { path: String },
+    #[error("the source is {} MiB, over the {} MiB limit; largest files: {}", total / (1024 * 1024), limit / (1024 * 1024), largest.iter().map(|(p, s)| format!("{p} ({} MiB)", s / (1024 * 1024))).collect::<Vec<_>>().join(", "))]
+    TooLarge {
+        total: u64,
+        limit: u64,
+        largest: Vec<(String, u64)>,
+    },
+    #[error("{file} line {line}: invalid pattern")]
+    BadPattern {
+        file: String,
+        line: usize,
+        #[source]
+        source: ignore::Error,
+    },
 }
 
 /// Directories never sent to Cloud Build.
 const ALWAYS_SKIPPED: &[&str] = &[".git", ".hg", ".svn"];
 
-pub fn pack(root: &Path) -> io::Result<SourceArchive> {
-    let mut files = Vec::new();
-    collect(root, Path::new(""), &mut files)?;
-    files.sort();
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ArchiveError + '_ {
+    move |source| ArchiveError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// The ignore rules of a tree, as gcloud would apply them.
+fn ignore_rules(root: &Path) -> Result<(Gitignore, Option<&'static str>), ArchiveError> {
+    let mut b = GitignoreBuilder::new(root);
+    let gcloudignore = root.join(".gcloudignore");
+    let used = if gcloudignore.is_file() {
+        add_file(&mut b, root, ".gcloudignore", false, 0)?;
+        Some(".gcloudignore")
+    } else {
+        let mut used = None;
+        if root.join(".gitignore").is_file() {
+            add_file(&mut b, root, ".gitignore", false, 0)?;
+            used = Some(".gitignore");
+        }
+        if root.join(".dockerignore").is_file() {
+            // Docker's patterns are relative to the context root.
+            add_file(&mut b, root, ".dockerignore", true, 0)?;
+            used = Some(used.map_or(".dockerignore", |_| ".gitignore and .dockerignore"));
+        }
+        // Docker always sends these, whatever .dockerignore says.
+        for keep in ["!/Dockerfile", "!/.dockerignore"] {
+            b.add_line(None, keep)
+                .map_err(|source| ArchiveError::BadPattern {
+                    file: "(built-in)".into(),
+                    line: 0,
+                    source,
+                })?;
+        }
+        used
+    };
+    let gi = b.build().map_err(|source| ArchiveError::BadPattern {
+        file: "(ignore rules)".into(),
+        line: 0,
+        source,
+    })?;
+    Ok((gi, used))
+}
+
+fn add_file(
+    b: &mut GitignoreBuilder,
+    root: &Path,
+    name: &str,
+    anchored: bool,
+    depth: usize,
+) -> Result<(), ArchiveError> {
+    let path = root.join(name);
+    let text = fs::read_to_string(&path).map_err(io_err(&path))?;
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim_end();
+        if let Some(included) = line.strip_prefix("#!include:") {
+            // One level of includes, as gcloud allows.
+            if depth == 0 && root.join(included.trim()).is_file() {
+                add_file(b, root, included.trim(), false, depth + 1)?;
+            }
+            continue;
+        }
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let pattern = if anchored {
+            anchor(line)
+        } else {
+            line.to_string()
+        };
+        b.add_line(None, &pattern)
+            .map_err(|source| ArchiveError::BadPattern {
+                file: name.into(),
+                line: i + 1,
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+/// `.dockerignore` patterns match from the context root; gitignore patterns
+/// without a slash match at any depth, so anchor them.
+fn anchor(line: &str) -> String {
+    let (neg, pat) = match line.strip_prefix('!') {
+        Some(p) => ("!", p),
+        None => ("", line),
+    };
+    let pat = pat.trim_start_matches("./");
+    if pat.starts_with('/') || pat.starts_with("**") {
+        format!("{neg}{pat}")
+    } else {
+        format!("{neg}/{pat}")
+    }
+}
+
+/// One entry to archive, relative to the root.
+enum Entry {
+    File {
+        rel: PathBuf,
+        size: u64,
+        executable: bool,
+    },
+    Symlink {
+        rel: PathBuf,
+        target: PathBuf,
+    },
+}
+
+impl Entry {
+    fn rel(&self) -> &Path {
+        match self {
+            Entry::File { rel, .. } | Entry::Symlink { rel, .. } => rel,
+        }
+    }
+}
+
+pub fn pack(root: &Path, max_bytes: u64) -> Result<SourceArchive, ArchiveError> {
+    let (rules, ignore_file) = ignore_rules(root)?;
+    let mut entries = Vec::new();
+    collect(root, Path::new(""), &rules, &mut entries)?;
+    entries.sort_by(|a, b| a.rel().cmp(b.rel()));
+
+    let total: u64 = entries
+        .iter()
+        .map(|e| match e {
+            Entry::File { size, .. } => *size,
+            Entry::Symlink { .. } => 0,
+        })
+        .sum();
+    if total > max_bytes {
+        let mut files: Vec<(String, u64)> = entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::File { rel, size, .. } => Some((rel.display().to_string(), *size)),
+                Entry::Symlink { .. } => None,
+            })
+            .collect();
+        files.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        files.truncate(5);
+        return Err(ArchiveError::TooLarge {
+            total,
+            limit: max_bytes,
+            largest: files,
+        });
+    }
 
     let gz = GzEncoder::new(Vec::new(), Compression::default());
     let mut tar = tar::Builder::new(gz);
     tar.mode(tar::HeaderMode::Deterministic);
-    for rel in &files {
-        let full = root.join(rel);
-        let meta = fs::symlink_metadata(&full)?;
+    let tar_err = |source| ArchiveError::Io {
+        path: "(archive)".into(),
+        source,
+    };
+    for e in &entries {
         let mut header = tar::Header::new_gnu();
         header.set_mtime(0);
         header.set_uid(0);
         header.set_gid(0);
-        if meta.file_type().is_symlink() {
-            let target = fs::read_link(&full)?;
-            header.set_entry_type(tar::EntryType::Symlink);
-            header.set_size(0);
-            header.set_mode(0o777);
-            tar.append_link(&mut header, rel, &target)?;
-        } else {
-            header.set_entry_type(tar::EntryType::Regular);
-            header.set_size(meta.len());
-            header.set_mode(if is_executable(&meta) { 0o755 } else { 0o644 });
-            let f = fs::File::open(&full)?;
-            tar.append_data(&mut header, rel, f)?;
+        match e {
+            Entry::Symlink { rel, target } => {
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_size(0);
+                header.set_mode(0o777);
+                tar.append_link(&mut header, rel, target).map_err(tar_err)?;
+            }
+            Entry::File {
+                rel,
+                size,
+                executable,
+            } => {
+                let full = root.join(rel);
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_size(*size);
+                header.set_mode(if *executable { 0o755 } else { 0o644 });
+                let f = fs::File::open(&full).map_err(io_err(&full))?;
+                tar.append_data(&mut header, rel, f)
+                    .map_err(io_err(&full))?;
+            }
         }
     }
-    let mut gz = tar.into_inner()?;
-    gz.flush()?;
-    let bytes = gz.finish()?;
+    let mut gz = tar.into_inner().map_err(tar_err)?;
+    gz.flush().map_err(tar_err)?;
+    let bytes = gz.finish().map_err(tar_err)?;
     let sha256 = hex(&Sha256::digest(&bytes));
     Ok(SourceArchive {
         bytes,
         sha256,
-        files: files.len(),
+        files: entries.len(),
+        source_bytes: total,
+        ignore_file,
     })
 }
 
-fn collect(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
-    for entry in fs::read_dir(root.join(rel))? {
-        let entry = entry?;
+fn collect(
+    root: &Path,
+    rel: &Path,
+    rules: &Gitignore,
+    out: &mut Vec<Entry>,
+) -> Result<(), ArchiveError> {
+    let dir = root.join(rel);
+    for entry in fs::read_dir(&dir).map_err(io_err(&dir))? {
+        let entry = entry.map_err(io_err(&dir))?;
         let name = entry.file_name();
         if ALWAYS_SKIPPED.iter().any(|s| name == *s) {
             continue;
         }
         let path = rel.join(&name);
-        let ft = entry.file_type()?;
-        if ft.is_dir() {
-            collect(root, &path, out)?;
-        } else if ft.is_file() || ft.is_symlink() {
-            out.push(path);
+        if path
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_)))
+        {
+            return Err(ArchiveError::PathEscape {
+                path: path.display().to_string(),
+            });
         }
-        // Sockets, fifos and devices are not source.
+        let full = root.join(&path);
+        let meta = fs::symlink_metadata(&full).map_err(io_err(&full))?;
+        let ft = meta.file_type();
+        if rules.matched(&full, ft.is_dir()).is_ignore() {
+            continue;
+        }
+        if ft.is_dir() {
+            collect(root, &path, rules, out)?;
+        } else if ft.is_file() {
+            out.push(Entry::File {
+                rel: path,
+                size: meta.len(),
+                executable: is_executable(&meta),
+            });
+        } else if ft.is_symlink() {
+            let target = fs::read_link(&full).map_err(io_err(&full))?;
+            if !stays_inside(rel, &target) {
+                return Err(ArchiveError::SymlinkEscape {
+                    path: path.display().to_string(),
+                    target: target.display().to_string(),
+                });
+            }
+            out.push(Entry::Symlink { rel: path, target });
+        } else {
+            return Err(ArchiveError::SpecialFile {
+                path: path.display().to_string(),
+                kind: special_kind(&ft),
+            });
+        }
     }
     Ok(())
+}
+
+/// Whether a symlink in directory `dir` (relative to the root) with this
+/// target resolves inside the tree, judged lexically: the link is archived,
+/// never followed.
+fn stays_inside(dir: &Path, target: &Path) -> bool {
+    if target.is_absolute() {
+        return false;
+    }
+    let mut depth: i64 = dir.components().count() as i64;
+    for c in target.components() {
+        match c {
+            Component::ParentDir => depth -= 1,
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            _ => return false,
+        }
+        if depth < 0 {
+            return false;
+        }
+    }
+    true
+}
+
+#[cfg(unix)]
+fn special_kind(ft: &fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_block_device() || ft.is_char_device() {
+        "device file"
+    } else if ft.is_fifo() {
+        "named pipe"
+    } else if ft.is_socket() {
+        "socket"
+    } else {
+        "special file"
+    }
+}
+
+#[cfg(not(unix))]
+fn special_kind(_: &fs::FileType) -> &'static str {
+    "special file"
 }
 
 #[cfg(unix)]
@@ -102,13 +377,21 @@ mod tests {
     use super::*;
     use flate2::read::GzDecoder;
 
+    const NO_LIMIT: u64 = u64::MAX;
+
+    fn write(root: &Path, rel: &str, text: &str) {
+        let p = root.join(rel);
+        if let Some(parent) = p.parent() {
+            fs::create_dir_all(parent).expect("mkdir");
+        }
+        fs::write(p, text).expect("write");
+    }
+
     fn tree() -> tempfile::TempDir {
         let dir = tempfile::tempdir().expect("tempdir");
-        fs::write(dir.path().join("Dockerfile"), "FROM scratch\n").expect("write");
-        fs::create_dir_all(dir.path().join("src/app")).expect("mkdir");
-        fs::write(dir.path().join("src/app/main.py"), "print('hi')\n").expect("write");
-        fs::create_dir_all(dir.path().join(".git/objects")).expect("mkdir");
-        fs::write(dir.path().join(".git/HEAD"), "ref: refs/heads/main\n").expect("write");
+        write(dir.path(), "Dockerfile", "FROM scratch\n");
+        write(dir.path(), "src/app/main.py", "print('hi')\n");
+        write(dir.path(), ".git/HEAD", "ref: refs/heads/main\n");
         dir
     }
 
@@ -126,24 +409,163 @@ mod tests {
             .collect()
     }
 
+    fn packed_names(root: &Path) -> Vec<String> {
+        names(&pack(root, NO_LIMIT).expect("pack").bytes)
+    }
+
     #[test]
     fn archive_is_sorted_and_skips_vcs() {
         let dir = tree();
-        let a = pack(dir.path()).expect("pack");
+        let a = pack(dir.path(), NO_LIMIT).expect("pack");
         assert_eq!(names(&a.bytes), vec!["Dockerfile", "src/app/main.py"]);
         assert_eq!(a.files, 2);
+        assert_eq!(a.ignore_file, None);
     }
 
     #[test]
     fn same_tree_gives_same_bytes() {
         let dir = tree();
-        let a = pack(dir.path()).expect("pack");
-        // Touch a file: content-identical trees must still match.
-        fs::write(dir.path().join("Dockerfile"), "FROM scratch\n").expect("write");
-        let b = pack(dir.path()).expect("pack");
-        assert_eq!(a.sha256, b.sha256);
-        fs::write(dir.path().join("Dockerfile"), "FROM busybox\n").expect("write");
-        let c = pack(dir.path()).expect("pack");
+        let a = pack(dir.path(), NO_LIMIT).expect("pack");
+        // Rewriting a file with the same content changes its mtime only.
+        write(dir.path(), "Dockerfile", "FROM scratch\n");
+        let b = pack(dir.path(), NO_LIMIT).expect("pack");
+        assert_eq!(a.bytes, b.bytes);
+        write(dir.path(), "Dockerfile", "FROM busybox\n");
+        let c = pack(dir.path(), NO_LIMIT).expect("pack");
         assert_ne!(a.sha256, c.sha256);
+    }
+
+    /// Table of ignore rules: (case, ignore files and their text, expected archive).
+    #[test]
+    fn ignore_rules_follow_gcloud() {
+        let files = [
+            "Dockerfile",
+            "app.py",
+            "debug.log",
+            "build/out.bin",
+            "keep/important.log",
+            "node_modules/x/index.js",
+            "docs/a.md",
+        ];
+        type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<&'a str>);
+        let cases: Vec<Case> = vec![
+            (
+                "gitignore with negation",
+                vec![(
+                    ".gitignore",
+                    "*.log\n!keep/important.log\nbuild/\nnode_modules\n",
+                )],
+                vec![
+                    ".gitignore",
+                    "Dockerfile",
+                    "app.py",
+                    "docs/a.md",
+                    "keep/important.log",
+                ],
+            ),
+            (
+                "gcloudignore wins over gitignore and includes it",
+                vec![
+                    (
+                        ".gcloudignore",
+                        ".gcloudignore\n#!include:.gitignore\ndocs/\n",
+                    ),
+                    (".gitignore", "*.log\nnode_modules/\n"),
+                ],
+                vec![".gitignore", "Dockerfile", "app.py", "build/out.bin"],
+            ),
+            (
+                "gcloudignore without include ignores gitignore",
+                vec![(".gcloudignore", "build\n"), (".gitignore", "*.py\n")],
+                vec![
+                    ".gcloudignore",
+                    ".gitignore",
+                    "Dockerfile",
+                    "app.py",
+                    "debug.log",
+                    "docs/a.md",
+                    "keep/important.log",
+                    "node_modules/x/index.js",
+                ],
+            ),
+            (
+                "dockerignore is anchored and never drops the Dockerfile",
+                vec![(".dockerignore", "*.log\nnode_modules\nDockerfile\n")],
+                vec![
+                    ".dockerignore",
+                    "Dockerfile",
+                    "app.py",
+                    "build/out.bin",
+                    "docs/a.md",
+                    "keep/important.log",
+                ],
+            ),
+        ];
+        for (name, ignores, want) in cases {
+            let dir = tempfile::tempdir().expect("tempdir");
+            for f in files {
+                write(dir.path(), f, "x\n");
+            }
+            for (f, text) in &ignores {
+                write(dir.path(), f, text);
+            }
+            assert_eq!(packed_names(dir.path()), want, "{name}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn symlinks_inside_are_kept_and_escapes_refused() {
+        use std::os::unix::fs::symlink;
+        let dir = tree();
+        symlink("app/main.py", dir.path().join("src/entry.py")).expect("symlink");
+        assert!(packed_names(dir.path()).contains(&"src/entry.py".to_string()));
+
+        for (link, target) in [
+            ("escape", "../../etc/passwd"),
+            ("abs", "/etc/passwd"),
+            ("up", ".."),
+        ] {
+            let d = tree();
+            symlink(target, d.path().join(link)).expect("symlink");
+            let e = pack(d.path(), NO_LIMIT).expect_err("refused");
+            assert!(
+                matches!(e, ArchiveError::SymlinkEscape { .. }),
+                "{link}: {e}"
+            );
+            assert!(
+                e.to_string().contains("points outside the source tree"),
+                "{e}"
+            );
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn special_files_are_refused() {
+        let dir = tree();
+        let fifo = dir.path().join("pipe");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if !made.is_ok_and(|s| s.success()) {
+            return; // no mkfifo on this machine
+        }
+        let e = pack(dir.path(), NO_LIMIT).expect_err("refused");
+        assert_eq!(
+            e.to_string(),
+            "pipe is a named pipe, which cannot be part of a source archive"
+        );
+        // Ignored special files are fine.
+        write(dir.path(), ".gitignore", "pipe\n");
+        assert!(pack(dir.path(), NO_LIMIT).is_ok());
+    }
+
+    #[test]
+    fn size_limit_names_the_largest_files() {
+        let dir = tree();
+        write(dir.path(), "data/big.bin", &"x".repeat(3 * 1024 * 1024));
+        write(dir.path(), "data/medium.bin", &"x".repeat(2 * 1024 * 1024));
+        let e = pack(dir.path(), 4 * 1024 * 1024).expect_err("too large");
+        let msg = e.to_string();
+        assert!(msg.starts_with("the source is 5 MiB, over the 4 MiB limit; largest files: data/big.bin (3 MiB), data/medium.bin (2 MiB)"), "{msg}");
     }
 }

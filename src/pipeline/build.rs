@@ -242,16 +242,20 @@ impl Pipeline {
     ) -> Result<ArchiveRef, StageError> {
         let target = &d.request.target;
         let owned = dir.to_path_buf();
-        let packed = tokio::task::spawn_blocking(move || archive::pack(&owned))
+        let max = self.config.max_source_bytes;
+        let archive_err = |source| StageError::Archive {
+            dir: dir.display().to_string(),
+            source,
+        };
+        let packed = tokio::task::spawn_blocking(move || archive::pack(&owned, max))
             .await
-            .map_err(|e| StageError::Archive {
-                dir: dir.display().to_string(),
-                source: std::io::Error::other(e.to_string()),
+            .map_err(|e| {
+                archive_err(archive::ArchiveError::Io {
+                    path: "(packing task)".into(),
+                    source: std::io::Error::other(e.to_string()),
+                })
             })?
-            .map_err(|source| StageError::Archive {
-                dir: dir.display().to_string(),
-                source,
-            })?;
+            .map_err(archive_err)?;
         let bucket = naming::source_bucket(&target.project, &target.region);
         let object = naming::source_object(&target.service, &packed.sha256);
         let size = packed.bytes.len() as u64;
@@ -259,9 +263,14 @@ impl Pipeline {
             .progress(
                 Stage::Build,
                 format!(
-                    "packed {} files into {} bytes (sha256 {})",
+                    "packed {} files ({} bytes) into {} bytes{} (sha256 {})",
                     packed.files,
+                    packed.source_bytes,
                     size,
+                    packed
+                        .ignore_file
+                        .map(|f| format!(", following {f}"))
+                        .unwrap_or_default(),
                     &packed.sha256[..12]
                 ),
             )
@@ -460,20 +469,133 @@ fn failure_detail(info: &BuildInfo, tail: &[String]) -> String {
     s
 }
 
-/// The failing step's last output lines, prefix stripped.
+/// The lines that explain a failure: the failing step's output (prefix
+/// stripped), without Docker's progress noise, from just before its first
+/// error-looking line near the end, at most [`RELEVANT_LINES`] of them.
 pub fn relevant_lines(tail: &[String], step: Option<&str>) -> Vec<String> {
     let prefix = step.map(|s| format!("\"{s}\": "));
-    let mut out: Vec<String> = tail
+    let lines: Vec<String> = tail
         .iter()
         .filter_map(|l| match &prefix {
             Some(p) => l.split_once(p.as_str()).map(|(_, rest)| rest.to_string()),
             None => Some(l.clone()),
         })
-        .filter(|l| !l.trim().is_empty())
+        .filter(|l| !is_noise(l))
         .collect();
-    let keep = 8;
-    if out.len() > keep {
-        out.drain(..out.len() - keep);
+    let window_start = lines.len().saturating_sub(40);
+    let first_error = lines[window_start..]
+        .iter()
+        .position(|l| looks_like_error(l))
+        .map(|i| window_start + i);
+    let start = match first_error {
+        Some(i) => i.saturating_sub(1),
+        None => lines.len().saturating_sub(RELEVANT_LINES),
+    };
+    lines[start..]
+        .iter()
+        .take(RELEVANT_LINES)
+        .cloned()
+        .collect()
+}
+
+const RELEVANT_LINES: usize = 10;
+
+fn is_noise(l: &str) -> bool {
+    let t = l.trim();
+    t.is_empty()
+        || t.starts_with("---> ")
+        || t.starts_with("Removing intermediate container")
+        || t.starts_with("Sending build context")
+        || t.starts_with("Downloading ")
+        || t.starts_with("Collecting ")
+}
+
+fn looks_like_error(l: &str) -> bool {
+    let t = l.to_ascii_lowercase();
+    [
+        "error",
+        "failed",
+        "exception",
+        "traceback",
+        "cannot ",
+        "not found",
+        "non-zero",
+    ]
+    .iter()
+    .any(|m| t.contains(m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::cloud::{BuildInfo, BuildStatus};
+    use crate::pipeline::retry::Retriability::*;
+
+    fn info(status: BuildStatus, failure_type: Option<&str>) -> BuildInfo {
+        BuildInfo {
+            id: "b".into(),
+            status,
+            status_name: format!("{status:?}"),
+            status_detail: String::new(),
+            failure_type: failure_type.map(str::to_string),
+            log_url: String::new(),
+            logs_bucket: String::new(),
+            images: vec![],
+            failed_steps: vec![],
+        }
     }
-    out
+
+    /// Every terminal build result and failure type, and its verdict.
+    #[test]
+    fn build_classification_table() {
+        let r = Retriable { after: None };
+        let cases = [
+            (BuildStatus::InternalError, None, r),
+            (BuildStatus::Timeout, None, r),
+            (BuildStatus::Expired, None, r),
+            (BuildStatus::Failure, Some("PUSH_FAILED"), r),
+            (BuildStatus::Failure, Some("LOGGING_FAILURE"), r),
+            (BuildStatus::Failure, Some("USER_BUILD_STEP"), Permanent),
+            (BuildStatus::Failure, Some("FETCH_SOURCE_FAILED"), Permanent),
+            (BuildStatus::Failure, Some("PUSH_NOT_AUTHORIZED"), Permanent),
+            (
+                BuildStatus::Failure,
+                Some("PUSH_IMAGE_NOT_FOUND"),
+                Permanent,
+            ),
+            (BuildStatus::Failure, None, Permanent),
+            (BuildStatus::Cancelled, None, Permanent),
+        ];
+        for (status, ft, want) in cases {
+            assert_eq!(classify_build(&info(status, ft)), want, "{status:?} {ft:?}");
+        }
+    }
+
+    #[test]
+    fn relevant_lines_quote_the_error_not_the_noise() {
+        let step = "Step #1 - \"build\": ";
+        let mut tail: Vec<String> = vec!["Starting Step #1 - \"build\"".into()];
+        for i in 0..60 {
+            tail.push(format!("{step}Collecting package{i}"));
+            tail.push(format!("{step} ---> {i:012x}"));
+        }
+        tail.extend([
+            format!("{step}Step 4/7 : RUN pip install -r requirements.txt"),
+            format!("{step}ERROR: Could not find a version that satisfies the requirement flask==99.0"),
+            format!("{step}ERROR: No matching distribution found for flask==99.0"),
+            format!("{step}The command '/bin/sh -c pip install -r requirements.txt' returned a non-zero code: 1"),
+            "Finished Step #1 - \"build\"".into(),
+            "ERROR: build step 1 \"gcr.io/cloud-builders/docker\" failed: step exited with non-zero status: 1".into(),
+        ]);
+        let got = relevant_lines(&tail, Some("build"));
+        assert_eq!(
+            got,
+            vec![
+                "Step 4/7 : RUN pip install -r requirements.txt",
+                "ERROR: Could not find a version that satisfies the requirement flask==99.0",
+                "ERROR: No matching distribution found for flask==99.0",
+                "The command '/bin/sh -c pip install -r requirements.txt' returned a non-zero code: 1",
+            ]
+        );
+    }
 }

@@ -169,7 +169,7 @@ pub enum StageError {
     Archive {
         dir: String,
         #[source]
-        source: std::io::Error,
+        source: super::archive::ArchiveError,
     },
 
     #[error("{failed} of {total} preflight checks did not pass: {names}")]
@@ -237,9 +237,24 @@ impl StageError {
             StageError::NoDockerfile { .. } => ("NO_DOCKERFILE", false, vec![
                 "Add a Dockerfile at the root of the source directory.".into(),
             ]),
-            StageError::Archive { .. } => ("ARCHIVE_FAILED", false, vec![
-                "Check that every file under the source directory is readable.".into(),
-            ]),
+            StageError::Archive { source, .. } => {
+                use super::archive::ArchiveError as A;
+                match source {
+                    A::TooLarge { .. } => ("SOURCE_TOO_LARGE", false, vec![
+                        "Leave build output, dependencies and data out of the upload with a .gcloudignore (gitignore syntax; '#!include:.gitignore' reuses your .gitignore).".into(),
+                        "Or raise the limit with DEPLOYD_MAX_SOURCE_BYTES.".into(),
+                    ]),
+                    A::SymlinkEscape { .. } | A::SpecialFile { .. } | A::PathEscape { .. } => ("UNSAFE_SOURCE", false, vec![
+                        "Remove the file from the source tree, or list it in .gcloudignore.".into(),
+                    ]),
+                    A::BadPattern { .. } => ("ARCHIVE_FAILED", false, vec![
+                        "Fix the pattern in the ignore file.".into(),
+                    ]),
+                    A::Io { .. } => ("ARCHIVE_FAILED", false, vec![
+                        "Check that every file under the source directory is readable.".into(),
+                    ]),
+                }
+            }
             StageError::PreflightFailed { remediation, inconclusive_only, .. } => {
                 ("PREFLIGHT_FAILED", *inconclusive_only, remediation.clone())
             }

@@ -56,6 +56,8 @@ pub struct PipelineConfig {
     pub work_dir: PathBuf,
     /// The IAM member in remediation commands, e.g. "user:me@example.com".
     pub caller_member: String,
+    /// Uncompressed source bytes sent at most.
+    pub max_source_bytes: u64,
 }
 
 impl Default for PipelineConfig {
@@ -67,6 +69,7 @@ impl Default for PipelineConfig {
             check_timeout: Duration::from_secs(20),
             work_dir: std::env::temp_dir().join("deployd"),
             caller_member: "user:YOUR_EMAIL".into(),
+            max_source_bytes: archive::DEFAULT_MAX_SOURCE_BYTES,
         }
     }
 }

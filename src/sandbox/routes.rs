@@ -40,7 +40,9 @@ enum Kind {
     SuGet(String),
     SuList,
     SuEnable(String),
-    CrmGet { v1: bool },
+    CrmGet {
+        v1: bool,
+    },
     CrmTestPermissions,
     SaGet(String),
     SaTestPermissions(String),
@@ -52,6 +54,8 @@ enum Kind {
     BucketInsert,
     ObjectGet(String, String),
     ObjectUpload(String),
+    /// A chunk (or status query) of a resumable upload session.
+    ObjectUploadChunk,
     BuildCreate,
     BuildList,
     BuildGet(String),
@@ -213,6 +217,9 @@ fn route(m: &Method, segs: &[&str]) -> Route {
             Some("storage.objects.get"),
             ObjectGet(b.to_string(), o.to_string()),
         ),
+        ("PUT", ["upload", "storage", "v1", "b", _, "o"]) => {
+            global("storage.objects.insert.chunk", None, ObjectUploadChunk)
+        }
         ("POST", ["upload", "storage", "v1", "b", b, "o"]) => global(
             "storage.objects.insert",
             Some("storage.objects.create"),
@@ -362,7 +369,7 @@ async fn handle(
         status: 0,
         at,
         duration: Duration::ZERO,
-        body: if matches!(route.kind, Kind::ObjectUpload(_)) {
+        body: if matches!(route.kind, Kind::ObjectUpload(_) | Kind::ObjectUploadChunk) {
             vec![]
         } else {
             body.to_vec()
@@ -485,6 +492,9 @@ fn dispatch(
 ) -> Response {
     if let Kind::ObjectUpload(b) = &route.kind {
         return upload(w, b, q, raw, headers);
+    }
+    if let Kind::ObjectUploadChunk = &route.kind {
+        return upload_chunk(w, q, raw, headers);
     }
     let body: Value = if raw.is_empty() {
         Value::Null
@@ -731,7 +741,9 @@ fn dispatch(
             }
             ok(render_object(b, o, obj))
         }
-        Kind::ObjectUpload(_) => error(500, "INTERNAL", "upload routed wrongly"),
+        Kind::ObjectUpload(_) | Kind::ObjectUploadChunk => {
+            error(500, "INTERNAL", "upload routed wrongly")
+        }
         Kind::BuildCreate => {
             let Some(pk) = key else {
                 return error(404, "NOT_FOUND", "project");
@@ -813,7 +825,8 @@ fn dispatch(
     }
 }
 
-/// Simple media upload; every write makes a new generation.
+/// Media upload, or the start of a resumable session; every write makes a
+/// new generation.
 fn upload(
     w: &mut World,
     b: &str,
@@ -821,11 +834,14 @@ fn upload(
     raw: &[u8],
     headers: &HeaderMap,
 ) -> Response {
+    if param(q, "uploadType") == Some("resumable") {
+        return start_resumable(w, b, q, raw, headers);
+    }
     if param(q, "uploadType") != Some("media") {
         return gcs_error(
             400,
             "invalid",
-            "The sandbox supports uploadType=media only.",
+            "The sandbox supports uploadType=media and uploadType=resumable.",
         );
     }
     let Some(name) = param(q, "name") else {
@@ -848,6 +864,125 @@ fn upload(
         .to_string();
     let o = put_object(bucket, name, raw.to_vec(), &content_type);
     ok(render_object(b, name, &o))
+}
+
+fn start_resumable(
+    w: &mut World,
+    b: &str,
+    q: &[(String, String)],
+    raw: &[u8],
+    headers: &HeaderMap,
+) -> Response {
+    if !w.buckets.contains_key(b) {
+        return gcs_error(404, "notFound", "The specified bucket does not exist.");
+    }
+    let meta: Value = serde_json::from_slice(raw).unwrap_or(Value::Null);
+    let Some(name) = param(q, "name")
+        .map(str::to_string)
+        .or_else(|| meta.get("name").and_then(Value::as_str).map(str::to_string))
+    else {
+        return gcs_error(400, "required", "Required parameter: name");
+    };
+    let content_type = headers
+        .get("x-upload-content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_string();
+    let id = format!("ADPycd{:016x}", w.next_id());
+    w.uploads.insert(
+        id.clone(),
+        super::world::Upload {
+            bucket: b.to_string(),
+            name: name.clone(),
+            content_type,
+            data: vec![],
+            done: None,
+        },
+    );
+    let host = headers
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    let location = format!(
+        "http://{host}/upload/storage/v1/b/{b}/o?uploadType=resumable&name={}&upload_id={id}",
+        percent_encoding::utf8_percent_encode(&name, percent_encoding::NON_ALPHANUMERIC)
+    );
+    Response::builder()
+        .status(200)
+        .header("location", location)
+        .header("content-length", "0")
+        .body(Body::empty())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// One chunk (`Content-Range: bytes s-e/total`) or a status query
+/// (`bytes */total`): 308 with what is stored until the last byte arrives.
+fn upload_chunk(
+    w: &mut World,
+    q: &[(String, String)],
+    raw: &[u8],
+    headers: &HeaderMap,
+) -> Response {
+    let Some(id) = param(q, "upload_id") else {
+        return gcs_error(400, "invalid", "upload_id is required");
+    };
+    let range = headers
+        .get("content-range")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let Some(up) = w.uploads.get_mut(id) else {
+        return gcs_error(404, "notFound", "No such upload session");
+    };
+    if let Some(done) = &up.done {
+        return ok(done.clone());
+    }
+    let Some((span, total)) = range.strip_prefix("bytes ").and_then(|r| r.split_once('/')) else {
+        return gcs_error(400, "invalid", "Content-Range is required");
+    };
+    let total: Option<usize> = total.parse().ok();
+    if span != "*" {
+        let Some((start, end)) = span
+            .split_once('-')
+            .and_then(|(s, e)| Some((s.parse::<usize>().ok()?, e.parse::<usize>().ok()?)))
+        else {
+            return gcs_error(400, "invalid", "bad Content-Range");
+        };
+        if start != up.data.len() || end + 1 - start != raw.len() {
+            return gcs_error(
+                400,
+                "invalid",
+                &format!(
+                    "chunk {start}-{end} does not continue the {} bytes stored",
+                    up.data.len()
+                ),
+            );
+        }
+        up.data.extend_from_slice(raw);
+    }
+    if total == Some(up.data.len()) {
+        let (bucket, name, data, ct) = (
+            up.bucket.clone(),
+            up.name.clone(),
+            std::mem::take(&mut up.data),
+            up.content_type.clone(),
+        );
+        let Some(bk) = w.buckets.get_mut(&bucket) else {
+            return gcs_error(404, "notFound", "The specified bucket does not exist.");
+        };
+        let o = put_object(bk, &name, data, &ct);
+        let rendered = render_object(&bucket, &name, &o);
+        if let Some(up) = w.uploads.get_mut(id) {
+            up.done = Some(rendered.clone());
+        }
+        return ok(rendered);
+    }
+    let mut b = Response::builder().status(308);
+    if !up.data.is_empty() {
+        b = b.header("range", format!("bytes=0-{}", up.data.len() - 1));
+    }
+    b.body(Body::empty())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
 /// Writes an object with a fresh, increasing generation (µs since epoch).

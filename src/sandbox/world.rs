@@ -218,12 +218,24 @@ pub struct Request {
     pub headers: Vec<(String, String)>,
 }
 
+/// A resumable upload session.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    pub bucket: String,
+    pub name: String,
+    pub content_type: String,
+    pub data: Vec<u8>,
+    /// Set once the last chunk arrived.
+    pub done: Option<Value>,
+}
+
 #[derive(Debug, Default)]
 pub struct World {
     pub projects: BTreeMap<String, ProjectState>,
     pub buckets: BTreeMap<String, Bucket>,
     pub operations: BTreeMap<String, Operation>,
     pub builds: BTreeMap<String, Build>,
+    pub uploads: BTreeMap<String, Upload>,
     pub requests: Vec<Request>,
     pub build_faults: VecDeque<BuildFault>,
     pub not_ready_revisions: BTreeMap<(String, String), u32>,

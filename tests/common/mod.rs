@@ -42,6 +42,10 @@ impl Harness {
             work_dir: std::env::temp_dir().join("deployd-tests"),
             caller_member: "user:dev@example.com".into(),
             check_timeout: Duration::from_millis(300),
+            max_source_bytes: 8 * 1024 * 1024,
+            // Small chunks, so tests exercise resumable uploads.
+            upload_chunk_bytes: 256 * 1024,
+            build_deadline_slack: Duration::ZERO,
             shutdown_grace: Duration::from_secs(10),
         };
         let shutdown = CancellationToken::new();

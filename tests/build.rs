@@ -1,0 +1,283 @@
+//! The build stage against the sandbox: archive rules, resumable upload,
+//! retries told apart by structure, our own deadline, actionable failures.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use deployd::api::proto::{self, Stage};
+use deployd::sandbox::faults::{BuildFault, Fault, FaultAction, InjectedError};
+
+fn creates(h: &Harness) -> Vec<deployd::sandbox::world::Request> {
+    h.sandbox
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "cloudbuild.projects.locations.builds.create")
+        .collect()
+}
+
+fn archive_names(bytes: &[u8]) -> Vec<String> {
+    let mut a = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+    a.entries()
+        .expect("entries")
+        .map(|e| {
+            e.expect("entry")
+                .path()
+                .expect("path")
+                .display()
+                .to_string()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn large_source_is_uploaded_resumably_through_a_reset_chunk() {
+    let h = Harness::start().await;
+    let app = app_copy();
+    // ~1 MiB that does not compress: four or five 256 KiB chunks.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let noise: Vec<u8> = (0..1_100_000)
+        .map(|_| {
+            // xorshift: bytes gzip cannot shrink.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    std::fs::write(app.path().join("model.bin"), noise).expect("write");
+    h.sandbox.inject(Fault {
+        method: "storage.objects.insert.chunk".into(),
+        remaining: 1,
+        action: FaultAction::Reset,
+    });
+    let (_, o) = deploy(&h, deploy_request("bigsrc", app.path())).await;
+    assert!(o.success, "{o:?}");
+    // One session start, then chunks; the reset one was resumed, not fatal.
+    assert_eq!(h.sandbox.count("storage.objects.insert"), 1);
+    let chunks: Vec<u16> = h
+        .sandbox
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "storage.objects.insert.chunk")
+        .map(|r| r.status)
+        .collect();
+    assert!(chunks.len() >= 5, "{chunks:?}");
+    assert_eq!(chunks.last(), Some(&200));
+    assert!(chunks.contains(&308));
+    // The object is whole, and the build pinned its generation.
+    let build = &h.sandbox.builds()[0];
+    let src = &build["source"]["storageSource"];
+    let bytes = h
+        .sandbox
+        .object(
+            src["bucket"].as_str().unwrap_or_default(),
+            src["object"].as_str().unwrap_or_default(),
+        )
+        .expect("object");
+    assert!(archive_names(&bytes).contains(&"model.bin".to_string()));
+    assert!(src["generation"].as_str().is_some_and(|g| g.len() > 10));
+}
+
+#[tokio::test]
+async fn gcloudignore_decides_what_is_uploaded() {
+    let h = Harness::start().await;
+    let app = app_copy();
+    std::fs::write(
+        app.path().join(".gcloudignore"),
+        ".gcloudignore\n#!include:.gitignore\n*.secret\n!keep.secret\n",
+    )
+    .expect("write");
+    std::fs::write(app.path().join(".gitignore"), "venv/\n").expect("write");
+    std::fs::create_dir_all(app.path().join("venv/lib")).expect("mkdir");
+    std::fs::write(app.path().join("venv/lib/big.so"), "x").expect("write");
+    std::fs::write(app.path().join("db.secret"), "x").expect("write");
+    std::fs::write(app.path().join("keep.secret"), "x").expect("write");
+    let (events, o) = deploy(&h, deploy_request("ignored", app.path())).await;
+    assert!(o.success, "{o:?}");
+    let build = &h.sandbox.builds()[0];
+    let src = &build["source"]["storageSource"];
+    let bytes = h
+        .sandbox
+        .object(
+            src["bucket"].as_str().unwrap_or_default(),
+            src["object"].as_str().unwrap_or_default(),
+        )
+        .expect("object");
+    assert_eq!(
+        archive_names(&bytes),
+        vec![".gitignore", "Dockerfile", "keep.secret", "main.py"]
+    );
+    assert!(events.iter().any(|e| matches!(&e.kind, Some(proto::event::Kind::Progress(p)) if p.message.contains("following .gcloudignore"))));
+}
+
+#[tokio::test]
+async fn unsafe_and_oversized_sources_are_refused_before_upload() {
+    let h = Harness::start().await;
+    let app = app_copy();
+    std::os::unix::fs::symlink("/etc/passwd", app.path().join("passwd")).expect("symlink");
+    let (_, o) = deploy(&h, deploy_request("unsafe", app.path())).await;
+    let err = o.error.expect("failure");
+    assert_eq!(err.code, "UNSAFE_SOURCE");
+    assert!(
+        err.message
+            .contains("symlink passwd points outside the source tree (to /etc/passwd)"),
+        "{}",
+        err.message
+    );
+
+    let app = app_copy();
+    std::fs::write(app.path().join("dump.sql"), vec![b'x'; 9 * 1024 * 1024]).expect("write");
+    let (_, o) = deploy(&h, deploy_request("huge", app.path())).await;
+    let err = o.error.expect("failure");
+    assert_eq!(err.code, "SOURCE_TOO_LARGE");
+    assert!(
+        err.message
+            .contains("over the 8 MiB limit; largest files: dump.sql (9 MiB)"),
+        "{}",
+        err.message
+    );
+    assert!(err.remediation.iter().any(|r| r.contains(".gcloudignore")));
+    assert_eq!(h.sandbox.count("storage.objects.insert"), 0);
+    assert_eq!(creates(&h).len(), 0);
+}
+
+#[tokio::test]
+async fn permission_denied_on_create_is_one_attempt() {
+    let h = Harness::start().await;
+    h.sandbox.inject(Fault {
+        method: "cloudbuild.projects.locations.builds.create".into(),
+        remaining: 1,
+        action: FaultAction::Error(
+            InjectedError::new(
+                403,
+                "PERMISSION_DENIED",
+                "Permission 'cloudbuild.builds.create' denied on resource",
+            )
+            .reason("IAM_PERMISSION_DENIED"),
+        ),
+    });
+    let (_, o) = deploy(&h, deploy_request("denied", &example_app())).await;
+    assert_eq!(o.failed_stage, i32::from(Stage::Build));
+    let err = o.error.expect("failure");
+    assert_eq!(err.code, "CLOUD_API_ERROR");
+    assert!(!err.retriable);
+    assert!(err.message.contains("after 1 attempt"), "{}", err.message);
+    assert_eq!(creates(&h).len(), 1);
+}
+
+#[tokio::test]
+async fn exhausted_quota_says_what_to_do_after_three_attempts() {
+    let h = Harness::start().await;
+    h.sandbox.inject(Fault {
+        method: "cloudbuild.projects.locations.builds.create".into(),
+        remaining: 3,
+        action: FaultAction::Error(InjectedError::rate_limited("cloudbuild.googleapis.com")),
+    });
+    let (_, o) = deploy(&h, deploy_request("quota", &example_app())).await;
+    let err = o.error.expect("failure");
+    assert!(err.retriable);
+    assert!(
+        err.message.contains("failed after 3 attempt(s)"),
+        "{}",
+        err.message
+    );
+    assert!(
+        err.message.contains("RESOURCE_EXHAUSTED"),
+        "{}",
+        err.message
+    );
+    assert_eq!(err.remediation.len(), 3, "{:?}", err.remediation);
+    assert!(err.remediation[0].contains("Wait"));
+    assert!(err.remediation[1]
+        .contains("https://console.cloud.google.com/iam-admin/quotas?project=demo-project"));
+    assert!(err.remediation[2].contains("another project"));
+    assert_eq!(creates(&h).len(), 3);
+}
+
+#[tokio::test]
+async fn retry_info_from_the_api_is_honoured() {
+    let h = Harness::start().await;
+    h.sandbox.inject(Fault {
+        method: "cloudbuild.projects.locations.builds.create".into(),
+        remaining: 1,
+        action: FaultAction::Error(
+            InjectedError::rate_limited("cloudbuild.googleapis.com")
+                .retry_delay(Duration::from_millis(400)),
+        ),
+    });
+    let (_, o) = deploy(&h, deploy_request("hinted", &example_app())).await;
+    assert!(o.success);
+    let c = creates(&h);
+    let gap = c[1].at - c[0].at;
+    // The policy alone would wait 20 ms.
+    assert!(gap >= Duration::from_millis(400), "{gap:?}");
+}
+
+#[tokio::test]
+async fn internal_error_build_is_retried_as_a_whole() {
+    let h = Harness::start().await;
+    h.sandbox.fail_next_build(BuildFault::Status {
+        status: "INTERNAL_ERROR".into(),
+        failure_type: None,
+    });
+    let before = counter(
+        &h.metrics().await,
+        "deployd_build_retries_total",
+        "reason=\"BUILD_INTERNAL_ERROR\"",
+    );
+    let (events, o) = deploy(&h, deploy_request("internal", &example_app())).await;
+    assert!(o.success, "{o:?}");
+    assert_eq!(creates(&h).len(), 2);
+    let retry = events
+        .iter()
+        .find_map(|e| match &e.kind {
+            Some(proto::event::Kind::Retry(r)) => Some(r.clone()),
+            _ => None,
+        })
+        .expect("retry event");
+    assert_eq!(retry.operation, "build");
+    assert!(retry.reason.contains("INTERNAL_ERROR"), "{}", retry.reason);
+    let after = counter(
+        &h.metrics().await,
+        "deployd_build_retries_total",
+        "reason=\"BUILD_INTERNAL_ERROR\"",
+    );
+    assert!(after >= before + 1.0);
+}
+
+#[tokio::test]
+async fn a_build_that_never_finishes_is_cancelled_at_our_deadline() {
+    let h = Harness::start().await;
+    h.sandbox.fail_next_build(BuildFault::NeverFinishes);
+    let mut req = deploy_request("stuck", &example_app());
+    req.build = Some(proto::BuildOptions {
+        timeout_seconds: 1,
+        step_timeout_seconds: 1,
+        ..Default::default()
+    });
+    let started = std::time::Instant::now();
+    let (_, o) = deploy(&h, req).await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(o.failed_stage, i32::from(Stage::Build));
+    let err = o.error.expect("failure");
+    assert_eq!(err.code, "BUILD_TIMEOUT");
+    assert!(
+        err.message
+            .contains("did not finish within 1s; it was cancelled"),
+        "{}",
+        err.message
+    );
+    assert!(err
+        .remediation
+        .iter()
+        .any(|r| r.contains("https://console.cloud.google.com/cloud-build/builds/")));
+    assert_eq!(creates(&h).len(), 1);
+    assert_eq!(
+        h.sandbox
+            .count("cloudbuild.projects.locations.builds.cancel"),
+        1
+    );
+    assert_eq!(h.sandbox.builds()[0]["status"], "CANCELLED");
+}
