@@ -281,3 +281,40 @@ async fn a_build_that_never_finishes_is_cancelled_at_our_deadline() {
     );
     assert_eq!(h.sandbox.builds()[0]["status"], "CANCELLED");
 }
+
+#[tokio::test]
+async fn daemon_shutdown_cancels_the_running_build() {
+    let h = Harness::start().await;
+    h.sandbox.fail_next_build(BuildFault::NeverFinishes);
+    let mut stream = h
+        .client()
+        .await
+        .deploy(deploy_request("shutdown", &example_app()))
+        .await
+        .expect("accepted")
+        .into_inner();
+    // Wait for the build to run, then stop the daemon.
+    while let Some(e) = stream.message().await.expect("stream") {
+        if matches!(e.kind, Some(proto::event::Kind::Log(_))) {
+            break;
+        }
+    }
+    h.shutdown.cancel();
+    // The stream still ends with an outcome saying what happened.
+    let mut last = None;
+    while let Ok(Some(e)) = stream.message().await {
+        last = Some(e);
+    }
+    match last.and_then(|e| e.kind) {
+        Some(proto::event::Kind::Outcome(o)) => {
+            assert_eq!(o.error.expect("failure").code, "CANCELLED");
+        }
+        other => panic!("expected an outcome, got {other:?}"),
+    }
+    assert_eq!(
+        h.sandbox
+            .count("cloudbuild.projects.locations.builds.cancel"),
+        1
+    );
+    assert_eq!(h.sandbox.builds()[0]["status"], "CANCELLED");
+}
