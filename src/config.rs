@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::pipeline::verify::UrlPolicy;
 use crate::pipeline::PipelineConfig;
 
 pub const ENV_LISTEN: &str = "DEPLOYD_LISTEN";
@@ -21,6 +22,10 @@ pub const ENV_CALLER_MEMBER: &str = "DEPLOYD_CALLER_MEMBER";
 pub const ENV_MAX_SOURCE_BYTES: &str = "DEPLOYD_MAX_SOURCE_BYTES";
 /// Archives above this size are uploaded in resumable chunks of this size.
 pub const ENV_UPLOAD_CHUNK_BYTES: &str = "DEPLOYD_UPLOAD_CHUNK_BYTES";
+/// Service account whose identity tokens probe private services.
+pub const ENV_INVOKER_SERVICE_ACCOUNT: &str = "DEPLOYD_INVOKER_SERVICE_ACCOUNT";
+/// Hosts a Verify caller may have probed, comma-separated (`*.run.app`).
+pub const ENV_VERIFY_ALLOWED_HOSTS: &str = "DEPLOYD_VERIFY_ALLOWED_HOSTS";
 /// Deadline of one preflight API call.
 pub const ENV_CHECK_TIMEOUT_MS: &str = "DEPLOYD_CHECK_TIMEOUT_MS";
 pub const ENV_SERVER: &str = "DEPLOYD_SERVER";
@@ -58,6 +63,10 @@ pub struct DaemonConfig {
     pub upload_chunk_bytes: usize,
     /// Added to a build's timeout before deployd cancels it itself.
     pub build_deadline_slack: Duration,
+    /// Identity used to probe private services.
+    pub invoker_service_account: Option<String>,
+    /// Which URLs Verify callers may have probed.
+    pub url_policy: UrlPolicy,
     /// How long shutdown waits for running deploys to wind down.
     pub shutdown_grace: Duration,
 }
@@ -72,6 +81,7 @@ impl DaemonConfig {
             check_timeout: self.check_timeout,
             max_source_bytes: self.max_source_bytes,
             build_deadline_slack: self.build_deadline_slack,
+            url_policy: self.url_policy.clone(),
         }
     }
 }
@@ -91,6 +101,8 @@ impl Default for DaemonConfig {
             max_source_bytes: p.max_source_bytes,
             upload_chunk_bytes: crate::gcp::storage::DEFAULT_CHUNK_BYTES,
             build_deadline_slack: p.build_deadline_slack,
+            invoker_service_account: None,
+            url_policy: p.url_policy,
             shutdown_grace: Duration::from_secs(30),
         }
     }

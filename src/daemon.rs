@@ -69,7 +69,9 @@ async fn cloud(
         _ => GcpClient::google(PollPolicy::default()).await?,
     };
     Ok(Arc::new(
-        client.with_upload_chunk(config.upload_chunk_bytes),
+        client
+            .with_upload_chunk(config.upload_chunk_bytes)
+            .with_invoker(config.invoker_service_account.clone()),
     ))
 }
 

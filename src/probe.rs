@@ -1,30 +1,59 @@
 //! The HTTP health prober (reqwest). Measures time to headers and to the
-//! full body, and classifies failures by what went wrong on the wire.
+//! full body, follows redirects only within the same host, and classifies
+//! failures by what went wrong on the wire.
 
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::Instant;
 
 use async_trait::async_trait;
+use reqwest::redirect::Policy;
 
-use crate::pipeline::cloud::{ProbeErrorClass, ProbeResponse, Prober};
+use crate::pipeline::cloud::{ProbeErrorClass, ProbeRequest, ProbeResponse, Prober};
+
+const MAX_REDIRECTS: usize = 10;
 
 pub struct HttpProber {
     client: reqwest::Client,
 }
 
+fn builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        // A redirect to another host is reported, not followed: a health
+        // check answered by a login page elsewhere is not a healthy service.
+        .redirect(Policy::custom(|attempt| {
+            let same_host = attempt
+                .previous()
+                .first()
+                .map(|u| (u.host_str(), u.port_or_known_default()))
+                == Some((
+                    attempt.url().host_str(),
+                    attempt.url().port_or_known_default(),
+                ));
+            if attempt.previous().len() > MAX_REDIRECTS {
+                attempt.error("too many redirects")
+            } else if same_host {
+                attempt.follow()
+            } else {
+                attempt.stop()
+            }
+        }))
+        .user_agent(concat!("deployd-verify/", env!("CARGO_PKG_VERSION")))
+}
+
 impl HttpProber {
     pub fn new() -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            // 301/302 are judged as answers, not followed.
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("deployd-verify/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Self { client })
+        Ok(Self {
+            client: builder().build()?,
+        })
     }
 }
 
 fn classify(e: &reqwest::Error) -> ProbeErrorClass {
     if e.is_timeout() {
         return ProbeErrorClass::Timeout;
+    }
+    if e.is_redirect() {
+        return ProbeErrorClass::Redirect;
     }
     let chain = crate::pipeline::error::error_chain(e).to_lowercase();
     // reqwest exposes no structured DNS/TLS kinds; its sources' texts are
@@ -42,12 +71,7 @@ fn classify(e: &reqwest::Error) -> ProbeErrorClass {
 
 #[async_trait]
 impl Prober for HttpProber {
-    async fn probe(
-        &self,
-        url: &str,
-        timeout: Duration,
-        expect_body: Option<&str>,
-    ) -> ProbeResponse {
+    async fn probe(&self, req: &ProbeRequest<'_>) -> ProbeResponse {
         let start = Instant::now();
         let failed = |class, msg: String, status| ProbeResponse {
             status,
@@ -55,12 +79,28 @@ impl Prober for HttpProber {
             body_after: start.elapsed(),
             body_contains_expected: false,
             error: Some((class, msg)),
+            final_url: req.url.to_string(),
         };
-        let resp = match tokio::time::timeout(timeout, self.client.get(url).send()).await {
+        // Pinned addresses need a client of their own.
+        let client = match (req.pinned, url::Url::parse(req.url)) {
+            (Some(addrs), Ok(u)) => match u.host_str() {
+                Some(host) => match builder().resolve_to_addrs(host, addrs).build() {
+                    Ok(c) => c,
+                    Err(e) => return failed(ProbeErrorClass::Other, e.to_string(), None),
+                },
+                None => self.client.clone(),
+            },
+            _ => self.client.clone(),
+        };
+        let mut rb = client.get(req.url);
+        for (k, v) in &req.headers {
+            rb = rb.header(k, v);
+        }
+        let resp = match tokio::time::timeout(req.timeout, rb.send()).await {
             Err(_) => {
                 return failed(
                     ProbeErrorClass::Timeout,
-                    format!("no response within {timeout:?}"),
+                    format!("no response within {:?}", req.timeout),
                     None,
                 )
             }
@@ -71,35 +111,71 @@ impl Prober for HttpProber {
         };
         let headers_after = start.elapsed();
         let status = resp.status().as_u16();
-        let remaining = timeout.saturating_sub(headers_after);
+        let final_url = resp.url().to_string();
+        // A redirect the policy stopped: another host.
+        let redirect_elsewhere = resp.status().is_redirection().then(|| {
+            resp.headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .unwrap_or("(no Location)")
+                .to_string()
+        });
+        let remaining = req.timeout.saturating_sub(headers_after);
         let body = match tokio::time::timeout(remaining, resp.bytes()).await {
             Err(_) => {
-                return failed(
-                    ProbeErrorClass::Timeout,
-                    "body not complete within the timeout".into(),
-                    Some(status),
-                )
+                return ProbeResponse {
+                    final_url,
+                    ..failed(
+                        ProbeErrorClass::Timeout,
+                        "body not complete within the timeout".into(),
+                        Some(status),
+                    )
+                }
             }
             Ok(Err(e)) => {
-                return failed(
-                    classify(&e),
-                    crate::pipeline::error::error_chain(&e),
-                    Some(status),
-                )
+                return ProbeResponse {
+                    final_url,
+                    ..failed(
+                        classify(&e),
+                        crate::pipeline::error::error_chain(&e),
+                        Some(status),
+                    )
+                }
             }
             Ok(Ok(b)) => b,
         };
         let body_after = start.elapsed();
-        let body_contains_expected = match expect_body {
+        let body_contains_expected = match req.expect_body {
             Some(text) => String::from_utf8_lossy(&body).contains(text),
             None => true,
         };
+        let error = redirect_elsewhere
+            .filter(|location| {
+                url::Url::parse(location).is_ok_and(|l| {
+                    l.host_str()
+                        != url::Url::parse(&final_url)
+                            .ok()
+                            .as_ref()
+                            .and_then(|u| u.host_str())
+                })
+            })
+            .map(|location| {
+                (
+                    ProbeErrorClass::Redirect,
+                    format!("redirects to another host ({location}); not followed"),
+                )
+            });
         ProbeResponse {
             status: Some(status),
             headers_after,
             body_after,
             body_contains_expected,
-            error: None,
+            error,
+            final_url,
         }
+    }
+
+    async fn resolve(&self, host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+        Ok(tokio::net::lookup_host((host, port)).await?.collect())
     }
 }

@@ -110,10 +110,24 @@ async fn runtime_settings_reach_the_run_api() {
         allow_unauthenticated: false,
         container_port: 9000,
     });
-    // A private service refuses unauthenticated probes: verification fails,
-    // but the settings are what this test is about.
+    // A private service: probes carry an identity token minted for it.
     let (_, o) = deploy(&h, req).await;
-    assert!(!o.verified);
+    assert!(o.verified, "{o:?}");
+    let probe = h
+        .sandbox
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "app.request")
+        .expect("probe");
+    assert!(probe
+        .headers
+        .iter()
+        .any(|(k, v)| k == "authorization" && v.starts_with("Bearer ")));
+    assert_eq!(
+        h.sandbox
+            .count("iamcredentials.projects.serviceAccounts.generateIdToken"),
+        1
+    );
 
     let svc = h
         .sandbox
@@ -291,38 +305,99 @@ async fn resets_and_503s_while_polling_do_not_fail_the_build() {
 }
 
 #[tokio::test]
-async fn unhealthy_revision_recommends_rollback_to_the_previous_one() {
+async fn unhealthy_revision_is_rolled_back_automatically() {
     let h = Harness::start().await;
     let (_, first) = deploy(&h, deploy_request("flaky-app", &example_app())).await;
     assert!(first.success);
-    // The next revision answers 500 to every probe.
+    // The next revision answers 500 to every request; the old one stays healthy.
+    h.sandbox.next_revision_answers(
+        PROJECT,
+        "flaky-app",
+        AppResponse {
+            status: 500,
+            delay: Duration::ZERO,
+            body: "boom".into(),
+        },
+    );
     let app = app_copy();
     std::fs::write(app.path().join("VERSION"), "2").expect("write");
     let mut req = deploy_request("flaky-app", app.path());
     req.health_check = Some(proto::HealthCheck {
-        attempts: 3,
+        attempts: 5,
         timeout_ms: 2000,
         ..Default::default()
     });
-    let answers = vec![
-        AppResponse {
-            status: 500,
-            delay: Duration::ZERO,
-            body: "boom".into()
-        };
-        3
-    ];
-    // Script after the first deploy: the app serves the new revision next.
-    assert!(h.sandbox.script_app(PROJECT, REGION, "flaky-app", answers));
     let (events, o) = deploy(&h, req).await;
     assert!(!o.success);
     assert_eq!(o.failed_stage, i32::from(Stage::Verify));
     assert!(o.should_rollback);
+    assert!(o.rolled_back);
     assert_eq!(o.previous_revision, first.revision);
-    let probes = probes(&events);
-    assert_eq!(probes.len(), 3);
-    assert!(probes.iter().all(|p| p.status_code == 500 && !p.healthy));
+    assert_ne!(o.revision, first.revision);
     assert_eq!(o.error.expect("failure").code, "UNHEALTHY");
+    // Five probes of the new revision, all 500; then the old one, healthy.
+    let probes = probes(&events);
+    assert_eq!(probes.len(), 6);
+    assert!(probes[..5]
+        .iter()
+        .all(|p| p.status_code == 500 && !p.healthy));
+    assert!(probes[5].healthy);
+    assert!(stages_started(&events).contains(&i32::from(Stage::Rollback)));
+    // The sandbox shows all traffic pinned back on the previous revision.
+    let svc = h
+        .sandbox
+        .service(PROJECT, REGION, "flaky-app")
+        .expect("service");
+    assert_eq!(
+        svc["traffic"],
+        serde_json::json!([{"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION", "revision": first.revision, "percent": 100}])
+    );
+    let patch = h
+        .sandbox
+        .requests()
+        .into_iter()
+        .rfind(|r| r.method == "run.projects.locations.services.patch")
+        .expect("traffic patch");
+    assert_eq!(patch.query, "updateMask=traffic");
+    let m = h.metrics().await;
+    assert!(counter(&m, "deployd_rollbacks_total", "result=\"success\"") >= 1.0);
+    assert!(counter(&m, "deployd_deployments_total", "result=\"rolled_back\"") >= 1.0);
+}
+
+#[tokio::test]
+async fn recommend_policy_reports_but_does_not_roll_back() {
+    let h = Harness::start().await;
+    let (_, first) = deploy(&h, deploy_request("advice", &example_app())).await;
+    assert!(first.success);
+    h.sandbox.next_revision_answers(
+        PROJECT,
+        "advice",
+        AppResponse {
+            status: 503,
+            delay: Duration::ZERO,
+            body: "down".into(),
+        },
+    );
+    let app = app_copy();
+    std::fs::write(app.path().join("VERSION"), "2").expect("write");
+    let mut req = deploy_request("advice", app.path());
+    req.rollback_policy = proto::RollbackPolicy::Recommend.into();
+    req.health_check = Some(proto::HealthCheck {
+        attempts: 2,
+        ..Default::default()
+    });
+    let (events, o) = deploy(&h, req).await;
+    assert!(o.should_rollback && !o.rolled_back);
+    assert!(!stages_started(&events).contains(&i32::from(Stage::Rollback)));
+    // Traffic stays on the latest (broken) revision, as asked.
+    let svc = h
+        .sandbox
+        .service(PROJECT, REGION, "advice")
+        .expect("service");
+    assert_eq!(
+        svc["traffic"][0]["type"],
+        "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST"
+    );
 }
 
 #[tokio::test]
@@ -373,8 +448,10 @@ async fn revision_that_never_becomes_ready_is_reported_with_the_api_message() {
     );
     assert!(o.revision.starts_with("crashy-00002-"), "{}", o.revision);
     assert!(o.should_rollback);
-    // No probe was sent to a revision that is not ready.
-    assert_eq!(h.sandbox.count("app.request"), probes_before);
+    // No probe was sent to the revision that is not ready: the only one is
+    // the rollback's check of the previous revision.
+    assert!(o.rolled_back);
+    assert_eq!(h.sandbox.count("app.request"), probes_before + 1);
 }
 
 #[tokio::test]

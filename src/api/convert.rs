@@ -1,14 +1,18 @@
 //! proto <-> domain. Invalid enum values and missing required messages are
 //! reported as [`InvalidRequest`] naming the field.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::proto;
-use crate::pipeline::event::{CheckResult, Event, EventKind, Failure, Outcome, ProbeResult, Stage};
+use crate::pipeline::event::{
+    CheckResult, Event, EventKind, Failure, Outcome, ProbeResult, ProbeStats, Stage,
+};
 use crate::pipeline::model::{
     BuildOptions, DeployRequest, HealthCheckSpec, Ingress, InvalidRequest, PreflightRequest,
-    RollbackPolicy, RuntimeSettings, SecretEnv, SourceSpec, Target, VerifyRequest, VpcEgress,
+    RollbackPolicy, RolloutMode, RuntimeSettings, SecretEnv, SourceSpec, Target, VerifyRequest,
+    VpcEgress,
 };
 
 fn target(t: Option<proto::Target>) -> Result<Target, InvalidRequest> {
@@ -65,20 +69,27 @@ fn build_options(b: Option<proto::BuildOptions>) -> BuildOptions {
 }
 
 /// Health settings shared by DeployRequest.health_check and VerifyRequest.
+pub struct HealthFields {
+    pub path: String,
+    pub attempts: u32,
+    pub timeout_ms: u32,
+    pub statuses: Vec<u32>,
+    pub base_delay_ms: u32,
+    pub max_delay_ms: u32,
+    pub expect_body: String,
+    pub headers: HashMap<String, String>,
+}
+
 pub fn health(
-    path: String,
-    attempts: u32,
-    timeout_ms: u32,
-    statuses: Vec<u32>,
-    base_delay_ms: u32,
-    expect_body: String,
+    h: HealthFields,
+    default_delay: Duration,
     field: &'static str,
 ) -> Result<HealthCheckSpec, InvalidRequest> {
     let d = HealthCheckSpec::default();
-    let accepted_statuses = if statuses.is_empty() {
+    let accepted_statuses = if h.statuses.is_empty() {
         d.accepted_statuses
     } else {
-        statuses
+        h.statuses
             .into_iter()
             .map(|s| {
                 u16::try_from(s)
@@ -86,17 +97,16 @@ pub fn health(
             })
             .collect::<Result<_, _>>()?
     };
+    let ms = |v: u32| Duration::from_millis(v.into());
     Ok(HealthCheckSpec {
-        path: nonempty(path).unwrap_or(d.path),
-        attempts: nonzero(attempts).unwrap_or(d.attempts),
-        timeout: nonzero(timeout_ms)
-            .map(|ms| Duration::from_millis(ms.into()))
-            .unwrap_or(d.timeout),
+        path: nonempty(h.path).unwrap_or(d.path),
+        attempts: nonzero(h.attempts).unwrap_or(d.attempts),
+        timeout: nonzero(h.timeout_ms).map(ms).unwrap_or(d.timeout),
         accepted_statuses,
-        base_delay: nonzero(base_delay_ms)
-            .map(|ms| Duration::from_millis(ms.into()))
-            .unwrap_or(d.base_delay),
-        expect_body: nonempty(expect_body),
+        base_delay: nonzero(h.base_delay_ms).map(ms).unwrap_or(default_delay),
+        max_delay: nonzero(h.max_delay_ms).map(ms),
+        expect_body: nonempty(h.expect_body),
+        headers: h.headers.into_iter().collect(),
     })
 }
 
@@ -142,26 +152,42 @@ pub fn deploy_request(
             .map_err(|_| InvalidRequest::new("runtime.container_port", "must be a TCP port"))?,
     };
     let h = r.health_check.unwrap_or_default();
-    let base_delay_ms = if h.base_delay_ms == 0 {
-        u32::try_from(default_health_delay.as_millis()).unwrap_or(u32::MAX)
-    } else {
-        h.base_delay_ms
-    };
     let health = health(
-        h.path,
-        h.attempts,
-        h.timeout_ms,
-        h.accepted_statuses,
-        base_delay_ms,
-        h.expect_body,
+        HealthFields {
+            path: h.path,
+            attempts: h.attempts,
+            timeout_ms: h.timeout_ms,
+            statuses: h.accepted_statuses,
+            base_delay_ms: h.base_delay_ms,
+            max_delay_ms: h.max_delay_ms,
+            expect_body: h.expect_body,
+            headers: h.headers,
+        },
+        default_health_delay,
         "health_check",
     )?;
     let rollback = match proto::RollbackPolicy::try_from(r.rollback_policy) {
-        Ok(_) => RollbackPolicy::Recommend,
+        Ok(proto::RollbackPolicy::Recommend) => RollbackPolicy::Recommend,
+        Ok(proto::RollbackPolicy::Unspecified | proto::RollbackPolicy::Automatic) => {
+            RollbackPolicy::Automatic
+        }
         Err(_) => {
             return Err(InvalidRequest::new(
                 "rollback_policy",
                 format!("unknown value {}", r.rollback_policy),
+            ))
+        }
+    };
+    let rollout = match proto::RolloutMode::try_from(r.rollout_mode) {
+        Ok(proto::RolloutMode::Direct) => RolloutMode::Direct,
+        Ok(proto::RolloutMode::VerifyBeforeTraffic) => RolloutMode::VerifyBeforeTraffic,
+        Ok(proto::RolloutMode::Canary) => RolloutMode::Canary {
+            percent: nonzero(r.canary_percent).unwrap_or(10),
+        },
+        Err(_) => {
+            return Err(InvalidRequest::new(
+                "rollout_mode",
+                format!("unknown value {}", r.rollout_mode),
             ))
         }
     };
@@ -172,6 +198,7 @@ pub fn deploy_request(
         build: build_options(r.build),
         health,
         rollback,
+        rollout,
     })
 }
 
@@ -193,20 +220,20 @@ pub fn verify_request(
     r: proto::VerifyRequest,
     default_delay: Duration,
 ) -> Result<VerifyRequest, InvalidRequest> {
-    let base_delay_ms = if r.base_delay_ms == 0 {
-        u32::try_from(default_delay.as_millis()).unwrap_or(u32::MAX)
-    } else {
-        r.base_delay_ms
-    };
     Ok(VerifyRequest {
         url: r.url,
         health: health(
-            r.health_path,
-            r.attempts,
-            r.timeout_ms,
-            r.accepted_statuses,
-            base_delay_ms,
-            r.expect_body,
+            HealthFields {
+                path: r.health_path,
+                attempts: r.attempts,
+                timeout_ms: r.timeout_ms,
+                statuses: r.accepted_statuses,
+                base_delay_ms: r.base_delay_ms,
+                max_delay_ms: r.max_delay_ms,
+                expect_body: r.expect_body,
+                headers: r.headers,
+            },
+            default_delay,
             "health_path",
         )?,
     })
@@ -220,6 +247,7 @@ pub fn stage(s: Stage) -> proto::Stage {
         Stage::Build => proto::Stage::Build,
         Stage::Deploy => proto::Stage::Deploy,
         Stage::Verify => proto::Stage::Verify,
+        Stage::Rollback => proto::Stage::Rollback,
     }
 }
 
@@ -254,6 +282,21 @@ fn probe(p: ProbeResult) -> proto::Probe {
         response_time_ms: ms(p.response_time),
         healthy: p.healthy,
         error: p.error.unwrap_or_default(),
+        error_class: p
+            .error_class
+            .map(|c| c.as_str().to_string())
+            .unwrap_or_default(),
+        headers_ms: ms(p.headers_time),
+        final_url: p.final_url,
+    }
+}
+
+fn probe_stats(s: ProbeStats) -> proto::ProbeStats {
+    proto::ProbeStats {
+        attempts: s.attempts,
+        p50_ms: ms(s.p50),
+        p95_ms: ms(s.p95),
+        max_ms: ms(s.max),
     }
 }
 
@@ -276,6 +319,9 @@ fn outcome(o: Outcome) -> proto::Outcome {
             .unwrap_or(proto::Stage::Unspecified)
             .into(),
         source_commit: o.source_commit,
+        rolled_back: o.rolled_back,
+        probe_stats: o.probe_stats.map(probe_stats),
+        final_url: o.final_url,
     }
 }
 

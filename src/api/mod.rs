@@ -26,6 +26,7 @@ use tonic::{Request, Response, Status};
 
 use crate::pipeline::event::Reporter;
 use crate::pipeline::model::InvalidRequest;
+use crate::pipeline::verify::UrlRefused;
 use crate::pipeline::Pipeline;
 use crate::telemetry::metrics;
 use proto::deployer_server::{Deployer, DeployerServer};
@@ -91,6 +92,12 @@ fn invalid(method: &'static str, e: InvalidRequest) -> Status {
     Status::invalid_argument(format!("{}: {}", e.field, e.reason))
 }
 
+/// A URL outside the verify policy: the caller may not have it probed.
+fn refused(method: &'static str, e: UrlRefused) -> Status {
+    metrics::grpc_request(method, "PERMISSION_DENIED");
+    Status::permission_denied(e.to_string())
+}
+
 #[tonic::async_trait]
 impl Deployer for DeployerService {
     type PreflightStream = EventStream;
@@ -130,8 +137,13 @@ impl Deployer for DeployerService {
         let req = convert::verify_request(request.into_inner(), self.health_base_delay)
             .map_err(|e| invalid(M, e))?;
         req.validate().map_err(|e| invalid(M, e))?;
+        let pinned = self
+            .pipeline
+            .authorize_verify_url(&req.url)
+            .await
+            .map_err(|e| refused(M, e))?;
         Ok(Response::new(self.start(M, move |p, r, c| async move {
-            p.verify(req, r, c).await;
+            p.verify(req, pinned, r, c).await;
         })))
     }
 }

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::proto::{self, deployer_client::DeployerClient};
 use crate::config::*;
 use crate::daemon;
+use crate::pipeline::verify::UrlPolicy;
 use crate::sandbox::{SandboxConfig, DEFAULT_PROJECT};
 use crate::telemetry::{self, LogFormat};
 
@@ -87,6 +88,12 @@ struct Tuning {
     /// Uncompressed source bytes a deploy may send.
     #[arg(long, env = ENV_MAX_SOURCE_BYTES, default_value_t = crate::pipeline::archive::DEFAULT_MAX_SOURCE_BYTES)]
     max_source_bytes: u64,
+    /// Service account whose identity tokens probe private services.
+    #[arg(long, env = ENV_INVOKER_SERVICE_ACCOUNT)]
+    invoker_service_account: Option<String>,
+    /// Hosts a Verify caller may have probed, comma-separated.
+    #[arg(long, env = ENV_VERIFY_ALLOWED_HOSTS, value_delimiter = ',', default_value = "*.run.app")]
+    verify_allowed_hosts: Vec<String>,
     /// Resumable upload chunk size (a multiple of 256 KiB).
     #[arg(long, env = ENV_UPLOAD_CHUNK_BYTES, default_value_t = crate::gcp::storage::DEFAULT_CHUNK_BYTES)]
     upload_chunk_bytes: usize,
@@ -122,6 +129,19 @@ enum IngressArg {
     All,
     Internal,
     InternalAndCloudLoadBalancing,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum RolloutArg {
+    Direct,
+    VerifyBeforeTraffic,
+    Canary,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum RollbackArg {
+    Automatic,
+    Recommend,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -191,6 +211,15 @@ struct DeployArgs {
     health_path: String,
     #[arg(long)]
     health_attempts: Option<u32>,
+    /// How the new revision receives traffic.
+    #[arg(long, value_enum, default_value = "direct")]
+    rollout: RolloutArg,
+    /// With --rollout canary: the new revision's share while it is verified.
+    #[arg(long)]
+    canary_percent: Option<u32>,
+    /// What to do when the new revision is not healthy.
+    #[arg(long, value_enum, default_value = "automatic")]
+    rollback: RollbackArg,
     #[command(flatten)]
     connect: Connect,
 }
@@ -230,6 +259,12 @@ struct VerifyArgs {
     /// Accepted status codes, repeatable (default 200, 204, 301, 302).
     #[arg(long = "status")]
     statuses: Vec<u32>,
+    /// NAME=VALUE header sent with every probe, repeatable.
+    #[arg(long = "header", value_parser = parse_kv)]
+    headers: Vec<(String, String)>,
+    /// Caps the doubling backoff.
+    #[arg(long)]
+    max_delay_ms: Option<u32>,
     #[command(flatten)]
     connect: Connect,
 }
@@ -243,6 +278,7 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 impl Tuning {
     fn daemon_config(&self, backend: Backend) -> DaemonConfig {
         let d = DaemonConfig::default();
+        let backend_is_sandbox = backend == Backend::EmbeddedSandbox;
         let poll = self
             .poll_interval_ms
             .map(Duration::from_millis)
@@ -260,6 +296,23 @@ impl Tuning {
             check_timeout: Duration::from_millis(self.check_timeout_ms),
             max_source_bytes: self.max_source_bytes,
             upload_chunk_bytes: self.upload_chunk_bytes,
+            invoker_service_account: self.invoker_service_account.clone().or_else(|| {
+                // The sandbox's project has an invoker identity ready.
+                backend_is_sandbox.then(|| crate::sandbox::invoker_service_account(DEFAULT_PROJECT))
+            }),
+            url_policy: UrlPolicy {
+                allowed_hosts: self
+                    .verify_allowed_hosts
+                    .iter()
+                    .cloned()
+                    .chain(backend_is_sandbox.then(|| "127.0.0.1".to_string()))
+                    .collect(),
+                // The sandbox's services listen on loopback.
+                private_ok_hosts: backend_is_sandbox
+                    .then(|| "127.0.0.1".to_string())
+                    .into_iter()
+                    .collect(),
+            },
             ..d
         }
     }
@@ -371,7 +424,18 @@ pub async fn main() -> anyhow::Result<i32> {
                     attempts: a.health_attempts.unwrap_or(0),
                     ..Default::default()
                 }),
-                rollback_policy: proto::RollbackPolicy::Unspecified.into(),
+                rollback_policy: match a.rollback {
+                    RollbackArg::Automatic => proto::RollbackPolicy::Automatic,
+                    RollbackArg::Recommend => proto::RollbackPolicy::Recommend,
+                }
+                .into(),
+                rollout_mode: match a.rollout {
+                    RolloutArg::Direct => proto::RolloutMode::Direct,
+                    RolloutArg::VerifyBeforeTraffic => proto::RolloutMode::VerifyBeforeTraffic,
+                    RolloutArg::Canary => proto::RolloutMode::Canary,
+                }
+                .into(),
+                canary_percent: a.canary_percent.unwrap_or(0),
             };
             run_client(&a.connect, |mut c| async move {
                 Ok(c.deploy(req).await?.into_inner())
@@ -405,6 +469,8 @@ pub async fn main() -> anyhow::Result<i32> {
                 accepted_statuses: a.statuses.clone(),
                 base_delay_ms: 0,
                 expect_body: a.expect_body.clone().unwrap_or_default(),
+                headers: a.headers.iter().cloned().collect(),
+                max_delay_ms: a.max_delay_ms.unwrap_or(0),
             };
             run_client(&a.connect, |mut c| async move {
                 Ok(c.verify(req).await?.into_inner())

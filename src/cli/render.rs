@@ -16,6 +16,7 @@ pub fn stage_name(s: i32) -> &'static str {
         proto::Stage::Build => "build",
         proto::Stage::Deploy => "deploy",
         proto::Stage::Verify => "verify",
+        proto::Stage::Rollback => "rollback",
     }
 }
 

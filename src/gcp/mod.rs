@@ -14,6 +14,7 @@ pub mod cloudbuild;
 pub mod error;
 pub mod http;
 pub mod iam;
+pub mod iamcredentials;
 pub mod lro;
 pub mod orgpolicy;
 pub mod resourcemanager;
@@ -32,7 +33,7 @@ pub use lro::PollPolicy;
 
 use crate::pipeline::cloud::{
     Bucket, BuildInfo, BuildSpec, BuildStatus, Cloud, ListPolicy, Project, ProjectState,
-    Repository, Rollout, RunService, ServiceAccount, ServiceSpec, StoredObject,
+    Repository, Rollout, RunService, ServiceAccount, ServiceSpec, StoredObject, TrafficTarget,
 };
 use crate::pipeline::error::{CloudError, Code};
 use crate::pipeline::model::Target;
@@ -42,6 +43,11 @@ pub struct GcpClient {
     poll: PollPolicy,
     /// Uploads larger than this are resumable, in chunks of this size.
     upload_chunk: usize,
+    /// Service account whose identity tokens probe private services.
+    invoker: Option<String>,
+    /// Whether the metadata server may be asked for identity tokens (only
+    /// against Google, never an emulator).
+    metadata_server: bool,
 }
 
 impl GcpClient {
@@ -50,7 +56,14 @@ impl GcpClient {
             t,
             poll,
             upload_chunk: storage::DEFAULT_CHUNK_BYTES,
+            invoker: None,
+            metadata_server: false,
         }
+    }
+
+    pub fn with_invoker(mut self, service_account: Option<String>) -> Self {
+        self.invoker = service_account;
+        self
     }
 
     /// Rounds down to a multiple of 256 KiB, as Cloud Storage requires.
@@ -68,7 +81,9 @@ impl GcpClient {
             Credentials::Google(provider),
             Duration::from_secs(60),
         )?;
-        Ok(Self::new(t, poll))
+        let mut c = Self::new(t, poll);
+        c.metadata_server = true;
+        Ok(c)
     }
 
     /// Every API at `base` (an emulator); no credentials.
@@ -306,5 +321,31 @@ impl Cloud for GcpClient {
 
     async fn set_public_invoker(&self, target: &Target, public: bool) -> Result<(), CloudError> {
         Ok(run::set_public_invoker(&self.t, target, public).await?)
+    }
+
+    async fn set_traffic(
+        &self,
+        target: &Target,
+        traffic: &[TrafficTarget],
+    ) -> Result<Rollout, CloudError> {
+        match run::set_traffic(&self.t, target, traffic, &self.poll).await? {
+            Ok(service) => Ok(Rollout::Ready(service)),
+            Err(message) => {
+                let service = run::get(&self.t, target).await.ok().flatten();
+                Ok(Rollout::Failed { message, service })
+            }
+        }
+    }
+
+    async fn id_token(&self, audience: &str) -> Result<String, CloudError> {
+        match (&self.invoker, self.metadata_server) {
+            (Some(sa), _) => Ok(iamcredentials::generate_id_token(&self.t, sa, audience).await?),
+            (None, true) => Ok(iamcredentials::metadata_id_token(audience).await?),
+            (None, false) => Err(CloudError::new(
+                "iamcredentials.projects.serviceAccounts.generateIdToken",
+                Code::FailedPrecondition,
+                "no identity to probe private services with: set DEPLOYD_INVOKER_SERVICE_ACCOUNT",
+            )),
+        }
     }
 }

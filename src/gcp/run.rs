@@ -22,6 +22,34 @@ fn service_name(t: &Target) -> String {
 
 /// The request body: the full desired service (PATCH without updateMask
 /// replaces, so every setting is always sent).
+/// Traffic targets as the API takes them; empty means 100% to LATEST.
+fn traffic_body(traffic: &[TrafficTarget]) -> Value {
+    if traffic.is_empty() {
+        return json!([{"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST", "percent": 100}]);
+    }
+    Value::Array(
+        traffic
+            .iter()
+            .map(|t| {
+                let mut v = match &t.revision {
+                    Some(r) => {
+                        json!({"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION", "revision": r})
+                    }
+                    None => json!({"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST"}),
+                };
+                // proto3: a 0% target carries no percent.
+                if t.percent > 0 {
+                    v["percent"] = json!(t.percent);
+                }
+                if let Some(tag) = &t.tag {
+                    v["tag"] = json!(tag);
+                }
+                v
+            })
+            .collect(),
+    )
+}
+
 pub fn service_body(spec: &ServiceSpec) -> Value {
     let r = &spec.runtime;
     let mut env: Vec<Value> = r
@@ -56,6 +84,9 @@ pub fn service_body(spec: &ServiceSpec) -> Value {
         container["resources"] = json!({"limits": limits, "cpuIdle": true});
     }
     let mut template = json!({"containers": [container]});
+    if let Some(name) = &spec.revision_name {
+        template["revision"] = json!(name);
+    }
     let mut scaling = serde_json::Map::new();
     if let Some(min) = r.min_instances {
         scaling.insert("minInstanceCount".into(), json!(min));
@@ -92,7 +123,7 @@ pub fn service_body(spec: &ServiceSpec) -> Value {
         "client": "deployd",
         "ingress": ingress,
         "template": template,
-        "traffic": [{"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST", "percent": 100}],
+        "traffic": traffic_body(&spec.traffic),
     })
 }
 
@@ -105,6 +136,7 @@ struct Service {
     latest_ready_revision: String,
     latest_created_revision: String,
     traffic: Vec<Traffic>,
+    traffic_statuses: Vec<TrafficStatus>,
     terminal_condition: Option<Condition>,
     template: Template,
 }
@@ -129,6 +161,13 @@ struct Traffic {
     revision: String,
     percent: u32,
     tag: String,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(default)]
+struct TrafficStatus {
+    tag: String,
+    uri: String,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -174,6 +213,12 @@ impl From<Service> for RunService {
             ready,
             ready_message,
             image: s.template.containers.into_iter().next().map(|c| c.image),
+            tag_urls: s
+                .traffic_statuses
+                .into_iter()
+                .filter(|t| !t.tag.is_empty() && !t.uri.is_empty())
+                .map(|t| (t.tag, t.uri))
+                .collect(),
         }
     }
 }
@@ -253,6 +298,39 @@ const INVOKER: &str = "roles/run.invoker";
 const ALL_USERS: &str = "allUsers";
 
 /// Read-modify-write of the service's IAM policy; no write when unchanged.
+/// Traffic-only change (`updateMask=traffic`): the template, and so the
+/// revisions, stay as they are.
+pub async fn set_traffic(
+    t: &Transport,
+    target: &Target,
+    traffic: &[TrafficTarget],
+    poll: &PollPolicy,
+) -> Result<Result<RunService, String>, GcpError> {
+    const METHOD: &str = "run.projects.locations.services.patch";
+    let url = format!("{}/v2/{}", t.endpoints.run, service_name(target));
+    let body = json!({"traffic": traffic_body(traffic)});
+    let op: Operation = t
+        .json(
+            METHOD,
+            t.request(Method::PATCH, url)
+                .query(&[("updateMask", "traffic")])
+                .json(&body),
+        )
+        .await?;
+    match lro::wait(t, METHOD, &t.endpoints.run, "v2", op, poll).await {
+        Ok(response) => {
+            let s: Service =
+                serde_json::from_value(response).map_err(|source| GcpError::Decode {
+                    method: METHOD,
+                    source,
+                })?;
+            Ok(Ok(s.into()))
+        }
+        Err(GcpError::Operation { message, .. }) => Ok(Err(message)),
+        Err(e) => Err(e),
+    }
+}
+
 pub async fn set_public_invoker(
     t: &Transport,
     target: &Target,

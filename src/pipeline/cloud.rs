@@ -148,6 +148,11 @@ pub struct ServiceSpec {
     pub image: String,
     pub runtime: RuntimeSettings,
     pub labels: BTreeMap<String, String>,
+    /// A name of our choosing for the new revision (needed to route traffic
+    /// to it before it exists); Cloud Run names it when `None`.
+    pub revision_name: Option<String>,
+    /// Traffic after the rollout; empty means 100% to the latest revision.
+    pub traffic: Vec<TrafficTarget>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,6 +175,8 @@ pub struct RunService {
     pub ready: bool,
     pub ready_message: Option<String>,
     pub image: Option<String>,
+    /// URLs of tagged traffic targets: (tag, uri).
+    pub tag_urls: Vec<(String, String)>,
 }
 
 impl RunService {
@@ -281,6 +288,17 @@ pub trait Cloud: Send + Sync + 'static {
         -> Result<Rollout, CloudError>;
     /// Grants or revokes roles/run.invoker for allUsers.
     async fn set_public_invoker(&self, target: &Target, public: bool) -> Result<(), CloudError>;
+    /// Changes only the traffic split (no new revision) and waits for it.
+    async fn set_traffic(
+        &self,
+        target: &Target,
+        traffic: &[TrafficTarget],
+    ) -> Result<Rollout, CloudError>;
+
+    // Identity
+    /// A Google-signed identity token whose audience is `audience`, for
+    /// probing services that refuse unauthenticated requests.
+    async fn id_token(&self, audience: &str) -> Result<String, CloudError>;
 }
 
 /// Why a probe got no acceptable answer.
@@ -292,7 +310,36 @@ pub enum ProbeErrorClass {
     Timeout,
     HttpStatus,
     BodyMismatch,
+    /// A redirect to another host, not followed.
+    Redirect,
     Other,
+}
+
+impl ProbeErrorClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeErrorClass::Dns => "dns",
+            ProbeErrorClass::Connect => "connect",
+            ProbeErrorClass::Tls => "tls",
+            ProbeErrorClass::Timeout => "timeout",
+            ProbeErrorClass::HttpStatus => "http_status",
+            ProbeErrorClass::BodyMismatch => "body_mismatch",
+            ProbeErrorClass::Redirect => "redirect",
+            ProbeErrorClass::Other => "other",
+        }
+    }
+}
+
+/// One probe to send.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeRequest<'a> {
+    pub url: &'a str,
+    pub timeout: Duration,
+    pub expect_body: Option<&'a str>,
+    pub headers: Vec<(String, String)>,
+    /// Connect only to these addresses (the ones the URL policy approved),
+    /// so a second DNS answer cannot point the probe elsewhere.
+    pub pinned: Option<&'a [std::net::SocketAddr]>,
 }
 
 /// One HTTP request's result, as the prober saw it.
@@ -305,10 +352,13 @@ pub struct ProbeResponse {
     pub body_after: Duration,
     pub body_contains_expected: bool,
     pub error: Option<(ProbeErrorClass, String)>,
+    /// The URL that answered, after same-host redirects.
+    pub final_url: String,
 }
 
 #[async_trait]
 pub trait Prober: Send + Sync + 'static {
-    async fn probe(&self, url: &str, timeout: Duration, expect_body: Option<&str>)
-        -> ProbeResponse;
+    async fn probe(&self, req: &ProbeRequest<'_>) -> ProbeResponse;
+    /// The addresses a host name resolves to.
+    async fn resolve(&self, host: &str, port: u16) -> std::io::Result<Vec<std::net::SocketAddr>>;
 }

@@ -1,12 +1,36 @@
 //! The deploy stage: a new Cloud Run revision of the built image, with the
-//! request's runtime settings, and the invoker binding.
+//! request's runtime settings and invoker binding, routed per the rollout
+//! mode; promotion once verified; and rollback to the revision that served
+//! before when the new one is not healthy.
 
 use std::collections::BTreeMap;
 
-use super::cloud::{Rollout, ServiceSpec};
-use super::error::StageError;
+use super::cloud::{Rollout, RunService, ServiceSpec, TrafficTarget};
+use super::error::{CloudError, StageError};
 use super::event::{Reporter, Stage};
+use super::model::{RolloutMode, Target};
+use super::verify::{self, ProbeContext};
 use super::{Deployment, Pipeline};
+use crate::telemetry::metrics;
+
+/// The tag a candidate revision is verified through.
+pub const CANDIDATE_TAG: &str = "candidate";
+
+fn cloud_err(what: String) -> impl FnOnce(CloudError) -> StageError {
+    move |source| StageError::Cloud {
+        what,
+        attempts: 1,
+        source,
+    }
+}
+
+fn pinned(revision: &str, percent: u32) -> TrafficTarget {
+    TrafficTarget {
+        revision: Some(revision.to_string()),
+        percent,
+        tag: None,
+    }
+}
 
 impl Pipeline {
     pub(crate) async fn stage_deploy(
@@ -15,13 +39,6 @@ impl Pipeline {
         events: &Reporter,
     ) -> Result<(), StageError> {
         let target = d.request.target.clone();
-        let cloud_err = |what: String| {
-            move |source| StageError::Cloud {
-                what,
-                attempts: 1,
-                source,
-            }
-        };
         let image = d
             .build
             .as_ref()
@@ -36,8 +53,28 @@ impl Pipeline {
                 target.service
             )))?;
         d.previous_revision = existing.as_ref().and_then(|s| s.serving_revision());
-        match &d.previous_revision {
-            Some(prev) => {
+        let mut mode = d.request.rollout;
+        match (&d.previous_revision, mode) {
+            (None, RolloutMode::Direct) => {
+                events
+                    .progress(Stage::Deploy, format!("creating {}", target.service))
+                    .await
+            }
+            (None, _) => {
+                // Nothing serves yet, so no user can be hurt; Cloud Run also
+                // refuses a no-traffic first revision.
+                events
+                    .progress(
+                        Stage::Deploy,
+                        format!(
+                            "creating {}: a first revision takes all traffic",
+                            target.service
+                        ),
+                    )
+                    .await;
+                mode = RolloutMode::Direct;
+            }
+            (Some(prev), _) => {
                 events
                     .progress(
                         Stage::Deploy,
@@ -45,17 +82,38 @@ impl Pipeline {
                     )
                     .await
             }
-            None => {
-                events
-                    .progress(Stage::Deploy, format!("creating {}", target.service))
-                    .await
-            }
         }
+        d.effective_rollout = mode;
+
+        // A candidate needs a name before it exists, to route traffic to it.
+        let candidate =
+            (mode != RolloutMode::Direct).then(|| candidate_name(&target.service, &d.id));
+        let traffic = match (&mode, &d.previous_revision, &candidate) {
+            (RolloutMode::VerifyBeforeTraffic, Some(prev), Some(new)) => vec![
+                pinned(prev, 100),
+                TrafficTarget {
+                    revision: Some(new.clone()),
+                    percent: 0,
+                    tag: Some(CANDIDATE_TAG.into()),
+                },
+            ],
+            (RolloutMode::Canary { percent }, Some(prev), Some(new)) => vec![
+                pinned(prev, 100 - percent),
+                TrafficTarget {
+                    revision: Some(new.clone()),
+                    percent: *percent,
+                    tag: Some(CANDIDATE_TAG.into()),
+                },
+            ],
+            _ => vec![],
+        };
         let spec = ServiceSpec {
             target: target.clone(),
             image,
             runtime: d.request.runtime.clone(),
             labels: BTreeMap::from([("managed-by".to_string(), "deployd".to_string())]),
+            revision_name: candidate.clone(),
+            traffic,
         };
         let rollout = self
             .cloud
@@ -68,9 +126,12 @@ impl Pipeline {
         let service = match rollout {
             Rollout::Ready(s) => s,
             Rollout::Failed { message, service } => {
-                let revision = service
-                    .as_ref()
-                    .and_then(|s| s.latest_created_revision.clone())
+                let revision = candidate
+                    .or_else(|| {
+                        service
+                            .as_ref()
+                            .and_then(|s| s.latest_created_revision.clone())
+                    })
                     .unwrap_or_else(|| "(new)".into());
                 d.revision = Some(revision.clone());
                 return Err(StageError::RevisionNotReady {
@@ -80,8 +141,11 @@ impl Pipeline {
                 });
             }
         };
-        d.revision = service.latest_ready_revision.clone();
+        d.revision = candidate.or_else(|| service.latest_ready_revision.clone());
         d.url = Some(service.uri.clone());
+        d.candidate_url = (mode != RolloutMode::Direct)
+            .then(|| tag_url(&service))
+            .flatten();
         self.cloud
             .set_public_invoker(&target, d.request.runtime.allow_unauthenticated)
             .await
@@ -89,16 +153,171 @@ impl Pipeline {
                 "setting the invoker policy of {}",
                 target.service
             )))?;
-        events
-            .progress(
-                Stage::Deploy,
-                format!(
-                    "revision {} is ready at {}",
-                    d.revision.as_deref().unwrap_or("?"),
-                    service.uri
-                ),
-            )
-            .await;
+        let revision = d.revision.as_deref().unwrap_or("?");
+        let msg = match (mode, &d.candidate_url) {
+            (RolloutMode::VerifyBeforeTraffic, Some(u)) => {
+                format!("revision {revision} is ready with no traffic, to be verified at {u}")
+            }
+            (RolloutMode::Canary { percent }, Some(u)) => format!(
+                "revision {revision} is ready with {percent}% of traffic, to be verified at {u}"
+            ),
+            _ => format!("revision {revision} is ready at {}", service.uri),
+        };
+        events.progress(Stage::Deploy, msg).await;
         Ok(())
     }
+
+    /// After a candidate verified healthy: all traffic to it.
+    pub(crate) async fn promote(
+        &self,
+        d: &Deployment,
+        events: &Reporter,
+    ) -> Result<(), StageError> {
+        let target = &d.request.target;
+        let Some(revision) = d.revision.as_deref() else {
+            return Ok(());
+        };
+        match self
+            .cloud
+            .set_traffic(target, &[pinned(revision, 100)])
+            .await
+            .map_err(cloud_err(format!(
+                "moving all traffic of {} to {revision}",
+                target.service
+            )))? {
+            Rollout::Ready(_) => {
+                events
+                    .progress(
+                        Stage::Verify,
+                        format!("promoted {revision} to 100% of traffic"),
+                    )
+                    .await;
+                Ok(())
+            }
+            Rollout::Failed { message, .. } => Err(StageError::RevisionNotReady {
+                service: target.service.clone(),
+                revision: revision.to_string(),
+                message,
+            }),
+        }
+    }
+
+    /// Moves traffic back to the previous revision, waits, and verifies it.
+    /// Returns whether users are back on a healthy revision.
+    pub(crate) async fn stage_rollback(
+        &self,
+        d: &mut Deployment,
+        events: &Reporter,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Result<(), StageError> {
+        let target: Target = d.request.target.clone();
+        let Some(prev) = d.previous_revision.clone() else {
+            events
+                .progress(
+                    Stage::Rollback,
+                    "first deploy: there is no previous revision to roll back to",
+                )
+                .await;
+            return Ok(());
+        };
+        if d.effective_rollout == RolloutMode::VerifyBeforeTraffic {
+            events
+                .progress(
+                    Stage::Rollback,
+                    format!("traffic never left {prev}; nothing to roll back"),
+                )
+                .await;
+            return Ok(());
+        }
+        events
+            .progress(
+                Stage::Rollback,
+                format!("moving 100% of traffic back to {prev}"),
+            )
+            .await;
+        let result = async {
+            let service: RunService = match self
+                .cloud
+                .set_traffic(&target, &[pinned(&prev, 100)])
+                .await
+                .map_err(cloud_err(format!(
+                    "moving traffic of {} back to {prev}",
+                    target.service
+                )))? {
+                Rollout::Ready(s) => s,
+                Rollout::Failed { message, .. } => {
+                    return Err(StageError::RevisionNotReady {
+                        service: target.service.clone(),
+                        revision: prev.clone(),
+                        message,
+                    })
+                }
+            };
+            let token = if d.request.runtime.allow_unauthenticated {
+                None
+            } else {
+                self.cloud.id_token(&service.uri).await.ok()
+            };
+            let v = verify::verify(
+                self.prober.as_ref(),
+                &service.uri,
+                &d.request.health,
+                ProbeContext {
+                    id_token: token,
+                    pinned: None,
+                },
+                events,
+                cancel,
+            )
+            .await;
+            if v.healthy {
+                Ok(())
+            } else {
+                Err(StageError::Unhealthy {
+                    url: verify::health_url(&service.uri, &d.request.health.path),
+                    attempts: v.attempts,
+                    last_error: format!(
+                        "the previous revision {prev} is not healthy either: {}",
+                        v.last_error.unwrap_or_default()
+                    ),
+                })
+            }
+        }
+        .await;
+        metrics::rollback(if result.is_ok() { "success" } else { "failure" });
+        if result.is_ok() {
+            d.rolled_back = true;
+            events
+                .progress(
+                    Stage::Rollback,
+                    format!("rolled back: {prev} serves 100% and is healthy"),
+                )
+                .await;
+        }
+        result
+    }
+}
+
+/// `{service}-{8 hex of the deployment id}`: unique, and a valid revision
+/// name (Cloud Run requires the service name as prefix).
+fn candidate_name(service: &str, deployment_id: &str) -> String {
+    let suffix: String = deployment_id
+        .chars()
+        .filter(|c| c.is_ascii_hexdigit())
+        .take(8)
+        .collect();
+    let mut base = service.to_string();
+    base.truncate(63 - 1 - suffix.len());
+    format!(
+        "{}-{}",
+        base.trim_end_matches('-'),
+        suffix.to_ascii_lowercase()
+    )
+}
+
+fn tag_url(s: &RunService) -> Option<String> {
+    s.tag_urls
+        .iter()
+        .find(|(t, _)| t == CANDIDATE_TAG)
+        .map(|(_, u)| u.clone())
 }

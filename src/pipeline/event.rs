@@ -13,6 +13,7 @@ pub enum Stage {
     Build,
     Deploy,
     Verify,
+    Rollback,
 }
 
 impl Stage {
@@ -34,6 +35,7 @@ impl Stage {
             Stage::Build => "build",
             Stage::Deploy => "deploy",
             Stage::Verify => "verify",
+            Stage::Rollback => "rollback",
         }
     }
 }
@@ -94,9 +96,23 @@ pub struct ProbeResult {
     pub attempt: u32,
     pub url: String,
     pub status: Option<u16>,
+    /// Time to the full body.
     pub response_time: Duration,
+    /// Time to response headers.
+    pub headers_time: Duration,
     pub healthy: bool,
     pub error: Option<String>,
+    pub error_class: Option<super::cloud::ProbeErrorClass>,
+    pub final_url: String,
+}
+
+/// Latency of a run's probes, exact over its attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ProbeStats {
+    pub attempts: u32,
+    pub p50: Duration,
+    pub p95: Duration,
+    pub max: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -122,6 +138,9 @@ pub struct Outcome {
     pub build_id: String,
     pub failed_stage: Option<Stage>,
     pub source_commit: String,
+    pub rolled_back: bool,
+    pub probe_stats: Option<ProbeStats>,
+    pub final_url: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

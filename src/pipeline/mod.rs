@@ -22,6 +22,7 @@ pub mod retry;
 pub mod source;
 pub mod verify;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,13 +32,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub use build::{classify_build, relevant_lines};
+pub use deploy::CANDIDATE_TAG;
 pub use preflight::{CHECK_ORDER, REQUIRED_APIS, REQUIRED_PERMISSIONS};
 
 use cloud::{Cloud, Prober};
 use error::StageError;
 use event::{EventKind, Failure, Outcome, Reporter, Stage};
-use model::{DeployRequest, PreflightRequest, VerifyRequest};
-use verify::Verification;
+use model::{DeployRequest, PreflightRequest, RollbackPolicy, RolloutMode, VerifyRequest};
+use verify::{ProbeContext, UrlPolicy, UrlRefused, Verification};
 
 use crate::telemetry::metrics;
 
@@ -58,6 +60,8 @@ pub struct PipelineConfig {
     pub caller_member: String,
     /// Uncompressed source bytes sent at most.
     pub max_source_bytes: u64,
+    /// Which URLs a `Verify` caller may have probed.
+    pub url_policy: UrlPolicy,
 }
 
 impl Default for PipelineConfig {
@@ -70,6 +74,7 @@ impl Default for PipelineConfig {
             work_dir: std::env::temp_dir().join("deployd"),
             caller_member: "user:YOUR_EMAIL".into(),
             max_source_bytes: archive::DEFAULT_MAX_SOURCE_BYTES,
+            url_policy: UrlPolicy::default(),
         }
     }
 }
@@ -112,11 +117,17 @@ pub struct Deployment {
     pub checks: Vec<event::CheckResult>,
     pub archive: Option<ArchiveRef>,
     pub build: Option<BuildRecord>,
+    /// The revision that served 100% before this deploy.
     pub previous_revision: Option<String>,
     pub revision: Option<String>,
     pub url: Option<String>,
+    /// The rollout actually used (a first deploy is always direct).
+    pub effective_rollout: RolloutMode,
+    /// The candidate's tag URL, in the verify-first rollout modes.
+    pub candidate_url: Option<String>,
     #[serde(skip)]
     pub verification: Option<Verification>,
+    pub rolled_back: bool,
     /// Retries anywhere in the run; zero on a first-time success.
     pub retries: u32,
     pub failure: Option<Failure>,
@@ -126,6 +137,7 @@ impl Deployment {
     pub fn new(id: String, request: DeployRequest) -> Self {
         Self {
             id,
+            effective_rollout: request.rollout,
             request,
             status: Status::Running(Stage::Source),
             source_commit: None,
@@ -135,10 +147,26 @@ impl Deployment {
             previous_revision: None,
             revision: None,
             url: None,
+            candidate_url: None,
             verification: None,
+            rolled_back: false,
             retries: 0,
             failure: None,
         }
+    }
+
+    /// Whether users were (or are) on a new revision that is not healthy
+    /// while a healthy one served before.
+    pub fn should_rollback(&self) -> bool {
+        let failed_after_deploy = matches!(
+            self.status,
+            Status::Failed(Stage::Verify | Stage::Deploy | Stage::Rollback)
+        );
+        failed_after_deploy
+            && self.revision.is_some()
+            && self.previous_revision.is_some()
+            && self.previous_revision != self.revision
+            && self.effective_rollout != RolloutMode::VerifyBeforeTraffic
     }
 
     pub fn outcome(&self) -> Outcome {
@@ -148,18 +176,12 @@ impl Deployment {
             Status::Failed(s) => Some(s),
             _ => None,
         };
-        // A new revision that failed verification or never became ready
-        // should not keep serving when something healthy served before.
-        let should_rollback = matches!(failed_stage, Some(Stage::Verify) | Some(Stage::Deploy))
-            && self.revision.is_some()
-            && self.previous_revision.is_some()
-            && self.previous_revision != self.revision;
         Outcome {
             success: self.status == Status::Succeeded,
             url: self.url.clone().unwrap_or_default(),
             verified,
             response_time: verification.and_then(|v| v.response_time),
-            should_rollback,
+            should_rollback: self.should_rollback(),
             error: self.failure.clone(),
             checks: self.checks.clone(),
             revision: self.revision.clone().unwrap_or_default(),
@@ -176,6 +198,11 @@ impl Deployment {
                 .unwrap_or_default(),
             failed_stage,
             source_commit: self.source_commit.clone().unwrap_or_default(),
+            rolled_back: self.rolled_back,
+            probe_stats: verification.and_then(|v| v.stats),
+            final_url: verification
+                .and_then(|v| v.final_url.clone())
+                .unwrap_or_default(),
         }
     }
 }
@@ -196,7 +223,8 @@ impl Pipeline {
         }
     }
 
-    /// Runs every stage in order; always ends by emitting one outcome.
+    /// Runs every stage in order, rolling back when the new revision is not
+    /// healthy; always ends by emitting one outcome.
     pub async fn deploy(
         &self,
         req: DeployRequest,
@@ -213,28 +241,26 @@ impl Pipeline {
             tracing::info!("deploy started");
             let mut workspace = None;
             for stage in Stage::DEPLOY_ORDER {
-                d.status = Status::Running(stage);
-                events.emit(Some(stage), EventKind::StageStarted).await;
-                let t = Instant::now();
-                let result = tokio::select! {
-                    r = self.run_stage(stage, &mut d, &mut workspace, &events, &cancel) => r,
-                    // Stages that own remote work (the build) cancel it themselves
-                    // first; this arm catches the rest.
-                    _ = cancelled_after_grace(&cancel) => Err(StageError::Cancelled { stage: stage.as_str() }),
-                };
-                metrics::stage_duration(stage, t.elapsed());
-                events
-                    .emit(Some(stage), EventKind::StageFinished { ok: result.is_ok(), duration: t.elapsed() })
-                    .await;
-                if let Err(e) = result {
+                if let Err(e) = self.timed_stage(stage, &mut d, &mut workspace, &events, &cancel).await {
                     tracing::warn!(stage = stage.as_str(), error = %error::error_chain(&e), "deploy failed");
-                    d.failure = Some(e.to_failure(&d.request.target.project));
+                    d.failure = Some(self.failure(&d, &e));
                     d.status = Status::Failed(stage);
                     break;
                 }
             }
             if let Status::Running(_) = d.status {
                 d.status = Status::Succeeded;
+            }
+            let automatic = d.request.rollback == RollbackPolicy::Automatic;
+            if automatic && d.should_rollback() && !cancel.is_cancelled() {
+                if let Err(e) = self.timed_stage(Stage::Rollback, &mut d, &mut workspace, &events, &cancel).await {
+                    tracing::error!(error = %error::error_chain(&e), "rollback failed");
+                    if let Some(f) = d.failure.as_mut() {
+                        f.remediation.insert(0, format!("Automatic rollback failed: {}. Roll back by hand: gcloud run services update-traffic {} --region={} --project={} --to-revisions={}=100",
+                            error::error_chain(&e), d.request.target.service, d.request.target.region, d.request.target.project,
+                            d.previous_revision.as_deref().unwrap_or("PREVIOUS")));
+                    }
+                }
             }
         }
         .instrument(span.clone())
@@ -244,18 +270,78 @@ impl Pipeline {
         let result = match (&d.status, &outcome.error) {
             (Status::Succeeded, _) => "success",
             (_, Some(f)) if f.code == "CANCELLED" => "cancelled",
+            _ if d.rolled_back => "rolled_back",
             _ => "failure",
         };
         metrics::deployment_finished(result, started.elapsed(), d.retries == 0);
         span.in_scope(|| {
             tracing::info!(result, url = %outcome.url, revision = %outcome.revision,
-                should_rollback = outcome.should_rollback, elapsed_ms = started.elapsed().as_millis() as u64,
-                "deploy finished")
+                should_rollback = outcome.should_rollback, rolled_back = outcome.rolled_back,
+                elapsed_ms = started.elapsed().as_millis() as u64, "deploy finished")
         });
         events
             .emit(None, EventKind::Outcome(Box::new(outcome.clone())))
             .await;
         outcome
+    }
+
+    /// One stage with its started/finished events and duration metric.
+    async fn timed_stage(
+        &self,
+        stage: Stage,
+        d: &mut Deployment,
+        workspace: &mut Option<source::Workspace>,
+        events: &Reporter,
+        cancel: &CancellationToken,
+    ) -> Result<(), StageError> {
+        if stage != Stage::Rollback {
+            d.status = Status::Running(stage);
+        }
+        events.emit(Some(stage), EventKind::StageStarted).await;
+        let t = Instant::now();
+        let result = tokio::select! {
+            r = self.run_stage(stage, d, workspace, events, cancel) => r,
+            // Stages that own remote work (the build) cancel it themselves
+            // first; this arm catches the rest.
+            _ = cancelled_after_grace(cancel) => Err(StageError::Cancelled { stage: stage.as_str() }),
+        };
+        metrics::stage_duration(stage, t.elapsed());
+        events
+            .emit(
+                Some(stage),
+                EventKind::StageFinished {
+                    ok: result.is_ok(),
+                    duration: t.elapsed(),
+                },
+            )
+            .await;
+        result
+    }
+
+    /// The outcome's failure, with what only the run knows added.
+    fn failure(&self, d: &Deployment, e: &StageError) -> Failure {
+        let t = &d.request.target;
+        let mut f = e.to_failure(&t.project);
+        let denied = d
+            .verification
+            .as_ref()
+            .and_then(|v| v.last_status)
+            .is_some_and(|s| s == 401 || s == 403);
+        if matches!(e, StageError::Unhealthy { .. })
+            && denied
+            && !d.request.runtime.allow_unauthenticated
+        {
+            f.code = "INVOKER_DENIED".into();
+            f.message = format!(
+                "{}: the private service refused deployd's identity token; it lacks roles/run.invoker (permission run.routes.invoke) on {}",
+                f.message, t.service
+            );
+            f.remediation = vec![format!(
+                "gcloud run services add-iam-policy-binding {} --region={} --project={} --member=serviceAccount:DEPLOYD_INVOKER_SA --role=roles/run.invoker",
+                t.service, t.region, t.project
+            )];
+        }
+        f
     }
 
     async fn run_stage(
@@ -292,8 +378,7 @@ impl Pipeline {
             }
             Stage::Preflight => {
                 let req = preflight::request_for_deploy(&d.request);
-                let checks = self.run_checks(&req, events, cancel).await;
-                d.checks = checks;
+                d.checks = self.run_checks(&req, events, cancel).await;
                 preflight_verdict(&d.checks)
             }
             Stage::Build => {
@@ -302,28 +387,58 @@ impl Pipeline {
             }
             Stage::Deploy => self.stage_deploy(d, events).await,
             Stage::Verify => {
-                let url = d.url.clone().unwrap_or_default();
+                // A candidate is verified through its tag URL, before (or
+                // with little) traffic; a direct rollout at the service URL.
+                let url = d
+                    .candidate_url
+                    .clone()
+                    .or_else(|| d.url.clone())
+                    .unwrap_or_default();
+                let id_token = if d.request.runtime.allow_unauthenticated {
+                    None
+                } else {
+                    let audience = d.url.clone().unwrap_or_default();
+                    Some(self.cloud.id_token(&audience).await.map_err(|source| {
+                        StageError::Cloud {
+                            what: format!(
+                                "minting an identity token to probe the private service {}",
+                                d.request.target.service
+                            ),
+                            attempts: 1,
+                            source,
+                        }
+                    })?)
+                };
+                let ctx = ProbeContext {
+                    id_token,
+                    pinned: None,
+                };
                 let v = verify::verify(
                     self.prober.as_ref(),
                     &url,
                     &d.request.health,
+                    ctx,
                     events,
                     cancel,
                 )
                 .await;
                 d.retries += v.attempts.saturating_sub(1);
-                let result = if v.healthy {
-                    Ok(())
-                } else {
-                    Err(StageError::Unhealthy {
-                        url: verify::health_url(&url, &d.request.health.path),
-                        attempts: v.attempts,
-                        last_error: v.last_error.clone().unwrap_or_default(),
-                    })
+                let healthy = v.healthy;
+                let unhealthy = StageError::Unhealthy {
+                    url: verify::health_url(&url, &d.request.health.path),
+                    attempts: v.attempts,
+                    last_error: v.last_error.clone().unwrap_or_default(),
                 };
                 d.verification = Some(v);
-                result
+                if !healthy {
+                    return Err(unhealthy);
+                }
+                if d.effective_rollout != RolloutMode::Direct {
+                    self.promote(d, events).await?;
+                }
+                Ok(())
             }
+            Stage::Rollback => self.stage_rollback(d, events, cancel).await,
         }
     }
 
@@ -354,16 +469,13 @@ impl Pipeline {
                 },
             )
             .await;
+        let success = verdict.is_ok();
         let outcome = Outcome {
-            success: verdict.is_ok(),
+            success,
             checks,
             error: verdict.err().map(|e| e.to_failure(&req.target.project)),
-            failed_stage: None,
+            failed_stage: (!success).then_some(Stage::Preflight),
             ..Outcome::default()
-        };
-        let outcome = Outcome {
-            failed_stage: (!outcome.success).then_some(Stage::Preflight),
-            ..outcome
         };
         span.in_scope(|| tracing::info!(success = outcome.success, "preflight finished"));
         events
@@ -372,10 +484,20 @@ impl Pipeline {
         outcome
     }
 
-    /// Verification of a URL alone.
+    /// Checks a caller-supplied URL against the policy; the returned
+    /// addresses are the only ones its probes may connect to.
+    pub async fn authorize_verify_url(&self, url: &str) -> Result<Vec<SocketAddr>, UrlRefused> {
+        self.config
+            .url_policy
+            .authorize(url, self.prober.as_ref())
+            .await
+    }
+
+    /// Verification of a URL alone, connecting only to `pinned`.
     pub async fn verify(
         &self,
         req: VerifyRequest,
+        pinned: Vec<SocketAddr>,
         events: Reporter,
         cancel: CancellationToken,
     ) -> Outcome {
@@ -383,10 +505,15 @@ impl Pipeline {
         events
             .emit(Some(Stage::Verify), EventKind::StageStarted)
             .await;
+        let ctx = ProbeContext {
+            id_token: None,
+            pinned: Some(&pinned),
+        };
         let v = verify::verify(
             self.prober.as_ref(),
             &req.url,
             &req.health,
+            ctx,
             &events,
             &cancel,
         )
@@ -416,6 +543,8 @@ impl Pipeline {
             response_time: v.response_time,
             failed_stage: (!v.healthy).then_some(Stage::Verify),
             error,
+            probe_stats: v.stats,
+            final_url: v.final_url.clone().unwrap_or_default(),
             ..Outcome::default()
         };
         tracing::info!(deployment_id = %events.deployment_id(), url = %req.url, healthy = v.healthy, attempts = v.attempts, "verify finished");

@@ -349,7 +349,11 @@ pub struct HealthCheckSpec {
     pub accepted_statuses: Vec<u16>,
     /// The wait after the first failed attempt; it doubles after each.
     pub base_delay: Duration,
+    /// Caps the doubling; `None` lets it double freely.
+    pub max_delay: Option<Duration>,
     pub expect_body: Option<String>,
+    /// Sent with every probe.
+    pub headers: BTreeMap<String, String>,
 }
 
 impl Default for HealthCheckSpec {
@@ -360,7 +364,9 @@ impl Default for HealthCheckSpec {
             timeout: Duration::from_secs(30),
             accepted_statuses: vec![200, 204, 301, 302],
             base_delay: Duration::from_secs(2),
+            max_delay: None,
             expect_body: None,
+            headers: BTreeMap::new(),
         }
     }
 }
@@ -389,15 +395,41 @@ impl HealthCheckSpec {
                 "accepted statuses must be HTTP status codes",
             ));
         }
+        for (name, value) in &self.headers {
+            let bad_name = name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+            if bad_name || value.contains(['\r', '\n']) || name.eq_ignore_ascii_case("host") {
+                return Err(InvalidRequest::new(
+                    field,
+                    format!("{name:?} is not a header deployd can send"),
+                ));
+            }
+        }
         Ok(())
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum RollbackPolicy {
-    /// Report should_rollback and the previous revision; change nothing.
+    /// Move traffic back to the previous revision and verify it.
     #[default]
+    Automatic,
+    /// Report should_rollback and the previous revision; change nothing.
     Recommend,
+}
+
+/// How a new revision receives traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum RolloutMode {
+    /// 100% at once, verified afterwards.
+    #[default]
+    Direct,
+    /// No traffic and a tag; verified through the tag URL, then 100%.
+    VerifyBeforeTraffic,
+    /// `percent` of traffic and a tag; verified, then 100%.
+    Canary { percent: u32 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -408,6 +440,7 @@ pub struct DeployRequest {
     pub build: BuildOptions,
     pub health: HealthCheckSpec,
     pub rollback: RollbackPolicy,
+    pub rollout: RolloutMode,
 }
 
 impl DeployRequest {
@@ -427,6 +460,14 @@ impl DeployRequest {
         }
         self.runtime.validate()?;
         self.build.validate()?;
+        if let RolloutMode::Canary { percent } = self.rollout {
+            if !(1..=99).contains(&percent) {
+                return Err(InvalidRequest::new(
+                    "canary_percent",
+                    "must be between 1 and 99",
+                ));
+            }
+        }
         self.health.validate("health_check")
     }
 }

@@ -1,13 +1,17 @@
 //! Verification: a URL is healthy only when it answers an accepted status
 //! (and the expected body) within the attempt's timeout. Attempts follow the
 //! shared backoff schedule; every attempt is reported and measured.
+//!
+//! URLs supplied by a `Verify` caller pass [`UrlPolicy`] first: a deploy
+//! daemon must not become a probe into the internal network.
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::cloud::Prober;
-use super::event::{EventKind, ProbeResult, Reporter, Stage};
+use super::cloud::{ProbeErrorClass, ProbeRequest, Prober};
+use super::event::{EventKind, ProbeResult, ProbeStats, Reporter, Stage};
 use super::model::HealthCheckSpec;
 use super::retry::{retry, GaveUp, Retriability, RetryPolicy};
 use crate::telemetry::metrics;
@@ -19,6 +23,9 @@ pub struct Verification {
     /// Time to the full body of the successful attempt.
     pub response_time: Option<Duration>,
     pub last_error: Option<String>,
+    pub last_status: Option<u16>,
+    pub final_url: Option<String>,
+    pub stats: Option<ProbeStats>,
 }
 
 /// Joins a base URL and a health path without doubling the slash.
@@ -26,60 +33,219 @@ pub fn health_url(base: &str, path: &str) -> String {
     format!("{}{}", base.trim_end_matches('/'), path)
 }
 
+/// Which hosts a `Verify` caller may have probed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlPolicy {
+    /// Host names allowed; `*.example.com` allows subdomains.
+    pub allowed_hosts: Vec<String>,
+    /// Hosts allowed to resolve to private or loopback addresses (the
+    /// sandbox's). Link-local addresses, the metadata server's among them,
+    /// are never allowed.
+    pub private_ok_hosts: Vec<String>,
+}
+
+impl Default for UrlPolicy {
+    fn default() -> Self {
+        Self {
+            allowed_hosts: vec!["*.run.app".into()],
+            private_ok_hosts: vec![],
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{url} may not be probed: {reason}")]
+pub struct UrlRefused {
+    pub url: String,
+    pub reason: String,
+}
+
+fn host_matches(pattern: &str, host: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => {
+            host.len() > suffix.len() + 1
+                && host.ends_with(suffix)
+                && host[..host.len() - suffix.len()].ends_with('.')
+        }
+        None => pattern.eq_ignore_ascii_case(host),
+    }
+}
+
+/// Addresses no caller-supplied URL may reach, whatever the allow-list says.
+fn always_forbidden(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) if v4.is_link_local() => {
+            Some("a link-local address (the metadata server lives there)")
+        }
+        IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80 => Some("a link-local address"),
+        IpAddr::V4(v4) if v4.is_unspecified() || v4.is_broadcast() || v4.is_multicast() => {
+            Some("not a unicast address")
+        }
+        IpAddr::V6(v6) if v6.is_unspecified() || v6.is_multicast() => Some("not a unicast address"),
+        _ => None,
+    }
+}
+
+/// Loopback, private, shared (CGNAT) and unique-local ranges.
+fn private_kind(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) if v4.is_loopback() => Some("a loopback address"),
+        IpAddr::V4(v4) if v4.is_private() => Some("a private address"),
+        IpAddr::V4(v4) if v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64 => {
+            Some("a shared (CGNAT) address")
+        }
+        IpAddr::V4(v4) if v4.octets()[0] == 0 => Some("a 'this network' address"),
+        IpAddr::V6(v6) if v6.is_loopback() => Some("a loopback address"),
+        IpAddr::V6(v6) if (v6.segments()[0] & 0xfe00) == 0xfc00 => Some("a unique-local address"),
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .and_then(|v4| private_kind(IpAddr::V4(v4)).or(always_forbidden(IpAddr::V4(v4)))),
+        _ => None,
+    }
+}
+
+impl UrlPolicy {
+    /// Checks the host by name, then every address it resolves to; returns
+    /// the approved addresses so the probe connects to them and no others.
+    pub async fn authorize(
+        &self,
+        url: &str,
+        prober: &dyn Prober,
+    ) -> Result<Vec<SocketAddr>, UrlRefused> {
+        let refuse = |reason: String| UrlRefused {
+            url: url.to_string(),
+            reason,
+        };
+        let parsed = url::Url::parse(url).map_err(|e| refuse(format!("not a URL ({e})")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(refuse("only http and https URLs are probed".into()));
+        }
+        let host = parsed.host_str().ok_or_else(|| refuse("no host".into()))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if !self.allowed_hosts.iter().any(|p| host_matches(p, host)) {
+            return Err(refuse(format!(
+                "host {host} is not in the verify allow-list ({})",
+                self.allowed_hosts.join(", ")
+            )));
+        }
+        let port = parsed.port_or_known_default().unwrap_or(443);
+        let addrs = match host.parse::<IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, port)],
+            Err(_) => prober
+                .resolve(host, port)
+                .await
+                .map_err(|e| refuse(format!("{host} does not resolve ({e})")))?,
+        };
+        if addrs.is_empty() {
+            return Err(refuse(format!("{host} resolves to no address")));
+        }
+        let private_ok = self.private_ok_hosts.iter().any(|p| host_matches(p, host));
+        for a in &addrs {
+            if let Some(kind) = always_forbidden(a.ip()) {
+                return Err(refuse(format!("{host} resolves to {}, {kind}", a.ip())));
+            }
+            if let (Some(kind), false) = (private_kind(a.ip()), private_ok) {
+                return Err(refuse(format!("{host} resolves to {}, {kind}", a.ip())));
+            }
+        }
+        Ok(addrs)
+    }
+}
+
+/// How to probe, beyond the health check itself.
+#[derive(Default)]
+pub struct ProbeContext<'a> {
+    /// `Authorization: Bearer` for services that refuse anonymous requests.
+    pub id_token: Option<String>,
+    /// Addresses approved by [`UrlPolicy::authorize`].
+    pub pinned: Option<&'a [SocketAddr]>,
+}
+
 pub async fn verify(
     prober: &dyn Prober,
     url: &str,
     spec: &HealthCheckSpec,
+    ctx: ProbeContext<'_>,
     events: &Reporter,
     cancel: &CancellationToken,
 ) -> Verification {
     let policy = RetryPolicy {
         max_attempts: spec.attempts,
         base_delay: spec.base_delay,
-        max_delay: spec.base_delay.saturating_mul(1 << 10),
+        max_delay: spec
+            .max_delay
+            .unwrap_or(spec.base_delay.saturating_mul(1 << 10)),
         jitter: 0.0,
     };
     let target = health_url(url, &spec.path);
+    let mut headers: Vec<(String, String)> = spec
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if let Some(token) = &ctx.id_token {
+        headers.push(("authorization".into(), format!("Bearer {token}")));
+    }
+    let times = std::sync::Mutex::new(Vec::new());
+    let last_status = std::sync::Mutex::new(None);
     let result = retry(
         &policy,
         cancel,
         |attempt| {
-            let target = target.clone();
+            let (target, headers, times, last_status) = (&target, &headers, &times, &last_status);
             async move {
                 let r = prober
-                    .probe(&target, spec.timeout, spec.expect_body.as_deref())
+                    .probe(&ProbeRequest {
+                        url: target,
+                        timeout: spec.timeout,
+                        expect_body: spec.expect_body.as_deref(),
+                        headers: headers.clone(),
+                        pinned: ctx.pinned,
+                    })
                     .await;
                 let status_ok = r
                     .status
                     .is_some_and(|s| spec.accepted_statuses.contains(&s));
-                let healthy = r.error.is_none() && status_ok && r.body_contains_expected;
-                let error = if healthy {
-                    None
-                } else if let Some((class, msg)) = &r.error {
-                    Some(format!("{class:?}: {msg}"))
-                } else if !status_ok {
-                    Some(format!(
-                        "HttpStatus: {} is not an accepted status",
-                        r.status.unwrap_or(0)
-                    ))
-                } else {
-                    Some("BodyMismatch: the body lacks the expected text".into())
+                let (class, error) = match (&r.error, status_ok, r.body_contains_expected) {
+                    (Some((class, msg)), _, _) => (Some(*class), Some(msg.clone())),
+                    (None, false, _) => (
+                        Some(ProbeErrorClass::HttpStatus),
+                        Some(format!("status {} is not accepted", r.status.unwrap_or(0))),
+                    ),
+                    (None, true, false) => (
+                        Some(ProbeErrorClass::BodyMismatch),
+                        Some("the body lacks the expected text".into()),
+                    ),
+                    (None, true, true) => (None, None),
                 };
+                let healthy = error.is_none();
                 metrics::health_check(if healthy { "healthy" } else { "unhealthy" }, r.body_after);
+                if let Ok(mut t) = times.lock() {
+                    t.push(r.body_after);
+                }
+                if let Ok(mut s) = last_status.lock() {
+                    *s = r.status;
+                }
                 let probe = ProbeResult {
                     attempt,
                     url: target.clone(),
                     status: r.status,
                     response_time: r.body_after,
+                    headers_time: r.headers_after,
                     healthy,
                     error: error.clone(),
+                    error_class: class,
+                    final_url: r.final_url.clone(),
                 };
                 events
                     .emit(Some(Stage::Verify), EventKind::Probe(probe))
                     .await;
                 match error {
-                    None => Ok(r.body_after),
-                    Some(e) => Err(e),
+                    None => Ok((r.body_after, r.final_url)),
+                    Some(e) => Err(format!(
+                        "{}: {e}",
+                        class.map(|c| c.as_str()).unwrap_or("other")
+                    )),
                 }
             }
         },
@@ -97,24 +263,106 @@ pub async fn verify(
         },
     )
     .await;
+    let stats = stats(&times.lock().map(|t| t.clone()).unwrap_or_default());
+    let last_status = last_status.lock().ok().and_then(|s| *s);
     match result {
-        Ok((rt, attempts)) => Verification {
+        Ok(((rt, final_url), attempts)) => Verification {
             healthy: true,
             attempts,
             response_time: Some(rt),
             last_error: None,
+            last_status,
+            final_url: Some(final_url),
+            stats,
         },
         Err(GaveUp::Failed { error, attempts }) => Verification {
             healthy: false,
             attempts,
             response_time: None,
             last_error: Some(error),
+            last_status,
+            final_url: None,
+            stats,
         },
         Err(GaveUp::Cancelled { attempts }) => Verification {
             healthy: false,
             attempts,
             response_time: None,
             last_error: Some("cancelled".into()),
+            last_status,
+            final_url: None,
+            stats,
         },
+    }
+}
+
+/// Exact percentiles (HDR histogram, microseconds, 3 significant digits).
+pub fn stats(times: &[Duration]) -> Option<ProbeStats> {
+    let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).ok()?;
+    for t in times {
+        h.saturating_record((t.as_micros() as u64).max(1));
+    }
+    if h.is_empty() {
+        return None;
+    }
+    Some(ProbeStats {
+        attempts: times.len() as u32,
+        p50: Duration::from_micros(h.value_at_quantile(0.50)),
+        p95: Duration::from_micros(h.value_at_quantile(0.95)),
+        max: Duration::from_micros(h.max()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_patterns() {
+        assert!(host_matches("*.run.app", "api-abc-uc.a.run.app"));
+        assert!(!host_matches("*.run.app", "run.app"));
+        assert!(!host_matches("*.run.app", "evilrun.app"));
+        assert!(host_matches("127.0.0.1", "127.0.0.1"));
+        assert!(!host_matches("127.0.0.1", "127.0.0.10"));
+    }
+
+    #[test]
+    fn address_classes() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        assert!(always_forbidden(ip("169.254.169.254")).is_some());
+        assert!(always_forbidden(ip("fe80::1")).is_some());
+        assert!(private_kind(ip("127.0.0.1")).is_some());
+        assert!(private_kind(ip("10.1.2.3")).is_some());
+        assert!(private_kind(ip("172.16.0.1")).is_some());
+        assert!(private_kind(ip("192.168.1.1")).is_some());
+        assert!(private_kind(ip("100.64.0.1")).is_some());
+        assert!(private_kind(ip("::1")).is_some());
+        assert!(private_kind(ip("fd00::1")).is_some());
+        assert!(private_kind(ip("::ffff:10.0.0.1")).is_some());
+        assert!(private_kind(ip("::ffff:169.254.169.254")).is_some());
+        assert!(private_kind(ip("142.250.1.1")).is_none());
+        assert!(always_forbidden(ip("142.250.1.1")).is_none());
+    }
+
+    #[test]
+    fn hdr_percentiles_are_exact_enough() {
+        let times: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        let s = stats(&times).expect("stats");
+        assert_eq!(s.attempts, 100);
+        assert!(
+            (s.p50.as_secs_f64() * 1000.0 - 50.0).abs() < 0.1,
+            "{:?}",
+            s.p50
+        );
+        assert!(
+            (s.p95.as_secs_f64() * 1000.0 - 95.0).abs() < 0.1,
+            "{:?}",
+            s.p95
+        );
+        assert!(
+            (s.max.as_secs_f64() * 1000.0 - 100.0).abs() < 0.1,
+            "{:?}",
+            s.max
+        );
     }
 }

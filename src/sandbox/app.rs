@@ -1,19 +1,23 @@
-//! Each deployed service runs as a real HTTP listener on loopback. It answers
-//! as the revision its traffic points at would: scripted answers first, then
-//! 200. Private services refuse requests without credentials, as Cloud Run
-//! does.
+//! Each deployed service runs as a real HTTP listener on loopback, and each
+//! tagged traffic target gets one of its own. A listener answers as the
+//! revision its traffic points at would: that revision's behaviour if a test
+//! set one, else the service's scripted answers, else 200. Private services
+//! want an identity token the sandbox minted, with the right audience, for an
+//! identity allowed to invoke; as Cloud Run does, they answer 403 without
+//! one and 401 to a token that does not check out.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use rand::Rng;
 use serde_json::Value;
 
-use super::world::Request;
+use super::world::{Request, Service};
 use super::Shared;
 
 #[derive(Clone)]
@@ -22,14 +26,18 @@ struct AppState {
     project: String,
     location: String,
     service: String,
+    /// A tag's listener serves this revision only.
+    revision: Option<String>,
 }
 
-/// Binds a loopback port for the service and serves it; returns its URL.
+/// Binds a loopback port for the service (or one tagged revision) and
+/// serves it; returns its URL.
 pub fn spawn(
     shared: Arc<Shared>,
     project: String,
     location: String,
     service: String,
+    revision: Option<String>,
 ) -> std::io::Result<String> {
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     std_listener.set_nonblocking(true)?;
@@ -41,6 +49,7 @@ pub fn spawn(
         project,
         location,
         service,
+        revision,
     };
     let router = Router::new().fallback(serve).with_state(state);
     tokio::spawn(async move {
@@ -51,6 +60,61 @@ pub fn spawn(
     Ok(format!("http://{addr}"))
 }
 
+fn is_public(svc: &Service) -> bool {
+    svc.iam_policy
+        .get("bindings")
+        .and_then(Value::as_array)
+        .is_some_and(|b| {
+            b.iter().any(|b| {
+                b.get("role").and_then(Value::as_str) == Some("roles/run.invoker")
+                    && b.get("members")
+                        .and_then(Value::as_array)
+                        .is_some_and(|m| m.iter().any(|m| m.as_str() == Some("allUsers")))
+            })
+        })
+}
+
+/// The revision a request lands on: the pinned one, or one drawn by the
+/// traffic split (LATEST meaning the latest ready revision).
+fn pick_revision(svc: &Service, pinned: Option<&str>) -> Option<String> {
+    if let Some(r) = pinned {
+        return Some(r.to_string());
+    }
+    let targets: Vec<(Option<String>, u64)> = svc
+        .spec
+        .get("traffic")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|t| {
+            let percent = t.get("percent").and_then(Value::as_u64)?;
+            let revision = t
+                .get("revision")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            (percent > 0).then_some((revision, percent))
+        })
+        .collect();
+    let total: u64 = targets.iter().map(|(_, p)| p).sum();
+    let chosen = if total == 0 {
+        None
+    } else {
+        let mut x = rand::rng().random_range(0..total);
+        targets.into_iter().find(|(_, p)| {
+            if x < *p {
+                true
+            } else {
+                x -= p;
+                false
+            }
+        })
+    };
+    match chosen {
+        Some((Some(r), _)) => Some(r),
+        _ => svc.latest_ready.clone(),
+    }
+}
+
 async fn serve(
     State(st): State<AppState>,
     method: Method,
@@ -59,79 +123,74 @@ async fn serve(
 ) -> Response {
     let at = Instant::now();
     let (status, delay, body) = {
-        let mut w = st.shared.world();
+        let mut guard = st.shared.world();
+        let w = &mut *guard;
+        let invoke_allowed = w
+            .projects
+            .get(&st.project)
+            .is_some_and(|p| p.permissions.contains("run.routes.invoke"));
         let Some(svc) = w.projects.get_mut(&st.project).and_then(|p| {
             p.services
                 .get_mut(&(st.location.clone(), st.service.clone()))
         }) else {
             return (StatusCode::NOT_FOUND, "service deleted").into_response();
         };
-        let public = svc
-            .iam_policy
-            .get("bindings")
-            .and_then(Value::as_array)
-            .is_some_and(|b| {
-                b.iter().any(|b| {
-                    b.get("role").and_then(Value::as_str) == Some("roles/run.invoker")
-                        && b.get("members")
-                            .and_then(Value::as_array)
-                            .is_some_and(|m| m.iter().any(|m| m.as_str() == Some("allUsers")))
-                })
-            });
-        let revision = serving_revision(svc);
-        if !public && !headers.contains_key("authorization") {
-            (403, std::time::Duration::ZERO, "Error: Forbidden\nYour client does not have permission to get URL from this server.\n".to_string())
+        let token = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let audiences: Vec<&str> = std::iter::once(svc.uri.as_str())
+            .chain(svc.tags.values().map(|(u, _)| u.as_str()))
+            .collect();
+        let token_ok = token
+            .and_then(|t| w.id_tokens.get(t))
+            .is_some_and(|(aud, _)| audiences.contains(&aud.trim_end_matches('/')));
+        let revision = pick_revision(svc, st.revision.as_deref());
+        let behavior = revision
+            .as_ref()
+            .and_then(|r| svc.revisions.iter().find(|x| &x.name == r))
+            .and_then(|r| r.behavior.clone());
+        if !is_public(svc) && token.is_none() {
+            (403, Duration::ZERO, "Error: Forbidden\nYour client does not have permission to get URL from this server.\n".to_string())
+        } else if !is_public(svc) && !token_ok {
+            (
+                401,
+                Duration::ZERO,
+                "Error: Unauthorized\nYour client does not have permission to the requested URL.\n"
+                    .to_string(),
+            )
+        } else if !is_public(svc) && !invoke_allowed {
+            (403, Duration::ZERO, "Error: Forbidden\nYour client does not have permission to get URL from this server.\n".to_string())
+        } else if let Some(b) = behavior {
+            (b.status, b.delay, b.body)
+        } else if let Some(a) = svc.app_script.pop_front() {
+            (a.status, a.delay, a.body)
         } else {
-            match svc.app_script.pop_front() {
-                Some(a) => (a.status, a.delay, a.body),
-                None => (
-                    200,
-                    std::time::Duration::ZERO,
-                    format!("Hello from {} ({revision})\n", st.service),
-                ),
-            }
+            let r = revision.unwrap_or_else(|| "no-revision".into());
+            (
+                200,
+                Duration::ZERO,
+                format!("Hello from {} ({r})\n", st.service),
+            )
         }
     };
-    {
-        let mut w = st.shared.world();
-        w.requests.push(Request {
-            method: "app.request".into(),
-            http_method: method.to_string(),
-            path: format!("{}{}", st.service, uri.path()),
-            query: uri.query().unwrap_or_default().to_string(),
-            status,
-            at,
-            duration: delay,
-            body: vec![],
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
-                .collect(),
-        });
-    }
+    st.shared.world().requests.push(Request {
+        method: "app.request".into(),
+        http_method: method.to_string(),
+        path: format!("{}{}", st.service, uri.path()),
+        query: uri.query().unwrap_or_default().to_string(),
+        status,
+        at,
+        duration: delay,
+        body: vec![],
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
+            .collect(),
+    });
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (code, Bytes::from(body)).into_response()
-}
-
-/// The revision with traffic: a pinned REVISION at 100%, else the latest ready.
-fn serving_revision(svc: &super::world::Service) -> String {
-    let pinned = svc
-        .spec
-        .get("traffic")
-        .and_then(Value::as_array)
-        .and_then(|t| {
-            t.iter()
-                .find(|t| t.get("percent").and_then(Value::as_u64) == Some(100))
-                .and_then(|t| {
-                    t.get("revision")
-                        .and_then(Value::as_str)
-                        .map(str::to_string)
-                })
-        });
-    pinned
-        .or_else(|| svc.latest_ready.clone())
-        .unwrap_or_else(|| "no-revision".into())
 }

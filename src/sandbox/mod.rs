@@ -13,6 +13,7 @@ mod app;
 mod build;
 pub mod faults;
 mod routes;
+mod run;
 pub mod world;
 
 use std::net::SocketAddr;
@@ -28,6 +29,12 @@ use world::{ProjectState, Request, World};
 
 /// The project a fresh sandbox has, ready for deploys.
 pub const DEFAULT_PROJECT: &str = "demo-project";
+
+/// The service account every sandbox project has for deployd to probe
+/// private services with.
+pub fn invoker_service_account(project: &str) -> String {
+    format!("deployd-invoker@{project}.iam.gserviceaccount.com")
+}
 
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
@@ -221,6 +228,14 @@ impl Sandbox {
         }
     }
 
+    /// The next revision of the service answers this to every request.
+    pub fn next_revision_answers(&self, project: &str, service: &str, answer: AppResponse) {
+        self.shared
+            .world()
+            .next_revision_behavior
+            .insert((project.into(), service.into()), answer);
+    }
+
     /// Every request received so far.
     pub fn requests(&self) -> Vec<Request> {
         self.shared.world().requests.clone()
@@ -241,7 +256,7 @@ impl Sandbox {
         let w = self.shared.world();
         let p = w.projects.get(project)?;
         let s = p.services.get(&(region.to_string(), service.to_string()))?;
-        Some(routes::render_service(p, region, service, s))
+        Some(run::render_service(p, region, service, s))
     }
 
     /// Builds as `GET` would show them now.

@@ -15,11 +15,12 @@ use axum::Router;
 use serde_json::{json, Value};
 
 use super::faults::{FaultAction, InjectedError};
-use super::world::{
-    now_rfc3339, Bucket, Effect, Object, Operation, ProjectState, Repository, Request, Service,
-    World,
+use super::run::{
+    finish_operations, generate_id_token, render_op, render_revision, render_service, run_apply,
+    run_not_found, start_op,
 };
-use super::{app, build, Shared};
+use super::world::{now_rfc3339, Bucket, Effect, Object, ProjectState, Repository, Request, World};
+use super::{build, Shared};
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new().fallback(handle).with_state(shared)
@@ -45,6 +46,7 @@ enum Kind {
     },
     CrmTestPermissions,
     SaGet(String),
+    GenerateIdToken(String),
     SaTestPermissions(String),
     OrgEffective(String),
     RepoGet(String, String),
@@ -148,6 +150,15 @@ fn route(m: &Method, segs: &[&str]) -> Route {
             CrmTestPermissions,
         ),
         // IAM
+        ("POST", ["v1", "projects", "-", "serviceAccounts", e])
+            if e.ends_with(":generateIdToken") =>
+        {
+            global(
+                "iamcredentials.projects.serviceAccounts.generateIdToken",
+                None,
+                GenerateIdToken(e.trim_end_matches(":generateIdToken").to_string()),
+            )
+        }
         ("GET", ["v1", "projects", p, "serviceAccounts", e]) => r(
             "iam.projects.serviceAccounts.get",
             IAM,
@@ -395,7 +406,7 @@ async fn handle(
         None => {
             let mut w = sh.world();
             build::advance(&mut w, at);
-            finish_operations(&mut w, at);
+            finish_operations(&sh, &mut w, at);
             let r = match guard(&w, &route) {
                 Some(denied) => denied,
                 None => dispatch(&sh, &mut w, &route, &q, &body, &headers, at),
@@ -592,6 +603,7 @@ fn dispatch(
             let p = &w.projects[&key.unwrap_or_default()];
             test_permissions(&body, |perm| p.permissions.contains(perm))
         }
+        Kind::GenerateIdToken(email) => generate_id_token(w, email, &body),
         Kind::SaGet(email) => {
             let p = &w.projects[&key.unwrap_or_default()];
             match p.service_accounts.get(email) {
@@ -792,9 +804,29 @@ fn dispatch(
             let Some(s) = param(q, "serviceId").map(str::to_string) else {
                 return error(400, "INVALID_ARGUMENT", "serviceId is required");
             };
-            run_apply(sh, w, &key.unwrap_or_default(), l, &s, body, true, now)
+            run_apply(
+                sh,
+                w,
+                &key.unwrap_or_default(),
+                l,
+                &s,
+                body,
+                true,
+                None,
+                now,
+            )
         }
-        Kind::RunPatch(l, s) => run_apply(sh, w, &key.unwrap_or_default(), l, s, body, false, now),
+        Kind::RunPatch(l, s) => run_apply(
+            sh,
+            w,
+            &key.unwrap_or_default(),
+            l,
+            s,
+            body,
+            false,
+            param(q, "updateMask"),
+            now,
+        ),
         Kind::RunGetIam(l, s) => {
             let p = &w.projects[&key.unwrap_or_default()];
             match p.services.get(&(l.clone(), s.clone())) {
@@ -1144,446 +1176,6 @@ fn media(o: &Object, headers: &HeaderMap) -> Response {
             .body(Body::from(o.data[start..].to_vec()))
             .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()),
     }
-}
-
-fn run_not_found(s: &str, l: &str, p: &str) -> Response {
-    error(
-        404,
-        "NOT_FOUND",
-        &format!(
-            "Resource '{s}' of kind 'SERVICE' in region '{l}' in project '{p}' does not exist."
-        ),
-    )
-}
-
-/// Cloud Run create or full-replace patch: validate synchronously (org
-/// policy, image present), then a long-running rollout.
-#[allow(clippy::too_many_arguments)]
-fn run_apply(
-    sh: &Arc<Shared>,
-    w: &mut World,
-    pk: &str,
-    l: &str,
-    s: &str,
-    body: Value,
-    create: bool,
-    now: Instant,
-) -> Response {
-    let id = w.next_id();
-    let Some(p) = w.projects.get_mut(pk) else {
-        return error(404, "NOT_FOUND", "project");
-    };
-    let image = body
-        .pointer("/template/containers/0/image")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    if image.is_empty() {
-        return error(
-            400,
-            "INVALID_ARGUMENT",
-            "spec.template.containers[0].image: Required",
-        );
-    }
-    let ingress = body
-        .get("ingress")
-        .and_then(Value::as_str)
-        .unwrap_or("INGRESS_TRAFFIC_ALL");
-    let ingress_value = match ingress {
-        "INGRESS_TRAFFIC_INTERNAL_ONLY" => "internal",
-        "INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER" => "internal-and-cloud-load-balancing",
-        _ => "all",
-    };
-    if let Some(reason) = policy_violation(p, "run.allowedIngress", ingress_value) {
-        return error(
-            400,
-            "FAILED_PRECONDITION",
-            &format!("Violation of constraint constraints/run.allowedIngress: {reason}"),
-        );
-    }
-    if let Some(egress) = body
-        .pointer("/template/vpcAccess/egress")
-        .and_then(Value::as_str)
-    {
-        let v = if egress == "ALL_TRAFFIC" {
-            "all-traffic"
-        } else {
-            "private-ranges-only"
-        };
-        if let Some(reason) = policy_violation(p, "run.allowedVPCEgress", v) {
-            return error(
-                400,
-                "FAILED_PRECONDITION",
-                &format!("Violation of constraint constraints/run.allowedVPCEgress: {reason}"),
-            );
-        }
-    }
-    let k = (l.to_string(), s.to_string());
-    let now_s = now_rfc3339();
-    match (create, p.services.contains_key(&k)) {
-        (true, true) => {
-            return error(
-                409,
-                "ALREADY_EXISTS",
-                &format!("Resource '{s}' already exists."),
-            )
-        }
-        (false, false) => return run_not_found(s, l, &p.id),
-        (true, false) => {
-            let uri = match app::spawn(sh.clone(), p.id.clone(), l.to_string(), s.to_string()) {
-                Ok(uri) => uri,
-                Err(e) => {
-                    return error(
-                        500,
-                        "INTERNAL",
-                        &format!("sandbox could not start the service: {e}"),
-                    )
-                }
-            };
-            p.services.insert(
-                k.clone(),
-                Service {
-                    uid: format!("{:08x}-0000-4000-8000-{:012x}", id, id),
-                    generation: 0,
-                    observed_generation: 0,
-                    spec: Value::Null,
-                    revisions: vec![],
-                    latest_ready: None,
-                    latest_created: None,
-                    reconciling: false,
-                    failed_message: None,
-                    uri,
-                    iam_policy: json!({"etag": "ACAB"}),
-                    create_time: now_s.clone(),
-                    update_time: now_s.clone(),
-                    app_script: Default::default(),
-                },
-            );
-        }
-        (false, true) => {}
-    }
-    let Some(svc) = p.services.get_mut(&k) else {
-        return error(500, "INTERNAL", "service vanished");
-    };
-    svc.generation += 1;
-    svc.spec = body;
-    svc.reconciling = true;
-    svc.update_time = now_s;
-    let snapshot = render_service(&w.projects[pk], l, s, &w.projects[pk].services[&k]);
-    let name = format!(
-        "projects/{}/locations/{l}/operations/{:08x}-6d0e-4b7a-9a61-{id:012x}",
-        w.projects[pk].id, id
-    );
-    let mut metadata = snapshot;
-    metadata["@type"] = json!("type.googleapis.com/google.cloud.run.v2.Service");
-    start_op(
-        w,
-        sh,
-        name,
-        metadata,
-        None,
-        Effect::RunRollout {
-            project: pk.to_string(),
-            location: l.to_string(),
-            service: s.to_string(),
-        },
-        now,
-    )
-}
-
-fn policy_violation(p: &ProjectState, constraint: &str, value: &str) -> Option<String> {
-    let rules = p
-        .policies
-        .get(constraint)?
-        .get("rules")?
-        .as_array()?
-        .clone();
-    let strip = |v: &Value| v.as_str().map(|s| s.trim_start_matches("is:").to_string());
-    for r in rules {
-        if r.get("denyAll").and_then(Value::as_bool) == Some(true) {
-            return Some(format!("{value} is denied (deny all)"));
-        }
-        if let Some(allowed) = r.pointer("/values/allowedValues").and_then(Value::as_array) {
-            let allowed: Vec<String> = allowed.iter().filter_map(strip).collect();
-            if !allowed.iter().any(|a| a == value) {
-                return Some(format!(
-                    "{value} is not among the allowed values {}",
-                    allowed.join(", ")
-                ));
-            }
-        }
-    }
-    None
-}
-
-fn start_op(
-    w: &mut World,
-    sh: &Arc<Shared>,
-    name: String,
-    metadata: Value,
-    response: Option<Value>,
-    effect: Effect,
-    now: Instant,
-) -> Response {
-    let op = Operation {
-        name: name.clone(),
-        done_at: now + sh.config.op_delay,
-        done: false,
-        metadata,
-        response,
-        error: None,
-        effect,
-    };
-    let out = render_op(&op);
-    w.operations.insert(name, op);
-    ok(out)
-}
-
-/// Completes operations whose time has come, applying their effects.
-fn finish_operations(w: &mut World, now: Instant) {
-    let due: Vec<String> = w
-        .operations
-        .values()
-        .filter(|o| !o.done && o.done_at <= now)
-        .map(|o| o.name.clone())
-        .collect();
-    for name in due {
-        let effect = w.operations[&name].effect.clone();
-        let result = match effect {
-            Effect::None => Ok(None),
-            Effect::RunRollout {
-                project,
-                location,
-                service,
-            } => rollout(w, &project, &location, &service),
-        };
-        if let Some(op) = w.operations.get_mut(&name) {
-            op.done = true;
-            match result {
-                Ok(Some(response)) => op.response = Some(response),
-                Ok(None) => {}
-                Err(e) => op.error = Some(e),
-            }
-        }
-    }
-}
-
-/// Finishes a Cloud Run rollout: a new revision, ready unless its image is
-/// missing or a fault says otherwise; traffic moves only to a ready one.
-fn rollout(w: &mut World, pk: &str, l: &str, s: &str) -> Result<Option<Value>, (i32, String)> {
-    let fault_key = (pk.to_string(), s.to_string());
-    let forced_failure = match w.not_ready_revisions.get_mut(&fault_key) {
-        Some(n) if *n > 0 => {
-            *n -= 1;
-            true
-        }
-        _ => false,
-    };
-    let Some(p) = w.projects.get_mut(pk) else {
-        return Err((5, "project vanished".into()));
-    };
-    let image = {
-        let svc = &p.services[&(l.to_string(), s.to_string())];
-        svc.spec
-            .pointer("/template/containers/0/image")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string()
-    };
-    let image_present = image_exists(p, &image);
-    let Some(svc) = p.services.get_mut(&(l.to_string(), s.to_string())) else {
-        return Err((5, "service vanished".into()));
-    };
-    let gen = svc.generation;
-    let suffix: String = (0..3)
-        .map(|i| (b'a' + ((gen as u8).wrapping_mul(7).wrapping_add(i * 11)) % 26) as char)
-        .collect();
-    let name = svc
-        .spec
-        .pointer("/template/revision")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("{s}-{gen:05}-{suffix}"));
-    let (ready, reason, message) = if !image_present {
-        (
-            false,
-            "CONTAINER_MISSING",
-            format!("Image '{image}' not found."),
-        )
-    } else if forced_failure {
-        (false, "HEALTH_CHECK_CONTAINER_ERROR", format!(
-            "Revision '{name}' is not ready and cannot serve traffic. The user-provided container failed to start and listen on the port defined provided by the PORT=8080 environment variable within the allocated timeout."
-        ))
-    } else {
-        (true, "", String::new())
-    };
-    svc.revisions.push(super::world::Revision {
-        name: name.clone(),
-        generation: gen,
-        template: svc.spec.get("template").cloned().unwrap_or(Value::Null),
-        ready,
-        message: message.clone(),
-        reason: reason.into(),
-        create_time: now_rfc3339(),
-    });
-    svc.latest_created = Some(name.clone());
-    svc.reconciling = false;
-    if ready {
-        svc.latest_ready = Some(name);
-        svc.observed_generation = gen;
-        svc.failed_message = None;
-        let mut out = render_service(
-            &w.projects[pk],
-            l,
-            s,
-            &w.projects[pk].services[&(l.to_string(), s.to_string())],
-        );
-        out["@type"] = json!("type.googleapis.com/google.cloud.run.v2.Service");
-        Ok(Some(out))
-    } else {
-        svc.failed_message = Some(message.clone());
-        let msg = if reason == "CONTAINER_MISSING" {
-            format!("Revision '{name}' is not ready and cannot serve traffic. Image '{image}' not found.")
-        } else {
-            message
-        };
-        Err((9, msg))
-    }
-}
-
-/// Images in Artifact Registry must have been pushed; others are assumed public.
-fn image_exists(p: &ProjectState, image: &str) -> bool {
-    let Some((host, rest)) = image.split_once('/') else {
-        return false;
-    };
-    let Some(location) = host.strip_suffix("-docker.pkg.dev") else {
-        return true;
-    };
-    let parts: Vec<&str> = rest.splitn(3, '/').collect();
-    let [_project, repo, name_ref] = parts.as_slice() else {
-        return false;
-    };
-    let Some(r) = p
-        .repositories
-        .get(&(location.to_string(), repo.to_string()))
-    else {
-        return false;
-    };
-    if let Some((name, digest)) = name_ref.split_once('@') {
-        r.digests.contains(&format!("{name}@{digest}"))
-    } else {
-        r.tags.contains_key(*name_ref)
-    }
-}
-
-pub(crate) fn render_service(p: &ProjectState, l: &str, s: &str, svc: &Service) -> Value {
-    let full = |r: &str| format!("projects/{}/locations/{l}/services/{s}/revisions/{r}", p.id);
-    let mut template = svc
-        .spec
-        .get("template")
-        .cloned()
-        .unwrap_or_else(|| json!({}));
-    if let Some(latest) = &svc.latest_created {
-        if template.get("revision").is_none() {
-            template["revision"] = json!(latest);
-        }
-    }
-    let traffic = svc
-        .spec
-        .get("traffic")
-        .cloned()
-        .filter(|t| t.as_array().is_some_and(|a| !a.is_empty()))
-        .unwrap_or_else(
-            || json!([{"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST", "percent": 100}]),
-        );
-    let state = if svc.reconciling {
-        "CONDITION_RECONCILING"
-    } else if svc.failed_message.is_some() || svc.latest_ready.is_none() {
-        "CONDITION_FAILED"
-    } else {
-        "CONDITION_SUCCEEDED"
-    };
-    let mut terminal =
-        json!({"type": "Ready", "state": state, "lastTransitionTime": svc.update_time});
-    if let Some(m) = &svc.failed_message {
-        terminal["message"] = json!(m);
-        terminal["revisionReason"] = json!("HEALTH_CHECK_CONTAINER_ERROR");
-    }
-    let mut out = json!({
-        "name": format!("projects/{}/locations/{l}/services/{s}", p.id),
-        "uid": svc.uid,
-        "generation": svc.generation.to_string(),
-        "labels": svc.spec.get("labels").cloned().unwrap_or_else(|| json!({})),
-        "createTime": svc.create_time,
-        "updateTime": svc.update_time,
-        "creator": "deployer@sandbox.iam.gserviceaccount.com",
-        "lastModifier": "deployer@sandbox.iam.gserviceaccount.com",
-        "ingress": svc.spec.get("ingress").cloned().unwrap_or_else(|| json!("INGRESS_TRAFFIC_ALL")),
-        "launchStage": "GA",
-        "template": template,
-        "traffic": traffic.clone(),
-        "terminalCondition": terminal,
-        "conditions": [
-            {"type": "RoutesReady", "state": state},
-            {"type": "ConfigurationsReady", "state": state},
-        ],
-        "etag": format!("\"sandbox-{}\"", svc.generation),
-    });
-    if let Some(c) = svc.spec.get("client") {
-        out["client"] = c.clone();
-    }
-    if svc.observed_generation > 0 {
-        out["observedGeneration"] = json!(svc.observed_generation.to_string());
-    }
-    if let Some(r) = &svc.latest_ready {
-        out["latestReadyRevision"] = json!(full(r));
-        out["trafficStatuses"] = traffic;
-        out["uri"] = json!(svc.uri);
-        out["urls"] = json!([svc.uri]);
-    }
-    if let Some(r) = &svc.latest_created {
-        out["latestCreatedRevision"] = json!(full(r));
-    }
-    if svc.reconciling {
-        out["reconciling"] = json!(true);
-    }
-    out
-}
-
-fn render_revision(p: &ProjectState, l: &str, s: &str, r: &super::world::Revision) -> Value {
-    let mut cond = json!({"type": "Ready", "state": if r.ready { "CONDITION_SUCCEEDED" } else { "CONDITION_FAILED" }});
-    if !r.ready {
-        cond["message"] = json!(r.message);
-        cond["reason"] = json!(r.reason);
-    }
-    let mut out = r.template.clone();
-    if !out.is_object() {
-        out = json!({});
-    }
-    out["name"] = json!(format!(
-        "projects/{}/locations/{l}/services/{s}/revisions/{}",
-        p.id, r.name
-    ));
-    out["generation"] = json!(r.generation.to_string());
-    out["service"] = json!(format!("projects/{}/locations/{l}/services/{s}", p.id));
-    out["createTime"] = json!(r.create_time);
-    out["conditions"] = json!([cond]);
-    out
-}
-
-fn render_op(op: &Operation) -> Value {
-    let mut v = json!({"name": op.name, "metadata": op.metadata});
-    if op.done {
-        v["done"] = json!(true);
-        match &op.error {
-            Some((code, message)) => v["error"] = json!({"code": code, "message": message}),
-            None => {
-                if let Some(r) = &op.response {
-                    v["response"] = r.clone();
-                }
-            }
-        }
-    }
-    v
 }
 
 pub(crate) fn ok(v: Value) -> Response {

@@ -51,6 +51,8 @@ pub const ALL_PERMISSIONS: &[&str] = &[
     "storage.objects.get",
     "storage.objects.delete",
     "iam.serviceAccounts.actAs",
+    "iam.serviceAccounts.getOpenIdToken",
+    "run.routes.invoke",
     "iam.serviceAccounts.get",
     "orgpolicy.policy.get",
 ];
@@ -83,10 +85,13 @@ impl ProjectState {
             lifecycle: "ACTIVE".into(),
             enabled_apis: ALL_APIS.iter().map(|s| s.to_string()).collect(),
             permissions: ALL_PERMISSIONS.iter().map(|s| s.to_string()).collect(),
-            service_accounts: BTreeMap::from([(
-                format!("{number}-compute@developer.gserviceaccount.com"),
-                false,
-            )]),
+            service_accounts: BTreeMap::from([
+                (
+                    format!("{number}-compute@developer.gserviceaccount.com"),
+                    false,
+                ),
+                (super::invoker_service_account(id), false),
+            ]),
             act_as_denied: BTreeSet::new(),
             policies: BTreeMap::new(),
             repositories: BTreeMap::new(),
@@ -133,6 +138,12 @@ pub enum Effect {
         location: String,
         service: String,
     },
+    /// Finish a traffic-only Cloud Run patch: no new revision.
+    RunTraffic {
+        project: String,
+        location: String,
+        service: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -172,6 +183,9 @@ pub struct Build {
 
 #[derive(Debug, Clone)]
 pub struct Revision {
+    /// How this revision's instances answer, always; `None` means the
+    /// service's script, then 200.
+    pub behavior: Option<AppResponse>,
     pub name: String,
     pub generation: i64,
     pub template: Value,
@@ -199,6 +213,8 @@ pub struct Service {
     pub update_time: String,
     /// Scripted answers of the running app; default 200 when empty.
     pub app_script: VecDeque<AppResponse>,
+    /// Tag -> (its URL, the revision it routes to).
+    pub tags: BTreeMap<String, (String, String)>,
 }
 
 /// One request the emulator received.
@@ -239,6 +255,10 @@ pub struct World {
     pub requests: Vec<Request>,
     pub build_faults: VecDeque<BuildFault>,
     pub not_ready_revisions: BTreeMap<(String, String), u32>,
+    /// (project, service) -> how its next revision will answer.
+    pub next_revision_behavior: BTreeMap<(String, String), AppResponse>,
+    /// Identity tokens minted: token -> (audience, service account).
+    pub id_tokens: BTreeMap<String, (String, String)>,
     pub counter: u64,
 }
 

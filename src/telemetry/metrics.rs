@@ -35,6 +35,7 @@ pub const STAGE_DURATION: &str = "deployd_stage_duration_seconds";
 pub const PREFLIGHT_CHECKS: &str = "deployd_preflight_checks_total";
 pub const HEALTH_CHECK_DURATION: &str = "deployd_health_check_duration_seconds";
 pub const GRPC_REQUESTS: &str = "deployd_grpc_requests_total";
+pub const ROLLBACKS: &str = "deployd_rollbacks_total";
 
 pub const SPEC: &[MetricSpec] = &[
     MetricSpec {
@@ -66,7 +67,7 @@ pub const SPEC: &[MetricSpec] = &[
         name: DEPLOYMENTS,
         kind: Kind::Counter,
         labels: &["result"],
-        help: "Deploy runs by result (success, failure, cancelled).",
+        help: "Deploy runs by result (success, failure, rolled_back, cancelled).",
     },
     MetricSpec {
         name: FIRST_TIME_SUCCESS,
@@ -109,6 +110,12 @@ pub const SPEC: &[MetricSpec] = &[
         kind: Kind::Counter,
         labels: &["method", "code"],
         help: "gRPC requests by method and status code (OK for streams that started).",
+    },
+    MetricSpec {
+        name: ROLLBACKS,
+        kind: Kind::Counter,
+        labels: &["result"],
+        help: "Automatic rollbacks by result (success: the previous revision serves and is healthy; failure).",
     },
 ];
 
@@ -166,6 +173,10 @@ pub fn preflight_check(check: &'static str, result: &'static str) {
 
 pub fn health_check(result: &'static str, duration: Duration) {
     histogram!(HEALTH_CHECK_DURATION, "result" => result).record(duration.as_secs_f64());
+}
+
+pub fn rollback(result: &'static str) {
+    counter!(ROLLBACKS, "result" => result).increment(1);
 }
 
 pub fn grpc_request(method: &'static str, code: &'static str) {

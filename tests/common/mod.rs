@@ -10,6 +10,7 @@ use std::time::Duration;
 use deployd::api::proto::{self, deployer_client::DeployerClient, event::Kind};
 use deployd::config::{Backend, DaemonConfig};
 use deployd::daemon::{self, Running};
+use deployd::pipeline::verify::UrlPolicy;
 use deployd::sandbox::{Sandbox, SandboxConfig, DEFAULT_PROJECT};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -46,6 +47,12 @@ impl Harness {
             // Small chunks, so tests exercise resumable uploads.
             upload_chunk_bytes: 256 * 1024,
             build_deadline_slack: Duration::ZERO,
+            invoker_service_account: Some(deployd::sandbox::invoker_service_account(PROJECT)),
+            url_policy: UrlPolicy {
+                allowed_hosts: vec!["*.run.app".into(), "127.0.0.1".into(), "localhost".into()],
+                // Only the sandbox's own address may be loopback.
+                private_ok_hosts: vec!["127.0.0.1".into()],
+            },
             shutdown_grace: Duration::from_secs(10),
         };
         let shutdown = CancellationToken::new();
@@ -112,6 +119,8 @@ pub fn deploy_request(service: &str, dir: &Path) -> proto::DeployRequest {
             ..Default::default()
         }),
         rollback_policy: 0,
+        rollout_mode: 0,
+        canary_percent: 0,
     }
 }
 

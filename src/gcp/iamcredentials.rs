@@ -1,0 +1,70 @@
+//! Identity tokens for probing private Cloud Run services: IAM Credentials
+//! `generateIdToken` for a configured service account, or the metadata server
+//! when deployd itself runs on Google Cloud.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::error::GcpError;
+use super::http::Transport;
+
+#[derive(Deserialize)]
+struct IdToken {
+    token: String,
+}
+
+/// `POST /v1/projects/-/serviceAccounts/{sa}:generateIdToken`.
+pub async fn generate_id_token(
+    t: &Transport,
+    service_account: &str,
+    audience: &str,
+) -> Result<String, GcpError> {
+    let url = format!(
+        "{}/v1/projects/-/serviceAccounts/{service_account}:generateIdToken",
+        t.endpoints.iam_credentials
+    );
+    let body = json!({"audience": audience, "includeEmail": true});
+    let r: IdToken = t
+        .json(
+            "iamcredentials.projects.serviceAccounts.generateIdToken",
+            t.request(Method::POST, url).json(&body),
+        )
+        .await?;
+    Ok(r.token)
+}
+
+pub const METADATA_HOST: &str = "http://metadata.google.internal";
+
+/// The metadata server's token for the instance's own service account.
+pub async fn metadata_id_token(audience: &str) -> Result<String, GcpError> {
+    const METHOD: &str = "metadata.identity";
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|source| GcpError::Transport {
+            method: METHOD,
+            source,
+        })?;
+    let resp = client
+        .get(format!(
+            "{METADATA_HOST}/computeMetadata/v1/instance/service-accounts/default/identity"
+        ))
+        .query(&[("audience", audience), ("format", "full")])
+        .header("Metadata-Flavor", "Google")
+        .send()
+        .await
+        .map_err(|source| GcpError::Transport {
+            method: METHOD,
+            source,
+        })?;
+    if !resp.status().is_success() {
+        return Err(Transport::error_of(METHOD, resp).await);
+    }
+    resp.text().await.map_err(|source| GcpError::Transport {
+        method: METHOD,
+        source,
+    })
+}

@@ -1,0 +1,687 @@
+//! Cloud Run v2 emulation: create and patch (full replace, or `updateMask`),
+//! traffic validation, revisions that become ready (or not), tagged traffic
+//! targets with URLs of their own, and long-running operations generally.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::response::Response;
+use serde_json::{json, Value};
+
+use super::routes::{error, ok};
+use super::world::{now_rfc3339, Effect, Operation, ProjectState, Revision, Service, World};
+use super::{app, Shared};
+
+pub(crate) fn run_not_found(s: &str, l: &str, p: &str) -> Response {
+    error(
+        404,
+        "NOT_FOUND",
+        &format!(
+            "Resource '{s}' of kind 'SERVICE' in region '{l}' in project '{p}' does not exist."
+        ),
+    )
+}
+
+/// Percentages must total 100; REVISION targets must name an existing
+/// revision or the one this request creates.
+fn validate_traffic(
+    traffic: &Value,
+    existing: &[Revision],
+    new_revision: Option<&str>,
+) -> Result<(), String> {
+    let Some(entries) = traffic.as_array() else {
+        return Ok(());
+    };
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let total: u64 = entries
+        .iter()
+        .filter_map(|t| t.get("percent").and_then(Value::as_u64))
+        .sum();
+    if total != 100 {
+        return Err(format!(
+            "spec.traffic: percentages must add up to 100, not {total}"
+        ));
+    }
+    for t in entries {
+        if t.get("type").and_then(Value::as_str) != Some("TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION")
+        {
+            continue;
+        }
+        let r = t
+            .get("revision")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if !existing.iter().any(|e| e.name == r) && Some(r) != new_revision {
+            return Err(format!("spec.traffic: revision {r} does not exist"));
+        }
+    }
+    Ok(())
+}
+
+/// Create, full-replace patch, or `updateMask=traffic` patch: validate
+/// synchronously (org policy, traffic, names), then a long-running rollout.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_apply(
+    sh: &Arc<Shared>,
+    w: &mut World,
+    pk: &str,
+    l: &str,
+    s: &str,
+    body: Value,
+    create: bool,
+    update_mask: Option<&str>,
+    now: Instant,
+) -> Response {
+    let id = w.next_id();
+    let Some(p) = w.projects.get_mut(pk) else {
+        return error(404, "NOT_FOUND", "project");
+    };
+    let k = (l.to_string(), s.to_string());
+    let traffic_only = update_mask == Some("traffic");
+    if traffic_only {
+        let Some(svc) = p.services.get_mut(&k) else {
+            return run_not_found(s, l, &p.id);
+        };
+        let traffic = body.get("traffic").cloned().unwrap_or_else(|| json!([]));
+        if let Err(m) = validate_traffic(&traffic, &svc.revisions, None) {
+            return error(400, "INVALID_ARGUMENT", &m);
+        }
+        svc.generation += 1;
+        svc.spec["traffic"] = traffic;
+        svc.reconciling = true;
+        svc.update_time = now_rfc3339();
+        return start_rollout_op(
+            sh,
+            w,
+            pk,
+            l,
+            s,
+            id,
+            Effect::RunTraffic {
+                project: pk.into(),
+                location: l.into(),
+                service: s.into(),
+            },
+            now,
+        );
+    }
+    if let Some(mask) = update_mask {
+        return error(
+            400,
+            "INVALID_ARGUMENT",
+            &format!("the sandbox supports updateMask=traffic only, not {mask:?}"),
+        );
+    }
+    let image = body
+        .pointer("/template/containers/0/image")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if image.is_empty() {
+        return error(
+            400,
+            "INVALID_ARGUMENT",
+            "spec.template.containers[0].image: Required",
+        );
+    }
+    let ingress = body
+        .get("ingress")
+        .and_then(Value::as_str)
+        .unwrap_or("INGRESS_TRAFFIC_ALL");
+    let ingress_value = match ingress {
+        "INGRESS_TRAFFIC_INTERNAL_ONLY" => "internal",
+        "INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER" => "internal-and-cloud-load-balancing",
+        _ => "all",
+    };
+    if let Some(reason) = policy_violation(p, "run.allowedIngress", ingress_value) {
+        return error(
+            400,
+            "FAILED_PRECONDITION",
+            &format!("Violation of constraint constraints/run.allowedIngress: {reason}"),
+        );
+    }
+    if let Some(egress) = body
+        .pointer("/template/vpcAccess/egress")
+        .and_then(Value::as_str)
+    {
+        let v = if egress == "ALL_TRAFFIC" {
+            "all-traffic"
+        } else {
+            "private-ranges-only"
+        };
+        if let Some(reason) = policy_violation(p, "run.allowedVPCEgress", v) {
+            return error(
+                400,
+                "FAILED_PRECONDITION",
+                &format!("Violation of constraint constraints/run.allowedVPCEgress: {reason}"),
+            );
+        }
+    }
+    let byo = body
+        .pointer("/template/revision")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    if let Some(name) = &byo {
+        if !name.starts_with(&format!("{s}-")) {
+            return error(
+                400,
+                "INVALID_ARGUMENT",
+                &format!("spec.template.revision: {name} must start with {s}-"),
+            );
+        }
+    }
+    let existing: &[Revision] = p
+        .services
+        .get(&k)
+        .map(|svc| svc.revisions.as_slice())
+        .unwrap_or(&[]);
+    if let Some(name) = &byo {
+        if existing.iter().any(|r| &r.name == name) {
+            return error(
+                409,
+                "ALREADY_EXISTS",
+                &format!("Revision named '{name}' already exists."),
+            );
+        }
+    }
+    if let Err(m) = validate_traffic(
+        body.get("traffic").unwrap_or(&Value::Null),
+        existing,
+        byo.as_deref(),
+    ) {
+        return error(400, "INVALID_ARGUMENT", &m);
+    }
+    let now_s = now_rfc3339();
+    match (create, p.services.contains_key(&k)) {
+        (true, true) => {
+            return error(
+                409,
+                "ALREADY_EXISTS",
+                &format!("Resource '{s}' already exists."),
+            )
+        }
+        (false, false) => return run_not_found(s, l, &p.id),
+        (true, false) => {
+            let uri = match app::spawn(sh.clone(), p.id.clone(), l.to_string(), s.to_string(), None)
+            {
+                Ok(uri) => uri,
+                Err(e) => {
+                    return error(
+                        500,
+                        "INTERNAL",
+                        &format!("sandbox could not start the service: {e}"),
+                    )
+                }
+            };
+            p.services.insert(
+                k.clone(),
+                Service {
+                    uid: format!("{id:08x}-0000-4000-8000-{id:012x}"),
+                    generation: 0,
+                    observed_generation: 0,
+                    spec: Value::Null,
+                    revisions: vec![],
+                    latest_ready: None,
+                    latest_created: None,
+                    reconciling: false,
+                    failed_message: None,
+                    uri,
+                    iam_policy: json!({"etag": "ACAB"}),
+                    create_time: now_s.clone(),
+                    update_time: now_s.clone(),
+                    app_script: Default::default(),
+                    tags: BTreeMap::new(),
+                },
+            );
+        }
+        (false, true) => {}
+    }
+    let Some(svc) = p.services.get_mut(&k) else {
+        return error(500, "INTERNAL", "service vanished");
+    };
+    svc.generation += 1;
+    svc.spec = body;
+    svc.reconciling = true;
+    svc.update_time = now_s;
+    start_rollout_op(
+        sh,
+        w,
+        pk,
+        l,
+        s,
+        id,
+        Effect::RunRollout {
+            project: pk.into(),
+            location: l.into(),
+            service: s.into(),
+        },
+        now,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn start_rollout_op(
+    sh: &Arc<Shared>,
+    w: &mut World,
+    pk: &str,
+    l: &str,
+    s: &str,
+    id: u64,
+    effect: Effect,
+    now: Instant,
+) -> Response {
+    let p = &w.projects[pk];
+    let mut metadata = render_service(p, l, s, &p.services[&(l.to_string(), s.to_string())]);
+    metadata["@type"] = json!("type.googleapis.com/google.cloud.run.v2.Service");
+    let name = format!(
+        "projects/{}/locations/{l}/operations/{id:08x}-6d0e-4b7a-9a61-{id:012x}",
+        p.id
+    );
+    start_op(w, sh, name, metadata, None, effect, now)
+}
+
+pub(crate) fn policy_violation(p: &ProjectState, constraint: &str, value: &str) -> Option<String> {
+    let rules = p
+        .policies
+        .get(constraint)?
+        .get("rules")?
+        .as_array()?
+        .clone();
+    let strip = |v: &Value| v.as_str().map(|s| s.trim_start_matches("is:").to_string());
+    for r in rules {
+        if r.get("denyAll").and_then(Value::as_bool) == Some(true) {
+            return Some(format!("{value} is denied (deny all)"));
+        }
+        if let Some(allowed) = r.pointer("/values/allowedValues").and_then(Value::as_array) {
+            let allowed: Vec<String> = allowed.iter().filter_map(strip).collect();
+            if !allowed.iter().any(|a| a == value) {
+                return Some(format!(
+                    "{value} is not among the allowed values {}",
+                    allowed.join(", ")
+                ));
+            }
+        }
+    }
+    None
+}
+
+pub(crate) fn start_op(
+    w: &mut World,
+    sh: &Arc<Shared>,
+    name: String,
+    metadata: Value,
+    response: Option<Value>,
+    effect: Effect,
+    now: Instant,
+) -> Response {
+    let op = Operation {
+        name: name.clone(),
+        done_at: now + sh.config.op_delay,
+        done: false,
+        metadata,
+        response,
+        error: None,
+        effect,
+    };
+    let out = render_op(&op);
+    w.operations.insert(name, op);
+    ok(out)
+}
+
+/// Completes operations whose time has come, applying their effects.
+pub(crate) fn finish_operations(sh: &Arc<Shared>, w: &mut World, now: Instant) {
+    let due: Vec<String> = w
+        .operations
+        .values()
+        .filter(|o| !o.done && o.done_at <= now)
+        .map(|o| o.name.clone())
+        .collect();
+    for name in due {
+        let effect = w.operations[&name].effect.clone();
+        let result = match effect {
+            Effect::None => Ok(None),
+            Effect::RunRollout {
+                project,
+                location,
+                service,
+            } => rollout(sh, w, &project, &location, &service),
+            Effect::RunTraffic {
+                project,
+                location,
+                service,
+            } => traffic_change(sh, w, &project, &location, &service),
+        };
+        if let Some(op) = w.operations.get_mut(&name) {
+            op.done = true;
+            match result {
+                Ok(Some(response)) => op.response = Some(response),
+                Ok(None) => {}
+                Err(e) => op.error = Some(e),
+            }
+        }
+    }
+}
+
+fn service_response(w: &World, pk: &str, l: &str, s: &str) -> Value {
+    let p = &w.projects[pk];
+    let mut out = render_service(p, l, s, &p.services[&(l.to_string(), s.to_string())]);
+    out["@type"] = json!("type.googleapis.com/google.cloud.run.v2.Service");
+    out
+}
+
+/// Finishes a traffic-only change: no new revision; tags get their URLs.
+fn traffic_change(
+    sh: &Arc<Shared>,
+    w: &mut World,
+    pk: &str,
+    l: &str,
+    s: &str,
+) -> Result<Option<Value>, (i32, String)> {
+    let Some(svc) = w
+        .projects
+        .get_mut(pk)
+        .and_then(|p| p.services.get_mut(&(l.to_string(), s.to_string())))
+    else {
+        return Err((5, "service vanished".into()));
+    };
+    svc.reconciling = false;
+    svc.observed_generation = svc.generation;
+    ensure_tags(sh, pk, l, s, svc);
+    Ok(Some(service_response(w, pk, l, s)))
+}
+
+/// Finishes a Cloud Run rollout: a new revision, ready unless its image is
+/// missing or a fault says otherwise; traffic moves only to a ready one.
+fn rollout(
+    sh: &Arc<Shared>,
+    w: &mut World,
+    pk: &str,
+    l: &str,
+    s: &str,
+) -> Result<Option<Value>, (i32, String)> {
+    let fault_key = (pk.to_string(), s.to_string());
+    let forced_failure = match w.not_ready_revisions.get_mut(&fault_key) {
+        Some(n) if *n > 0 => {
+            *n -= 1;
+            true
+        }
+        _ => false,
+    };
+    let behavior = w.next_revision_behavior.remove(&fault_key);
+    let Some(p) = w.projects.get_mut(pk) else {
+        return Err((5, "project vanished".into()));
+    };
+    let k = (l.to_string(), s.to_string());
+    let image = p.services[&k]
+        .spec
+        .pointer("/template/containers/0/image")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let image_present = image_exists(p, &image);
+    let Some(svc) = p.services.get_mut(&k) else {
+        return Err((5, "service vanished".into()));
+    };
+    let gen = svc.generation;
+    let suffix: String = (0..3)
+        .map(|i| (b'a' + ((gen as u8).wrapping_mul(7).wrapping_add(i * 11)) % 26) as char)
+        .collect();
+    let name = svc
+        .spec
+        .pointer("/template/revision")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{s}-{gen:05}-{suffix}"));
+    let (ready, reason, message) = if !image_present {
+        (false, "CONTAINER_MISSING", format!("Revision '{name}' is not ready and cannot serve traffic. Image '{image}' not found."))
+    } else if forced_failure {
+        (false, "HEALTH_CHECK_CONTAINER_ERROR", format!(
+            "Revision '{name}' is not ready and cannot serve traffic. The user-provided container failed to start and listen on the port defined provided by the PORT=8080 environment variable within the allocated timeout."
+        ))
+    } else {
+        (true, "", String::new())
+    };
+    svc.revisions.push(Revision {
+        behavior,
+        name: name.clone(),
+        generation: gen,
+        template: svc.spec.get("template").cloned().unwrap_or(Value::Null),
+        ready,
+        message: message.clone(),
+        reason: reason.into(),
+        create_time: now_rfc3339(),
+    });
+    svc.latest_created = Some(name.clone());
+    svc.reconciling = false;
+    if !ready {
+        svc.failed_message = Some(message.clone());
+        return Err((9, message));
+    }
+    svc.latest_ready = Some(name);
+    svc.observed_generation = gen;
+    svc.failed_message = None;
+    ensure_tags(sh, pk, l, s, svc);
+    Ok(Some(service_response(w, pk, l, s)))
+}
+
+/// Every tagged traffic target gets a URL of its own, served by a listener
+/// that routes to that revision only.
+fn ensure_tags(sh: &Arc<Shared>, pk: &str, l: &str, s: &str, svc: &mut Service) {
+    let wanted: Vec<(String, String)> = svc
+        .spec
+        .get("traffic")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|t| {
+            Some((
+                t.get("tag")?.as_str()?.to_string(),
+                t.get("revision")?.as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    svc.tags
+        .retain(|tag, _| wanted.iter().any(|(t, _)| t == tag));
+    for (tag, revision) in wanted {
+        let current = svc.tags.get(&tag).cloned();
+        match current {
+            Some((uri, r)) if r == revision => {
+                let _ = uri;
+            }
+            _ => match app::spawn(
+                sh.clone(),
+                pk.to_string(),
+                l.to_string(),
+                s.to_string(),
+                Some(revision.clone()),
+            ) {
+                Ok(uri) => {
+                    svc.tags.insert(tag, (uri, revision));
+                }
+                Err(e) => tracing::error!(error = %e, "sandbox could not start a tag listener"),
+            },
+        }
+    }
+}
+
+/// Images in Artifact Registry must have been pushed; others are assumed public.
+fn image_exists(p: &ProjectState, image: &str) -> bool {
+    let Some((host, rest)) = image.split_once('/') else {
+        return false;
+    };
+    let Some(location) = host.strip_suffix("-docker.pkg.dev") else {
+        return true;
+    };
+    let parts: Vec<&str> = rest.splitn(3, '/').collect();
+    let [_project, repo, name_ref] = parts.as_slice() else {
+        return false;
+    };
+    let Some(r) = p
+        .repositories
+        .get(&(location.to_string(), repo.to_string()))
+    else {
+        return false;
+    };
+    if let Some((name, digest)) = name_ref.split_once('@') {
+        r.digests.contains(&format!("{name}@{digest}"))
+    } else {
+        r.tags.contains_key(*name_ref)
+    }
+}
+
+pub(crate) fn render_service(p: &ProjectState, l: &str, s: &str, svc: &Service) -> Value {
+    let full = |r: &str| format!("projects/{}/locations/{l}/services/{s}/revisions/{r}", p.id);
+    let mut template = svc
+        .spec
+        .get("template")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    if let Some(latest) = &svc.latest_created {
+        if template.get("revision").is_none() {
+            template["revision"] = json!(latest);
+        }
+    }
+    let traffic = svc
+        .spec
+        .get("traffic")
+        .cloned()
+        .filter(|t| t.as_array().is_some_and(|a| !a.is_empty()))
+        .unwrap_or_else(
+            || json!([{"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST", "percent": 100}]),
+        );
+    let state = if svc.reconciling {
+        "CONDITION_RECONCILING"
+    } else if svc.failed_message.is_some() || svc.latest_ready.is_none() {
+        "CONDITION_FAILED"
+    } else {
+        "CONDITION_SUCCEEDED"
+    };
+    let mut terminal =
+        json!({"type": "Ready", "state": state, "lastTransitionTime": svc.update_time});
+    if let Some(m) = &svc.failed_message {
+        terminal["message"] = json!(m);
+        terminal["revisionReason"] = json!("HEALTH_CHECK_CONTAINER_ERROR");
+    }
+    let mut out = json!({
+        "name": format!("projects/{}/locations/{l}/services/{s}", p.id),
+        "uid": svc.uid,
+        "generation": svc.generation.to_string(),
+        "labels": svc.spec.get("labels").cloned().unwrap_or_else(|| json!({})),
+        "createTime": svc.create_time,
+        "updateTime": svc.update_time,
+        "creator": "deployer@sandbox.iam.gserviceaccount.com",
+        "lastModifier": "deployer@sandbox.iam.gserviceaccount.com",
+        "ingress": svc.spec.get("ingress").cloned().unwrap_or_else(|| json!("INGRESS_TRAFFIC_ALL")),
+        "launchStage": "GA",
+        "template": template,
+        "traffic": traffic.clone(),
+        "terminalCondition": terminal,
+        "conditions": [
+            {"type": "RoutesReady", "state": state},
+            {"type": "ConfigurationsReady", "state": state},
+        ],
+        "etag": format!("\"sandbox-{}\"", svc.generation),
+    });
+    if let Some(c) = svc.spec.get("client") {
+        out["client"] = c.clone();
+    }
+    if svc.observed_generation > 0 {
+        out["observedGeneration"] = json!(svc.observed_generation.to_string());
+    }
+    if let Some(r) = &svc.latest_ready {
+        // Observed traffic: tagged targets carry their URL.
+        let mut statuses = traffic;
+        if let Some(entries) = statuses.as_array_mut() {
+            for t in entries {
+                let tag = t.get("tag").and_then(Value::as_str).map(str::to_string);
+                if let Some((uri, _)) = tag.and_then(|tag| svc.tags.get(&tag)) {
+                    t["uri"] = json!(uri);
+                }
+            }
+        }
+        out["latestReadyRevision"] = json!(full(r));
+        out["trafficStatuses"] = statuses;
+        out["uri"] = json!(svc.uri);
+        out["urls"] = json!([svc.uri]);
+    }
+    if let Some(r) = &svc.latest_created {
+        out["latestCreatedRevision"] = json!(full(r));
+    }
+    if svc.reconciling {
+        out["reconciling"] = json!(true);
+    }
+    out
+}
+
+pub(crate) fn render_revision(p: &ProjectState, l: &str, s: &str, r: &Revision) -> Value {
+    let mut cond = json!({"type": "Ready", "state": if r.ready { "CONDITION_SUCCEEDED" } else { "CONDITION_FAILED" }});
+    if !r.ready {
+        cond["message"] = json!(r.message);
+        cond["reason"] = json!(r.reason);
+    }
+    let mut out = r.template.clone();
+    if !out.is_object() {
+        out = json!({});
+    }
+    out["name"] = json!(format!(
+        "projects/{}/locations/{l}/services/{s}/revisions/{}",
+        p.id, r.name
+    ));
+    out["generation"] = json!(r.generation.to_string());
+    out["service"] = json!(format!("projects/{}/locations/{l}/services/{s}", p.id));
+    out["createTime"] = json!(r.create_time);
+    out["conditions"] = json!([cond]);
+    out
+}
+
+pub(crate) fn render_op(op: &Operation) -> Value {
+    let mut v = json!({"name": op.name, "metadata": op.metadata});
+    if op.done {
+        v["done"] = json!(true);
+        match &op.error {
+            Some((code, message)) => v["error"] = json!({"code": code, "message": message}),
+            None => {
+                if let Some(r) = &op.response {
+                    v["response"] = r.clone();
+                }
+            }
+        }
+    }
+    v
+}
+
+/// IAM Credentials `generateIdToken`: the token is remembered, so a
+/// service's listener can tell it from a forged one.
+pub(crate) fn generate_id_token(w: &mut World, email: &str, body: &Value) -> Response {
+    let Some(audience) = body
+        .get("audience")
+        .and_then(Value::as_str)
+        .filter(|a| !a.is_empty())
+    else {
+        return error(400, "INVALID_ARGUMENT", "audience is required");
+    };
+    let Some(owner) = w
+        .projects
+        .values()
+        .find(|p| p.service_accounts.contains_key(email))
+    else {
+        return error(
+            404,
+            "NOT_FOUND",
+            &format!("Unknown service account {email}"),
+        );
+    };
+    if !owner
+        .permissions
+        .contains("iam.serviceAccounts.getOpenIdToken")
+    {
+        return error(403, "PERMISSION_DENIED", &format!("Permission 'iam.serviceAccounts.getOpenIdToken' denied on resource (or it may not exist): {email}"));
+    }
+    let n = w.next_id();
+    let token = format!("eyJhbGciOiJSUzI1NiJ9.sandbox-{n:016x}.sig");
+    w.id_tokens
+        .insert(token.clone(), (audience.to_string(), email.to_string()));
+    ok(json!({"token": token}))
+}
