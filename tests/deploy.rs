@@ -343,6 +343,23 @@ async fn unhealthy_revision_is_rolled_back_automatically() {
         .all(|p| p.status_code == 500 && !p.healthy));
     assert!(probes[5].healthy);
     assert!(stages_started(&events).contains(&i32::from(Stage::Rollback)));
+    // The five probes followed the backoff (base 20 ms in tests: 20, 40, 80, 160).
+    let at: Vec<_> = h
+        .sandbox
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "app.request" && r.status == 500)
+        .map(|r| r.at)
+        .collect();
+    assert_eq!(at.len(), 5);
+    for (i, want_ms) in [20u64, 40, 80, 160].iter().enumerate() {
+        let gap = at[i + 1] - at[i];
+        assert!(gap >= Duration::from_millis(*want_ms), "gap {i}: {gap:?}");
+        assert!(
+            gap < Duration::from_millis(*want_ms + 400),
+            "gap {i}: {gap:?}"
+        );
+    }
     // The sandbox shows all traffic pinned back on the previous revision.
     let svc = h
         .sandbox

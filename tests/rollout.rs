@@ -1,0 +1,373 @@
+//! Issue 5's acceptance against the sandbox: rollout modes, rollback,
+//! private services, and the Verify URL policy.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use deployd::api::proto::{self, Stage};
+use deployd::sandbox::faults::AppResponse;
+
+fn broken() -> AppResponse {
+    AppResponse {
+        status: 500,
+        delay: Duration::ZERO,
+        body: "boom".into(),
+    }
+}
+
+async fn second_version(
+    h: &Harness,
+    service: &str,
+    mode: proto::RolloutMode,
+    canary: u32,
+) -> (Vec<proto::Event>, proto::Outcome, proto::Outcome) {
+    let (_, first) = deploy(h, deploy_request(service, &example_app())).await;
+    assert!(first.success, "{first:?}");
+    let app = app_copy();
+    std::fs::write(app.path().join("VERSION"), "2").expect("write");
+    let mut req = deploy_request(service, app.path());
+    req.rollout_mode = mode.into();
+    req.canary_percent = canary;
+    req.health_check = Some(proto::HealthCheck {
+        attempts: 3,
+        timeout_ms: 2000,
+        ..Default::default()
+    });
+    let (events, o) = deploy(h, req).await;
+    (events, o, first)
+}
+
+fn traffic(h: &Harness, service: &str) -> serde_json::Value {
+    h.sandbox
+        .service(PROJECT, REGION, service)
+        .expect("service")["traffic"]
+        .clone()
+}
+
+#[tokio::test]
+async fn verify_before_traffic_never_moves_traffic_to_a_broken_revision() {
+    let h = Harness::start().await;
+    // The broken answer goes to the *second* revision: deploy the first,
+    // then arm the fault.
+    let (_, first) = deploy(&h, deploy_request("vbt", &example_app())).await;
+    assert!(first.success);
+    h.sandbox.next_revision_answers(PROJECT, "vbt", broken());
+    let app = app_copy();
+    std::fs::write(app.path().join("VERSION"), "2").expect("write");
+    let mut req = deploy_request("vbt", app.path());
+    req.rollout_mode = proto::RolloutMode::VerifyBeforeTraffic.into();
+    req.health_check = Some(proto::HealthCheck {
+        attempts: 3,
+        ..Default::default()
+    });
+    let before = h.sandbox.requests().len();
+    let (events, o) = deploy(&h, req).await;
+    assert!(!o.success);
+    assert_eq!(o.failed_stage, i32::from(Stage::Verify));
+    // Users never saw it: nothing to roll back.
+    assert!(!o.should_rollback && !o.rolled_back);
+    // Probes went to the candidate's tag URL, not the service URL.
+    let p = probes(&events);
+    assert!(
+        !p.is_empty() && p.iter().all(|p| !p.url.starts_with(&o.url)),
+        "{p:?}"
+    );
+    // Every Run request of this deploy left the previous revision at 100%.
+    for r in h.sandbox.requests()[before..]
+        .iter()
+        .filter(|r| r.method.starts_with("run.projects.locations.services."))
+    {
+        if let Ok(body) = serde_json::from_slice::<serde_json::Value>(&r.body) {
+            if let Some(t) = body.get("traffic") {
+                let on_prev = t
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|t| t["revision"] == first.revision.as_str() && t["percent"] == 100);
+                assert!(on_prev, "{t}");
+            }
+        }
+    }
+    let t = traffic(&h, "vbt");
+    assert_eq!(t[0]["revision"], first.revision.as_str());
+    assert_eq!(t[0]["percent"], 100);
+    // And every probe of the service URL itself still reaches the old one.
+    let answer = reqwest::get(&o.url)
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("body");
+    assert!(answer.contains(&first.revision), "{answer}");
+}
+
+#[tokio::test]
+async fn verify_before_traffic_promotes_a_healthy_revision() {
+    let h = Harness::start().await;
+    let (events, o, first) =
+        second_version(&h, "vbt-ok", proto::RolloutMode::VerifyBeforeTraffic, 0).await;
+    assert!(o.success, "{o:?}");
+    assert_ne!(o.revision, first.revision);
+    assert!(o.revision.starts_with("vbt-ok-"));
+    let p = probes(&events);
+    assert!(
+        p[0].url != format!("{}/", o.url),
+        "verified through the tag URL"
+    );
+    assert_eq!(
+        traffic(&h, "vbt-ok"),
+        serde_json::json!([{"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION", "revision": o.revision, "percent": 100}])
+    );
+    let answer = reqwest::get(&o.url)
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("body");
+    assert!(answer.contains(&o.revision), "{answer}");
+}
+
+#[tokio::test]
+async fn canary_sends_a_share_first_and_rolls_back_a_broken_one() {
+    let h = Harness::start().await;
+    let (_, first) = deploy(&h, deploy_request("canary", &example_app())).await;
+    assert!(first.success);
+    h.sandbox.next_revision_answers(PROJECT, "canary", broken());
+    let app = app_copy();
+    std::fs::write(app.path().join("VERSION"), "2").expect("write");
+    let mut req = deploy_request("canary", app.path());
+    req.rollout_mode = proto::RolloutMode::Canary.into();
+    req.canary_percent = 20;
+    req.health_check = Some(proto::HealthCheck {
+        attempts: 2,
+        ..Default::default()
+    });
+    let (_, o) = deploy(&h, req).await;
+    assert!(!o.success && o.should_rollback && o.rolled_back, "{o:?}");
+    // The rollout asked for an 80/20 split with the candidate tagged.
+    let create = h
+        .sandbox
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "run.projects.locations.services.patch" && r.query.is_empty())
+        .last()
+        .expect("patch");
+    let body: serde_json::Value = serde_json::from_slice(&create.body).expect("json");
+    assert_eq!(body["traffic"][0]["percent"], 80);
+    assert_eq!(body["traffic"][1]["percent"], 20);
+    assert_eq!(body["traffic"][1]["tag"], "candidate");
+    assert_eq!(
+        traffic(&h, "canary")[0]["revision"],
+        first.revision.as_str()
+    );
+    assert_eq!(traffic(&h, "canary")[0]["percent"], 100);
+}
+
+#[tokio::test]
+async fn canary_that_is_healthy_ends_at_100_percent() {
+    let h = Harness::start().await;
+    let (_, o, _) = second_version(&h, "canary-ok", proto::RolloutMode::Canary, 10).await;
+    assert!(o.success, "{o:?}");
+    assert_eq!(traffic(&h, "canary-ok")[0]["revision"], o.revision.as_str());
+    assert_eq!(traffic(&h, "canary-ok")[0]["percent"], 100);
+}
+
+#[tokio::test]
+async fn first_deploy_has_nothing_to_roll_back_to() {
+    let h = Harness::start().await;
+    h.sandbox.next_revision_answers(PROJECT, "fresh", broken());
+    let mut req = deploy_request("fresh", &example_app());
+    req.health_check = Some(proto::HealthCheck {
+        attempts: 2,
+        ..Default::default()
+    });
+    let (events, o) = deploy(&h, req).await;
+    assert!(!o.success && !o.should_rollback && !o.rolled_back);
+    assert_eq!(o.previous_revision, "");
+    assert!(!stages_started(&events).contains(&i32::from(Stage::Rollback)));
+}
+
+#[tokio::test]
+async fn outcome_reports_probe_latency_percentiles() {
+    let h = Harness::start().await;
+    let (_, first) = deploy(&h, deploy_request("stats", &example_app())).await;
+    assert!(first.success);
+    let answers = vec![
+        AppResponse {
+            status: 503,
+            delay: Duration::from_millis(30),
+            body: "warming".into()
+        };
+        2
+    ];
+    assert!(h.sandbox.script_app(PROJECT, REGION, "stats", answers));
+    let app = app_copy();
+    std::fs::write(app.path().join("VERSION"), "2").expect("write");
+    let (events, o) = deploy(&h, deploy_request("stats", app.path())).await;
+    assert!(o.success);
+    let s = o.probe_stats.expect("stats");
+    assert_eq!(s.attempts, 3);
+    assert!(s.max_ms >= 30.0 && s.p95_ms >= s.p50_ms, "{s:?}");
+    let p = probes(&events);
+    assert_eq!(p[0].error_class, "http_status");
+    assert!(p[0].headers_ms <= p[0].response_time_ms);
+    assert_eq!(o.final_url, format!("{}/", o.url));
+}
+
+#[tokio::test]
+async fn private_service_without_invoker_permission_names_it() {
+    let h = Harness::start().await;
+    h.sandbox
+        .with_project(PROJECT, |p| p.permissions.remove("run.routes.invoke"));
+    let mut req = deploy_request("private", &example_app());
+    if let Some(rt) = req.runtime.as_mut() {
+        rt.allow_unauthenticated = false;
+    }
+    req.health_check = Some(proto::HealthCheck {
+        attempts: 2,
+        ..Default::default()
+    });
+    let (events, o) = deploy(&h, req).await;
+    assert!(probes(&events).iter().all(|p| p.status_code == 403));
+    let err = o.error.expect("failure");
+    assert_eq!(err.code, "INVOKER_DENIED");
+    assert!(
+        err.message
+            .contains("roles/run.invoker (permission run.routes.invoke)"),
+        "{}",
+        err.message
+    );
+    assert!(err.remediation[0].contains("gcloud run services add-iam-policy-binding private"));
+}
+
+async fn verify_status(h: &Harness, url: &str) -> Result<proto::Outcome, tonic::Status> {
+    let stream = h
+        .client()
+        .await
+        .verify(proto::VerifyRequest {
+            url: url.into(),
+            attempts: 1,
+            timeout_ms: 1000,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    Ok(outcome(&collect(stream).await))
+}
+
+#[tokio::test]
+async fn verify_refuses_urls_outside_the_policy() {
+    let h = Harness::start().await;
+    for (url, why) in [
+        ("https://example.com/", "not in the verify allow-list"),
+        (
+            "http://169.254.169.254/computeMetadata/v1/",
+            "not in the verify allow-list",
+        ),
+        (
+            "http://metadata.google.internal/",
+            "not in the verify allow-list",
+        ),
+        // Allowed by name, but it resolves to loopback.
+        (
+            "http://localhost:9/",
+            "resolves to 127.0.0.1, a loopback address",
+        ),
+    ] {
+        let status = verify_status(&h, url).await.expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{url}");
+        assert!(
+            status.message().contains(why),
+            "{url}: {}",
+            status.message()
+        );
+    }
+    // Not a URL deployd probes at all: refused as invalid.
+    let status = verify_status(&h, "ftp://hello-abc.a.run.app/")
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    // Nothing was probed.
+    assert_eq!(h.sandbox.count("app.request"), 0);
+}
+
+/// A tiny server with redirects and a header echo, on loopback.
+async fn redirect_server() -> String {
+    use axum::http::{header, HeaderMap, StatusCode};
+    use axum::routing::get;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let app = axum::Router::new()
+        .route(
+            "/start",
+            get(|| async { (StatusCode::FOUND, [(header::LOCATION, "/healthz")]) }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/elsewhere",
+            get(move || async move {
+                (
+                    StatusCode::FOUND,
+                    [(header::LOCATION, format!("http://localhost:{port}/healthz"))],
+                )
+            }),
+        )
+        .route(
+            "/needs-header",
+            get(|h: HeaderMap| async move {
+                if h.get("x-probe").is_some_and(|v| v == "deployd") {
+                    (StatusCode::OK, "ok")
+                } else {
+                    (StatusCode::BAD_REQUEST, "missing header")
+                }
+            }),
+        );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://127.0.0.1:{port}")
+}
+
+#[tokio::test]
+async fn redirects_are_followed_within_the_host_only_and_headers_are_sent() {
+    let h = Harness::start().await;
+    let base = redirect_server().await;
+    let run = |path: &'static str, headers: Vec<(&'static str, &'static str)>| {
+        let (h, base) = (&h, base.clone());
+        async move {
+            let stream = h
+                .client()
+                .await
+                .verify(proto::VerifyRequest {
+                    url: base,
+                    health_path: path.into(),
+                    attempts: 1,
+                    headers: headers
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    ..Default::default()
+                })
+                .await
+                .expect("accepted")
+                .into_inner();
+            let events = collect(stream).await;
+            (probes(&events), outcome(&events))
+        }
+    };
+    let (p, o) = run("/start", vec![]).await;
+    assert!(o.success, "{p:?}");
+    assert_eq!(o.final_url, format!("{base}/healthz"));
+    let (p, o) = run("/elsewhere", vec![]).await;
+    assert!(!o.success);
+    assert_eq!(p[0].error_class, "redirect");
+    assert!(p[0].error.contains("http://localhost:"), "{}", p[0].error);
+    let (_, o) = run("/needs-header", vec![]).await;
+    assert!(!o.success);
+    let (_, o) = run("/needs-header", vec![("x-probe", "deployd")]).await;
+    assert!(o.success);
+}
