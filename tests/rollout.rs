@@ -151,8 +151,7 @@ async fn canary_sends_a_share_first_and_rolls_back_a_broken_one() {
         .sandbox
         .requests()
         .into_iter()
-        .filter(|r| r.method == "run.projects.locations.services.patch" && r.query.is_empty())
-        .last()
+        .rfind(|r| r.method == "run.projects.locations.services.patch" && r.query.is_empty())
         .expect("patch");
     let body: serde_json::Value = serde_json::from_slice(&create.body).expect("json");
     assert_eq!(body["traffic"][0]["percent"], 80);
