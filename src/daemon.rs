@@ -127,7 +127,7 @@ pub async fn start(
                             axum::http::header::CONTENT_TYPE,
                             "text/plain; version=0.0.4",
                         )],
-                        h.render(),
+                        h.render() + &telemetry::hdr::render(),
                     )
                 }
             }),

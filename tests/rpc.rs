@@ -191,14 +191,12 @@ async fn verify_of_a_healthy_and_an_unhealthy_url() {
     assert!(o.success);
     let p = probes(&events);
     assert_eq!(p.len(), 2);
-    assert!(p[0].error.starts_with("Timeout"), "{}", p[0].error);
+    assert_eq!(p[0].error_class, "timeout", "{}", p[0].error);
 
     // Nothing listens here: a connection error on every attempt.
     let (events, o) = verify(&h, "http://127.0.0.1:9", 2).await;
     assert!(!o.success);
-    assert!(probes(&events)
-        .iter()
-        .all(|p| p.error.starts_with("Connect")));
+    assert!(probes(&events).iter().all(|p| p.error_class == "connect"));
 }
 
 #[tokio::test]

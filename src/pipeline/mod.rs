@@ -243,7 +243,9 @@ impl Pipeline {
             for stage in Stage::DEPLOY_ORDER {
                 if let Err(e) = self.timed_stage(stage, &mut d, &mut workspace, &events, &cancel).await {
                     tracing::warn!(stage = stage.as_str(), error = %error::error_chain(&e), "deploy failed");
-                    d.failure = Some(self.failure(&d, &e));
+                    let failure = self.failure(&d, &e);
+                    metrics::failure(stage.as_str(), &failure.code);
+                    d.failure = Some(failure);
                     d.status = Status::Failed(stage);
                     break;
                 }

@@ -14,6 +14,8 @@ pub enum Kind {
     Counter,
     Gauge,
     Histogram,
+    /// Rendered by hand next to the recorder's output (HDR quantiles).
+    Summary,
 }
 
 pub struct MetricSpec {
@@ -36,6 +38,8 @@ pub const PREFLIGHT_CHECKS: &str = "deployd_preflight_checks_total";
 pub const HEALTH_CHECK_DURATION: &str = "deployd_health_check_duration_seconds";
 pub const GRPC_REQUESTS: &str = "deployd_grpc_requests_total";
 pub const ROLLBACKS: &str = "deployd_rollbacks_total";
+pub const FAILURES: &str = "deployd_failures_total";
+pub const HEALTH_CHECK_LATENCY_HDR: &str = super::hdr::NAME;
 
 pub const SPEC: &[MetricSpec] = &[
     MetricSpec {
@@ -117,6 +121,18 @@ pub const SPEC: &[MetricSpec] = &[
         labels: &["result"],
         help: "Automatic rollbacks by result (success: the previous revision serves and is healthy; failure).",
     },
+    MetricSpec {
+        name: FAILURES,
+        kind: Kind::Counter,
+        labels: &["stage", "code"],
+        help: "Failed deploy runs by the stage that failed and the outcome's failure code (e.g. BUILD_FAILED, UNHEALTHY).",
+    },
+    MetricSpec {
+        name: HEALTH_CHECK_LATENCY_HDR,
+        kind: Kind::Summary,
+        labels: &["quantile"],
+        help: "Exact health-check latency percentiles (0.5, 0.95, 0.99) of this instance over the last 10 minutes (HDR histogram).",
+    },
 ];
 
 /// Bucket boundaries, so histograms aggregate across replicas.
@@ -138,6 +154,7 @@ pub fn describe() {
             Kind::Counter => metrics::describe_counter!(m.name, m.help),
             Kind::Gauge => metrics::describe_gauge!(m.name, m.help),
             Kind::Histogram => metrics::describe_histogram!(m.name, metrics::Unit::Seconds, m.help),
+            Kind::Summary => {}
         }
     }
 }
@@ -173,6 +190,11 @@ pub fn preflight_check(check: &'static str, result: &'static str) {
 
 pub fn health_check(result: &'static str, duration: Duration) {
     histogram!(HEALTH_CHECK_DURATION, "result" => result).record(duration.as_secs_f64());
+    super::hdr::record(duration);
+}
+
+pub fn failure(stage: &'static str, code: &str) {
+    counter!(FAILURES, "stage" => stage, "code" => code.to_string()).increment(1);
 }
 
 pub fn rollback(result: &'static str) {
@@ -224,6 +246,7 @@ mod tests {
                 Kind::Counter => "counter",
                 Kind::Gauge => "gauge",
                 Kind::Histogram => "histogram",
+                Kind::Summary => "summary",
             };
             assert_eq!(row[2], kind, "{}", m.name);
             assert_eq!(row[3], m.labels.join(", "), "{}", m.name);
@@ -237,7 +260,9 @@ mod tests {
             assert!(m.name.starts_with("deployd_"), "{}", m.name);
             match m.kind {
                 Kind::Counter => assert!(m.name.ends_with("_total"), "{}", m.name),
-                Kind::Histogram => assert!(m.name.ends_with("_seconds"), "{}", m.name),
+                Kind::Histogram | Kind::Summary => {
+                    assert!(m.name.ends_with("_seconds"), "{}", m.name)
+                }
                 Kind::Gauge => assert!(!m.name.ends_with("_total"), "{}", m.name),
             }
         }

@@ -1,5 +1,6 @@
 //! Metrics (Prometheus), logs (tracing) and their setup, in one place.
 
+pub mod hdr;
 pub mod metrics;
 
 use std::sync::{Mutex, OnceLock};

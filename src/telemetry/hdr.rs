@@ -1,0 +1,106 @@
+//! Exact per-instance health-check latency percentiles: HDR histograms over
+//! a ring of one-minute intervals (HDR is cumulative, so a "current" p95
+//! needs the ring), rendered as a Prometheus summary family appended to
+//! /metrics. Quantiles do not aggregate across replicas; the fleet p95 comes
+//! from the bucketed histogram instead.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+/// Minutes the quantiles cover.
+const WINDOW_MINUTES: u64 = 10;
+pub const NAME: &str = "deployd_health_check_latency_seconds";
+
+struct Ring {
+    start: Instant,
+    /// (minute index since start, histogram of that minute).
+    slots: Vec<(u64, Histogram<u64>)>,
+    sum: Duration,
+    count: u64,
+}
+
+static RING: Mutex<Option<Ring>> = Mutex::new(None);
+
+fn new_histogram() -> Option<Histogram<u64>> {
+    // Microseconds up to 60 s at 3 significant digits (~136 KiB).
+    Histogram::new_with_bounds(1, 60_000_000, 3).ok()
+}
+
+pub fn record(latency: Duration) {
+    let mut guard = RING.lock().unwrap_or_else(|p| p.into_inner());
+    let ring = guard.get_or_insert_with(|| Ring {
+        start: Instant::now(),
+        slots: Vec::new(),
+        sum: Duration::ZERO,
+        count: 0,
+    });
+    let minute = ring.start.elapsed().as_secs() / 60;
+    ring.slots.retain(|(m, _)| minute - m < WINDOW_MINUTES);
+    if ring.slots.last().is_none_or(|(m, _)| *m != minute) {
+        let Some(h) = new_histogram() else { return };
+        ring.slots.push((minute, h));
+    }
+    if let Some((_, h)) = ring.slots.last_mut() {
+        h.saturating_record((latency.as_micros() as u64).max(1));
+    }
+    ring.sum += latency;
+    ring.count += 1;
+}
+
+/// The summary family in Prometheus text format; empty before any record.
+pub fn render() -> String {
+    let guard = RING.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(ring) = guard.as_ref() else {
+        return String::new();
+    };
+    let Some(mut merged) = new_histogram() else {
+        return String::new();
+    };
+    let minute = ring.start.elapsed().as_secs() / 60;
+    for (_, h) in ring
+        .slots
+        .iter()
+        .filter(|(m, _)| minute - m < WINDOW_MINUTES)
+    {
+        let _ = merged.add(h);
+    }
+    let mut out = format!(
+        "# HELP {NAME} Exact health-check latency percentiles of this instance over the last {WINDOW_MINUTES} minutes (HDR histogram).\n# TYPE {NAME} summary\n"
+    );
+    if !merged.is_empty() {
+        for q in [0.5, 0.95, 0.99] {
+            let secs = merged.value_at_quantile(q) as f64 / 1e6;
+            out.push_str(&format!("{NAME}{{quantile=\"{q}\"}} {secs}\n"));
+        }
+    }
+    out.push_str(&format!(
+        "{NAME}_sum {}\n{NAME}_count {}\n",
+        ring.sum.as_secs_f64(),
+        ring.count
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_a_summary_with_exact_quantiles() {
+        for ms in 1..=100 {
+            record(Duration::from_millis(ms));
+        }
+        let text = render();
+        assert!(text.contains("# TYPE deployd_health_check_latency_seconds summary"));
+        let p95: f64 = text
+            .lines()
+            .find(|l| l.starts_with("deployd_health_check_latency_seconds{quantile=\"0.95\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .expect("p95 line");
+        assert!((p95 - 0.095).abs() < 0.0001, "{p95}");
+        assert!(text.contains("deployd_health_check_latency_seconds_count 100"));
+    }
+}
