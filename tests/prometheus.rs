@@ -1,0 +1,364 @@
+//! The SLO rules and dashboards against a real Prometheus (Debian's
+//! `prometheus` package, which .ci/run installs): promtool checks the rules
+//! and their unit tests, lints /metrics, and a Prometheus on loopback scrapes
+//! a daemon running a scripted workload, after which every dashboard panel's
+//! and variable's query must succeed and return data.
+//!
+//! Outside CI these tests skip, saying so, where Prometheus is not installed;
+//! in CI (CI=true) its absence fails them.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use deployd::api::proto;
+use deployd::sandbox::faults::{AppResponse, BuildFault, Fault, FaultAction, InjectedError};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Whether prometheus and promtool are here; in CI they must be.
+fn tools_present() -> bool {
+    let ok = ["prometheus", "promtool"].iter().all(|t| {
+        Command::new(t)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install Debian's prometheus package (see .ci/run)"
+        );
+        eprintln!("SKIPPED: prometheus/promtool are not installed (apt-get install prometheus)");
+    }
+    ok
+}
+
+#[test]
+fn rules_pass_promtool_checks_and_unit_tests() {
+    if !tools_present() {
+        return;
+    }
+    let dir = root().join("dashboards/prometheus");
+    let check = Command::new("promtool")
+        .args(["check", "rules", "deployd.rules.yml"])
+        .current_dir(&dir)
+        .output()
+        .expect("promtool");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let test = Command::new("promtool")
+        .args(["test", "rules", "deployd.rules.test.yml"])
+        .current_dir(&dir)
+        .output()
+        .expect("promtool");
+    let out =
+        String::from_utf8_lossy(&test.stdout).to_string() + &String::from_utf8_lossy(&test.stderr);
+    assert!(test.status.success(), "{out}");
+    assert!(out.contains("SUCCESS"), "{out}");
+}
+
+struct Prometheus {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+async fn start_prometheus(target: &str) -> Prometheus {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The rules as shipped, evaluated every second instead of every 30.
+    let rules = std::fs::read_to_string(root().join("dashboards/prometheus/deployd.rules.yml"))
+        .expect("rules");
+    std::fs::write(
+        dir.path().join("rules.yml"),
+        rules.replace("interval: 30s", "interval: 1s"),
+    )
+    .expect("write");
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: deployd\n    static_configs:\n      - targets: ['{target}']\n",
+        dir.path().join("rules.yml").display()
+    );
+    std::fs::write(dir.path().join("prometheus.yml"), config).expect("write");
+    let port = free_port();
+    let child = Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus starts");
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if reqwest::get(format!("{url}/-/ready"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "prometheus did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Prometheus {
+        child,
+        url,
+        _dir: dir,
+    }
+}
+
+/// Successes, a retried build, a failed build, a rollback, a preflight
+/// failure and a Verify: every metric the dashboards chart gets data.
+async fn workload(h: &Harness) {
+    let (_, o) = deploy(h, deploy_request("steady", &example_app())).await;
+    assert!(o.success);
+    h.sandbox.inject(Fault {
+        method: "cloudbuild.projects.locations.builds.create".into(),
+        remaining: 1,
+        action: FaultAction::Error(InjectedError::rate_limited("cloudbuild.googleapis.com")),
+    });
+    let app = app_copy();
+    std::fs::write(app.path().join("VERSION"), "2").expect("write");
+    let (_, o) = deploy(h, deploy_request("steady", app.path())).await;
+    assert!(o.success);
+    h.sandbox.fail_next_build(BuildFault::StepFails {
+        step: "build".into(),
+        lines: vec!["ERROR: boom".into()],
+    });
+    let (_, o) = deploy(h, deploy_request("broken", &example_app())).await;
+    assert!(!o.success);
+    h.sandbox.next_revision_answers(
+        PROJECT,
+        "steady",
+        AppResponse {
+            status: 500,
+            delay: Duration::ZERO,
+            body: "x".into(),
+        },
+    );
+    let app = app_copy();
+    std::fs::write(app.path().join("VERSION"), "3").expect("write");
+    let mut req = deploy_request("steady", app.path());
+    req.health_check = Some(proto::HealthCheck {
+        attempts: 2,
+        ..Default::default()
+    });
+    let (_, o) = deploy(h, req).await;
+    assert!(o.rolled_back, "{o:?}");
+    h.sandbox
+        .with_project(PROJECT, |p| p.enabled_apis.remove("run.googleapis.com"));
+    let (_, o) = deploy(h, deploy_request("noapi", &example_app())).await;
+    assert!(!o.success);
+    h.sandbox.with_project(PROJECT, |p| {
+        p.enabled_apis.insert("run.googleapis.com".into())
+    });
+    // A Verify the policy refuses, and one that runs.
+    let refused = h
+        .client()
+        .await
+        .verify(proto::VerifyRequest {
+            url: "https://example.com/".into(),
+            ..Default::default()
+        })
+        .await;
+    assert!(refused.is_err());
+    let stream = h
+        .client()
+        .await
+        .verify(proto::VerifyRequest {
+            url: "http://127.0.0.1:9".into(),
+            attempts: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("accepted")
+        .into_inner();
+    let _ = collect(stream).await;
+}
+
+/// Grafana's built-in variables, expanded as a query at "now" would see them.
+fn expand(expr: &str) -> String {
+    expr.replace("$__rate_interval", "1m")
+        .replace("$__interval", "15s")
+        .replace("$__range", "1h")
+        .replace("$instance", ".+")
+}
+
+async fn query(prom: &str, expr: &str) -> serde_json::Value {
+    let resp: serde_json::Value = reqwest::Client::new()
+        .get(format!("{prom}/api/v1/query"))
+        .query(&[("query", expr)])
+        .send()
+        .await
+        .expect("query")
+        .json()
+        .await
+        .expect("json");
+    resp
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
+    if !tools_present() {
+        return;
+    }
+    let h = Harness::start().await;
+    let metrics = h.daemon.metrics.expect("metrics").to_string();
+    let prom = start_prometheus(&metrics).await;
+    // Target discovery reaches the scraper only after a few seconds; the
+    // workload must run while Prometheus watches.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while query(&prom.url, "up{job=\"deployd\"} == 1").await["data"]["result"]
+        .as_array()
+        .is_none_or(|a| a.is_empty())
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "prometheus never scraped the daemon"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    workload(&h).await;
+    // A few scrapes and rule evaluations after the last event.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    let mut checked = 0;
+    let mut problems = vec![];
+    for file in [
+        "deployd-overview.json",
+        "deployd-latency.json",
+        "deployd-failures.json",
+    ] {
+        let text = std::fs::read_to_string(root().join("dashboards/grafana").join(file))
+            .expect("dashboard");
+        let d: serde_json::Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(
+            d["templating"]["list"][0]["type"], "datasource",
+            "{file}: data source is a variable"
+        );
+        for v in d["templating"]["list"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|v| v["type"] == "query")
+        {
+            // label_values(metric, label)
+            let q = v["query"]["query"].as_str().expect("variable query");
+            let inner = q.trim_start_matches("label_values(").trim_end_matches(')');
+            let (metric, label) = inner.split_once(',').expect("metric, label");
+            let values: serde_json::Value = reqwest::Client::new()
+                .get(format!("{}/api/v1/label/{}/values", prom.url, label.trim()))
+                .query(&[("match[]", metric.trim())])
+                .send()
+                .await
+                .expect("label values")
+                .json()
+                .await
+                .expect("json");
+            checked += 1;
+            if values["data"].as_array().is_none_or(|a| a.is_empty()) {
+                problems.push(format!("{file}: variable {} is empty: {values}", v["name"]));
+            }
+        }
+        for p in d["panels"].as_array().into_iter().flatten() {
+            for t in p["targets"].as_array().into_iter().flatten() {
+                let expr = expand(t["expr"].as_str().expect("expr"));
+                let r = query(&prom.url, &expr).await;
+                checked += 1;
+                if r["status"] != "success" {
+                    problems.push(format!("{file} / {}: error {r}", p["title"]));
+                } else if r["data"]["result"].as_array().is_none_or(|a| a.is_empty()) {
+                    problems.push(format!("{file} / {}: empty for {expr}", p["title"]));
+                }
+            }
+        }
+    }
+    if !problems.is_empty() {
+        for q in [
+            "deployd_deployments_total",
+            "count_over_time(deployd_deployments_total[1m])",
+            "up",
+            "prometheus_tsdb_head_samples_appended_total",
+        ] {
+            eprintln!("DEBUG {q}: {}", query(&prom.url, q).await);
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} of {checked} queries failed:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+    assert!(checked >= 25, "{checked}");
+
+    // The recording rules the alerts read are evaluated and present.
+    for rule in [
+        "deployd:deploy_success:ratio_rate1h",
+        "deployd:build_success:ratio_rate1h",
+        "deployd:health_check_success:ratio_rate1h",
+    ] {
+        let r = query(&prom.url, rule).await;
+        assert!(
+            r["data"]["result"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty()),
+            "{rule}: {r}"
+        );
+    }
+
+    // promtool lints the exposition format.
+    let text = h.metrics().await;
+    let mut lint = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    {
+        use std::io::Write;
+        lint.stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write");
+    }
+    let out = lint.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
