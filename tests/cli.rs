@@ -199,3 +199,56 @@ mod reqwest {
         })
     }
 }
+
+/// `--log-format json`: one JSON object per line, and every line the
+/// pipeline logs during a run carries the run's deployment id.
+#[test]
+fn json_logs_carry_the_deployment_id() {
+    let out = deployd()
+        .env("RUST_LOG", "deployd=info")
+        .args([
+            "--log-format",
+            "json",
+            "deploy",
+            "--sandbox",
+            &example(),
+            "--service",
+            "logged",
+            "--allow-unauthenticated",
+            "--json",
+        ])
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let id = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|e| e["deployment_id"].as_str().map(str::to_string))
+        .expect("deployment id in the events");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let pipeline: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| {
+            l["target"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("deployd::pipeline"))
+        })
+        .collect();
+    assert!(
+        pipeline.len() >= 8,
+        "deploy started, six stages, deploy finished: {}",
+        pipeline.len()
+    );
+    for l in pipeline {
+        assert_eq!(l["span"]["deployment_id"], id.as_str(), "{l}");
+        let spans = l["spans"].as_array().expect("span list");
+        assert!(
+            spans.iter().all(|s| s["deployment_id"] == id.as_str()),
+            "{l}"
+        );
+    }
+}

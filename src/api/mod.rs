@@ -28,6 +28,33 @@ use crate::pipeline::event::Reporter;
 use crate::pipeline::model::InvalidRequest;
 use crate::pipeline::verify::UrlRefused;
 use crate::pipeline::Pipeline;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// W3C trace context (`traceparent`) from gRPC metadata.
+struct MetadataExtractor<'a>(&'a tonic::metadata::MetadataMap);
+
+impl opentelemetry::propagation::Extractor for MetadataExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .keys()
+            .filter_map(|k| match k {
+                tonic::metadata::KeyRef::Ascii(k) => Some(k.as_str()),
+                tonic::metadata::KeyRef::Binary(_) => None,
+            })
+            .collect()
+    }
+}
+
+fn trace_parent<T>(request: &Request<T>) -> opentelemetry::Context {
+    opentelemetry::global::get_text_map_propagator(|p| {
+        p.extract(&MetadataExtractor(request.metadata()))
+    })
+}
 use crate::telemetry::metrics;
 use proto::deployer_server::{Deployer, DeployerServer};
 
@@ -64,7 +91,12 @@ impl DeployerService {
     /// Starts a run detached from the request: it finishes (or is cancelled
     /// cleanly when the client goes away or the daemon stops) and logs and
     /// counts its outcome either way.
-    fn start<F, Fut>(&self, method: &'static str, run: F) -> EventStream
+    fn start<F, Fut>(
+        &self,
+        method: &'static str,
+        parent: opentelemetry::Context,
+        run: F,
+    ) -> EventStream
     where
         F: FnOnce(Arc<Pipeline>, Reporter, CancellationToken) -> Fut,
         Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -72,8 +104,12 @@ impl DeployerService {
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         let id = uuid::Uuid::new_v4().to_string();
         let cancel = self.shutdown.child_token();
+        // The run's spans continue the caller's trace when it sent one.
+        let span = tracing::info_span!("rpc", otel.name = format!("deployd.v1.Deployer/{method}"), otel.kind = "server",
+            rpc.system = "grpc", rpc.method = method, deployment_id = %id);
+        let _ = span.set_parent(parent);
         let fut = run(self.pipeline.clone(), Reporter::new(id, tx), cancel.clone());
-        self.runs.spawn(fut);
+        self.runs.spawn(fut.instrument(span));
         metrics::grpc_request(method, "OK");
         // Dropping the response stream (client gone) cancels the run.
         let guard = cancel.drop_guard();
@@ -109,11 +145,16 @@ impl Deployer for DeployerService {
         request: Request<proto::PreflightRequest>,
     ) -> Result<Response<EventStream>, Status> {
         const M: &str = "Preflight";
+        let parent = trace_parent(&request);
         let req = convert::preflight_request(request.into_inner()).map_err(|e| invalid(M, e))?;
         req.validate().map_err(|e| invalid(M, e))?;
-        Ok(Response::new(self.start(M, move |p, r, c| async move {
-            p.preflight(req, r, c).await;
-        })))
+        Ok(Response::new(self.start(
+            M,
+            parent,
+            move |p, r, c| async move {
+                p.preflight(req, r, c).await;
+            },
+        )))
     }
 
     async fn deploy(
@@ -121,12 +162,17 @@ impl Deployer for DeployerService {
         request: Request<proto::DeployRequest>,
     ) -> Result<Response<EventStream>, Status> {
         const M: &str = "Deploy";
+        let parent = trace_parent(&request);
         let req = convert::deploy_request(request.into_inner(), self.health_base_delay)
             .map_err(|e| invalid(M, e))?;
         req.validate().map_err(|e| invalid(M, e))?;
-        Ok(Response::new(self.start(M, move |p, r, c| async move {
-            p.deploy(req, r, c).await;
-        })))
+        Ok(Response::new(self.start(
+            M,
+            parent,
+            move |p, r, c| async move {
+                p.deploy(req, r, c).await;
+            },
+        )))
     }
 
     async fn verify(
@@ -134,6 +180,7 @@ impl Deployer for DeployerService {
         request: Request<proto::VerifyRequest>,
     ) -> Result<Response<EventStream>, Status> {
         const M: &str = "Verify";
+        let parent = trace_parent(&request);
         let req = convert::verify_request(request.into_inner(), self.health_base_delay)
             .map_err(|e| invalid(M, e))?;
         req.validate().map_err(|e| invalid(M, e))?;
@@ -142,8 +189,12 @@ impl Deployer for DeployerService {
             .authorize_verify_url(&req.url)
             .await
             .map_err(|e| refused(M, e))?;
-        Ok(Response::new(self.start(M, move |p, r, c| async move {
-            p.verify(req, pinned, r, c).await;
-        })))
+        Ok(Response::new(self.start(
+            M,
+            parent,
+            move |p, r, c| async move {
+                p.verify(req, pinned, r, c).await;
+            },
+        )))
     }
 }

@@ -355,8 +355,14 @@ pub async fn main() -> anyhow::Result<i32> {
     } else {
         "warn"
     };
-    telemetry::init_logging(cli.log_format, level);
-    match cli.command {
+    let tracing = telemetry::init(cli.log_format, level);
+    let code = run(cli.command).await;
+    tracing.shutdown().await;
+    code
+}
+
+async fn run(command: Command) -> anyhow::Result<i32> {
+    match command {
         Command::Serve(a) => serve(a).await,
         Command::Deploy(a) => {
             let local_path = match &a.path {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use reqwest::{Method, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
+use tracing::Instrument;
 
 use super::error::{decode, GcpError};
 
@@ -121,6 +122,16 @@ impl Transport {
         method: &'static str,
         rb: RequestBuilder,
     ) -> Result<Response, GcpError> {
+        // One client span per Google API call, named by its method.
+        let span = tracing::info_span!(
+            "gcp",
+            otel.name = method,
+            otel.kind = "client",
+            rpc.system = "google_api",
+            rpc.method = method,
+            http.response.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty
+        );
         let rb = match &self.credentials {
             Credentials::Google(p) => {
                 let token = p.token(&[SCOPE]).await.map_err(GcpError::Auth)?;
@@ -128,9 +139,19 @@ impl Transport {
             }
             Credentials::None => rb,
         };
-        rb.send()
-            .await
-            .map_err(|source| GcpError::Transport { method, source })
+        let result = rb.send().instrument(span.clone()).await;
+        match &result {
+            Ok(r) => {
+                span.record("http.response.status_code", r.status().as_u16());
+                if !r.status().is_success() {
+                    span.record("otel.status_code", "ERROR");
+                }
+            }
+            Err(_) => {
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        result.map_err(|source| GcpError::Transport { method, source })
     }
 
     /// Turns an error response into its typed error.

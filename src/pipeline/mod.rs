@@ -232,7 +232,7 @@ impl Pipeline {
         cancel: CancellationToken,
     ) -> Outcome {
         let id = events.deployment_id().to_string();
-        let span = tracing::info_span!("deployment", deployment_id = %id, project = %req.target.project,
+        let span = tracing::info_span!("deployment", otel.name = "deploy", deployment_id = %id, project = %req.target.project,
             region = %req.target.region, service = %req.target.service);
         let started = Instant::now();
         let _in_progress = metrics::InProgress::start();
@@ -301,12 +301,31 @@ impl Pipeline {
         }
         events.emit(Some(stage), EventKind::StageStarted).await;
         let t = Instant::now();
+        let span = tracing::info_span!(
+            "stage",
+            otel.name = stage.as_str(),
+            stage = stage.as_str(),
+            deployment_id = %d.id,
+            otel.status_code = tracing::field::Empty,
+            error = tracing::field::Empty
+        );
         let result = tokio::select! {
-            r = self.run_stage(stage, d, workspace, events, cancel) => r,
+            r = self.run_stage(stage, d, workspace, events, cancel).instrument(span.clone()) => r,
             // Stages that own remote work (the build) cancel it themselves
             // first; this arm catches the rest.
             _ = cancelled_after_grace(cancel) => Err(StageError::Cancelled { stage: stage.as_str() }),
         };
+        if let Err(e) = &result {
+            span.record("otel.status_code", "ERROR");
+            span.record("error", error::error_chain(e));
+        }
+        span.in_scope(|| {
+            tracing::info!(
+                ok = result.is_ok(),
+                duration_ms = t.elapsed().as_millis() as u64,
+                "stage finished"
+            )
+        });
         metrics::stage_duration(stage, t.elapsed());
         events
             .emit(

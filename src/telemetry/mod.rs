@@ -61,16 +61,90 @@ pub enum LogFormat {
     Json,
 }
 
-/// Logs go to stderr, filtered by RUST_LOG (default `default_level`).
-pub fn init_logging(format: LogFormat, default_level: &str) {
-    use tracing_subscriber::EnvFilter;
+/// Keeps the trace pipeline alive; [`Tracing::shutdown`] flushes it.
+pub struct Tracing {
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Tracing {
+    /// Flushes spans still batched. The SDK's shutdown blocks, and must not
+    /// run on a runtime worker (a known deadlock), hence the blocking thread.
+    pub async fn shutdown(self) {
+        if let Some(p) = self.provider {
+            let _ = tokio::task::spawn_blocking(move || p.shutdown()).await;
+        }
+    }
+}
+
+/// Logs to stderr, filtered by RUST_LOG (default `default_level`), as text
+/// or JSON; every line inside a run carries its span fields, the
+/// deployment id among them. With OTEL_EXPORTER_OTLP_ENDPOINT (or
+/// OTEL_TRACES_EXPORTER=otlp) set, spans also go out over OTLP/gRPC,
+/// configured by the standard OTEL_* variables.
+pub fn init(format: LogFormat, default_level: &str) -> Tracing {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
+
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    let fmt = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .with_writer(std::io::stderr)
+            .boxed(),
     };
+    let (otel, provider) = match otlp_provider() {
+        Some(provider) => {
+            use opentelemetry::trace::TracerProvider;
+            let tracer = provider.tracer("deployd");
+            // Spans are exported whatever RUST_LOG says about log lines.
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(EnvFilter::new("deployd=info"));
+            (Some(layer), Some(provider))
+        }
+        None => (None, None),
+    };
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let _ = tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(otel)
+        .try_init();
+    Tracing { provider }
+}
+
+fn otlp_provider() -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
+    let wanted = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
+        || std::env::var_os("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some()
+        || std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v == "otlp");
+    if !wanted || std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v == "true") {
+        return None;
+    }
+    let exporter = match opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .build()
+    {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("deployd: OTLP export disabled: {e}");
+            return None;
+        }
+    };
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name("deployd")
+        .build();
+    Some(
+        opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource)
+            .build(),
+    )
 }

@@ -1,0 +1,269 @@
+//! Traces over OTLP to a real receiver: a tonic server from
+//! opentelemetry-proto, fed by `deployd serve --sandbox` (the real binary,
+//! with the standard OTEL_* variables). A caller's W3C trace context
+//! continues into deployd; each run is one trace with one root span, stage
+//! spans in order, Google API call spans, and the failing stage marked.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deployd::api::proto::{self, deployer_client::DeployerClient};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::trace::v1::{status::StatusCode, Span};
+
+#[derive(Clone, Default)]
+struct Receiver(Arc<Mutex<Vec<Span>>>);
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        req: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.0.lock().expect("lock");
+        for rs in req.into_inner().resource_spans {
+            for ss in rs.scope_spans {
+                spans.extend(ss.spans);
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+async fn deploy(
+    client: &mut DeployerClient<tonic::transport::Channel>,
+    dir: &str,
+    service: &str,
+    traceparent: Option<&str>,
+) -> proto::Outcome {
+    let mut req = tonic::Request::new(proto::DeployRequest {
+        target: Some(proto::Target {
+            project: "demo-project".into(),
+            region: "us-central1".into(),
+            service: service.into(),
+        }),
+        source: Some(proto::Source {
+            kind: Some(proto::source::Kind::LocalPath(dir.into())),
+            git_ref: String::new(),
+        }),
+        runtime: Some(proto::RuntimeSettings {
+            allow_unauthenticated: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    if let Some(tp) = traceparent {
+        req.metadata_mut()
+            .insert("traceparent", tp.parse().expect("ascii"));
+    }
+    let mut stream = client.deploy(req).await.expect("accepted").into_inner();
+    let mut last = None;
+    while let Some(e) = stream.message().await.expect("stream") {
+        last = e.kind;
+    }
+    match last {
+        Some(proto::event::Kind::Outcome(o)) => o,
+        other => panic!("no outcome: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_is_one_trace_with_stage_and_api_spans() {
+    let receiver = Receiver::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let otlp = listener.local_addr().expect("addr");
+    let server = receiver.clone();
+    tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(server))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await;
+    });
+
+    let (grpc, metrics) = (free_port(), free_port());
+    let _daemon = Daemon(
+        Command::new(env!("CARGO_BIN_EXE_deployd"))
+            .args([
+                "serve",
+                "--sandbox",
+                "--listen",
+                &format!("127.0.0.1:{grpc}"),
+                "--metrics-listen",
+                &format!("127.0.0.1:{metrics}"),
+            ])
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}"))
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .env("DEPLOYD_RETRY_BASE_DELAY_MS", "20")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("daemon starts"),
+    );
+    let mut client = loop {
+        if let Ok(c) = DeployerClient::connect(format!("http://127.0.0.1:{grpc}")).await {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    // A caller's trace continues into deployd; this run fails in analyze.
+    let no_dockerfile = tempfile::tempdir().expect("tempdir");
+    std::fs::write(no_dockerfile.path().join("app.py"), "print()\n").expect("write");
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let o = deploy(
+        &mut client,
+        &no_dockerfile.path().display().to_string(),
+        "traced-fail",
+        Some(&format!("00-{caller_trace}-{caller_span}-01")),
+    )
+    .await;
+    assert!(!o.success);
+
+    // A run without a caller's context is a trace of its own.
+    let example = format!("{}/examples/hello", env!("CARGO_MANIFEST_DIR"));
+    let o = deploy(&mut client, &example, "traced-ok", None).await;
+    assert!(o.success, "{o:?}");
+
+    // Batches go out every 100 ms.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let spans = loop {
+        let spans = receiver.0.lock().expect("lock").clone();
+        let verify_seen = spans.iter().any(|s| s.name == "verify");
+        if verify_seen
+            && spans
+                .iter()
+                .any(|s| s.name == "analyze" && hex(&s.trace_id) == caller_trace)
+        {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            break receiver.0.lock().expect("lock").clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "spans not received: {:?}",
+            spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // The failed run: in the caller's trace, under the caller's span.
+    let failed: Vec<&Span> = spans
+        .iter()
+        .filter(|s| hex(&s.trace_id) == caller_trace)
+        .collect();
+    let rpc = failed
+        .iter()
+        .find(|s| s.name == "deployd.v1.Deployer/Deploy")
+        .expect("rpc span");
+    assert_eq!(hex(&rpc.parent_span_id), caller_span);
+    let analyze = failed
+        .iter()
+        .find(|s| s.name == "analyze")
+        .expect("analyze span");
+    assert_eq!(
+        analyze.status.as_ref().map(|s| s.code),
+        Some(StatusCode::Error as i32)
+    );
+    let source = failed
+        .iter()
+        .find(|s| s.name == "source")
+        .expect("source span");
+    assert_ne!(
+        source.status.as_ref().map(|s| s.code),
+        Some(StatusCode::Error as i32)
+    );
+    assert!(
+        !failed.iter().any(|s| s.name == "build"),
+        "no stage after the failure"
+    );
+
+    // The successful run: one trace, one root, stages in order, API calls.
+    let ok_trace = spans
+        .iter()
+        .find(|s| s.name == "verify" && hex(&s.trace_id) != caller_trace)
+        .map(|s| s.trace_id.clone())
+        .expect("verify span");
+    let run: Vec<&Span> = spans.iter().filter(|s| s.trace_id == ok_trace).collect();
+    let roots: Vec<&&Span> = run.iter().filter(|s| s.parent_span_id.is_empty()).collect();
+    assert_eq!(
+        roots.len(),
+        1,
+        "{:?}",
+        roots.iter().map(|s| &s.name).collect::<Vec<_>>()
+    );
+    assert_eq!(roots[0].name, "deployd.v1.Deployer/Deploy");
+    let deploy_span = run
+        .iter()
+        .find(|s| s.name == "deploy" && s.parent_span_id == roots[0].span_id)
+        .expect("deploy span");
+    let attr = |s: &Span, k: &str| {
+        s.attributes
+            .iter()
+            .find(|a| a.key == k)
+            .and_then(|a| a.value.as_ref())
+            .map(|v| format!("{:?}", v.value))
+    };
+    for k in ["deployment_id", "project", "region", "service"] {
+        assert!(attr(deploy_span, k).is_some(), "deploy span lacks {k}");
+    }
+    let mut stages: Vec<&&Span> = run
+        .iter()
+        .filter(|s| s.parent_span_id == deploy_span.span_id && attr(s, "stage").is_some())
+        .collect();
+    stages.sort_by_key(|s| s.start_time_unix_nano);
+    let names: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        vec![
+            "source",
+            "analyze",
+            "preflight",
+            "build",
+            "deploy",
+            "verify"
+        ]
+    );
+    let api_calls: Vec<&str> = run
+        .iter()
+        .filter(|s| attr(s, "rpc.system").is_some_and(|v| v.contains("google_api")))
+        .map(|s| s.name.as_str())
+        .collect();
+    for m in [
+        "cloudbuild.projects.locations.builds.create",
+        "storage.objects.insert",
+        "run.projects.locations.services.create",
+    ] {
+        assert!(api_calls.contains(&m), "{m} in {api_calls:?}");
+    }
+}
