@@ -114,8 +114,9 @@ pub async fn start(
     let cloud = cloud(&config, sandbox.as_ref()).await?;
     let prober = Arc::new(HttpProber::new().map_err(DaemonError::Prober)?);
     let pipeline = Arc::new(Pipeline::new(cloud, prober, config.pipeline()));
-    let handle = telemetry::prometheus()?;
+    // No metrics endpoint, no recorder: metrics calls are then no-ops.
     if let Some(listener) = metrics_listener {
+        let handle = telemetry::prometheus()?;
         let stop = shutdown.clone();
         let router = axum::Router::new().route(
             "/metrics",

@@ -29,13 +29,22 @@ impl Harness {
         Self::start_with(SandboxConfig::fast()).await
     }
 
+    /// Without a metrics endpoint (and so without the global recorder).
+    pub async fn start_without_metrics() -> Harness {
+        Self::build(SandboxConfig::fast(), false).await
+    }
+
     pub async fn start_with(sandbox_config: SandboxConfig) -> Harness {
+        Self::build(sandbox_config, true).await
+    }
+
+    async fn build(sandbox_config: SandboxConfig, with_metrics: bool) -> Harness {
         let sandbox = Sandbox::start(sandbox_config)
             .await
             .expect("sandbox starts");
         let config = DaemonConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            metrics_listen: with_metrics.then(|| SocketAddr::from(([127, 0, 0, 1], 0))),
             backend: Backend::Endpoint(sandbox.base_url()),
             // Backoff scaled down 100x: 20 ms, 40 ms, 80 ms...
             retry_base_delay: Duration::from_millis(20),
