@@ -159,6 +159,25 @@ pub fn describe() {
     }
 }
 
+/// Exports the known series at zero from the start, so success ratios and
+/// alerts have data before the first failure (or first clean deploy).
+pub fn register_defaults() {
+    for result in ["success", "failure", "rolled_back", "cancelled"] {
+        counter!(DEPLOYMENTS, "result" => result).increment(0);
+    }
+    for result in ["success", "failure", "cancelled"] {
+        counter!(BUILDS, "result" => result).increment(0);
+    }
+    for outcome in ["success", "retriable_error", "permanent_error"] {
+        counter!(BUILD_ATTEMPTS, "outcome" => outcome).increment(0);
+    }
+    for result in ["success", "failure"] {
+        counter!(ROLLBACKS, "result" => result).increment(0);
+    }
+    counter!(FIRST_TIME_SUCCESS).increment(0);
+    gauge!(IN_PROGRESS).increment(0.0);
+}
+
 pub fn build_attempt(outcome: &'static str) {
     counter!(BUILD_ATTEMPTS, "outcome" => outcome).increment(1);
 }

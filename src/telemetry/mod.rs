@@ -43,6 +43,7 @@ pub fn prometheus() -> Result<PrometheusHandle, TelemetryError> {
         .map_err(TelemetryError::Recorder)?;
     let handle = HANDLE.get_or_init(|| handle).clone();
     metrics::describe();
+    metrics::register_defaults();
     let upkeep = handle.clone();
     // Histograms are drained only by upkeep; without it memory grows.
     std::thread::Builder::new()
