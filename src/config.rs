@@ -26,6 +26,9 @@ pub const ENV_UPLOAD_CHUNK_BYTES: &str = "DEPLOYD_UPLOAD_CHUNK_BYTES";
 pub const ENV_INVOKER_SERVICE_ACCOUNT: &str = "DEPLOYD_INVOKER_SERVICE_ACCOUNT";
 /// Hosts a Verify caller may have probed, comma-separated (`*.run.app`).
 pub const ENV_VERIFY_ALLOWED_HOSTS: &str = "DEPLOYD_VERIFY_ALLOWED_HOSTS";
+/// Directories local sources may come from, comma-separated; none: local
+/// sources are refused (git URLs only).
+pub const ENV_LOCAL_SOURCE_ROOTS: &str = "DEPLOYD_LOCAL_SOURCE_ROOTS";
 /// Deadline of one preflight API call.
 pub const ENV_CHECK_TIMEOUT_MS: &str = "DEPLOYD_CHECK_TIMEOUT_MS";
 pub const ENV_SERVER: &str = "DEPLOYD_SERVER";
@@ -67,6 +70,8 @@ pub struct DaemonConfig {
     pub invoker_service_account: Option<String>,
     /// Which URLs Verify callers may have probed.
     pub url_policy: UrlPolicy,
+    /// Directories local sources may come from; empty refuses them.
+    pub local_source_roots: Vec<PathBuf>,
     /// How long shutdown waits for running deploys to wind down.
     pub shutdown_grace: Duration,
 }
@@ -82,6 +87,7 @@ impl DaemonConfig {
             max_source_bytes: self.max_source_bytes,
             build_deadline_slack: self.build_deadline_slack,
             url_policy: self.url_policy.clone(),
+            sources: crate::pipeline::source::SourcePolicy::new(self.local_source_roots.clone()),
         }
     }
 }
@@ -103,6 +109,7 @@ impl Default for DaemonConfig {
             build_deadline_slack: p.build_deadline_slack,
             invoker_service_account: None,
             url_policy: p.url_policy,
+            local_source_roots: vec![],
             shutdown_grace: Duration::from_secs(30),
         }
     }

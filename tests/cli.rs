@@ -97,7 +97,7 @@ fn failed_deploy_exits_nonzero_with_what_to_do() {
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("FAILED in analyze: [NO_DOCKERFILE]"),
+        stdout.contains("FAILED in analyze: [UNSUPPORTED_SOURCE]"),
         "{stdout}"
     );
     assert!(stdout.contains("what to do:"), "{stdout}");
@@ -133,6 +133,8 @@ fn serve_and_deploy_as_two_processes() {
         .args([
             "serve",
             "--sandbox",
+            "--local-source-root",
+            env!("CARGO_MANIFEST_DIR"),
             "--listen",
             &format!("127.0.0.1:{grpc}"),
             "--metrics-listen",

@@ -542,6 +542,7 @@ async fn deploys_from_a_git_repository_at_a_tag() {
             repo.path().display()
         ))),
         git_ref: "v1".into(),
+        subdirectory: String::new(),
     });
     let (_, o) = deploy(&h, req).await;
     assert!(o.success, "{o:?}");
@@ -600,6 +601,7 @@ async fn invalid_requests_are_refused_naming_the_field() {
                 source: Some(proto::Source {
                     kind: None,
                     git_ref: String::new(),
+                    subdirectory: String::new(),
                 }),
                 ..base.clone()
             },

@@ -73,6 +73,7 @@ async fn deploy(
         source: Some(proto::Source {
             kind: Some(proto::source::Kind::LocalPath(dir.into())),
             git_ref: String::new(),
+            subdirectory: String::new(),
         }),
         runtime: Some(proto::RuntimeSettings {
             allow_unauthenticated: true,
@@ -115,7 +116,7 @@ async fn a_deploy_is_one_trace_with_stage_and_api_spans() {
         Command::new(env!("CARGO_BIN_EXE_deployd"))
             .args([
                 "serve",
-                "--sandbox",
+                "--sandbox", "--local-source-root", "/",
                 "--listen",
                 &format!("127.0.0.1:{grpc}"),
                 "--metrics-listen",

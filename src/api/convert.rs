@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::proto;
+use crate::pipeline::analyze::BuildPlan;
 use crate::pipeline::event::{
     CheckResult, Event, EventKind, Failure, Outcome, ProbeResult, ProbeStats, Stage,
 };
@@ -117,6 +118,7 @@ pub fn deploy_request(
     let source = r
         .source
         .ok_or_else(|| InvalidRequest::new("source", "is required"))?;
+    let subdirectory = nonempty(source.subdirectory.clone());
     let source = match source.kind {
         Some(proto::source::Kind::LocalPath(p)) => SourceSpec::LocalPath(PathBuf::from(p)),
         Some(proto::source::Kind::GitUrl(url)) => SourceSpec::Git {
@@ -194,6 +196,7 @@ pub fn deploy_request(
     Ok(DeployRequest {
         target: target(r.target)?,
         source,
+        subdirectory,
         runtime,
         build: build_options(r.build),
         health,
@@ -291,6 +294,29 @@ fn probe(p: ProbeResult) -> proto::Probe {
     }
 }
 
+pub fn plan(p: &BuildPlan, dockerfile: Option<&str>) -> proto::BuildPlan {
+    proto::BuildPlan {
+        language: p.language.as_str().into(),
+        version: p.version.clone().unwrap_or_default(),
+        framework: p.framework.clone().unwrap_or_default(),
+        package_manager: p.package_manager.clone().unwrap_or_default(),
+        install: p.install.clone(),
+        build: p.build.clone(),
+        start: p.start.clone(),
+        port: p.port.into(),
+        evidence: p
+            .evidence
+            .iter()
+            .map(|e| proto::Evidence {
+                file: e.file.clone(),
+                line: e.line.and_then(|l| u32::try_from(l).ok()).unwrap_or(0),
+                note: e.note.clone(),
+            })
+            .collect(),
+        dockerfile: dockerfile.unwrap_or_default().into(),
+    }
+}
+
 fn probe_stats(s: ProbeStats) -> proto::ProbeStats {
     proto::ProbeStats {
         attempts: s.attempts,
@@ -348,6 +374,10 @@ pub fn event(e: Event) -> proto::Event {
             delay_ms: ms(delay),
             reason,
         }),
+        EventKind::Plan {
+            plan: p,
+            dockerfile,
+        } => Kind::Plan(plan(&p, dockerfile.as_deref())),
         EventKind::Outcome(o) => Kind::Outcome(outcome(*o)),
     };
     let since = e.time.duration_since(UNIX_EPOCH).unwrap_or_default();

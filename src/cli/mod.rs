@@ -63,6 +63,10 @@ struct ServeArgs {
     /// Send every Google API call to this base URL (an emulator); no credentials.
     #[arg(long, env = ENV_GCP_ENDPOINT)]
     gcp_endpoint: Option<String>,
+    /// Accept local source paths under this directory (repeatable); without
+    /// it the daemon takes git URLs only.
+    #[arg(long = "local-source-root", env = ENV_LOCAL_SOURCE_ROOTS, value_delimiter = ',')]
+    local_source_roots: Vec<PathBuf>,
     #[command(flatten)]
     tuning: Tuning,
 }
@@ -159,6 +163,9 @@ struct DeployArgs {
     git_url: Option<String>,
     #[arg(long, requires = "git_url")]
     git_ref: Option<String>,
+    /// Deploy this directory of the source (monorepos).
+    #[arg(long)]
+    subdirectory: Option<String>,
     #[arg(long)]
     service: String,
     #[command(flatten)]
@@ -400,6 +407,7 @@ async fn run(command: Command) -> anyhow::Result<i32> {
                 source: Some(proto::Source {
                     kind: Some(kind),
                     git_ref: a.git_ref.clone().unwrap_or_default(),
+                    subdirectory: a.subdirectory.clone().unwrap_or_default(),
                 }),
                 runtime: Some(proto::RuntimeSettings {
                     env: a.env.iter().cloned().collect::<HashMap<_, _>>(),
@@ -495,6 +503,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<i32> {
     let config = DaemonConfig {
         listen: a.listen,
         metrics_listen: Some(a.metrics_listen),
+        local_source_roots: a.local_source_roots.clone(),
         ..a.tuning.daemon_config(backend)
     };
     let shutdown = CancellationToken::new();
@@ -535,6 +544,8 @@ where
         let config = DaemonConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             metrics_listen: None,
+            // The embedded daemon serves this user only: their own files.
+            local_source_roots: vec![PathBuf::from("/")],
             ..c.tuning.daemon_config(Backend::EmbeddedSandbox)
         };
         let running = daemon::start(config, SandboxConfig::default(), shutdown.clone()).await?;

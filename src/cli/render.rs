@@ -52,6 +52,13 @@ pub fn to_json(e: &proto::Event) -> Value {
             "retry",
             json!({"operation": r.operation, "attempt": r.attempt, "delay_ms": r.delay_ms, "reason": r.reason}),
         ),
+        Some(Kind::Plan(p)) => (
+            "plan",
+            json!({"language": p.language, "version": p.version, "framework": p.framework, "package_manager": p.package_manager,
+                   "install": p.install, "build": p.build, "start": p.start, "port": p.port,
+                   "evidence": p.evidence.iter().map(|e| json!({"file": e.file, "line": e.line, "note": e.note})).collect::<Vec<_>>(),
+                   "dockerfile": p.dockerfile}),
+        ),
         Some(Kind::Outcome(o)) => (
             "outcome",
             json!({
@@ -114,6 +121,7 @@ pub fn human(out: &mut impl Write, e: &proto::Event) -> std::io::Result<()> {
             r.attempt,
             r.reason
         ),
+        Some(Kind::Plan(p)) => plan(out, p),
         Some(Kind::Outcome(o)) => outcome(out, o),
         None => Ok(()),
     }
@@ -163,6 +171,43 @@ fn outcome(out: &mut impl Write, o: &proto::Outcome) -> std::io::Result<()> {
             "  rollback recommended: gcloud run services update-traffic SERVICE --to-revisions={}=100",
             o.previous_revision
         )?;
+    }
+    Ok(())
+}
+
+/// The build plan, with the evidence for each choice.
+pub fn plan(out: &mut impl Write, p: &proto::BuildPlan) -> std::io::Result<()> {
+    let mut what = p.language.clone();
+    if !p.version.is_empty() {
+        what.push_str(&format!(" {}", p.version));
+    }
+    if !p.framework.is_empty() {
+        what.push_str(&format!(" ({})", p.framework));
+    }
+    if !p.package_manager.is_empty() {
+        what.push_str(&format!(", {}", p.package_manager));
+    }
+    writeln!(out, "    plan: {what}")?;
+    for line in &p.install {
+        writeln!(out, "      install: {line}")?;
+    }
+    for line in &p.build {
+        writeln!(out, "      build:   {line}")?;
+    }
+    writeln!(out, "      start:   {}  (port {})", p.start, p.port)?;
+    for e in &p.evidence {
+        let at = if e.line > 0 {
+            format!("{}:{}", e.file, e.line)
+        } else {
+            e.file.clone()
+        };
+        writeln!(out, "      because  {at}: {}", e.note)?;
+    }
+    if !p.dockerfile.is_empty() {
+        writeln!(out, "      generated Dockerfile:")?;
+        for l in p.dockerfile.lines() {
+            writeln!(out, "        {l}")?;
+        }
     }
     Ok(())
 }

@@ -174,26 +174,48 @@ enum Entry {
         rel: PathBuf,
         target: PathBuf,
     },
+    /// Not in the tree: added for the build (a generated Dockerfile).
+    Generated {
+        rel: PathBuf,
+        content: Vec<u8>,
+    },
 }
 
 impl Entry {
     fn rel(&self) -> &Path {
         match self {
-            Entry::File { rel, .. } | Entry::Symlink { rel, .. } => rel,
+            Entry::File { rel, .. } | Entry::Symlink { rel, .. } | Entry::Generated { rel, .. } => {
+                rel
+            }
         }
     }
 }
 
-pub fn pack(root: &Path, max_bytes: u64) -> Result<SourceArchive, ArchiveError> {
+/// Packs `root`, plus `extra` files (path, content) that the build needs
+/// but the tree lacks, such as a generated Dockerfile; the tree itself is
+/// never written to.
+pub fn pack(
+    root: &Path,
+    max_bytes: u64,
+    extra: &[(String, String)],
+) -> Result<SourceArchive, ArchiveError> {
     let (rules, ignore_file) = ignore_rules(root)?;
     let mut entries = Vec::new();
     collect(root, Path::new(""), &rules, &mut entries)?;
+    entries.retain(|e| !extra.iter().any(|(p, _)| e.rel() == Path::new(p)));
+    for (path, text) in extra {
+        entries.push(Entry::Generated {
+            rel: PathBuf::from(path),
+            content: text.clone().into_bytes(),
+        });
+    }
     entries.sort_by(|a, b| a.rel().cmp(b.rel()));
 
     let total: u64 = entries
         .iter()
         .map(|e| match e {
             Entry::File { size, .. } => *size,
+            Entry::Generated { content, .. } => content.len() as u64,
             Entry::Symlink { .. } => 0,
         })
         .sum();
@@ -202,7 +224,7 @@ pub fn pack(root: &Path, max_bytes: u64) -> Result<SourceArchive, ArchiveError> 
             .iter()
             .filter_map(|e| match e {
                 Entry::File { rel, size, .. } => Some((rel.display().to_string(), *size)),
-                Entry::Symlink { .. } => None,
+                Entry::Symlink { .. } | Entry::Generated { .. } => None,
             })
             .collect();
         files.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
@@ -232,6 +254,13 @@ pub fn pack(root: &Path, max_bytes: u64) -> Result<SourceArchive, ArchiveError> 
                 header.set_size(0);
                 header.set_mode(0o777);
                 tar.append_link(&mut header, rel, target).map_err(tar_err)?;
+            }
+            Entry::Generated { rel, content } => {
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_size(content.len() as u64);
+                header.set_mode(0o644);
+                tar.append_data(&mut header, rel, content.as_slice())
+                    .map_err(tar_err)?;
             }
             Entry::File {
                 rel,
@@ -410,13 +439,13 @@ mod tests {
     }
 
     fn packed_names(root: &Path) -> Vec<String> {
-        names(&pack(root, NO_LIMIT).expect("pack").bytes)
+        names(&pack(root, NO_LIMIT, &[]).expect("pack").bytes)
     }
 
     #[test]
     fn archive_is_sorted_and_skips_vcs() {
         let dir = tree();
-        let a = pack(dir.path(), NO_LIMIT).expect("pack");
+        let a = pack(dir.path(), NO_LIMIT, &[]).expect("pack");
         assert_eq!(names(&a.bytes), vec!["Dockerfile", "src/app/main.py"]);
         assert_eq!(a.files, 2);
         assert_eq!(a.ignore_file, None);
@@ -425,13 +454,13 @@ mod tests {
     #[test]
     fn same_tree_gives_same_bytes() {
         let dir = tree();
-        let a = pack(dir.path(), NO_LIMIT).expect("pack");
+        let a = pack(dir.path(), NO_LIMIT, &[]).expect("pack");
         // Rewriting a file with the same content changes its mtime only.
         write(dir.path(), "Dockerfile", "FROM scratch\n");
-        let b = pack(dir.path(), NO_LIMIT).expect("pack");
+        let b = pack(dir.path(), NO_LIMIT, &[]).expect("pack");
         assert_eq!(a.bytes, b.bytes);
         write(dir.path(), "Dockerfile", "FROM busybox\n");
-        let c = pack(dir.path(), NO_LIMIT).expect("pack");
+        let c = pack(dir.path(), NO_LIMIT, &[]).expect("pack");
         assert_ne!(a.sha256, c.sha256);
     }
 
@@ -528,7 +557,7 @@ mod tests {
         ] {
             let d = tree();
             symlink(target, d.path().join(link)).expect("symlink");
-            let e = pack(d.path(), NO_LIMIT).expect_err("refused");
+            let e = pack(d.path(), NO_LIMIT, &[]).expect_err("refused");
             assert!(
                 matches!(e, ArchiveError::SymlinkEscape { .. }),
                 "{link}: {e}"
@@ -549,14 +578,14 @@ mod tests {
         if !made.is_ok_and(|s| s.success()) {
             return; // no mkfifo on this machine
         }
-        let e = pack(dir.path(), NO_LIMIT).expect_err("refused");
+        let e = pack(dir.path(), NO_LIMIT, &[]).expect_err("refused");
         assert_eq!(
             e.to_string(),
             "pipe is a named pipe, which cannot be part of a source archive"
         );
         // Ignored special files are fine.
         write(dir.path(), ".gitignore", "pipe\n");
-        assert!(pack(dir.path(), NO_LIMIT).is_ok());
+        assert!(pack(dir.path(), NO_LIMIT, &[]).is_ok());
     }
 
     #[test]
@@ -564,7 +593,7 @@ mod tests {
         let dir = tree();
         write(dir.path(), "data/big.bin", &"x".repeat(3 * 1024 * 1024));
         write(dir.path(), "data/medium.bin", &"x".repeat(2 * 1024 * 1024));
-        let e = pack(dir.path(), 4 * 1024 * 1024).expect_err("too large");
+        let e = pack(dir.path(), 4 * 1024 * 1024, &[]).expect_err("too large");
         let msg = e.to_string();
         assert!(msg.starts_with("the source is 5 MiB, over the 4 MiB limit; largest files: data/big.bin (3 MiB), data/medium.bin (2 MiB)"), "{msg}");
     }

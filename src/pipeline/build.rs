@@ -247,7 +247,8 @@ impl Pipeline {
             dir: dir.display().to_string(),
             source,
         };
-        let packed = tokio::task::spawn_blocking(move || archive::pack(&owned, max))
+        let extra = d.generated.clone();
+        let packed = tokio::task::spawn_blocking(move || archive::pack(&owned, max, &extra))
             .await
             .map_err(|e| {
                 archive_err(archive::ArchiveError::Io {

@@ -162,8 +162,15 @@ pub enum StageError {
     #[error("source {location} is not usable: {reason}")]
     Source { location: String, reason: String },
 
-    #[error("no Dockerfile in {dir}")]
-    NoDockerfile { dir: String },
+    #[error("source {location} is not allowed: {reason}")]
+    SourceNotAllowed { location: String, reason: String },
+
+    #[error("could not analyze the source in {dir}")]
+    Analyze {
+        dir: String,
+        #[source]
+        source: super::analyze::AnalyzeError,
+    },
 
     #[error("could not pack the source in {dir}")]
     Archive {
@@ -234,9 +241,23 @@ impl StageError {
             StageError::Source { .. } => ("SOURCE_UNAVAILABLE", false, vec![
                 "Check that the path exists and is readable by the daemon, or that the git URL and ref are right.".into(),
             ]),
-            StageError::NoDockerfile { .. } => ("NO_DOCKERFILE", false, vec![
-                "Add a Dockerfile at the root of the source directory.".into(),
+            StageError::SourceNotAllowed { .. } => ("SOURCE_NOT_ALLOWED", false, vec![
+                "Deploy from a git URL, or from a path under a root the daemon allows (deployd serve --local-source-root DIR).".into(),
             ]),
+            StageError::Analyze { source, .. } => {
+                use super::analyze::AnalyzeError as A;
+                match source {
+                    A::UnsafeValue { .. } => ("UNSAFE_SOURCE", false, vec![
+                        "Rename the value so it uses only letters, digits and ._/-:@, or add your own Dockerfile.".into(),
+                    ]),
+                    A::NotRecognized { .. } => ("UNSUPPORTED_SOURCE", false, vec![
+                        "Add a Dockerfile, or a Procfile with a 'web:' line, at the root of the source (or point source.subdirectory at the app).".into(),
+                    ]),
+                    A::Io { .. } => ("SOURCE_UNAVAILABLE", false, vec![
+                        "Check that every file under the source directory is readable.".into(),
+                    ]),
+                }
+            }
             StageError::Archive { source, .. } => {
                 use super::archive::ArchiveError as A;
                 match source {

@@ -160,6 +160,11 @@ pub enum EventKind {
         delay: Duration,
         reason: String,
     },
+    /// What analysis found; `dockerfile` is the generated one, if any.
+    Plan {
+        plan: Box<super::analyze::BuildPlan>,
+        dockerfile: Option<String>,
+    },
     Outcome(Box<Outcome>),
 }
 

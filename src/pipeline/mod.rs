@@ -64,6 +64,8 @@ pub struct PipelineConfig {
     pub max_source_bytes: u64,
     /// Which URLs a `Verify` caller may have probed.
     pub url_policy: UrlPolicy,
+    /// Where sources may come from.
+    pub sources: source::SourcePolicy,
 }
 
 impl Default for PipelineConfig {
@@ -77,6 +79,7 @@ impl Default for PipelineConfig {
             caller_member: "user:YOUR_EMAIL".into(),
             max_source_bytes: archive::DEFAULT_MAX_SOURCE_BYTES,
             url_policy: UrlPolicy::default(),
+            sources: source::SourcePolicy::default(),
         }
     }
 }
@@ -130,6 +133,10 @@ pub struct Deployment {
     #[serde(skip)]
     pub verification: Option<Verification>,
     pub rolled_back: bool,
+    /// What analysis found.
+    pub plan: Option<analyze::BuildPlan>,
+    /// Files added to the build context (a generated Dockerfile...).
+    pub generated: Vec<(String, String)>,
     /// Retries anywhere in the run; zero on a first-time success.
     pub retries: u32,
     pub failure: Option<Failure>,
@@ -152,6 +159,8 @@ impl Deployment {
             candidate_url: None,
             verification: None,
             rolled_back: false,
+            plan: None,
+            generated: vec![],
             retries: 0,
             failure: None,
         }
@@ -377,7 +386,13 @@ impl Pipeline {
     ) -> Result<(), StageError> {
         match stage {
             Stage::Source => {
-                let ws = source::fetch(&d.request.source, &self.config.work_dir).await?;
+                let ws = source::fetch(
+                    &d.request.source,
+                    d.request.subdirectory.as_deref(),
+                    &self.config.sources,
+                    &self.config.work_dir,
+                )
+                .await?;
                 d.source_commit = ws.commit.clone();
                 let mut msg = format!("source at {}", ws.dir.display());
                 if let Some(c) = &ws.commit {
@@ -389,14 +404,44 @@ impl Pipeline {
             }
             Stage::Analyze => {
                 let dir = workspace_dir(workspace)?;
-                if !dir.join("Dockerfile").is_file() {
-                    return Err(StageError::NoDockerfile {
+                let owned = dir.clone();
+                let plan = tokio::task::spawn_blocking(move || analyze::analyze(&owned))
+                    .await
+                    .map_err(|e| StageError::Source {
+                        location: dir.display().to_string(),
+                        reason: e.to_string(),
+                    })?
+                    .map_err(|source| StageError::Analyze {
                         dir: dir.display().to_string(),
-                    });
-                }
+                        source,
+                    })?;
+                let generated = dockerfile::render(&plan, dir.join(".dockerignore").is_file());
+                let text = generated
+                    .as_ref()
+                    .and_then(|g| g.dockerfile().map(str::to_string));
                 events
-                    .progress(stage, "using the app's own Dockerfile")
+                    .progress(
+                        stage,
+                        match &text {
+                            Some(_) => format!(
+                                "no Dockerfile: generated one for a {} app",
+                                plan.language.as_str()
+                            ),
+                            None => "using the app's own Dockerfile".to_string(),
+                        },
+                    )
                     .await;
+                events
+                    .emit(
+                        Some(stage),
+                        EventKind::Plan {
+                            plan: Box::new(plan.clone()),
+                            dockerfile: text,
+                        },
+                    )
+                    .await;
+                d.generated = generated.map(|g| g.files).unwrap_or_default();
+                d.plan = Some(plan);
                 Ok(())
             }
             Stage::Preflight => {

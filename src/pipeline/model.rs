@@ -436,6 +436,8 @@ pub enum RolloutMode {
 pub struct DeployRequest {
     pub target: Target,
     pub source: SourceSpec,
+    /// The directory of the source to deploy (monorepos).
+    pub subdirectory: Option<String>,
     pub runtime: RuntimeSettings,
     pub build: BuildOptions,
     pub health: HealthCheckSpec,
@@ -457,6 +459,18 @@ impl DeployRequest {
                 return Err(InvalidRequest::new("source.git_url", "must not be empty"))
             }
             _ => {}
+        }
+        if let Some(sub) = &self.subdirectory {
+            let p = std::path::Path::new(sub);
+            if p.is_absolute()
+                || p.components()
+                    .any(|c| !matches!(c, std::path::Component::Normal(_)))
+            {
+                return Err(InvalidRequest::new(
+                    "source.subdirectory",
+                    format!("{sub:?} must be a relative path inside the source, without '..'"),
+                ));
+            }
         }
         self.runtime.validate()?;
         self.build.validate()?;

@@ -57,6 +57,7 @@ impl Harness {
             upload_chunk_bytes: 256 * 1024,
             build_deadline_slack: Duration::ZERO,
             invoker_service_account: Some(deployd::sandbox::invoker_service_account(PROJECT)),
+            local_source_roots: vec![std::path::PathBuf::from("/")],
             url_policy: UrlPolicy {
                 allowed_hosts: vec!["*.run.app".into(), "127.0.0.1".into(), "localhost".into()],
                 // Only the sandbox's own address may be loopback.
@@ -117,6 +118,7 @@ pub fn deploy_request(service: &str, dir: &Path) -> proto::DeployRequest {
         source: Some(proto::Source {
             kind: Some(proto::source::Kind::LocalPath(dir.display().to_string())),
             git_ref: String::new(),
+            subdirectory: String::new(),
         }),
         runtime: Some(proto::RuntimeSettings {
             allow_unauthenticated: true,
