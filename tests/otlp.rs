@@ -116,7 +116,9 @@ async fn a_deploy_is_one_trace_with_stage_and_api_spans() {
         Command::new(env!("CARGO_BIN_EXE_deployd"))
             .args([
                 "serve",
-                "--sandbox", "--local-source-root", "/",
+                "--sandbox",
+                "--local-source-root",
+                "/",
                 "--listen",
                 &format!("127.0.0.1:{grpc}"),
                 "--metrics-listen",

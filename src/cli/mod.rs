@@ -46,6 +46,17 @@ enum Command {
     Preflight(PreflightArgs),
     /// Probe a URL until it is healthy.
     Verify(VerifyArgs),
+    /// Show what deployd would build from a source directory, and why.
+    Analyze(AnalyzeArgs),
+}
+
+#[derive(Args, Debug)]
+struct AnalyzeArgs {
+    /// Source directory.
+    path: PathBuf,
+    /// The plan as JSON (with the generated Dockerfile).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -370,6 +381,7 @@ pub async fn main() -> anyhow::Result<i32> {
 
 async fn run(command: Command) -> anyhow::Result<i32> {
     match command {
+        Command::Analyze(a) => analyze(a),
         Command::Serve(a) => serve(a).await,
         Command::Deploy(a) => {
             let local_path = match &a.path {
@@ -492,6 +504,35 @@ async fn run(command: Command) -> anyhow::Result<i32> {
             .await
         }
     }
+}
+
+/// Local analysis: the same code the Analyze stage runs.
+fn analyze(a: AnalyzeArgs) -> anyhow::Result<i32> {
+    use crate::pipeline::{analyze, dockerfile};
+    let plan = match analyze::analyze(&a.path) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("deployd: {e}");
+            return Ok(1);
+        }
+    };
+    let generated = dockerfile::render(&plan, a.path.join(".dockerignore").is_file());
+    let text = generated
+        .as_ref()
+        .and_then(|g| g.dockerfile().map(str::to_string));
+    let proto_plan = crate::api::convert::plan(&plan, text.as_deref());
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        let event = proto::Event {
+            kind: Some(proto::event::Kind::Plan(proto_plan)),
+            stage: proto::Stage::Analyze.into(),
+            ..Default::default()
+        };
+        writeln!(out, "{}", render::to_json(&event)["data"])?;
+    } else {
+        render::plan(&mut out, &proto_plan)?;
+    }
+    Ok(0)
 }
 
 async fn serve(a: ServeArgs) -> anyhow::Result<i32> {

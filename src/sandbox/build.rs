@@ -321,11 +321,28 @@ fn run_step(
             return (vec![format!("unable to prepare context: unable to evaluate symlinks in Dockerfile path: lstat /workspace/{dockerfile}: no such file or directory")], false);
         };
         let text = String::from_utf8_lossy(content);
-        let instructions: Vec<&str> = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .collect();
+        // One instruction per logical line, as Docker reads them: a trailing
+        // backslash continues the line; comments and blank lines do not count.
+        let mut instructions: Vec<String> = vec![];
+        let mut current = String::new();
+        for line in text.lines().map(str::trim) {
+            if current.is_empty() && (line.is_empty() || line.starts_with('#')) {
+                continue;
+            }
+            match line.strip_suffix('\\') {
+                Some(head) => {
+                    current.push_str(head.trim_end());
+                    current.push(' ');
+                }
+                None => {
+                    current.push_str(line);
+                    instructions.push(std::mem::take(&mut current));
+                }
+            }
+        }
+        if !current.trim().is_empty() {
+            instructions.push(current);
+        }
         let mut out = vec![format!(
             "Sending build context to Docker daemon  {} files",
             files.len()

@@ -38,7 +38,20 @@ impl Harness {
         Self::build(sandbox_config, true).await
     }
 
+    /// With the daemon's config adjusted by `f`.
+    pub async fn start_config(f: impl FnOnce(&mut DaemonConfig)) -> Harness {
+        Self::build_with(SandboxConfig::fast(), true, f).await
+    }
+
     async fn build(sandbox_config: SandboxConfig, with_metrics: bool) -> Harness {
+        Self::build_with(sandbox_config, with_metrics, |_| {}).await
+    }
+
+    async fn build_with(
+        sandbox_config: SandboxConfig,
+        with_metrics: bool,
+        f: impl FnOnce(&mut DaemonConfig),
+    ) -> Harness {
         let sandbox = Sandbox::start(sandbox_config)
             .await
             .expect("sandbox starts");
@@ -65,6 +78,8 @@ impl Harness {
             },
             shutdown_grace: Duration::from_secs(10),
         };
+        let mut config = config;
+        f(&mut config);
         let shutdown = CancellationToken::new();
         let daemon = daemon::start(config, SandboxConfig::fast(), shutdown.clone())
             .await
