@@ -10,7 +10,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use deployd::api::proto;
 use deployd::sandbox::SandboxConfig;
 
 const RUNS: usize = 10;
@@ -51,17 +50,7 @@ async fn main() {
 }
 
 async fn run(h: &Harness) {
-    let stream = h
-        .client()
-        .await
-        .preflight(proto::PreflightRequest {
-            target: Some(target("")),
-            ..Default::default()
-        })
-        .await
-        .expect("accepted")
-        .into_inner();
-    let o = outcome(&collect(stream).await);
+    let o = preflight(h).await;
     assert!(o.success, "{:?}", o.checks);
 }
 

@@ -17,20 +17,6 @@ fn creates(h: &Harness) -> Vec<deployd::sandbox::world::Request> {
         .collect()
 }
 
-fn archive_names(bytes: &[u8]) -> Vec<String> {
-    let mut a = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
-    a.entries()
-        .expect("entries")
-        .map(|e| {
-            e.expect("entry")
-                .path()
-                .expect("path")
-                .display()
-                .to_string()
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn large_source_is_uploaded_resumably_through_a_reset_chunk() {
     let h = Harness::start().await;

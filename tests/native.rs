@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use deployd::pipeline::analyze::analyze;
 
+mod common;
+use common::{copy_dir, free_port};
+
 struct Running(Child);
 
 impl Drop for Running {
@@ -19,25 +22,6 @@ impl Drop for Running {
             .status();
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
-
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).expect("mkdir");
-    for e in std::fs::read_dir(src).expect("read").flatten() {
-        let to = dst.join(e.file_name());
-        if e.file_type().expect("type").is_dir() {
-            copy_dir(&e.path(), &to);
-        } else {
-            std::fs::copy(e.path(), &to).expect("copy");
-        }
     }
 }
 

@@ -456,21 +456,6 @@ async fn several_failures_at_once_in_the_order_to_fix_them() {
     assert_eq!(unique.len(), r.len());
 }
 
-/// The cases where preflight fixes things itself.
-async fn preflight(h: &Harness) -> proto::Outcome {
-    let stream = h
-        .client()
-        .await
-        .preflight(proto::PreflightRequest {
-            target: Some(target("")),
-            ..Default::default()
-        })
-        .await
-        .expect("accepted")
-        .into_inner();
-    outcome(&collect(stream).await)
-}
-
 #[tokio::test]
 async fn missing_repository_is_created_and_the_check_passes() {
     let h = Harness::start().await;

@@ -79,13 +79,6 @@ impl Drop for Prometheus {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
-
 async fn start_prometheus(target: &str) -> Prometheus {
     let dir = tempfile::tempdir().expect("tempdir");
     // The rules as shipped, evaluated every second instead of every 30.

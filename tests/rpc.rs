@@ -63,17 +63,7 @@ async fn preflight_of_a_healthy_project_creates_what_is_missing() {
     // A second preflight finds both and creates nothing, in a bounded number
     // of calls: one per check, two for the service account (exists, actAs).
     let before = h.sandbox.requests().len();
-    let stream = h
-        .client()
-        .await
-        .preflight(proto::PreflightRequest {
-            target: Some(target("")),
-            ..Default::default()
-        })
-        .await
-        .expect("accepted")
-        .into_inner();
-    let o = outcome(&collect(stream).await);
+    let o = preflight(&h).await;
     assert!(o.success);
     assert_eq!(
         h.sandbox.requests().len() - before,

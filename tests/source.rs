@@ -57,18 +57,6 @@ impl Repo {
     }
 }
 
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).expect("mkdir");
-    for e in std::fs::read_dir(src).expect("read").flatten() {
-        let to = dst.join(e.file_name());
-        if e.file_type().expect("type").is_dir() {
-            copy_dir(&e.path(), &to);
-        } else {
-            std::fs::copy(e.path(), &to).expect("copy");
-        }
-    }
-}
-
 fn git_request(service: &str, url: &str, git_ref: &str, sub: &str) -> proto::DeployRequest {
     let mut req = deploy_request(service, &example_app());
     req.source = Some(proto::Source {

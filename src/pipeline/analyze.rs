@@ -388,32 +388,19 @@ fn python(s: &mut Src) -> Result<BuildPlan, AnalyzeError> {
             "django",
             format!("gunicorn --bind 0.0.0.0:$PORT --workers 2 {module}.wsgi:application"),
         )
-    } else if has_dep("fastapi") {
-        let (module, var) = find_app(s, "FastAPI(").unwrap_or(("main".into(), "app".into()));
-        let (module, var) = (
+    } else if let Some((dep, ctor, default_module, server, pin, template)) =
+        PY_APP_SERVERS.iter().find(|a| has_dep(a.0))
+    {
+        let (module, var) = find_app(s, ctor).unwrap_or((default_module.to_string(), "app".into()));
+        let target = format!(
+            "{}:{}",
             safe_name("app module", &module)?,
-            safe_name("app variable", &var)?,
+            safe_name("app variable", &var)?
         );
-        if !has_dep("uvicorn") {
-            install.push("pip install --no-cache-dir uvicorn==0.*".into());
+        if !has_dep(server) {
+            install.push(format!("pip install --no-cache-dir {pin}"));
         }
-        (
-            "fastapi",
-            format!("uvicorn {module}:{var} --host 0.0.0.0 --port $PORT"),
-        )
-    } else if has_dep("flask") {
-        let (module, var) = find_app(s, "Flask(").unwrap_or(("app".into(), "app".into()));
-        let (module, var) = (
-            safe_name("app module", &module)?,
-            safe_name("app variable", &var)?,
-        );
-        if !has_dep("gunicorn") {
-            install.push("pip install --no-cache-dir gunicorn==23.*".into());
-        }
-        (
-            "flask",
-            format!("gunicorn --bind 0.0.0.0:$PORT --workers 2 {module}:{var}"),
-        )
+        (*dep, template.replace("{target}", &target))
     } else {
         let main = ["main.py", "app.py", "server.py"]
             .into_iter()
@@ -441,6 +428,28 @@ fn python(s: &mut Src) -> Result<BuildPlan, AnalyzeError> {
         static_dir: None,
     })
 }
+
+/// Python frameworks whose app object an app server runs: (dependency,
+/// constructor, default module, server, its pinned install, start command
+/// with `{target}` for `module:variable`).
+const PY_APP_SERVERS: &[(&str, &str, &str, &str, &str, &str)] = &[
+    (
+        "fastapi",
+        "FastAPI(",
+        "main",
+        "uvicorn",
+        "uvicorn==0.*",
+        "uvicorn {target} --host 0.0.0.0 --port $PORT",
+    ),
+    (
+        "flask",
+        "Flask(",
+        "app",
+        "gunicorn",
+        "gunicorn==23.*",
+        "gunicorn --bind 0.0.0.0:$PORT --workers 2 {target}",
+    ),
+];
 
 /// The module and variable of `x = Framework(` in the top-level .py files.
 fn find_app(s: &mut Src, ctor: &str) -> Option<(String, String)> {

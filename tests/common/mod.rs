@@ -258,3 +258,52 @@ pub fn counter(metrics: &str, name: &str, labels: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+pub fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).expect("mkdir");
+    for e in std::fs::read_dir(src).expect("read").flatten() {
+        let to = dst.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), &to).expect("copy");
+        }
+    }
+}
+
+/// Entry paths of a .tar.gz, in order.
+pub fn archive_names(bytes: &[u8]) -> Vec<String> {
+    let mut a = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+    a.entries()
+        .expect("entries")
+        .map(|e| {
+            e.expect("entry")
+                .path()
+                .expect("path")
+                .display()
+                .to_string()
+        })
+        .collect()
+}
+
+/// A Preflight of the sandbox's project, to its outcome.
+pub async fn preflight(h: &Harness) -> proto::Outcome {
+    let stream = h
+        .client()
+        .await
+        .preflight(proto::PreflightRequest {
+            target: Some(target("")),
+            ..Default::default()
+        })
+        .await
+        .expect("accepted")
+        .into_inner();
+    outcome(&collect(stream).await)
+}
