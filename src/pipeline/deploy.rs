@@ -141,6 +141,27 @@ impl Pipeline {
                 });
             }
         };
+        // The operation finishing is not enough: the service must say it is
+        // Ready, and (routing to the latest) serve the revision just made.
+        let fresh = mode != RolloutMode::Direct
+            || service.latest_ready_revision == service.latest_created_revision;
+        if !service.ready || !fresh {
+            let revision = candidate
+                .clone()
+                .or_else(|| service.latest_created_revision.clone())
+                .unwrap_or_else(|| "(new)".into());
+            d.revision = Some(revision.clone());
+            return Err(StageError::RevisionNotReady {
+                service: target.service,
+                revision,
+                message: service.ready_message.clone().unwrap_or_else(|| {
+                    format!(
+                        "the service is not Ready (latest ready revision {:?}, latest created {:?})",
+                        service.latest_ready_revision, service.latest_created_revision
+                    )
+                }),
+            });
+        }
         d.revision = candidate.or_else(|| service.latest_ready_revision.clone());
         d.url = Some(service.uri.clone());
         d.candidate_url = (mode != RolloutMode::Direct)
