@@ -3,10 +3,8 @@
 //! by tests.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::pipeline::verify::UrlPolicy;
 use crate::pipeline::PipelineConfig;
 
 pub const ENV_LISTEN: &str = "DEPLOYD_LISTEN";
@@ -49,68 +47,32 @@ pub enum Backend {
     EmbeddedSandbox,
 }
 
+/// The daemon's own settings, and the pipeline's as one value.
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
     pub listen: SocketAddr,
-    /// `None` disables the metrics endpoint.
+    /// `None` disables the metrics endpoint (and the recorder).
     pub metrics_listen: Option<SocketAddr>,
     pub backend: Backend,
-    pub retry_base_delay: Duration,
-    pub poll_interval: Duration,
-    pub work_dir: PathBuf,
-    pub caller_member: String,
-    /// Deadline of one preflight API call.
-    pub check_timeout: Duration,
-    pub max_source_bytes: u64,
     /// Uploads larger than this go in resumable chunks of this size.
     pub upload_chunk_bytes: usize,
-    /// Added to a build's timeout before deployd cancels it itself.
-    pub build_deadline_slack: Duration,
     /// Identity used to probe private services.
     pub invoker_service_account: Option<String>,
-    /// Which URLs Verify callers may have probed.
-    pub url_policy: UrlPolicy,
-    /// Directories local sources may come from; empty refuses them.
-    pub local_source_roots: Vec<PathBuf>,
     /// How long shutdown waits for running deploys to wind down.
     pub shutdown_grace: Duration,
-}
-
-impl DaemonConfig {
-    pub fn pipeline(&self) -> PipelineConfig {
-        PipelineConfig {
-            retry_base_delay: self.retry_base_delay,
-            poll_interval: self.poll_interval,
-            work_dir: self.work_dir.clone(),
-            caller_member: self.caller_member.clone(),
-            check_timeout: self.check_timeout,
-            max_source_bytes: self.max_source_bytes,
-            build_deadline_slack: self.build_deadline_slack,
-            url_policy: self.url_policy.clone(),
-            sources: crate::pipeline::source::SourcePolicy::new(self.local_source_roots.clone()),
-        }
-    }
+    pub pipeline: PipelineConfig,
 }
 
 impl Default for DaemonConfig {
     fn default() -> Self {
-        let p = PipelineConfig::default();
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
             backend: Backend::Google,
-            retry_base_delay: p.retry_base_delay,
-            poll_interval: p.poll_interval,
-            work_dir: p.work_dir,
-            caller_member: p.caller_member,
-            check_timeout: p.check_timeout,
-            max_source_bytes: p.max_source_bytes,
             upload_chunk_bytes: crate::gcp::storage::DEFAULT_CHUNK_BYTES,
-            build_deadline_slack: p.build_deadline_slack,
             invoker_service_account: None,
-            url_policy: p.url_policy,
-            local_source_roots: vec![],
             shutdown_grace: Duration::from_secs(30),
+            pipeline: PipelineConfig::default(),
         }
     }
 }

@@ -58,9 +58,9 @@ async fn cloud(
     sandbox: Option<&Sandbox>,
 ) -> Result<Arc<dyn Cloud>, DaemonError> {
     let emulator_poll = PollPolicy {
-        first: config.poll_interval,
+        first: config.pipeline.poll_interval,
         multiplier: 1.0,
-        max: config.poll_interval,
+        max: config.pipeline.poll_interval,
         give_up_after: Duration::from_secs(30 * 60),
     };
     let client = match (&config.backend, sandbox) {
@@ -113,7 +113,7 @@ pub async fn start(
     };
     let cloud = cloud(&config, sandbox.as_ref()).await?;
     let prober = Arc::new(HttpProber::new().map_err(DaemonError::Prober)?);
-    let pipeline = Arc::new(Pipeline::new(cloud, prober, config.pipeline()));
+    let pipeline = Arc::new(Pipeline::new(cloud, prober, config.pipeline.clone()));
     // No metrics endpoint, no recorder: metrics calls are then no-ops.
     if let Some(listener) = metrics_listener {
         let handle = telemetry::prometheus()?;
@@ -177,7 +177,7 @@ pub async fn serve(
         pipeline,
         runs.clone(),
         shutdown.clone(),
-        config.retry_base_delay,
+        config.pipeline.retry_base_delay,
     );
     let stop = shutdown.clone();
     tonic::transport::Server::builder()

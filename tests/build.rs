@@ -9,14 +9,6 @@ use common::*;
 use deployd::api::proto::{self, Stage};
 use deployd::sandbox::faults::{BuildFault, Fault, FaultAction, InjectedError};
 
-fn creates(h: &Harness) -> Vec<deployd::sandbox::world::Request> {
-    h.sandbox
-        .requests()
-        .into_iter()
-        .filter(|r| r.method == "cloudbuild.projects.locations.builds.create")
-        .collect()
-}
-
 #[tokio::test]
 async fn large_source_is_uploaded_resumably_through_a_reset_chunk() {
     let h = Harness::start().await;
@@ -44,26 +36,17 @@ async fn large_source_is_uploaded_resumably_through_a_reset_chunk() {
     assert_eq!(h.sandbox.count("storage.objects.insert"), 1);
     let chunks: Vec<u16> = h
         .sandbox
-        .requests()
+        .requests_of("storage.objects.insert.chunk")
         .into_iter()
-        .filter(|r| r.method == "storage.objects.insert.chunk")
         .map(|r| r.status)
         .collect();
     assert!(chunks.len() >= 5, "{chunks:?}");
     assert_eq!(chunks.last(), Some(&200));
     assert!(chunks.contains(&308));
     // The object is whole, and the build pinned its generation.
-    let build = &h.sandbox.builds()[0];
-    let src = &build["source"]["storageSource"];
-    let bytes = h
-        .sandbox
-        .object(
-            src["bucket"].as_str().unwrap_or_default(),
-            src["object"].as_str().unwrap_or_default(),
-        )
-        .expect("object");
-    assert!(archive_names(&bytes).contains(&"model.bin".to_string()));
-    assert!(src["generation"].as_str().is_some_and(|g| g.len() > 10));
+    assert!(archive_names(&built_archive(&h)).contains(&"model.bin".to_string()));
+    let generation = &h.sandbox.builds()[0]["source"]["storageSource"]["generation"];
+    assert!(generation.as_str().is_some_and(|g| g.len() > 10));
 }
 
 #[tokio::test]
@@ -82,17 +65,8 @@ async fn gcloudignore_decides_what_is_uploaded() {
     std::fs::write(app.path().join("keep.secret"), "x").expect("write");
     let (events, o) = deploy(&h, deploy_request("ignored", app.path())).await;
     assert!(o.success, "{o:?}");
-    let build = &h.sandbox.builds()[0];
-    let src = &build["source"]["storageSource"];
-    let bytes = h
-        .sandbox
-        .object(
-            src["bucket"].as_str().unwrap_or_default(),
-            src["object"].as_str().unwrap_or_default(),
-        )
-        .expect("object");
     assert_eq!(
-        archive_names(&bytes),
+        archive_names(&built_archive(&h)),
         vec![".gitignore", "Dockerfile", "keep.secret", "main.py"]
     );
     assert!(events.iter().any(|e| matches!(&e.kind, Some(proto::event::Kind::Progress(p)) if p.message.contains("following .gcloudignore"))));
@@ -126,7 +100,12 @@ async fn unsafe_and_oversized_sources_are_refused_before_upload() {
     );
     assert!(err.remediation.iter().any(|r| r.contains(".gcloudignore")));
     assert_eq!(h.sandbox.count("storage.objects.insert"), 0);
-    assert_eq!(creates(&h).len(), 0);
+    assert_eq!(
+        h.sandbox
+            .requests_of("cloudbuild.projects.locations.builds.create")
+            .len(),
+        0
+    );
 }
 
 #[tokio::test]
@@ -150,7 +129,12 @@ async fn permission_denied_on_create_is_one_attempt() {
     assert_eq!(err.code, "CLOUD_API_ERROR");
     assert!(!err.retriable);
     assert!(err.message.contains("after 1 attempt"), "{}", err.message);
-    assert_eq!(creates(&h).len(), 1);
+    assert_eq!(
+        h.sandbox
+            .requests_of("cloudbuild.projects.locations.builds.create")
+            .len(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -179,7 +163,12 @@ async fn exhausted_quota_says_what_to_do_after_three_attempts() {
     assert!(err.remediation[1]
         .contains("https://console.cloud.google.com/iam-admin/quotas?project=demo-project"));
     assert!(err.remediation[2].contains("another project"));
-    assert_eq!(creates(&h).len(), 3);
+    assert_eq!(
+        h.sandbox
+            .requests_of("cloudbuild.projects.locations.builds.create")
+            .len(),
+        3
+    );
 }
 
 #[tokio::test]
@@ -195,7 +184,9 @@ async fn retry_info_from_the_api_is_honoured() {
     });
     let (_, o) = deploy(&h, deploy_request("hinted", &example_app())).await;
     assert!(o.success);
-    let c = creates(&h);
+    let c = h
+        .sandbox
+        .requests_of("cloudbuild.projects.locations.builds.create");
     let gap = c[1].at - c[0].at;
     // The policy alone would wait 20 ms.
     assert!(gap >= Duration::from_millis(400), "{gap:?}");
@@ -215,7 +206,12 @@ async fn internal_error_build_is_retried_as_a_whole() {
     );
     let (events, o) = deploy(&h, deploy_request("internal", &example_app())).await;
     assert!(o.success, "{o:?}");
-    assert_eq!(creates(&h).len(), 2);
+    assert_eq!(
+        h.sandbox
+            .requests_of("cloudbuild.projects.locations.builds.create")
+            .len(),
+        2
+    );
     let retry = events
         .iter()
         .find_map(|e| match &e.kind {
@@ -259,7 +255,12 @@ async fn a_build_that_never_finishes_is_cancelled_at_our_deadline() {
         .remediation
         .iter()
         .any(|r| r.contains("https://console.cloud.google.com/cloud-build/builds/")));
-    assert_eq!(creates(&h).len(), 1);
+    assert_eq!(
+        h.sandbox
+            .requests_of("cloudbuild.projects.locations.builds.create")
+            .len(),
+        1
+    );
     assert_eq!(
         h.sandbox
             .count("cloudbuild.projects.locations.builds.cancel"),

@@ -74,16 +74,7 @@ async fn happy_deploy_runs_every_stage_and_verifies() {
         .as_str()
         .is_some_and(|g| !g.is_empty()));
     // The uploaded archive is what was built.
-    let bucket = build["source"]["storageSource"]["bucket"]
-        .as_str()
-        .unwrap_or_default();
-    let object = build["source"]["storageSource"]["object"]
-        .as_str()
-        .unwrap_or_default();
-    assert!(h
-        .sandbox
-        .object(bucket, object)
-        .is_some_and(|b| b.len() > 100));
+    assert!(built_archive(&h).len() > 100);
 }
 
 #[tokio::test]
@@ -176,10 +167,7 @@ async fn public_service_gets_the_invoker_binding() {
     assert!(o.success);
     let set: Vec<_> = h
         .sandbox
-        .requests()
-        .into_iter()
-        .filter(|r| r.method == "run.projects.locations.services.setIamPolicy")
-        .collect();
+        .requests_of("run.projects.locations.services.setIamPolicy");
     assert_eq!(set.len(), 1);
     let body: serde_json::Value = serde_json::from_slice(&set[0].body).expect("json body");
     assert_eq!(
@@ -255,10 +243,7 @@ async fn rate_limited_build_create_is_retried_with_backoff() {
     assert!(o.success, "{o:?}");
     let creates: Vec<_> = h
         .sandbox
-        .requests()
-        .into_iter()
-        .filter(|r| r.method == "cloudbuild.projects.locations.builds.create")
-        .collect();
+        .requests_of("cloudbuild.projects.locations.builds.create");
     assert_eq!(creates.len(), 3);
     assert_eq!(
         creates.iter().map(|r| r.status).collect::<Vec<_>>(),

@@ -535,9 +535,8 @@ async fn resource_exhausted_then_success_is_retried() {
     assert!(o.success, "{:?}", o.checks);
     let calls: Vec<u16> = h
         .sandbox
-        .requests()
+        .requests_of("serviceusage.services.batchGet")
         .into_iter()
-        .filter(|r| r.method == "serviceusage.services.batchGet")
         .map(|r| r.status)
         .collect();
     assert_eq!(calls, vec![429, 429, 200]);

@@ -74,22 +74,25 @@ async fn verify_before_traffic_never_moves_traffic_to_a_broken_revision() {
         !p.is_empty() && p.iter().all(|p| !p.url.starts_with(&o.url)),
         "{p:?}"
     );
-    // Every Run request of this deploy left the previous revision at 100%.
+    // Every Run request of this deploy that set traffic left the previous
+    // revision at 100% (and there was one: the candidate's rollout).
+    let mut traffic_bodies = 0;
     for r in h.sandbox.requests()[before..]
         .iter()
         .filter(|r| r.method.starts_with("run.projects.locations.services."))
     {
-        if let Ok(body) = serde_json::from_slice::<serde_json::Value>(&r.body) {
-            if let Some(t) = body.get("traffic") {
-                let on_prev = t
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|t| t["revision"] == first.revision.as_str() && t["percent"] == 100);
-                assert!(on_prev, "{t}");
-            }
+        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+        if let Some(t) = body.get("traffic") {
+            traffic_bodies += 1;
+            let on_prev = t
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|t| t["revision"] == first.revision.as_str() && t["percent"] == 100);
+            assert!(on_prev, "{t}");
         }
     }
+    assert!(traffic_bodies >= 1, "the rollout sent its traffic split");
     let t = traffic(&h, "vbt");
     assert_eq!(t[0]["revision"], first.revision.as_str());
     assert_eq!(t[0]["percent"], 100);

@@ -104,21 +104,7 @@ async fn an_app_without_a_dockerfile_gets_a_generated_one() {
         "{:?}",
         logs(&events)
     );
-    let build = &h.sandbox.builds()[0];
-    let src = &build["source"]["storageSource"];
-    let bytes = h
-        .sandbox
-        .object(
-            src["bucket"].as_str().unwrap_or_default(),
-            src["object"].as_str().unwrap_or_default(),
-        )
-        .expect("archive");
-    let mut a = tar::Archive::new(flate2::read::GzDecoder::new(bytes.as_slice()));
-    let names: Vec<String> = a
-        .entries()
-        .expect("entries")
-        .map(|e| e.expect("e").path().expect("p").display().to_string())
-        .collect();
+    let names = archive_names(&built_archive(&h));
     assert!(
         names.contains(&"Dockerfile".to_string()) && names.contains(&".dockerignore".to_string()),
         "{names:?}"
@@ -233,7 +219,7 @@ async fn local_paths_only_under_the_allowed_roots() {
     let allowed = tempfile::tempdir().expect("tempdir");
     copy_dir(&fixture("python-flask"), &allowed.path().join("app"));
     let root = allowed.path().to_path_buf();
-    let h = Harness::start_config(move |c| c.local_source_roots = vec![root]).await;
+    let h = Harness::start_config(move |c| c.pipeline.sources.local_roots = vec![root]).await;
     let (_, o) = deploy(&h, deploy_request("inside", &allowed.path().join("app"))).await;
     assert!(o.success, "{o:?}");
     let (_, o) = deploy(&h, deploy_request("outside", &example_app())).await;
@@ -245,7 +231,7 @@ async fn local_paths_only_under_the_allowed_roots() {
         err.message
     );
 
-    let h = Harness::start_config(|c| c.local_source_roots = vec![]).await;
+    let h = Harness::start_config(|c| c.pipeline.sources.local_roots = vec![]).await;
     let (_, o) = deploy(&h, deploy_request("none", &example_app())).await;
     let err = o.error.expect("failure");
     assert_eq!(err.code, "SOURCE_NOT_ALLOWED");

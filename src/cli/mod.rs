@@ -19,6 +19,7 @@ use crate::api::proto::{self, deployer_client::DeployerClient};
 use crate::config::*;
 use crate::daemon;
 use crate::pipeline::verify::UrlPolicy;
+use crate::pipeline::PipelineConfig;
 use crate::sandbox::{SandboxConfig, DEFAULT_PROJECT};
 use crate::telemetry::{self, LogFormat};
 
@@ -303,33 +304,36 @@ impl Tuning {
             .unwrap_or(match backend {
                 // The sandbox finishes operations in fractions of a second.
                 Backend::EmbeddedSandbox | Backend::Endpoint(_) => Duration::from_millis(100),
-                Backend::Google => d.poll_interval,
+                Backend::Google => d.pipeline.poll_interval,
             });
         DaemonConfig {
             backend,
-            retry_base_delay: Duration::from_millis(self.retry_base_delay_ms),
-            poll_interval: poll,
-            work_dir: self.work_dir.clone().unwrap_or(d.work_dir.clone()),
-            caller_member: self.caller_member.clone(),
-            check_timeout: Duration::from_millis(self.check_timeout_ms),
-            max_source_bytes: self.max_source_bytes,
             upload_chunk_bytes: self.upload_chunk_bytes,
             invoker_service_account: self.invoker_service_account.clone().or_else(|| {
                 // The sandbox's project has an invoker identity ready.
                 backend_is_sandbox.then(|| crate::sandbox::invoker_service_account(DEFAULT_PROJECT))
             }),
-            url_policy: UrlPolicy {
-                allowed_hosts: self
-                    .verify_allowed_hosts
-                    .iter()
-                    .cloned()
-                    .chain(backend_is_sandbox.then(|| "127.0.0.1".to_string()))
-                    .collect(),
-                // The sandbox's services listen on loopback.
-                private_ok_hosts: backend_is_sandbox
-                    .then(|| "127.0.0.1".to_string())
-                    .into_iter()
-                    .collect(),
+            pipeline: PipelineConfig {
+                retry_base_delay: Duration::from_millis(self.retry_base_delay_ms),
+                poll_interval: poll,
+                work_dir: self.work_dir.clone().unwrap_or(d.pipeline.work_dir.clone()),
+                caller_member: self.caller_member.clone(),
+                check_timeout: Duration::from_millis(self.check_timeout_ms),
+                max_source_bytes: self.max_source_bytes,
+                url_policy: UrlPolicy {
+                    allowed_hosts: self
+                        .verify_allowed_hosts
+                        .iter()
+                        .cloned()
+                        .chain(backend_is_sandbox.then(|| "127.0.0.1".to_string()))
+                        .collect(),
+                    // The sandbox's services listen on loopback.
+                    private_ok_hosts: backend_is_sandbox
+                        .then(|| "127.0.0.1".to_string())
+                        .into_iter()
+                        .collect(),
+                },
+                ..d.pipeline.clone()
             },
             ..d
         }
@@ -541,12 +545,12 @@ async fn serve(a: ServeArgs) -> anyhow::Result<i32> {
         (false, Some(url)) => Backend::Endpoint(url.clone()),
         (false, None) => Backend::Google,
     };
-    let config = DaemonConfig {
+    let mut config = DaemonConfig {
         listen: a.listen,
         metrics_listen: Some(a.metrics_listen),
-        local_source_roots: a.local_source_roots.clone(),
         ..a.tuning.daemon_config(backend)
     };
+    config.pipeline.sources.local_roots = a.local_source_roots.clone();
     let shutdown = CancellationToken::new();
     let mut sandbox_config = SandboxConfig::default();
     if let Some(addr) = a.sandbox_listen {
@@ -582,13 +586,13 @@ where
     let shutdown = CancellationToken::new();
     let mut _embedded = None;
     let url = if c.sandbox {
-        let config = DaemonConfig {
+        let mut config = DaemonConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             metrics_listen: None,
-            // The embedded daemon serves this user only: their own files.
-            local_source_roots: vec![PathBuf::from("/")],
             ..c.tuning.daemon_config(Backend::EmbeddedSandbox)
         };
+        // The embedded daemon serves this user only: their own files.
+        config.pipeline.sources.local_roots = vec![PathBuf::from("/")];
         let running = daemon::start(config, SandboxConfig::default(), shutdown.clone()).await?;
         let url = format!("http://{}", running.grpc);
         _embedded = Some(running);

@@ -69,6 +69,21 @@ impl GcpError {
     pub fn is(&self, code: Code) -> bool {
         self.code() == Some(code)
     }
+
+    /// Worth asking again within one logical call (an operation poll, a
+    /// resumable chunk): no answer, or an answer saying "not now".
+    pub fn is_transient(&self) -> bool {
+        matches!(self, GcpError::Transport { .. })
+            || self.code().is_some_and(|c| {
+                matches!(
+                    c,
+                    Code::Unavailable
+                        | Code::Internal
+                        | Code::DeadlineExceeded
+                        | Code::ResourceExhausted
+                )
+            })
+    }
 }
 
 impl From<GcpError> for CloudError {

@@ -88,7 +88,7 @@ pub async fn wait(
                 failures = 0;
                 op = next;
             }
-            Err(e) if is_transient(&e) && failures < MAX_POLL_FAILURES => {
+            Err(e) if e.is_transient() && failures < MAX_POLL_FAILURES => {
                 failures += 1;
                 tracing::debug!(operation = %op.name, error = %e, "operation poll failed; polling again");
             }
@@ -104,17 +104,4 @@ pub async fn wait(
         });
     }
     Ok(op.response.unwrap_or(Value::Null))
-}
-
-fn is_transient(e: &GcpError) -> bool {
-    matches!(e, GcpError::Transport { .. })
-        || e.code().is_some_and(|c| {
-            matches!(
-                c,
-                Code::Unavailable
-                    | Code::Internal
-                    | Code::DeadlineExceeded
-                    | Code::ResourceExhausted
-            )
-        })
 }

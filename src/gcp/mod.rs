@@ -308,15 +308,7 @@ impl Cloud for GcpClient {
         spec: &ServiceSpec,
         exists: bool,
     ) -> Result<Rollout, CloudError> {
-        match run::apply(&self.t, spec, exists, &self.poll).await? {
-            Ok(service) => Ok(Rollout::Ready(service)),
-            Err(message) => {
-                // The service keeps its last serving state; read it for the
-                // name of the revision that failed.
-                let service = run::get(&self.t, &spec.target).await.ok().flatten();
-                Ok(Rollout::Failed { message, service })
-            }
-        }
+        Ok(run::apply(&self.t, spec, exists, &self.poll).await?)
     }
 
     async fn set_public_invoker(&self, target: &Target, public: bool) -> Result<(), CloudError> {
@@ -328,13 +320,7 @@ impl Cloud for GcpClient {
         target: &Target,
         traffic: &[TrafficTarget],
     ) -> Result<Rollout, CloudError> {
-        match run::set_traffic(&self.t, target, traffic, &self.poll).await? {
-            Ok(service) => Ok(Rollout::Ready(service)),
-            Err(message) => {
-                let service = run::get(&self.t, target).await.ok().flatten();
-                Ok(Rollout::Failed { message, service })
-            }
-        }
+        Ok(run::set_traffic(&self.t, target, traffic, &self.poll).await?)
     }
 
     async fn id_token(&self, audience: &str) -> Result<String, CloudError> {

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use super::error::{format_duration, GcpError};
 use super::http::Transport;
 use super::lro::{self, Operation, PollPolicy};
-use crate::pipeline::cloud::{RunService, ServiceSpec, TrafficTarget};
+use crate::pipeline::cloud::{Rollout, RunService, ServiceSpec, TrafficTarget};
 use crate::pipeline::error::Code;
 use crate::pipeline::model::{Ingress, Target, VpcEgress};
 
@@ -245,7 +245,7 @@ pub async fn apply(
     spec: &ServiceSpec,
     exists: bool,
     poll: &PollPolicy,
-) -> Result<Result<RunService, String>, GcpError> {
+) -> Result<Rollout, GcpError> {
     let body = service_body(spec);
     let target = &spec.target;
     let (method, rb) = if exists {
@@ -267,15 +267,7 @@ pub async fn apply(
         )
     };
     let op: Operation = t.json(method, rb).await?;
-    match lro::wait(t, method, &t.endpoints.run, "v2", op, poll).await {
-        Ok(response) => {
-            let s: Service = serde_json::from_value(response)
-                .map_err(|source| GcpError::Decode { method, source })?;
-            Ok(Ok(s.into()))
-        }
-        Err(GcpError::Operation { message, .. }) => Ok(Err(message)),
-        Err(e) => Err(e),
-    }
+    rollout(t, method, target, op, poll).await
 }
 
 #[derive(Debug, Serialize, Deserialize, Default, Clone)]
@@ -305,7 +297,7 @@ pub async fn set_traffic(
     target: &Target,
     traffic: &[TrafficTarget],
     poll: &PollPolicy,
-) -> Result<Result<RunService, String>, GcpError> {
+) -> Result<Rollout, GcpError> {
     const METHOD: &str = "run.projects.locations.services.patch";
     let url = format!("{}/v2/{}", t.endpoints.run, service_name(target));
     let body = json!({"traffic": traffic_body(traffic)});
@@ -317,16 +309,29 @@ pub async fn set_traffic(
                 .json(&body),
         )
         .await?;
-    match lro::wait(t, METHOD, &t.endpoints.run, "v2", op, poll).await {
+    rollout(t, METHOD, target, op, poll).await
+}
+
+/// Waits for a create or patch. A failed operation leaves the service in
+/// its last serving state; it is read for the name of the revision that
+/// failed.
+async fn rollout(
+    t: &Transport,
+    method: &'static str,
+    target: &Target,
+    op: Operation,
+    poll: &PollPolicy,
+) -> Result<Rollout, GcpError> {
+    match lro::wait(t, method, &t.endpoints.run, "v2", op, poll).await {
         Ok(response) => {
-            let s: Service =
-                serde_json::from_value(response).map_err(|source| GcpError::Decode {
-                    method: METHOD,
-                    source,
-                })?;
-            Ok(Ok(s.into()))
+            let s: Service = serde_json::from_value(response)
+                .map_err(|source| GcpError::Decode { method, source })?;
+            Ok(Rollout::Ready(s.into()))
         }
-        Err(GcpError::Operation { message, .. }) => Ok(Err(message)),
+        Err(GcpError::Operation { message, .. }) => Ok(Rollout::Failed {
+            message,
+            service: get(t, target).await.ok().flatten(),
+        }),
         Err(e) => Err(e),
     }
 }

@@ -186,7 +186,7 @@ pub async fn upload_resumable(
                 failures = 0;
                 offset = n;
             }
-            Err(e) if is_transient(&e) && failures < MAX_CHUNK_FAILURES => {
+            Err(e) if e.is_transient() && failures < MAX_CHUNK_FAILURES => {
                 failures += 1;
                 tracing::debug!(error = %e, offset, "upload chunk failed; asking the server where to resume");
                 let query = t
@@ -196,7 +196,7 @@ pub async fn upload_resumable(
                     Ok(resp) => match chunk_answer(METHOD, resp).await {
                         Ok(ChunkAnswer::Done(o)) => return Ok(o),
                         Ok(ChunkAnswer::Have(n)) => offset = n,
-                        Err(e) if is_transient(&e) => {}
+                        Err(e) if e.is_transient() => {}
                         Err(e) => return Err(e),
                     },
                     Err(e) => tracing::debug!(error = %e, "upload status query failed"),
@@ -240,19 +240,6 @@ async fn chunk_answer(
         }
         _ => Err(Transport::error_of(method, resp).await),
     }
-}
-
-fn is_transient(e: &GcpError) -> bool {
-    matches!(e, GcpError::Transport { .. })
-        || e.code().is_some_and(|c| {
-            matches!(
-                c,
-                Code::Unavailable
-                    | Code::Internal
-                    | Code::ResourceExhausted
-                    | Code::DeadlineExceeded
-            )
-        })
 }
 
 /// Ranged read from `offset`: `None` if the object does not exist yet,

@@ -164,6 +164,27 @@ impl Src<'_> {
     }
 }
 
+impl BuildPlan {
+    /// A plan with nothing decided yet but the language and Cloud Run's
+    /// default port; detectors fill in what they find.
+    fn new(language: Language) -> Self {
+        Self {
+            language,
+            version: None,
+            framework: None,
+            package_manager: None,
+            install: vec![],
+            build: vec![],
+            start: String::new(),
+            port: 8080,
+            evidence: vec![],
+            dependency_files: vec![],
+            artifact: None,
+            static_dir: None,
+        }
+    }
+}
+
 pub fn analyze(dir: &Path) -> Result<BuildPlan, AnalyzeError> {
     let mut s = Src {
         dir,
@@ -183,18 +204,10 @@ pub fn analyze(dir: &Path) -> Result<BuildPlan, AnalyzeError> {
             .unwrap_or(8080);
         s.note("Dockerfile", None, "the app's own Dockerfile is used as is");
         return Ok(BuildPlan {
-            language: Language::Dockerfile,
-            version: None,
-            framework: None,
-            package_manager: None,
-            install: vec![],
-            build: vec![],
             start: procfile_web.unwrap_or_else(|| "(the Dockerfile's CMD)".into()),
             port,
             evidence: s.evidence,
-            dependency_files: vec![],
-            artifact: None,
-            static_dir: None,
+            ..BuildPlan::new(Language::Dockerfile)
         });
     }
     let mut plan = if s.has("requirements.txt") || s.has("pyproject.toml") || s.has("Pipfile") {
@@ -224,18 +237,10 @@ pub fn analyze(dir: &Path) -> Result<BuildPlan, AnalyzeError> {
             format!("a static site served from {shown}"),
         );
         BuildPlan {
-            language: Language::Static,
             version: Some("1".into()),
-            framework: None,
-            package_manager: None,
-            install: vec![],
-            build: vec![],
             start: "nginx -g 'daemon off;'".into(),
-            port: 8080,
-            evidence: vec![],
-            dependency_files: vec![],
-            artifact: None,
             static_dir: Some(shown.into()),
+            ..BuildPlan::new(Language::Static)
         }
     } else {
         return Err(AnalyzeError::NotRecognized {
@@ -414,18 +419,13 @@ fn python(s: &mut Src) -> Result<BuildPlan, AnalyzeError> {
         deps_files = vec!["pyproject.toml".into(), "uv.lock".into()];
     }
     Ok(BuildPlan {
-        language: Language::Python,
         version: Some(version),
         framework: (!framework.is_empty()).then(|| framework.to_string()),
         package_manager: Some(pm.into()),
         install,
-        build: vec![],
         start,
-        port: 8080,
-        evidence: vec![],
         dependency_files: deps_files,
-        artifact: None,
-        static_dir: None,
+        ..BuildPlan::new(Language::Python)
     })
 }
 
@@ -588,18 +588,14 @@ fn node(s: &mut Src) -> Result<BuildPlan, AnalyzeError> {
         deps_files.push(l.into());
     }
     Ok(BuildPlan {
-        language: Language::Node,
         version: Some(version),
         framework: (!framework.is_empty()).then(|| framework.to_string()),
         package_manager: Some(pm.into()),
         install: vec![install.into()],
         build,
         start,
-        port: 8080,
-        evidence: vec![],
         dependency_files: deps_files,
-        artifact: None,
-        static_dir: None,
+        ..BuildPlan::new(Language::Node)
     })
 }
 
@@ -643,20 +639,16 @@ fn go(s: &mut Src) -> Result<BuildPlan, AnalyzeError> {
         deps.push("go.sum".into());
     }
     Ok(BuildPlan {
-        language: Language::Go,
         version: Some(version),
-        framework: None,
         package_manager: Some("go modules".into()),
         install: vec!["go mod download".into()],
         build: vec![format!(
             "CGO_ENABLED=0 go build -trimpath -ldflags=-s -o /out/server {pkg}"
         )],
         start: "/out/server".into(),
-        port: 8080,
-        evidence: vec![],
         dependency_files: deps,
         artifact: Some(pkg),
-        static_dir: None,
+        ..BuildPlan::new(Language::Go)
     })
 }
 
@@ -709,18 +701,14 @@ fn java(s: &mut Src) -> Result<BuildPlan, AnalyzeError> {
         ),
     };
     Ok(BuildPlan {
-        language: Language::Java,
         version: Some(version),
         framework: spring.then(|| "spring-boot".into()),
         package_manager: Some(tool.into()),
-        install: vec![],
         build: vec![build.into()],
         start: "java -Dserver.port=$PORT -jar /app/app.jar".into(),
-        port: 8080,
-        evidence: vec![],
         dependency_files: deps,
         artifact: Some(jar_glob.into()),
-        static_dir: None,
+        ..BuildPlan::new(Language::Java)
     })
 }
 
@@ -765,7 +753,6 @@ fn ruby(s: &mut Src) -> Result<BuildPlan, AnalyzeError> {
         deps.push("Gemfile.lock".into());
     }
     Ok(BuildPlan {
-        language: Language::Ruby,
         version: Some(version),
         framework: Some(framework.into()),
         package_manager: Some("bundler".into()),
@@ -773,13 +760,9 @@ fn ruby(s: &mut Src) -> Result<BuildPlan, AnalyzeError> {
             "bundle config set --local without 'development test'".into(),
             "bundle install".into(),
         ],
-        build: vec![],
         start,
-        port: 8080,
-        evidence: vec![],
         dependency_files: deps,
-        artifact: None,
-        static_dir: None,
+        ..BuildPlan::new(Language::Ruby)
     })
 }
 
@@ -813,20 +796,16 @@ fn php(s: &mut Src) -> Result<BuildPlan, AnalyzeError> {
         deps.push("composer.lock".into());
     }
     Ok(BuildPlan {
-        language: Language::Php,
         version: Some(version),
         framework: laravel.then(|| "laravel".into()),
         package_manager: Some("composer".into()),
         install: vec![
             "composer install --no-dev --no-interaction --prefer-dist --no-scripts".into(),
         ],
-        build: vec![],
         start,
-        port: 8080,
-        evidence: vec![],
         dependency_files: deps,
-        artifact: None,
         static_dir: Some(docroot.into()),
+        ..BuildPlan::new(Language::Php)
     })
 }
 
@@ -870,18 +849,13 @@ fn rust(s: &mut Src) -> Result<BuildPlan, AnalyzeError> {
         deps.push("Cargo.lock".into());
     }
     Ok(BuildPlan {
-        language: Language::Rust,
         version: Some("1".into()),
-        framework: None,
         package_manager: Some("cargo".into()),
-        install: vec![],
         build: vec![format!("cargo build --release --bin {name}")],
         start: format!("/app/{name}"),
-        port: 8080,
-        evidence: vec![],
         dependency_files: deps,
         artifact: Some(name),
-        static_dir: None,
+        ..BuildPlan::new(Language::Rust)
     })
 }
 
@@ -911,7 +885,6 @@ fn dotnet(s: &mut Src) -> Result<BuildPlan, AnalyzeError> {
     s.note(&proj, None, format!(".NET {version}, assembly {assembly}"));
     let web = text.contains("Microsoft.NET.Sdk.Web");
     Ok(BuildPlan {
-        language: Language::Dotnet,
         version: Some(version),
         framework: web.then(|| "aspnetcore".into()),
         package_manager: Some("nuget".into()),
@@ -920,10 +893,8 @@ fn dotnet(s: &mut Src) -> Result<BuildPlan, AnalyzeError> {
             "dotnet publish {proj} -c Release -o /out --no-restore"
         )],
         start: format!("dotnet /app/{assembly}.dll"),
-        port: 8080,
-        evidence: vec![],
         dependency_files: vec![proj],
         artifact: Some(assembly),
-        static_dir: None,
+        ..BuildPlan::new(Language::Dotnet)
     })
 }

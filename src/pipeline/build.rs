@@ -193,11 +193,6 @@ impl Pipeline {
                 metrics::build_finished("cancelled", elapsed);
                 Err(StageError::Cancelled { stage: "build" })
             }
-            // An attempt interrupted by cancellation (its build cancelled).
-            Err(GaveUp::Failed { .. }) if cancel.is_cancelled() => {
-                metrics::build_finished("cancelled", elapsed);
-                Err(StageError::Cancelled { stage: "build" })
-            }
             Err(GaveUp::Failed { error, attempts }) => {
                 metrics::build_finished("failure", elapsed);
                 Err(match error {
@@ -276,18 +271,11 @@ impl Pipeline {
                 ),
             )
             .await;
-        let cloud_err = |what: String| {
-            move |source| StageError::Cloud {
-                what,
-                attempts: 1,
-                source,
-            }
-        };
         let existing = self
             .cloud
             .object(&bucket, &object)
             .await
-            .map_err(cloud_err(format!("reading gs://{bucket}/{object}")))?;
+            .map_err(StageError::cloud(format!("reading gs://{bucket}/{object}")))?;
         let stored = match existing {
             Some(o) if o.size == size => {
                 events
@@ -303,7 +291,9 @@ impl Pipeline {
                     .cloud
                     .upload_object(&bucket, &object, Bytes::from(packed.bytes))
                     .await
-                    .map_err(cloud_err(format!("uploading the source to gs://{bucket}")))?;
+                    .map_err(StageError::cloud(format!(
+                        "uploading the source to gs://{bucket}"
+                    )))?;
                 events
                     .progress(
                         Stage::Build,

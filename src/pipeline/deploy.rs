@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use super::cloud::{Rollout, RunService, ServiceSpec, TrafficTarget};
-use super::error::{CloudError, StageError};
+use super::error::StageError;
 use super::event::{Reporter, Stage};
 use super::model::{RolloutMode, Target};
 use super::verify::{self, ProbeContext};
@@ -15,14 +15,6 @@ use crate::telemetry::metrics;
 
 /// The tag a candidate revision is verified through.
 pub const CANDIDATE_TAG: &str = "candidate";
-
-fn cloud_err(what: String) -> impl FnOnce(CloudError) -> StageError {
-    move |source| StageError::Cloud {
-        what,
-        attempts: 1,
-        source,
-    }
-}
 
 fn pinned(revision: &str, percent: u32) -> TrafficTarget {
     TrafficTarget {
@@ -48,7 +40,7 @@ impl Pipeline {
             .cloud
             .run_service(&target)
             .await
-            .map_err(cloud_err(format!(
+            .map_err(StageError::cloud(format!(
                 "reading Cloud Run service {}",
                 target.service
             )))?;
@@ -119,7 +111,7 @@ impl Pipeline {
             .cloud
             .deploy_service(&spec, existing.is_some())
             .await
-            .map_err(cloud_err(format!(
+            .map_err(StageError::cloud(format!(
                 "deploying Cloud Run service {} in {}/{}",
                 target.service, target.project, target.region
             )))?;
@@ -170,7 +162,7 @@ impl Pipeline {
         self.cloud
             .set_public_invoker(&target, d.request.runtime.allow_unauthenticated)
             .await
-            .map_err(cloud_err(format!(
+            .map_err(StageError::cloud(format!(
                 "setting the invoker policy of {}",
                 target.service
             )))?;
@@ -198,23 +190,34 @@ impl Pipeline {
         let Some(revision) = d.revision.as_deref() else {
             return Ok(());
         };
-        match self
+        self.route_all_to(target, revision, "moving all traffic to")
+            .await?;
+        events
+            .progress(
+                Stage::Verify,
+                format!("promoted {revision} to 100% of traffic"),
+            )
+            .await;
+        Ok(())
+    }
+
+    /// 100% of traffic to `revision` (a traffic-only change), awaited.
+    async fn route_all_to(
+        &self,
+        target: &Target,
+        revision: &str,
+        doing: &str,
+    ) -> Result<RunService, StageError> {
+        let rollout = self
             .cloud
             .set_traffic(target, &[pinned(revision, 100)])
             .await
-            .map_err(cloud_err(format!(
-                "moving all traffic of {} to {revision}",
+            .map_err(StageError::cloud(format!(
+                "{doing} {revision} on {}",
                 target.service
-            )))? {
-            Rollout::Ready(_) => {
-                events
-                    .progress(
-                        Stage::Verify,
-                        format!("promoted {revision} to 100% of traffic"),
-                    )
-                    .await;
-                Ok(())
-            }
+            )))?;
+        match rollout {
+            Rollout::Ready(s) => Ok(s),
             Rollout::Failed { message, .. } => Err(StageError::RevisionNotReady {
                 service: target.service.clone(),
                 revision: revision.to_string(),
@@ -257,23 +260,9 @@ impl Pipeline {
             )
             .await;
         let result = async {
-            let service: RunService = match self
-                .cloud
-                .set_traffic(&target, &[pinned(&prev, 100)])
-                .await
-                .map_err(cloud_err(format!(
-                    "moving traffic of {} back to {prev}",
-                    target.service
-                )))? {
-                Rollout::Ready(s) => s,
-                Rollout::Failed { message, .. } => {
-                    return Err(StageError::RevisionNotReady {
-                        service: target.service.clone(),
-                        revision: prev.clone(),
-                        message,
-                    })
-                }
-            };
+            let service = self
+                .route_all_to(&target, &prev, "moving traffic back to")
+                .await?;
             let token = if d.request.runtime.allow_unauthenticated {
                 None
             } else {

@@ -233,6 +233,15 @@ pub enum StageError {
 }
 
 impl StageError {
+    /// For `map_err`: a single-attempt API call that failed while `what`.
+    pub fn cloud(what: String) -> impl FnOnce(CloudError) -> StageError {
+        move |source| StageError::Cloud {
+            what,
+            attempts: 1,
+            source,
+        }
+    }
+
     /// The outcome's failure: a stable code, a message that names what
     /// failed, whether trying again may help, and what to do.
     pub fn to_failure(&self, project: &str) -> Failure {
@@ -318,7 +327,7 @@ impl StageError {
 }
 
 /// Concrete next steps for an API error, from its structured details.
-fn cloud_remediation(e: &CloudError, project: &str) -> Vec<String> {
+pub fn cloud_remediation(e: &CloudError, project: &str) -> Vec<String> {
     match (e.code, e.reason.as_deref()) {
         (_, Some("SERVICE_DISABLED")) => {
             let service = e.metadata.get("service").cloned().unwrap_or_default();

@@ -644,20 +644,7 @@ fn call_error_check(name: &'static str, doing: &str, e: CallError, project: &str
     match e {
         CallError::Inconclusive(why) => CheckResult::inconclusive(name, format!("{doing}: {why}")),
         CallError::Failed(e) => {
-            let mut remediation = Vec::new();
-            if e.reason.as_deref() == Some("SERVICE_DISABLED") {
-                let service = e.metadata.get("service").cloned().unwrap_or_default();
-                remediation.push(format!(
-                    "gcloud services enable {service} --project={project}"
-                ));
-                remediation.push(format!(
-                    "https://console.cloud.google.com/apis/library?project={project}"
-                ));
-            } else if e.is(Code::PermissionDenied) {
-                if let Some(perm) = e.metadata.get("permission") {
-                    remediation.push(format!("Grant a role with {perm} on project {project}: https://console.cloud.google.com/iam-admin/iam?project={project}"));
-                }
-            }
+            let remediation = super::error::cloud_remediation(&e, project);
             CheckResult::fail(
                 name,
                 format!(

@@ -126,6 +126,9 @@ where
         }
         let error = match op(attempt).await {
             Ok(v) => return Ok((v, attempt)),
+            // An attempt that failed because it was cancelled (it cancelled
+            // its remote work) is a cancellation, not a failure.
+            Err(_) if cancel.is_cancelled() => return Err(GaveUp::Cancelled { attempts: attempt }),
             Err(e) => e,
         };
         let after = match classify(&error) {
@@ -295,6 +298,25 @@ mod tests {
         )
         .await;
         assert_eq!(start.elapsed(), Duration::from_secs(21));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_failing_because_of_cancellation_is_a_cancellation() {
+        let policy = RetryPolicy::builds(Duration::from_secs(2));
+        let cancel = CancellationToken::new();
+        let r: Result<((), u32), _> = retry(
+            &policy,
+            &cancel,
+            |_| {
+                // The op notices the cancel, cleans up, and fails.
+                cancel.cancel();
+                async { Err(err(Code::Unavailable)) }
+            },
+            classify_cloud,
+            |_, _, _| async {},
+        )
+        .await;
+        assert!(matches!(r, Err(GaveUp::Cancelled { attempts: 1 })));
     }
 
     #[tokio::test(start_paused = true)]

@@ -241,6 +241,17 @@ impl Sandbox {
         self.shared.world().requests.clone()
     }
 
+    /// The requests of one discovery method id, in arrival order.
+    pub fn requests_of(&self, method: &str) -> Vec<Request> {
+        self.shared
+            .world()
+            .requests
+            .iter()
+            .filter(|r| r.method == method)
+            .cloned()
+            .collect()
+    }
+
     /// How many requests of a discovery method id were received.
     pub fn count(&self, method: &str) -> usize {
         self.shared

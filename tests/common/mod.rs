@@ -10,7 +10,9 @@ use std::time::Duration;
 use deployd::api::proto::{self, deployer_client::DeployerClient, event::Kind};
 use deployd::config::{Backend, DaemonConfig};
 use deployd::daemon::{self, Running};
+use deployd::pipeline::source::SourcePolicy;
 use deployd::pipeline::verify::UrlPolicy;
+use deployd::pipeline::PipelineConfig;
 use deployd::sandbox::{Sandbox, SandboxConfig, DEFAULT_PROJECT};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -59,22 +61,24 @@ impl Harness {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             metrics_listen: with_metrics.then(|| SocketAddr::from(([127, 0, 0, 1], 0))),
             backend: Backend::Endpoint(sandbox.base_url()),
-            // Backoff scaled down 100x: 20 ms, 40 ms, 80 ms...
-            retry_base_delay: Duration::from_millis(20),
-            poll_interval: Duration::from_millis(10),
-            work_dir: std::env::temp_dir().join("deployd-tests"),
-            caller_member: "user:dev@example.com".into(),
-            check_timeout: Duration::from_millis(300),
-            max_source_bytes: 8 * 1024 * 1024,
             // Small chunks, so tests exercise resumable uploads.
             upload_chunk_bytes: 256 * 1024,
-            build_deadline_slack: Duration::ZERO,
             invoker_service_account: Some(deployd::sandbox::invoker_service_account(PROJECT)),
-            local_source_roots: vec![std::path::PathBuf::from("/")],
-            url_policy: UrlPolicy {
-                allowed_hosts: vec!["*.run.app".into(), "127.0.0.1".into(), "localhost".into()],
-                // Only the sandbox's own address may be loopback.
-                private_ok_hosts: vec!["127.0.0.1".into()],
+            pipeline: PipelineConfig {
+                // Backoff scaled down 100x: 20 ms, 40 ms, 80 ms...
+                retry_base_delay: Duration::from_millis(20),
+                poll_interval: Duration::from_millis(10),
+                build_deadline_slack: Duration::ZERO,
+                check_timeout: Duration::from_millis(300),
+                work_dir: std::env::temp_dir().join("deployd-tests"),
+                caller_member: "user:dev@example.com".into(),
+                max_source_bytes: 8 * 1024 * 1024,
+                url_policy: UrlPolicy {
+                    allowed_hosts: vec!["*.run.app".into(), "127.0.0.1".into(), "localhost".into()],
+                    // Only the sandbox's own address may be loopback.
+                    private_ok_hosts: vec!["127.0.0.1".into()],
+                },
+                sources: SourcePolicy::new(vec![std::path::PathBuf::from("/")]),
             },
             shutdown_grace: Duration::from_secs(10),
         };
@@ -306,4 +310,16 @@ pub async fn preflight(h: &Harness) -> proto::Outcome {
         .expect("accepted")
         .into_inner();
     outcome(&collect(stream).await)
+}
+
+/// The source archive the first build fetched, as the sandbox stores it.
+pub fn built_archive(h: &Harness) -> Vec<u8> {
+    let build = &h.sandbox.builds()[0];
+    let src = &build["source"]["storageSource"];
+    h.sandbox
+        .object(
+            src["bucket"].as_str().unwrap_or_default(),
+            src["object"].as_str().unwrap_or_default(),
+        )
+        .expect("the built archive is in the bucket")
 }
