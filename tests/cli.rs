@@ -2,6 +2,8 @@
 
 use std::process::Command;
 
+mod common;
+
 fn deployd() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_deployd"));
     c.env("DEPLOYD_RETRY_BASE_DELAY_MS", "20")
@@ -174,12 +176,7 @@ fn serve_and_deploy_as_two_processes() {
     );
 
     // ctrl-c: the daemon shuts down and exits 0.
-    let pid = server.id().to_string();
-    let killed = Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
+    common::signal(server.id(), libc::SIGINT, false).expect("SIGINT");
     let status = server.wait().expect("daemon exits");
     assert!(status.success(), "{status:?}");
 }

@@ -3,6 +3,7 @@
 //! start commands natively, as the generated Dockerfile would, with PORT set,
 //! and probe the app. Packages come from PyPI and the npm registry.
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -10,16 +11,15 @@ use std::time::{Duration, Instant};
 use deployd::pipeline::analyze::analyze;
 
 mod common;
-use common::{copy_dir, free_port};
+use common::{copy_dir, free_port, signal};
 
 struct Running(Child);
 
 impl Drop for Running {
     fn drop(&mut self) {
-        // The start command's shell execs the server; kill its group.
-        let _ = Command::new("kill")
-            .args(["-TERM", &format!("-{}", self.0.id())])
-            .status();
+        // The server leads its own process group (npm and gunicorn have
+        // children); end the whole group.
+        let _ = signal(self.0.id(), libc::SIGTERM, true);
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -57,8 +57,10 @@ fn run_natively(fixture: &str, bin: Option<&Path>) -> String {
         );
     }
     let port = free_port();
-    let child = Command::new("setsid")
-        .args(["sh", "-c", &format!("exec {}", plan.start)])
+    let child = Command::new("sh")
+        .args(["-c", &format!("exec {}", plan.start)])
+        .process_group(0)
+        .stdin(Stdio::null())
         .current_dir(work.path())
         .env("PATH", &path)
         .env("PORT", port.to_string())
