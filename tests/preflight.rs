@@ -91,7 +91,8 @@ async fn cloudbuild_api_disabled() {
     let o = stopped_by_preflight(
         disable("cloudbuild.googleapis.com"),
         no_tweak,
-        &["required_apis"],
+        // The builder's account cannot be read through a disabled API.
+        &["required_apis", "cloud_build"],
         &[
             "gcloud services enable cloudbuild.googleapis.com --project=demo-project",
             "https://console.cloud.google.com/apis/library?project=demo-project",
@@ -178,7 +179,8 @@ async fn cloud_build_editor_role_missing() {
     stopped_by_preflight(
         withhold("cloudbuild."),
         no_tweak,
-        &["permissions"],
+        // Reading the builder's default account needs cloudbuild.builds.get.
+        &["permissions", "cloud_build"],
         &["gcloud projects add-iam-policy-binding demo-project --member=user:dev@example.com --role=roles/cloudbuild.builds.editor"],
     )
     .await;
@@ -290,6 +292,7 @@ async fn project_not_found() {
             "service_account",
             "artifact_registry",
             "build_bucket",
+            "cloud_build",
             "network_policies",
         ],
         &["gcloud projects describe ghost-project"],
@@ -313,6 +316,7 @@ async fn project_scheduled_for_deletion() {
             "service_account",
             "artifact_registry",
             "build_bucket",
+            "cloud_build",
             "network_policies",
         ],
         &["gcloud projects undelete demo-project"],
@@ -434,7 +438,12 @@ async fn several_failures_at_once_in_the_order_to_fix_them() {
             });
         },
         no_tweak,
-        &["required_apis", "permissions", "network_policies"],
+        &[
+            "required_apis",
+            "permissions",
+            "cloud_build",
+            "network_policies",
+        ],
         &[],
     )
     .await;
@@ -609,4 +618,101 @@ async fn build_runs_as_the_requested_service_account() {
         build["logsBucket"],
         "gs://deployd-demo-project-us-central1/logs"
     );
+}
+
+/// The default compute account of the sandbox's project (number 100000000001).
+const COMPUTE_SA: &str = "100000000001-compute@developer.gserviceaccount.com";
+
+/// Runs the service as another account, so that only the builder is at fault.
+fn runtime_as_invoker(r: &mut proto::DeployRequest) {
+    if let Some(rt) = r.runtime.as_mut() {
+        rt.service_account = deployd::sandbox::invoker_service_account(PROJECT);
+    }
+}
+
+#[tokio::test]
+async fn default_build_service_account_disabled() {
+    let enable = format!("gcloud iam service-accounts enable {COMPUTE_SA} --project=demo-project");
+    let o = stopped_by_preflight(
+        |sb| {
+            sb.with_project(PROJECT, |p| {
+                p.service_accounts.insert(COMPUTE_SA.into(), true)
+            });
+        },
+        runtime_as_invoker,
+        &["cloud_build"],
+        &[&enable],
+    )
+    .await;
+    assert!(
+        check(&o, "cloud_build").detail.contains(&format!(
+            "Cloud Build's default service account {COMPUTE_SA} is disabled"
+        )),
+        "{}",
+        check(&o, "cloud_build").detail
+    );
+}
+
+#[tokio::test]
+async fn default_build_service_account_deleted() {
+    let o = stopped_by_preflight(
+        |sb| {
+            sb.with_project(PROJECT, |p| p.service_accounts.remove(COMPUTE_SA));
+        },
+        runtime_as_invoker,
+        &["cloud_build"],
+        &[
+            "Set build.service_account (--build-service-account)",
+            "https://console.cloud.google.com/cloud-build/settings/service-account?project=demo-project",
+        ],
+    )
+    .await;
+    assert!(check(&o, "cloud_build").detail.contains("does not exist"));
+}
+
+#[tokio::test]
+async fn project_without_a_default_build_service_account() {
+    let o = stopped_by_preflight(
+        |sb| {
+            sb.with_project(PROJECT, |p| p.default_build_service_account = None);
+        },
+        no_tweak,
+        &["cloud_build"],
+        &["Set build.service_account (--build-service-account)"],
+    )
+    .await;
+    assert!(check(&o, "cloud_build")
+        .detail
+        .contains("no default Cloud Build service account"));
+}
+
+#[tokio::test]
+async fn legacy_default_build_service_account_needs_no_lookup() {
+    // Projects from before 2024 build as a Google-managed account that is
+    // not an IAM resource of the project.
+    let legacy = "100000000001@cloudbuild.gserviceaccount.com";
+    let h = Harness::start().await;
+    h.sandbox.with_project(PROJECT, |p| {
+        p.default_build_service_account = Some(legacy.into());
+        p.service_accounts.remove(COMPUTE_SA);
+    });
+    let mut req = deploy_request("legacy-builder", &example_app());
+    runtime_as_invoker(&mut req);
+    let (_, o) = deploy(&h, req).await;
+    assert!(o.success, "{o:?}");
+    assert!(check(&o, "cloud_build").detail.contains(legacy));
+    let looked_up: Vec<String> = h
+        .sandbox
+        .requests_of("iam.projects.serviceAccounts.get")
+        .into_iter()
+        .map(|r| r.path)
+        .collect();
+    assert!(
+        looked_up
+            .iter()
+            .all(|path| !path.contains("cloudbuild.gserviceaccount.com")),
+        "{looked_up:?}"
+    );
+    // The build named no account: Cloud Build used the default.
+    assert!(h.sandbox.builds()[0].get("serviceAccount").is_none());
 }

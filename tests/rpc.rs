@@ -61,14 +61,15 @@ async fn preflight_of_a_healthy_project_creates_what_is_missing() {
     );
 
     // A second preflight finds both and creates nothing, in a bounded number
-    // of calls: one per check, two for the service account (exists, actAs).
+    // of calls: one per check, two for the runtime service account (exists,
+    // actAs), two for the builder's (which account, exists).
     let before = h.sandbox.requests().len();
     let o = preflight(&h).await;
     assert!(o.success);
     assert_eq!(
         h.sandbox.requests().len() - before,
-        8,
-        "the README states 8"
+        10,
+        "the README states 10"
     );
     assert_eq!(
         h.sandbox

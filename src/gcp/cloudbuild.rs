@@ -144,6 +144,39 @@ pub async fn create(t: &Transport, project: &str, spec: &BuildSpec) -> Result<Bu
     Ok(meta.build)
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DefaultServiceAccount {
+    #[serde(default)]
+    service_account_email: String,
+}
+
+/// `projects.locations.getDefaultServiceAccount`: the email builds run as
+/// when they name no service account, or `None` when there is none.
+pub async fn default_service_account(
+    t: &Transport,
+    project: &str,
+) -> Result<Option<String>, GcpError> {
+    let url = format!(
+        "{}/v1/projects/{project}/locations/{LOCATION}/defaultServiceAccount",
+        t.endpoints.cloud_build
+    );
+    let got: DefaultServiceAccount = t
+        .json(
+            "cloudbuild.projects.locations.getDefaultServiceAccount",
+            t.request(Method::GET, url),
+        )
+        .await?;
+    Ok(service_account_email(&got.service_account_email))
+}
+
+/// `projects/{project}/serviceAccounts/{email}` (or a bare email) to the
+/// email; empty means none.
+fn service_account_email(name: &str) -> Option<String> {
+    let email = name.rsplit('/').next().unwrap_or(name).trim();
+    (!email.is_empty()).then(|| email.to_string())
+}
+
 pub async fn get(t: &Transport, project: &str, id: &str) -> Result<Build, GcpError> {
     let url = format!(
         "{}/v1/projects/{project}/locations/{LOCATION}/builds/{id}",
@@ -165,4 +198,25 @@ pub async fn cancel(t: &Transport, project: &str, id: &str) -> Result<Build, Gcp
         t.request(Method::POST, url).json(&body),
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::service_account_email;
+
+    #[test]
+    fn default_service_account_names_reduce_to_emails() {
+        assert_eq!(
+            service_account_email(
+                "projects/p/serviceAccounts/123-compute@developer.gserviceaccount.com"
+            )
+            .as_deref(),
+            Some("123-compute@developer.gserviceaccount.com")
+        );
+        assert_eq!(
+            service_account_email("123@cloudbuild.gserviceaccount.com").as_deref(),
+            Some("123@cloudbuild.gserviceaccount.com")
+        );
+        assert_eq!(service_account_email(""), None);
+    }
 }

@@ -284,6 +284,13 @@ impl Cloud for GcpClient {
         Ok(storage::read_from(&self.t, bucket, object, offset).await?)
     }
 
+    async fn default_build_service_account(
+        &self,
+        project: &str,
+    ) -> Result<Option<String>, CloudError> {
+        Ok(cloudbuild::default_service_account(&self.t, project).await?)
+    }
+
     async fn create_build(&self, project: &str, spec: &BuildSpec) -> Result<BuildInfo, CloudError> {
         Ok(build_info(
             cloudbuild::create(&self.t, project, spec).await?,

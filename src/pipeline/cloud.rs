@@ -277,6 +277,12 @@ pub trait Cloud: Send + Sync + 'static {
     ) -> Result<Option<Bytes>, CloudError>;
 
     // Cloud Build
+    /// The service account a build that names none runs as (the email);
+    /// `None` when the project has no default and every build must name one.
+    async fn default_build_service_account(
+        &self,
+        project: &str,
+    ) -> Result<Option<String>, CloudError>;
     async fn create_build(&self, project: &str, spec: &BuildSpec) -> Result<BuildInfo, CloudError>;
     async fn get_build(&self, project: &str, id: &str) -> Result<BuildInfo, CloudError>;
     async fn cancel_build(&self, project: &str, id: &str) -> Result<(), CloudError>;

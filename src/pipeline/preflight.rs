@@ -365,25 +365,15 @@ impl Pipeline {
             self.call(cancel, || self.cloud.service_account(p, &email)),
             self.call(cancel, || self.cloud.can_act_as(p, &email)),
         );
-        let sa = match sa {
-            Ok(sa) => sa,
-            Err(e) => return call_error_check(NAME, &format!("looking up {email}"), e, p),
-        };
-        match sa {
-            None => CheckResult::fail(
-                NAME,
-                format!("runtime service account {email} does not exist in project {p}"),
-                vec![format!(
-                    "gcloud iam service-accounts create {} --project={p}",
-                    email.split('@').next().unwrap_or(&email)
-                )],
-            ),
-            Some(sa) if sa.disabled => CheckResult::fail(
-                NAME,
-                format!("runtime service account {email} is disabled"),
-                vec![format!("gcloud iam service-accounts enable {email} --project={p}")],
-            ),
-            Some(_) => match act_as {
+        let missing = vec![format!(
+            "gcloud iam service-accounts create {} --project={p}",
+            email.split('@').next().unwrap_or(&email)
+        )];
+        let doing = format!("looking up {email}");
+        if let Some(unusable) = account_unusable(NAME, sa, "runtime", &email, p, &doing, missing) {
+            return unusable;
+        }
+        match act_as {
                 Ok(true) => CheckResult::pass(NAME, format!("the caller may act as {email}")),
                 Ok(false) => CheckResult::fail(
                     NAME,
@@ -394,7 +384,6 @@ impl Pipeline {
                     )],
                 ),
                 Err(e) => call_error_check(NAME, &format!("testing actAs on {email}"), e, p),
-            },
         }
     }
 
@@ -558,30 +547,37 @@ fn squatted(bucket: &str, project: &str) -> CheckResult {
 
 impl Pipeline {
     /// The build configuration deployd would submit, checked against Cloud
-    /// Build's limits, and the builder's service account when one is set.
+    /// Build's limits, and the service account the build will run as: the
+    /// requested one (which needs actAs), or the project's default.
     async fn check_cloud_build(
         &self,
         req: &PreflightRequest,
         cancel: &CancellationToken,
     ) -> CheckResult {
+        const NAME: &str = "cloud_build";
         let config = check_build_config(req);
-        let Some(email) = req.build.service_account.as_deref().filter(|_| config.ok) else {
+        if !config.ok {
             return config;
-        };
+        }
         let p = &req.target.project;
+        let Some(email) = req.build.service_account.as_deref() else {
+            return self.check_default_builder(config, p, cancel).await;
+        };
         let (sa, act_as) = tokio::join!(
             self.call(cancel, || self.cloud.service_account(p, email)),
             self.call(cancel, || self.cloud.can_act_as(p, email)),
         );
-        const NAME: &str = "cloud_build";
-        match (sa, act_as) {
-            (Ok(Some(sa)), _) if sa.disabled => CheckResult::fail(
-                NAME,
-                format!("build service account {email} is disabled"),
-                vec![format!("gcloud iam service-accounts enable {email} --project={p}")],
-            ),
-            (Ok(Some(_)), Ok(true)) => CheckResult::pass(NAME, format!("{}; builds run as {email}", config.detail)),
-            (Ok(Some(_)), Ok(false)) => CheckResult::fail(
+        let doing = format!("looking up build service account {email}");
+        let missing = vec![format!(
+            "gcloud iam service-accounts create {} --project={p}",
+            email.split('@').next().unwrap_or(email)
+        )];
+        if let Some(unusable) = account_unusable(NAME, sa, "build", email, p, &doing, missing) {
+            return unusable;
+        }
+        match act_as {
+            Ok(true) => CheckResult::pass(NAME, format!("{}; builds run as {email}", config.detail)),
+            Ok(false) => CheckResult::fail(
                 NAME,
                 format!("the caller lacks iam.serviceAccounts.actAs on the build service account {email}"),
                 vec![format!(
@@ -589,16 +585,102 @@ impl Pipeline {
                     self.config.caller_member
                 )],
             ),
-            (Ok(None), _) => CheckResult::fail(
-                NAME,
-                format!("build service account {email} does not exist in project {p}"),
-                vec![format!(
-                    "gcloud iam service-accounts create {} --project={p}",
-                    email.split('@').next().unwrap_or(email)
-                )],
-            ),
-            (Err(e), _) | (_, Err(e)) => call_error_check(NAME, &format!("looking up build service account {email}"), e, p),
+            Err(e) => call_error_check(NAME, &doing, e, p),
         }
+    }
+
+    /// A build that names no service account runs as the project's default
+    /// Cloud Build account, which must exist and be enabled (a disabled
+    /// compute default account is a common reason builds fail to start).
+    async fn check_default_builder(
+        &self,
+        config: CheckResult,
+        p: &str,
+        cancel: &CancellationToken,
+    ) -> CheckResult {
+        const NAME: &str = "cloud_build";
+        let choose = |why: &str| {
+            vec![
+                format!("Set build.service_account (--build-service-account) to an account with roles/cloudbuild.builds.builder {why}"),
+                format!("https://console.cloud.google.com/cloud-build/settings/service-account?project={p}"),
+            ]
+        };
+        let email = match self
+            .call(cancel, || self.cloud.default_build_service_account(p))
+            .await
+        {
+            Ok(Some(email)) => email,
+            Ok(None) => {
+                return CheckResult::fail(
+                    NAME,
+                    format!("project {p} has no default Cloud Build service account and build.service_account is not set"),
+                    choose("(the project has no default)"),
+                )
+            }
+            Err(e) => {
+                return call_error_check(NAME, "reading Cloud Build's default service account", e, p)
+            }
+        };
+        // The legacy account is Google-managed: not an IAM resource of the
+        // project, so there is nothing more to look up.
+        if email.ends_with("@cloudbuild.gserviceaccount.com") {
+            return CheckResult::pass(
+                NAME,
+                format!(
+                    "{}; builds run as the legacy Cloud Build account {email}",
+                    config.detail
+                ),
+            );
+        }
+        let sa = self
+            .call(cancel, || self.cloud.service_account(p, &email))
+            .await;
+        let doing = format!("looking up Cloud Build's default service account {email}");
+        let missing = choose("(the default was deleted)");
+        account_unusable(
+            NAME,
+            sa,
+            "Cloud Build's default",
+            &email,
+            p,
+            &doing,
+            missing,
+        )
+        .unwrap_or_else(|| {
+            CheckResult::pass(
+                NAME,
+                format!("{}; builds run as the default {email}", config.detail),
+            )
+        })
+    }
+}
+
+/// Why a service account cannot be used, if it cannot: it could not be
+/// looked up, does not exist, or is disabled.
+fn account_unusable(
+    name: &'static str,
+    looked_up: Result<Option<super::cloud::ServiceAccount>, CallError>,
+    role: &str,
+    email: &str,
+    p: &str,
+    doing: &str,
+    missing_remediation: Vec<String>,
+) -> Option<CheckResult> {
+    match looked_up {
+        Ok(Some(sa)) if !sa.disabled => None,
+        Ok(Some(_)) => Some(CheckResult::fail(
+            name,
+            format!("{role} service account {email} is disabled"),
+            vec![format!(
+                "gcloud iam service-accounts enable {email} --project={p}"
+            )],
+        )),
+        Ok(None) => Some(CheckResult::fail(
+            name,
+            format!("{role} service account {email} does not exist in project {p}"),
+            missing_remediation,
+        )),
+        Err(e) => Some(call_error_check(name, doing, e, p)),
     }
 }
 

@@ -16,6 +16,37 @@ use super::routes::{error, ok, put_object};
 use super::world::{now_rfc3339, Build, World};
 use super::SandboxConfig;
 
+/// A build that names no service account runs as the project's default;
+/// one that is missing or disabled refuses the build. (The status and
+/// wording are this emulator's: the contract does not give them.)
+fn default_service_account_unusable(w: &World, pk: &str) -> Option<Response> {
+    let p = w.projects.get(pk)?;
+    let Some(email) = &p.default_build_service_account else {
+        return Some(error(
+            400,
+            "INVALID_ARGUMENT",
+            "the project has no default build service account: build.service_account must be set",
+        ));
+    };
+    // The legacy Cloud Build account is Google-managed, not the project's.
+    if email.ends_with("@cloudbuild.gserviceaccount.com") {
+        return None;
+    }
+    match p.service_accounts.get(email) {
+        Some(false) => None,
+        Some(true) => Some(error(
+            400,
+            "FAILED_PRECONDITION",
+            &format!("the build's service account {email} is disabled"),
+        )),
+        None => Some(error(
+            400,
+            "FAILED_PRECONDITION",
+            &format!("the build's service account {email} does not exist"),
+        )),
+    }
+}
+
 /// Creates a build and its schedule; answers with the create Operation.
 pub fn create(w: &mut World, cfg: &SandboxConfig, pk: &str, req: Value, now: Instant) -> Response {
     let storage = req
@@ -45,6 +76,11 @@ pub fn create(w: &mut World, cfg: &SandboxConfig, pk: &str, req: Value, now: Ins
     }
     if req.get("serviceAccount").is_some() && req.get("logsBucket").is_none() {
         return error(400, "INVALID_ARGUMENT", "if 'build.service_account' is specified, the build must either (a) specify 'build.logs_bucket', (b) use the REGIONAL_USER_OWNED_BUCKET build.options.default_logs_bucket_behavior option, or (c) use either CLOUD_LOGGING_ONLY / NONE logging options: invalid argument");
+    }
+    if req.get("serviceAccount").is_none() {
+        if let Some(refused) = default_service_account_unusable(w, pk) {
+            return refused;
+        }
     }
     let n = w.next_id();
     let id = format!(

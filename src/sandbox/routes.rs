@@ -46,6 +46,7 @@ enum Kind {
     },
     CrmTestPermissions,
     SaGet(String),
+    BuildDefaultSa(String),
     GenerateIdToken(String),
     SaTestPermissions(String),
     OrgEffective(String),
@@ -237,6 +238,13 @@ fn route(m: &Method, segs: &[&str]) -> Route {
             ObjectUpload(b.to_string()),
         ),
         // Cloud Build
+        ("GET", ["v1", "projects", p, "locations", l, "defaultServiceAccount"]) => r(
+            "cloudbuild.projects.locations.getDefaultServiceAccount",
+            CB,
+            Some("cloudbuild.builds.get"),
+            p,
+            BuildDefaultSa(l.to_string()),
+        ),
         ("POST", ["v1", "projects", p, "builds"])
         | ("POST", ["v1", "projects", p, "locations", _, "builds"]) => r(
             "cloudbuild.projects.locations.builds.create",
@@ -620,6 +628,18 @@ fn dispatch(
                     &format!("Unknown service account {email}"),
                 ),
             }
+        }
+        Kind::BuildDefaultSa(location) => {
+            let p = &w.projects[&key.unwrap_or_default()];
+            let email = p
+                .default_build_service_account
+                .as_ref()
+                .map(|e| format!("projects/{}/serviceAccounts/{e}", p.id))
+                .unwrap_or_default();
+            ok(json!({
+                "name": format!("projects/{}/locations/{location}/defaultServiceAccount", p.id),
+                "serviceAccountEmail": email,
+            }))
         }
         Kind::SaTestPermissions(email) => {
             let p = &w.projects[&key.unwrap_or_default()];

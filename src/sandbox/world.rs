@@ -67,6 +67,10 @@ pub struct ProjectState {
     pub permissions: BTreeSet<String>,
     /// email -> disabled.
     pub service_accounts: BTreeMap<String, bool>,
+    /// What Cloud Build's getDefaultServiceAccount answers: the compute
+    /// default (projects created since 2024), the legacy
+    /// `{number}@cloudbuild.gserviceaccount.com`, or none.
+    pub default_build_service_account: Option<String>,
     /// Service accounts the caller may not act as, despite project grants.
     pub act_as_denied: BTreeSet<String>,
     /// constraint (without "constraints/") -> Policy.spec JSON.
@@ -92,6 +96,9 @@ impl ProjectState {
                 ),
                 (super::invoker_service_account(id), false),
             ]),
+            default_build_service_account: Some(format!(
+                "{number}-compute@developer.gserviceaccount.com"
+            )),
             act_as_denied: BTreeSet::new(),
             policies: BTreeMap::new(),
             repositories: BTreeMap::new(),
