@@ -457,6 +457,44 @@ async fn revision_that_never_becomes_ready_is_reported_with_the_api_message() {
 }
 
 #[tokio::test]
+async fn an_operation_that_succeeds_before_the_revision_is_ready_is_not_trusted() {
+    let h = Harness::start().await;
+    let (_, first) = deploy(&h, deploy_request("eager", &example_app())).await;
+    assert!(first.success);
+    h.sandbox.next_rollout_succeeds_early(PROJECT, "eager");
+    let app = app_copy();
+    std::fs::write(app.path().join("VERSION"), "2").expect("write");
+    let probes_before = h.sandbox.count("app.request");
+    let (_, o) = deploy(&h, deploy_request("eager", app.path())).await;
+    assert!(!o.success, "a finished operation is not a Ready service");
+    assert_eq!(o.failed_stage, i32::from(Stage::Deploy));
+    let err = o.error.expect("failure");
+    assert_eq!(err.code, "REVISION_NOT_READY");
+    assert!(err.message.contains("not Ready"), "{}", err.message);
+    assert!(err.message.contains(&first.revision), "{}", err.message);
+    assert!(o.revision.starts_with("eager-00002-"), "{}", o.revision);
+    // The operation did say done, successfully.
+    let ops = h
+        .sandbox
+        .requests_of("run.projects.locations.services.patch");
+    assert_eq!(ops.len(), 1 + usize::from(o.rolled_back));
+    // Nothing probed the revision that is not serving; the rollback's
+    // check of the previous one is the only probe.
+    assert!(o.rolled_back);
+    assert_eq!(h.sandbox.count("app.request"), probes_before + 1);
+    let svc = h
+        .sandbox
+        .service(PROJECT, REGION, "eager")
+        .expect("service");
+    assert!(
+        svc["latestReadyRevision"]
+            .as_str()
+            .is_some_and(|r| r.ends_with(&first.revision)),
+        "{svc}"
+    );
+}
+
+#[tokio::test]
 async fn disabled_api_fails_preflight_and_nothing_is_built() {
     let h = Harness::start().await;
     h.sandbox.with_project(PROJECT, |p| {

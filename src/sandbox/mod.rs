@@ -204,6 +204,17 @@ impl Sandbox {
             .insert((project.into(), service.into()), n);
     }
 
+    /// The next rollout of the service finishes its operation successfully
+    /// although the new revision is still reconciling: the service it
+    /// returns is not Ready and still serves the previous revision. The
+    /// client must not take the operation's word for it.
+    pub fn next_rollout_succeeds_early(&self, project: &str, service: &str) {
+        self.shared
+            .world()
+            .early_success_rollouts
+            .insert((project.into(), service.into()));
+    }
+
     /// The deployed service answers these, in order, then 200s.
     pub fn script_app(
         &self,

@@ -410,6 +410,7 @@ fn rollout(
         _ => false,
     };
     let behavior = w.next_revision_behavior.remove(&fault_key);
+    let early = w.early_success_rollouts.remove(&fault_key);
     let Some(p) = w.projects.get_mut(pk) else {
         return Err((5, "project vanished".into()));
     };
@@ -454,6 +455,14 @@ fn rollout(
         create_time: now_rfc3339(),
     });
     svc.latest_created = Some(name.clone());
+    if early && ready {
+        // The operation says done; the revision is not serving yet.
+        if let Some(r) = svc.revisions.last_mut() {
+            r.ready = false;
+        }
+        svc.reconciling = true;
+        return Ok(Some(service_response(w, pk, l, s)));
+    }
     svc.reconciling = false;
     if !ready {
         svc.failed_message = Some(message.clone());

@@ -262,6 +262,9 @@ pub struct World {
     pub requests: Vec<Request>,
     pub build_faults: VecDeque<BuildFault>,
     pub not_ready_revisions: BTreeMap<(String, String), u32>,
+    /// (project, service) whose next rollout operation reports success
+    /// while its revision is still reconciling.
+    pub early_success_rollouts: BTreeSet<(String, String)>,
     /// (project, service) -> how its next revision will answer.
     pub next_revision_behavior: BTreeMap<(String, String), AppResponse>,
     /// Identity tokens minted: token -> (audience, service account).
