@@ -22,6 +22,11 @@ pub const ENV_MAX_SOURCE_BYTES: &str = "DEPLOYD_MAX_SOURCE_BYTES";
 pub const ENV_UPLOAD_CHUNK_BYTES: &str = "DEPLOYD_UPLOAD_CHUNK_BYTES";
 /// Service account whose identity tokens probe private services.
 pub const ENV_INVOKER_SERVICE_ACCOUNT: &str = "DEPLOYD_INVOKER_SERVICE_ACCOUNT";
+/// The metadata server (`host[:port]`), as Google's client libraries read
+/// it. With no invoker account, private services are probed with its
+/// identity tokens: always on Google, against an endpoint only when set.
+pub const ENV_METADATA_HOST: &str = "GCE_METADATA_HOST";
+pub const DEFAULT_METADATA_HOST: &str = "metadata.google.internal";
 /// Hosts a Verify caller may have probed, comma-separated (`*.run.app`).
 pub const ENV_VERIFY_ALLOWED_HOSTS: &str = "DEPLOYD_VERIFY_ALLOWED_HOSTS";
 /// Directories local sources may come from, comma-separated; none: local
@@ -58,6 +63,9 @@ pub struct DaemonConfig {
     pub upload_chunk_bytes: usize,
     /// Identity used to probe private services.
     pub invoker_service_account: Option<String>,
+    /// Metadata server (`host[:port]`) for identity tokens when there is no
+    /// invoker account; `None`: the default on Google, none elsewhere.
+    pub metadata_host: Option<String>,
     /// How long shutdown waits for running deploys to wind down.
     pub shutdown_grace: Duration,
     pub pipeline: PipelineConfig,
@@ -71,6 +79,7 @@ impl Default for DaemonConfig {
             backend: Backend::Google,
             upload_chunk_bytes: crate::gcp::storage::DEFAULT_CHUNK_BYTES,
             invoker_service_account: None,
+            metadata_host: None,
             shutdown_grace: Duration::from_secs(30),
             pipeline: PipelineConfig::default(),
         }

@@ -63,15 +63,31 @@ async fn cloud(
         max: config.pipeline.poll_interval,
         give_up_after: Duration::from_secs(30 * 60),
     };
-    let client = match (&config.backend, sandbox) {
-        (Backend::EmbeddedSandbox, Some(sb)) => GcpClient::emulator(&sb.base_url(), emulator_poll)?,
-        (Backend::Endpoint(base), _) => GcpClient::emulator(base, emulator_poll)?,
-        _ => GcpClient::google(PollPolicy::default()).await?,
+    let (client, metadata_host) = match (&config.backend, sandbox) {
+        (Backend::EmbeddedSandbox, Some(sb)) => (
+            GcpClient::emulator(&sb.base_url(), emulator_poll)?,
+            config.metadata_host.clone(),
+        ),
+        (Backend::Endpoint(base), _) => (
+            GcpClient::emulator(base, emulator_poll)?,
+            config.metadata_host.clone(),
+        ),
+        // On Google, the metadata server is there unless told otherwise.
+        _ => (
+            GcpClient::google(PollPolicy::default()).await?,
+            Some(
+                config
+                    .metadata_host
+                    .clone()
+                    .unwrap_or_else(|| crate::config::DEFAULT_METADATA_HOST.to_string()),
+            ),
+        ),
     };
     Ok(Arc::new(
         client
             .with_upload_chunk(config.upload_chunk_bytes)
-            .with_invoker(config.invoker_service_account.clone()),
+            .with_invoker(config.invoker_service_account.clone())
+            .with_metadata_server(metadata_host),
     ))
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use deployd::api::proto::{self, Stage};
+use deployd::config::Backend;
 use deployd::sandbox::faults::AppResponse;
 
 fn broken() -> AppResponse {
@@ -242,6 +243,71 @@ async fn private_service_without_invoker_permission_names_it() {
         err.message
     );
     assert!(err.remediation[0].contains("gcloud run services add-iam-policy-binding private"));
+}
+
+fn private(service: &str) -> proto::DeployRequest {
+    let mut req = deploy_request(service, &example_app());
+    if let Some(rt) = req.runtime.as_mut() {
+        rt.allow_unauthenticated = false;
+    }
+    req
+}
+
+#[tokio::test]
+async fn private_service_is_probed_with_the_metadata_servers_token() {
+    // No invoker account: as on Google, deployd's own identity comes from
+    // the metadata server (here the sandbox's, named by GCE_METADATA_HOST).
+    let h = Harness::start_config(|c| {
+        c.invoker_service_account = None;
+        if let Backend::Endpoint(base) = &c.backend {
+            c.metadata_host = Some(base.trim_start_matches("http://").to_string());
+        }
+    })
+    .await;
+    let (events, o) = deploy(&h, private("meta")).await;
+    assert!(o.verified, "{o:?}");
+    let asked = h.sandbox.requests_of("metadata.identity");
+    assert_eq!(asked.len(), probes(&events).len());
+    assert!(asked[0]
+        .headers
+        .iter()
+        .any(|(k, v)| k == "metadata-flavor" && v == "Google"));
+    let audience = format!("audience={}", urlencode(&o.url));
+    assert!(asked[0].query.contains(&audience), "{}", asked[0].query);
+    assert_eq!(
+        h.sandbox
+            .count("iamcredentials.projects.serviceAccounts.generateIdToken"),
+        0
+    );
+    let probe = h.sandbox.requests_of("app.request").remove(0);
+    assert!(probe
+        .headers
+        .iter()
+        .any(|(k, v)| k == "authorization" && v.starts_with("Bearer eyJ")));
+}
+
+#[tokio::test]
+async fn private_service_with_no_identity_to_probe_with_says_so() {
+    let h = Harness::start_config(|c| c.invoker_service_account = None).await;
+    let (_, o) = deploy(&h, private("noid")).await;
+    assert!(!o.success && !o.verified);
+    let err = o.error.expect("failure");
+    assert_eq!(err.code, "NO_PROBE_IDENTITY");
+    assert!(!err.retriable);
+    assert!(err.message.contains("noid"), "{err:?}");
+    assert!(
+        err.remediation[0].contains("DEPLOYD_INVOKER_SERVICE_ACCOUNT"),
+        "{err:?}"
+    );
+    assert_eq!(
+        h.sandbox.count("app.request"),
+        0,
+        "nothing probed without a token"
+    );
+}
+
+fn urlencode(s: &str) -> String {
+    s.replace(':', "%3A").replace('/', "%2F")
 }
 
 async fn verify_status(h: &Harness, url: &str) -> Result<proto::Outcome, tonic::Status> {

@@ -107,6 +107,10 @@ struct Tuning {
     /// Service account whose identity tokens probe private services.
     #[arg(long, env = ENV_INVOKER_SERVICE_ACCOUNT)]
     invoker_service_account: Option<String>,
+    /// Metadata server (host[:port]) for identity tokens when no invoker
+    /// account is set.
+    #[arg(long, env = ENV_METADATA_HOST)]
+    metadata_host: Option<String>,
     /// Hosts a Verify caller may have probed, comma-separated.
     #[arg(long, env = ENV_VERIFY_ALLOWED_HOSTS, value_delimiter = ',', default_value = "*.run.app")]
     verify_allowed_hosts: Vec<String>,
@@ -313,6 +317,7 @@ impl Tuning {
                 // The sandbox's project has an invoker identity ready.
                 backend_is_sandbox.then(|| crate::sandbox::invoker_service_account(DEFAULT_PROJECT))
             }),
+            metadata_host: self.metadata_host.clone(),
             pipeline: PipelineConfig {
                 retry_base_delay: Duration::from_millis(self.retry_base_delay_ms),
                 poll_interval: poll,

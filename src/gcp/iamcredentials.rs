@@ -36,10 +36,9 @@ pub async fn generate_id_token(
     Ok(r.token)
 }
 
-pub const METADATA_HOST: &str = "http://metadata.google.internal";
-
 /// The metadata server's token for the instance's own service account.
-pub async fn metadata_id_token(audience: &str) -> Result<String, GcpError> {
+/// `host` is `host[:port]` (plain HTTP, as the metadata server speaks).
+pub async fn metadata_id_token(host: &str, audience: &str) -> Result<String, GcpError> {
     const METHOD: &str = "metadata.identity";
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
@@ -50,7 +49,8 @@ pub async fn metadata_id_token(audience: &str) -> Result<String, GcpError> {
         })?;
     let resp = client
         .get(format!(
-            "{METADATA_HOST}/computeMetadata/v1/instance/service-accounts/default/identity"
+            "http://{}/computeMetadata/v1/instance/service-accounts/default/identity",
+            host.trim_start_matches("http://").trim_end_matches('/')
         ))
         .query(&[("audience", audience), ("format", "full")])
         .header("Metadata-Flavor", "Google")

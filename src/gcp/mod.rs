@@ -45,9 +45,9 @@ pub struct GcpClient {
     upload_chunk: usize,
     /// Service account whose identity tokens probe private services.
     invoker: Option<String>,
-    /// Whether the metadata server may be asked for identity tokens (only
-    /// against Google, never an emulator).
-    metadata_server: bool,
+    /// Metadata server (`host[:port]`) asked for identity tokens when there
+    /// is no invoker account.
+    metadata_server: Option<String>,
 }
 
 impl GcpClient {
@@ -57,12 +57,17 @@ impl GcpClient {
             poll,
             upload_chunk: storage::DEFAULT_CHUNK_BYTES,
             invoker: None,
-            metadata_server: false,
+            metadata_server: None,
         }
     }
 
     pub fn with_invoker(mut self, service_account: Option<String>) -> Self {
         self.invoker = service_account;
+        self
+    }
+
+    pub fn with_metadata_server(mut self, host: Option<String>) -> Self {
+        self.metadata_server = host;
         self
     }
 
@@ -81,9 +86,7 @@ impl GcpClient {
             Credentials::Google(provider),
             Duration::from_secs(60),
         )?;
-        let mut c = Self::new(t, poll);
-        c.metadata_server = true;
-        Ok(c)
+        Ok(Self::new(t, poll))
     }
 
     /// Every API at `base` (an emulator); no credentials.
@@ -331,14 +334,18 @@ impl Cloud for GcpClient {
     }
 
     async fn id_token(&self, audience: &str) -> Result<String, CloudError> {
-        match (&self.invoker, self.metadata_server) {
+        match (&self.invoker, &self.metadata_server) {
             (Some(sa), _) => Ok(iamcredentials::generate_id_token(&self.t, sa, audience).await?),
-            (None, true) => Ok(iamcredentials::metadata_id_token(audience).await?),
-            (None, false) => Err(CloudError::new(
-                "iamcredentials.projects.serviceAccounts.generateIdToken",
-                Code::FailedPrecondition,
-                "no identity to probe private services with: set DEPLOYD_INVOKER_SERVICE_ACCOUNT",
-            )),
+            (None, Some(host)) => Ok(iamcredentials::metadata_id_token(host, audience).await?),
+            (None, None) => {
+                let mut e = CloudError::new(
+                    "iamcredentials.projects.serviceAccounts.generateIdToken",
+                    Code::FailedPrecondition,
+                    "the daemon has no identity to probe private services with: no invoker service account and no metadata server",
+                );
+                e.reason = Some(crate::pipeline::cloud::NO_PROBE_IDENTITY.into());
+                Err(e)
+            }
         }
     }
 }

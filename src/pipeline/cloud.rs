@@ -200,6 +200,10 @@ pub enum Rollout {
     },
 }
 
+/// `CloudError::reason` of [`Cloud::id_token`] when the daemon has no
+/// identity to mint tokens with (a setup problem, not an API answer).
+pub const NO_PROBE_IDENTITY: &str = "NO_PROBE_IDENTITY";
+
 /// Google's APIs, as the pipeline uses them. Every method is one logical
 /// step; the implementation makes the REST calls and waits for long-running
 /// operations.

@@ -228,6 +228,9 @@ pub enum StageError {
         last_error: String,
     },
 
+    #[error("cannot probe the private service {service}: {reason}")]
+    NoProbeIdentity { service: String, reason: String },
+
     #[error("cancelled before {stage} finished")]
     Cancelled { stage: &'static str },
 }
@@ -314,6 +317,10 @@ impl StageError {
             ]),
             StageError::Unhealthy { .. } => ("UNHEALTHY", false, vec![
                 "The new revision does not answer its health check; roll back to the previous revision and inspect its logs.".into(),
+            ]),
+            StageError::NoProbeIdentity { .. } => ("NO_PROBE_IDENTITY", false, vec![
+                "Give the daemon an identity: DEPLOYD_INVOKER_SERVICE_ACCOUNT (--invoker-service-account) naming an account with roles/run.invoker that the daemon may mint tokens for (roles/iam.serviceAccountTokenCreator), or run it on Google Cloud, where the metadata server provides one (GCE_METADATA_HOST elsewhere).".into(),
+                "Or make the service public, if it is meant to be (allow_unauthenticated).".into(),
             ]),
             StageError::Cancelled { .. } => ("CANCELLED", true, vec![]),
         };

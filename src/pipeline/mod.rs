@@ -466,14 +466,21 @@ impl Pipeline {
                     None
                 } else {
                     let audience = d.url.clone().unwrap_or_default();
+                    let service = &d.request.target.service;
                     Some(self.cloud.id_token(&audience).await.map_err(|source| {
-                        StageError::Cloud {
-                            what: format!(
-                                "minting an identity token to probe the private service {}",
-                                d.request.target.service
-                            ),
-                            attempts: 1,
-                            source,
+                        if source.reason.as_deref() == Some(cloud::NO_PROBE_IDENTITY) {
+                            StageError::NoProbeIdentity {
+                                service: service.clone(),
+                                reason: source.message,
+                            }
+                        } else {
+                            StageError::Cloud {
+                                what: format!(
+                                    "minting an identity token to probe the private service {service}"
+                                ),
+                                attempts: 1,
+                                source,
+                            }
                         }
                     })?)
                 };

@@ -46,6 +46,7 @@ enum Kind {
     },
     CrmTestPermissions,
     SaGet(String),
+    MetadataIdentity(String),
     BuildDefaultSa(String),
     GenerateIdToken(String),
     SaTestPermissions(String),
@@ -150,6 +151,10 @@ fn route(m: &Method, segs: &[&str]) -> Route {
             p.trim_end_matches(":testIamPermissions"),
             CrmTestPermissions,
         ),
+        // The metadata server of the machine deployd would run on.
+        ("GET", ["computeMetadata", "v1", "instance", "service-accounts", sa, "identity"]) => {
+            global("metadata.identity", None, MetadataIdentity(sa.to_string()))
+        }
         // IAM
         ("POST", ["v1", "projects", "-", "serviceAccounts", e])
             if e.ends_with(":generateIdToken") =>
@@ -612,6 +617,7 @@ fn dispatch(
             test_permissions(&body, |perm| p.permissions.contains(perm))
         }
         Kind::GenerateIdToken(email) => generate_id_token(w, email, &body),
+        Kind::MetadataIdentity(account) => metadata_identity(w, account, q, headers),
         Kind::SaGet(email) => {
             let p = &w.projects[&key.unwrap_or_default()];
             match p.service_accounts.get(email) {
@@ -1196,6 +1202,49 @@ fn media(o: &Object, headers: &HeaderMap) -> Response {
             .body(Body::from(o.data[start..].to_vec()))
             .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()),
     }
+}
+
+/// The metadata server's identity endpoint. The emulated instance runs in
+/// the default project as its compute account; the token is plain text.
+fn metadata_identity(
+    w: &mut World,
+    account: &str,
+    q: &[(String, String)],
+    headers: &HeaderMap,
+) -> Response {
+    // Without the header the metadata server refuses, so that a redirected
+    // or forged request cannot read tokens.
+    if headers.get("metadata-flavor").and_then(|v| v.to_str().ok()) != Some("Google") {
+        return (
+            StatusCode::FORBIDDEN,
+            "Missing Metadata-Flavor:Google header.\n",
+        )
+            .into_response();
+    }
+    let Some(p) = w.projects.get(super::DEFAULT_PROJECT) else {
+        return (StatusCode::NOT_FOUND, "no instance\n").into_response();
+    };
+    let compute = format!("{}-compute@developer.gserviceaccount.com", p.number);
+    if account != "default" && account != compute {
+        return (StatusCode::NOT_FOUND, "service account not found\n").into_response();
+    }
+    let Some(audience) = q
+        .iter()
+        .find(|(k, _)| k == "audience")
+        .map(|(_, v)| v.clone())
+        .filter(|a| !a.is_empty())
+    else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "non-empty audience parameter required\n",
+        )
+            .into_response();
+    };
+    (
+        StatusCode::OK,
+        super::run::mint_id_token(w, &audience, &compute),
+    )
+        .into_response()
 }
 
 pub(crate) fn ok(v: Value) -> Response {

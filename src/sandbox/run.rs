@@ -688,9 +688,14 @@ pub(crate) fn generate_id_token(w: &mut World, email: &str, body: &Value) -> Res
     {
         return error(403, "PERMISSION_DENIED", &format!("Permission 'iam.serviceAccounts.getOpenIdToken' denied on resource (or it may not exist): {email}"));
     }
+    ok(json!({"token": mint_id_token(w, audience, email)}))
+}
+
+/// A token the services' listeners will recognise as genuine.
+pub(crate) fn mint_id_token(w: &mut World, audience: &str, email: &str) -> String {
     let n = w.next_id();
     let token = format!("eyJhbGciOiJSUzI1NiJ9.sandbox-{n:016x}.sig");
     w.id_tokens
         .insert(token.clone(), (audience.to_string(), email.to_string()));
-    ok(json!({"token": token}))
+    token
 }
