@@ -3,6 +3,7 @@
 //! by tests.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::pipeline::PipelineConfig;
@@ -27,6 +28,9 @@ pub const ENV_INVOKER_SERVICE_ACCOUNT: &str = "DEPLOYD_INVOKER_SERVICE_ACCOUNT";
 /// identity tokens: always on Google, against an endpoint only when set.
 pub const ENV_METADATA_HOST: &str = "GCE_METADATA_HOST";
 pub const DEFAULT_METADATA_HOST: &str = "metadata.google.internal";
+/// PEM bundle of certificate authorities health checks trust besides the
+/// system's (services behind a private CA).
+pub const ENV_PROBE_CA_FILE: &str = "DEPLOYD_PROBE_CA_FILE";
 /// Hosts a Verify caller may have probed, comma-separated (`*.run.app`).
 pub const ENV_VERIFY_ALLOWED_HOSTS: &str = "DEPLOYD_VERIFY_ALLOWED_HOSTS";
 /// Directories local sources may come from, comma-separated; none: local
@@ -66,6 +70,8 @@ pub struct DaemonConfig {
     /// Metadata server (`host[:port]`) for identity tokens when there is no
     /// invoker account; `None`: the default on Google, none elsewhere.
     pub metadata_host: Option<String>,
+    /// CA bundle (PEM) health checks trust besides the system's roots.
+    pub probe_ca_file: Option<PathBuf>,
     /// How long shutdown waits for running deploys to wind down.
     pub shutdown_grace: Duration,
     pub pipeline: PipelineConfig,
@@ -80,6 +86,7 @@ impl Default for DaemonConfig {
             upload_chunk_bytes: crate::gcp::storage::DEFAULT_CHUNK_BYTES,
             invoker_service_account: None,
             metadata_host: None,
+            probe_ca_file: None,
             shutdown_grace: Duration::from_secs(30),
             pipeline: PipelineConfig::default(),
         }

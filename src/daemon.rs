@@ -17,7 +17,7 @@ use crate::config::{Backend, DaemonConfig};
 use crate::gcp::{GcpClient, GcpError, PollPolicy};
 use crate::pipeline::cloud::Cloud;
 use crate::pipeline::Pipeline;
-use crate::probe::HttpProber;
+use crate::probe::{HttpProber, ProberError};
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::telemetry;
 
@@ -32,7 +32,7 @@ pub enum DaemonError {
     #[error("setting up the Google Cloud client")]
     Gcp(#[from] GcpError),
     #[error("setting up the health prober")]
-    Prober(#[source] reqwest::Error),
+    Prober(#[from] ProberError),
     #[error("starting the sandbox")]
     Sandbox(#[source] std::io::Error),
     #[error("serving reflection")]
@@ -128,7 +128,10 @@ pub async fn start(
         _ => None,
     };
     let cloud = cloud(&config, sandbox.as_ref()).await?;
-    let prober = Arc::new(HttpProber::new().map_err(DaemonError::Prober)?);
+    let prober = Arc::new(match &config.probe_ca_file {
+        Some(path) => HttpProber::with_ca_file(path)?,
+        None => HttpProber::new()?,
+    });
     let pipeline = Arc::new(Pipeline::new(cloud, prober, config.pipeline.clone()));
     // No metrics endpoint, no recorder: metrics calls are then no-ops.
     if let Some(listener) = metrics_listener {

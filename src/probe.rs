@@ -3,6 +3,7 @@
 //! failures by what went wrong on the wire.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -14,10 +15,14 @@ const MAX_REDIRECTS: usize = 10;
 
 pub struct HttpProber {
     client: reqwest::Client,
+    /// Certificate authorities trusted besides the system's (services
+    /// behind a private CA, e.g. internal load balancers).
+    extra_roots: Vec<reqwest::Certificate>,
 }
 
-fn builder() -> reqwest::ClientBuilder {
+fn builder(extra_roots: &[reqwest::Certificate]) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
+        .tls_certs_merge(extra_roots.iter().cloned())
         // A redirect to another host is reported, not followed: a health
         // check answered by a login page elsewhere is not a healthy service.
         .redirect(Policy::custom(|attempt| {
@@ -40,10 +45,39 @@ fn builder() -> reqwest::ClientBuilder {
         .user_agent(concat!("deployd-verify/", env!("CARGO_PKG_VERSION")))
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum ProberError {
+    #[error("building the HTTP client")]
+    Client(#[from] reqwest::Error),
+    #[error("reading the CA bundle {path}: {reason}")]
+    CaBundle { path: PathBuf, reason: String },
+}
+
 impl HttpProber {
-    pub fn new() -> Result<Self, reqwest::Error> {
+    pub fn new() -> Result<Self, ProberError> {
+        Self::with_extra_roots(Vec::new())
+    }
+
+    /// Also trusts the certificates of a PEM bundle.
+    pub fn with_ca_file(path: &Path) -> Result<Self, ProberError> {
+        let bad = |reason: String| ProberError::CaBundle {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        // An empty bundle would silently trust nothing more.
+        if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+            return Err(bad("no PEM certificate in it".into()));
+        }
+        let roots = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| bad(crate::pipeline::error::error_chain(&e)))?;
+        Self::with_extra_roots(roots)
+    }
+
+    fn with_extra_roots(extra_roots: Vec<reqwest::Certificate>) -> Result<Self, ProberError> {
         Ok(Self {
-            client: builder().build()?,
+            client: builder(&extra_roots).build()?,
+            extra_roots,
         })
     }
 }
@@ -84,7 +118,10 @@ impl Prober for HttpProber {
         // Pinned addresses need a client of their own.
         let client = match (req.pinned, url::Url::parse(req.url)) {
             (Some(addrs), Ok(u)) => match u.host_str() {
-                Some(host) => match builder().resolve_to_addrs(host, addrs).build() {
+                Some(host) => match builder(&self.extra_roots)
+                    .resolve_to_addrs(host, addrs)
+                    .build()
+                {
                     Ok(c) => c,
                     Err(e) => return failed(ProbeErrorClass::Other, e.to_string(), None),
                 },

@@ -111,6 +111,9 @@ struct Tuning {
     /// account is set.
     #[arg(long, env = ENV_METADATA_HOST)]
     metadata_host: Option<String>,
+    /// PEM bundle of CAs health checks trust besides the system's.
+    #[arg(long, env = ENV_PROBE_CA_FILE)]
+    probe_ca_file: Option<PathBuf>,
     /// Hosts a Verify caller may have probed, comma-separated.
     #[arg(long, env = ENV_VERIFY_ALLOWED_HOSTS, value_delimiter = ',', default_value = "*.run.app")]
     verify_allowed_hosts: Vec<String>,
@@ -318,6 +321,7 @@ impl Tuning {
                 backend_is_sandbox.then(|| crate::sandbox::invoker_service_account(DEFAULT_PROJECT))
             }),
             metadata_host: self.metadata_host.clone(),
+            probe_ca_file: self.probe_ca_file.clone(),
             pipeline: PipelineConfig {
                 retry_base_delay: Duration::from_millis(self.retry_base_delay_ms),
                 poll_interval: poll,

@@ -65,6 +65,7 @@ impl Harness {
             upload_chunk_bytes: 256 * 1024,
             invoker_service_account: Some(deployd::sandbox::invoker_service_account(PROJECT)),
             metadata_host: None,
+            probe_ca_file: None,
             pipeline: PipelineConfig {
                 // Backoff scaled down 100x: 20 ms, 40 ms, 80 ms...
                 retry_base_delay: Duration::from_millis(20),
