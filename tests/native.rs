@@ -3,12 +3,14 @@
 //! start commands natively, as the generated Dockerfile would, with PORT set,
 //! and probe the app. Packages come from PyPI and the npm registry.
 
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use deployd::pipeline::analyze::analyze;
+use deployd::pipeline::dockerfile::render;
 
 mod common;
 use common::{copy_dir, free_port, signal};
@@ -69,28 +71,36 @@ fn run_natively(fixture: &str, bin: Option<&Path>) -> String {
         .spawn()
         .expect("start");
     let _running = Running(child);
+    get_when_up(port, "/", &format!("{fixture}: `{}`", plan.start))
+}
+
+/// `GET path` on the port, retried until the server is up (60 s at most).
+fn get_when_up(port: u16, path: &str, what: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let body = Command::new("curl")
-            .args([
-                "-fsS",
-                "--max-time",
-                "2",
-                &format!("http://127.0.0.1:{port}/"),
-            ])
-            .output()
-            .ok()
-            .filter(|o| o.status.success());
-        if let Some(o) = body {
-            return String::from_utf8_lossy(&o.stdout).to_string();
+        if let Some(body) = get(port, path) {
+            return body;
         }
         assert!(
             Instant::now() < deadline,
-            "{fixture}: `{}` never answered on PORT={port}",
-            plan.start
+            "{what} never answered on PORT={port}"
         );
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+fn get(port: u16, path: &str) -> Option<String> {
+    Command::new("curl")
+        .args([
+            "-fsS",
+            "--max-time",
+            "2",
+            &format!("http://127.0.0.1:{port}{path}"),
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
 }
 
 #[test]
@@ -111,4 +121,84 @@ fn the_python_flask_plan_starts_the_app() {
 fn the_node_express_plan_starts_the_app() {
     let body = run_natively("node-express-npm", None);
     assert_eq!(body, "hello from express\n");
+}
+
+/// Whether Debian's nginx is here; in CI it must be.
+fn nginx_present() -> bool {
+    let ok = Command::new("nginx")
+        .arg("-v")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install Debian's nginx package (see .ci/run)"
+        );
+        eprintln!("SKIPPED: nginx is not installed (apt-get install nginx)");
+    }
+    ok
+}
+
+#[test]
+fn the_static_site_plan_serves_on_the_port_it_is_given() {
+    if !nginx_present() {
+        return;
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/static-dist");
+    let plan = analyze(&src).expect("plan");
+    let generated = render(&plan, false).expect("generated");
+    let dockerfile = generated.dockerfile().expect("Dockerfile");
+    // The image's start command, exactly as generated...
+    let cmd: Vec<String> = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("CMD "))
+        .map(|json| serde_json::from_str(json).expect("exec-form CMD"))
+        .expect("CMD");
+    assert_eq!(cmd[..2], ["sh", "-c"]);
+    let template = &generated
+        .files
+        .iter()
+        .find(|(name, _)| name == ".deployd/nginx.conf.template")
+        .expect("nginx template")
+        .1;
+    // ...with the image's paths moved into a directory of this test.
+    let work = tempfile::tempdir().expect("tempdir");
+    let root = work.path();
+    // nginx's workers drop root privileges and must read the site.
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::create_dir(root.join("tmp")).expect("tmp");
+    copy_dir(
+        &src.join(plan.static_dir.as_deref().unwrap_or(".")),
+        &root.join("html"),
+    );
+    // /tmp first: the test's own directory is under it.
+    let moved = |text: &str| {
+        text.replace("/tmp/", &format!("{}/tmp/", root.display()))
+            .replace(
+                "/etc/nginx/nginx.conf.template",
+                &format!("{}/nginx.conf.template", root.display()),
+            )
+            .replace("/usr/share/nginx/html", &format!("{}/html", root.display()))
+    };
+    std::fs::write(root.join("nginx.conf.template"), moved(template)).expect("template");
+    let port = free_port();
+    let child = Command::new("sh")
+        .args(["-c", &moved(&cmd[2])])
+        .env("PORT", port.to_string())
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start");
+    let _running = Running(child);
+    let index = std::fs::read_to_string(root.join("html/index.html")).expect("index");
+    assert_eq!(get_when_up(port, "/", "the static site"), index);
+    // Client-side routes fall back to the app's index.
+    assert_eq!(
+        get(port, "/some/client/route").as_deref(),
+        Some(index.as_str())
+    );
+    let rendered = std::fs::read_to_string(root.join("tmp/nginx.conf")).expect("rendered");
+    assert!(rendered.contains(&format!("listen {port};")), "{rendered}");
 }

@@ -214,15 +214,23 @@ pub fn render(plan: &BuildPlan, has_dockerignore: bool) -> Option<Generated> {
         ),
         Language::Static => {
             let dir = plan.static_dir.as_deref().unwrap_or(".");
-            extra.push((".deployd/nginx.conf".to_string(), NGINX_CONF.to_string()));
+            extra.push((
+                ".deployd/nginx.conf.template".to_string(),
+                NGINX_CONF.to_string(),
+            ));
+            // nginx reads no environment: the listen port is written into
+            // its config at start, from the $PORT Cloud Run sets.
             format!(
                 "FROM nginx:{v}-alpine\n\
-                 COPY .deployd/nginx.conf /etc/nginx/nginx.conf\n\
+                 ENV PORT=8080\n\
+                 COPY .deployd/nginx.conf.template /etc/nginx/nginx.conf.template\n\
                  COPY {}/ /usr/share/nginx/html/\n\
                  USER nginx\n\
                  EXPOSE 8080\n\
-                 CMD [\"nginx\", \"-g\", \"daemon off;\"]\n",
-                if dir == "." { "." } else { dir }
+                 CMD [\"sh\", \"-c\", {}]\n",
+                if dir == "." { "." } else { dir },
+                // Not shell_cmd: its `exec` would replace the shell with sed.
+                json(NGINX_START),
             )
         }
     };
@@ -256,7 +264,10 @@ fn dockerignore(lang: Language) -> String {
     lines.join("\n") + "\n"
 }
 
-/// nginx as a non-root user on 8080 (Cloud Run's default $PORT).
+/// Renders the config for $PORT, then runs nginx in the foreground.
+const NGINX_START: &str = "sed \"s/__PORT__/${PORT:-8080}/\" /etc/nginx/nginx.conf.template > /tmp/nginx.conf && exec nginx -c /tmp/nginx.conf -g 'daemon off;'";
+
+/// nginx as a non-root user on $PORT (`__PORT__`, filled in at start).
 const NGINX_CONF: &str = "worker_processes auto;
 pid /tmp/nginx.pid;
 events { worker_connections 1024; }
@@ -268,7 +279,7 @@ http {
     uwsgi_temp_path /tmp/uwsgi;
     scgi_temp_path /tmp/scgi;
     server {
-        listen 8080;
+        listen __PORT__;
         root /usr/share/nginx/html;
         location / { try_files $uri $uri/ /index.html; }
     }
