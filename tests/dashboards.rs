@@ -7,6 +7,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+mod common;
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -25,18 +27,11 @@ sys.exit(1 if bad else 0)
 "#;
 
 fn jsonschema_available() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import jsonschema"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install Python's jsonschema (see .ci/run)"
-        );
-        eprintln!("SKIPPED: python3 -m pip install jsonschema");
-    }
-    ok
+    common::outside_tool(
+        "python3",
+        &["-c", "import jsonschema"],
+        "python3 -m pip install jsonschema",
+    )
 }
 
 fn validate(files: &[PathBuf]) -> (bool, String) {

@@ -123,25 +123,9 @@ fn the_node_express_plan_starts_the_app() {
     assert_eq!(body, "hello from express\n");
 }
 
-/// Whether Debian's nginx is here; in CI it must be.
-fn nginx_present() -> bool {
-    let ok = Command::new("nginx")
-        .arg("-v")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install Debian's nginx package (see .ci/run)"
-        );
-        eprintln!("SKIPPED: nginx is not installed (apt-get install nginx)");
-    }
-    ok
-}
-
 #[test]
 fn the_static_site_plan_serves_on_the_port_it_is_given() {
-    if !nginx_present() {
+    if !common::outside_tool("nginx", &["-v"], "apt-get install nginx") {
         return;
     }
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/static-dist");

@@ -116,23 +116,15 @@ async fn preflight_of_an_unknown_project_says_so() {
 }
 
 async fn verify(h: &Harness, url: &str, attempts: u32) -> (Vec<proto::Event>, proto::Outcome) {
-    let stream = h
-        .client()
-        .await
-        .verify(proto::VerifyRequest {
-            url: url.into(),
-            health_path: "/healthz".into(),
-            attempts,
-            timeout_ms: 500,
-            base_delay_ms: 10,
-            ..Default::default()
-        })
-        .await
-        .expect("accepted")
-        .into_inner();
-    let events = collect(stream).await;
-    let o = outcome(&events);
-    (events, o)
+    let req = proto::VerifyRequest {
+        url: url.into(),
+        health_path: "/healthz".into(),
+        attempts,
+        timeout_ms: 500,
+        base_delay_ms: 10,
+        ..Default::default()
+    };
+    verify_rpc(h, req).await
 }
 
 #[tokio::test]

@@ -105,22 +105,22 @@ async fn https_server(
     addr
 }
 
+/// A daemon that trusts `ca` besides the system's roots, and its bundle.
+async fn daemon_trusting(ca: &Ca) -> (Harness, tempfile::NamedTempFile) {
+    let bundle = ca.pem_file();
+    let path = bundle.path().to_path_buf();
+    let h = Harness::start_config(|c| c.probe_ca_file = Some(path)).await;
+    (h, bundle)
+}
+
 async fn verify(h: &Harness, url: &str) -> (Vec<proto::Event>, proto::Outcome) {
-    let stream = h
-        .client()
-        .await
-        .verify(proto::VerifyRequest {
-            url: url.into(),
-            attempts: 2,
-            timeout_ms: 2000,
-            ..Default::default()
-        })
-        .await
-        .expect("accepted")
-        .into_inner();
-    let events = collect(stream).await;
-    let o = outcome(&events);
-    (events, o)
+    let req = proto::VerifyRequest {
+        url: url.into(),
+        attempts: 2,
+        timeout_ms: 2000,
+        ..Default::default()
+    };
+    verify_rpc(h, req).await
 }
 
 #[tokio::test]
@@ -128,9 +128,7 @@ async fn https_service_behind_a_trusted_ca_is_verified() {
     let ca = Ca::new();
     let (chain, key) = ca.leaf(&["127.0.0.1"]);
     let addr = https_server(chain, key).await;
-    let bundle = ca.pem_file();
-    let path = bundle.path().to_path_buf();
-    let h = Harness::start_config(|c| c.probe_ca_file = Some(path)).await;
+    let (h, _bundle) = daemon_trusting(&ca).await;
     let url = format!("https://{addr}/");
     let (events, o) = verify(&h, &url).await;
     assert!(o.success && o.verified, "{o:?}");
@@ -168,9 +166,7 @@ async fn certificate_for_another_name_is_a_tls_failure() {
     let ca = Ca::new();
     let (chain, key) = ca.leaf(&["hello-abc123-uc.a.run.app"]);
     let addr = https_server(chain, key).await;
-    let bundle = ca.pem_file();
-    let path = bundle.path().to_path_buf();
-    let h = Harness::start_config(|c| c.probe_ca_file = Some(path)).await;
+    let (h, _bundle) = daemon_trusting(&ca).await;
     let (events, o) = verify(&h, &format!("https://{addr}/")).await;
     assert!(!o.verified);
     let p = probes(&events);

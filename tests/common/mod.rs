@@ -170,6 +170,42 @@ pub async fn collect(stream: tonic::Streaming<proto::Event>) -> Vec<proto::Event
     events
 }
 
+/// Whether an outside tool answers `program args` successfully. CI
+/// installs every such tool (.ci/run), so under `CI=true` its absence fails
+/// the test; elsewhere the test skips, saying how to install it.
+pub fn outside_tool(program: &str, args: &[&str], install: &str) -> bool {
+    let ok = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install {program} ({install}; see .ci/run)"
+        );
+        eprintln!("SKIPPED: {program} is not usable here ({install})");
+    }
+    ok
+}
+
+/// A Verify RPC the daemon accepts: its events and outcome.
+pub async fn verify_rpc(
+    h: &Harness,
+    req: proto::VerifyRequest,
+) -> (Vec<proto::Event>, proto::Outcome) {
+    let stream = h
+        .client()
+        .await
+        .verify(req)
+        .await
+        .expect("accepted")
+        .into_inner();
+    let events = collect(stream).await;
+    let o = outcome(&events);
+    (events, o)
+}
+
 pub async fn deploy(h: &Harness, req: proto::DeployRequest) -> (Vec<proto::Event>, proto::Outcome) {
     let stream = h
         .client()
