@@ -119,18 +119,11 @@ fn invalid_service_name_is_refused() {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 /// `deployd serve --sandbox` in one process, `deployd deploy --server` in
 /// another, then ctrl-c: the daemon stops cleanly.
 #[test]
 fn serve_and_deploy_as_two_processes() {
-    let (grpc, metrics) = (free_port(), free_port());
+    let (grpc, metrics) = (common::free_port(), common::free_port());
     let mut server = deployd()
         .args([
             "serve",
@@ -142,8 +135,10 @@ fn serve_and_deploy_as_two_processes() {
             "--metrics-listen",
             &format!("127.0.0.1:{metrics}"),
         ])
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
+        .map(common::ChildGuard::new)
         .expect("serve starts");
     let server_url = format!("http://127.0.0.1:{grpc}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -176,8 +171,8 @@ fn serve_and_deploy_as_two_processes() {
     );
 
     // ctrl-c: the daemon shuts down and exits 0.
-    common::signal(server.id(), libc::SIGINT, false).expect("SIGINT");
-    let status = server.wait().expect("daemon exits");
+    common::signal(server.child.id(), libc::SIGINT, false).expect("SIGINT");
+    let status = server.child.wait().expect("daemon exits");
     assert!(status.success(), "{status:?}");
 }
 

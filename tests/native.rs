@@ -6,26 +6,14 @@
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use deployd::pipeline::analyze::analyze;
 use deployd::pipeline::dockerfile::render;
 
 mod common;
-use common::{copy_dir, free_port, signal};
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        // The server leads its own process group (npm and gunicorn have
-        // children); end the whole group.
-        let _ = signal(self.0.id(), libc::SIGTERM, true);
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{copy_dir, free_port, ChildGuard};
 
 /// Installs with the plan's commands, starts with its start command, and
 /// returns the body of `GET /`.
@@ -70,7 +58,7 @@ fn run_natively(fixture: &str, bin: Option<&Path>) -> String {
         .stderr(Stdio::null())
         .spawn()
         .expect("start");
-    let _running = Running(child);
+    let _running = ChildGuard::group(child);
     get_when_up(port, "/", &format!("{fixture}: `{}`", plan.start))
 }
 
@@ -175,7 +163,7 @@ fn the_static_site_plan_serves_on_the_port_it_is_given() {
         .stderr(Stdio::null())
         .spawn()
         .expect("start");
-    let _running = Running(child);
+    let _running = ChildGuard::group(child);
     let index = std::fs::read_to_string(root.join("html/index.html")).expect("index");
     assert_eq!(get_when_up(port, "/", "the static site"), index);
     // Client-side routes fall back to the app's index.

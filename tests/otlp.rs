@@ -4,7 +4,10 @@
 //! continues into deployd; each run is one trace with one root span, stage
 //! spans in order, Google API call spans, and the failing stage marked.
 
-use std::process::{Child, Command, Stdio};
+mod common;
+use common::{free_port, ChildGuard};
+
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,22 +39,6 @@ impl TraceService for Receiver {
             partial_success: None,
         }))
     }
-}
-
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
 }
 
 fn hex(b: &[u8]) -> String {
@@ -112,7 +99,7 @@ async fn a_deploy_is_one_trace_with_stage_and_api_spans() {
     });
 
     let (grpc, metrics) = (free_port(), free_port());
-    let _daemon = Daemon(
+    let _daemon = ChildGuard::new(
         Command::new(env!("CARGO_BIN_EXE_deployd"))
             .args([
                 "serve",

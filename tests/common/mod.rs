@@ -170,6 +170,39 @@ pub async fn collect(stream: tonic::Streaming<proto::Event>) -> Vec<proto::Event
     events
 }
 
+/// A child process ended when the guard drops, so that a failing test
+/// leaves nothing running (a leftover holding the test's output open would
+/// stall CI). With `group`, the process group it leads is ended too.
+pub struct ChildGuard {
+    pub child: std::process::Child,
+    group: bool,
+}
+
+impl ChildGuard {
+    pub fn new(child: std::process::Child) -> Self {
+        Self {
+            child,
+            group: false,
+        }
+    }
+
+    /// For a child started with `process_group(0)` whose own children
+    /// (npm's, gunicorn's workers) must end with it.
+    pub fn group(child: std::process::Child) -> Self {
+        Self { child, group: true }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if self.group {
+            let _ = signal(self.child.id(), libc::SIGTERM, true);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Whether an outside tool answers `program args` successfully. CI
 /// installs every such tool (.ci/run), so under `CI=true` its absence fails
 /// the test; elsewhere the test skips, saying how to install it.
