@@ -361,6 +361,37 @@ async fn verify_refuses_urls_outside_the_policy() {
     assert_eq!(h.sandbox.count("app.request"), 0);
 }
 
+#[tokio::test]
+async fn a_name_that_does_not_resolve_is_a_dns_failure_not_a_refusal() {
+    let h = Harness::start().await;
+    // A 64-character label: the resolver rejects it on this machine, so no
+    // query leaves it, and the name can never resolve.
+    let url = format!("https://{}.a.run.app/", "x".repeat(64));
+    let req = proto::VerifyRequest {
+        url: url.clone(),
+        attempts: 3,
+        timeout_ms: 1000,
+        base_delay_ms: 10,
+        ..Default::default()
+    };
+    let (events, o) = verify_rpc(&h, req).await;
+    assert!(!o.success && !o.verified);
+    let p = probes(&events);
+    assert_eq!(p.len(), 3, "every attempt resolves again");
+    for probe in &p {
+        assert_eq!(probe.error_class, "dns", "{probe:?}");
+        assert!(probe.error.contains("does not resolve"), "{}", probe.error);
+    }
+    let retries = events
+        .iter()
+        .filter(|e| matches!(e.kind, Some(proto::event::Kind::Retry(_))))
+        .count();
+    assert_eq!(retries, 2);
+    let err = o.error.expect("failure");
+    assert_eq!(err.code, "UNHEALTHY");
+    assert!(err.message.contains("dns:"), "{}", err.message);
+}
+
 /// A tiny server with redirects and a header echo, on loopback.
 async fn redirect_server() -> String {
     use axum::http::{header, HeaderMap, StatusCode};

@@ -184,8 +184,9 @@ impl Deployer for DeployerService {
         let req = convert::verify_request(request.into_inner(), self.health_base_delay)
             .map_err(|e| invalid(M, e))?;
         req.validate().map_err(|e| invalid(M, e))?;
-        let pinned = self
-            .pipeline
+        // Refused by name or address before anything is streamed; a name
+        // that does not resolve yet is a failed attempt, not a refusal.
+        self.pipeline
             .authorize_verify_url(&req.url)
             .await
             .map_err(|e| refused(M, e))?;
@@ -193,7 +194,7 @@ impl Deployer for DeployerService {
             M,
             parent,
             move |p, r, c| async move {
-                p.verify(req, pinned, r, c).await;
+                p.verify(req, r, c).await;
             },
         )))
     }

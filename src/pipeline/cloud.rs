@@ -322,6 +322,9 @@ pub enum ProbeErrorClass {
     BodyMismatch,
     /// A redirect to another host, not followed.
     Redirect,
+    /// The URL's host now resolves to an address the policy refuses: not
+    /// probed.
+    Refused,
     Other,
 }
 
@@ -335,6 +338,7 @@ impl ProbeErrorClass {
             ProbeErrorClass::HttpStatus => "http_status",
             ProbeErrorClass::BodyMismatch => "body_mismatch",
             ProbeErrorClass::Redirect => "redirect",
+            ProbeErrorClass::Refused => "refused",
             ProbeErrorClass::Other => "other",
         }
     }

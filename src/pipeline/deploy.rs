@@ -274,7 +274,7 @@ impl Pipeline {
                 &d.request.health,
                 ProbeContext {
                     id_token: token,
-                    pinned: None,
+                    policy: None,
                 },
                 events,
                 cancel,

@@ -24,7 +24,6 @@ pub mod retry;
 pub mod source;
 pub mod verify;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,7 +40,7 @@ use cloud::{Cloud, Prober};
 use error::StageError;
 use event::{EventKind, Failure, Outcome, Reporter, Stage};
 use model::{DeployRequest, PreflightRequest, RollbackPolicy, RolloutMode, VerifyRequest};
-use verify::{ProbeContext, UrlPolicy, UrlRefused, Verification};
+use verify::{Approval, ProbeContext, UrlPolicy, UrlRefused, Verification};
 
 use crate::telemetry::metrics;
 
@@ -486,7 +485,7 @@ impl Pipeline {
                 };
                 let ctx = ProbeContext {
                     id_token,
-                    pinned: None,
+                    policy: None,
                 };
                 let v = verify::verify(
                     self.prober.as_ref(),
@@ -559,20 +558,20 @@ impl Pipeline {
         outcome
     }
 
-    /// Checks a caller-supplied URL against the policy; the returned
-    /// addresses are the only ones its probes may connect to.
-    pub async fn authorize_verify_url(&self, url: &str) -> Result<Vec<SocketAddr>, UrlRefused> {
+    /// Checks a caller-supplied URL against the policy before anything is
+    /// probed; each attempt is authorized again when it is made.
+    pub async fn authorize_verify_url(&self, url: &str) -> Result<Approval, UrlRefused> {
         self.config
             .url_policy
             .authorize(url, self.prober.as_ref())
             .await
     }
 
-    /// Verification of a URL alone, connecting only to `pinned`.
+    /// Verification of a caller's URL, connecting only to addresses the
+    /// policy approves at each attempt.
     pub async fn verify(
         &self,
         req: VerifyRequest,
-        pinned: Vec<SocketAddr>,
         events: Reporter,
         cancel: CancellationToken,
     ) -> Outcome {
@@ -582,7 +581,7 @@ impl Pipeline {
             .await;
         let ctx = ProbeContext {
             id_token: None,
-            pinned: Some(&pinned),
+            policy: Some(&self.config.url_policy),
         };
         let v = verify::verify(
             self.prober.as_ref(),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::cloud::{ProbeErrorClass, ProbeRequest, Prober};
+use super::cloud::{ProbeErrorClass, ProbeRequest, ProbeResponse, Prober};
 use super::event::{EventKind, ProbeResult, ProbeStats, Reporter, Stage};
 use super::model::HealthCheckSpec;
 use super::retry::{retry, GaveUp, Retriability, RetryPolicy};
@@ -104,14 +104,20 @@ fn private_kind(ip: IpAddr) -> Option<&'static str> {
     }
 }
 
+/// What the policy says of a URL's host at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Approval {
+    /// Connect to these addresses and no others.
+    Addresses(Vec<SocketAddr>),
+    /// The name does not resolve (yet): nothing to connect to, which is a
+    /// failed attempt, not a refusal.
+    Unresolved(String),
+}
+
 impl UrlPolicy {
     /// Checks the host by name, then every address it resolves to; returns
     /// the approved addresses so the probe connects to them and no others.
-    pub async fn authorize(
-        &self,
-        url: &str,
-        prober: &dyn Prober,
-    ) -> Result<Vec<SocketAddr>, UrlRefused> {
+    pub async fn authorize(&self, url: &str, prober: &dyn Prober) -> Result<Approval, UrlRefused> {
         let refuse = |reason: String| UrlRefused {
             url: url.to_string(),
             reason,
@@ -131,13 +137,19 @@ impl UrlPolicy {
         let port = parsed.port_or_known_default().unwrap_or(443);
         let addrs = match host.parse::<IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, port)],
-            Err(_) => prober
-                .resolve(host, port)
-                .await
-                .map_err(|e| refuse(format!("{host} does not resolve ({e})")))?,
+            Err(_) => match prober.resolve(host, port).await {
+                Ok(addrs) => addrs,
+                Err(e) => {
+                    return Ok(Approval::Unresolved(format!(
+                        "{host} does not resolve ({e})"
+                    )))
+                }
+            },
         };
         if addrs.is_empty() {
-            return Err(refuse(format!("{host} resolves to no address")));
+            return Ok(Approval::Unresolved(format!(
+                "{host} resolves to no address"
+            )));
         }
         let private_ok = self.private_ok_hosts.iter().any(|p| host_matches(p, host));
         for a in &addrs {
@@ -148,7 +160,7 @@ impl UrlPolicy {
                 return Err(refuse(format!("{host} resolves to {}, {kind}", a.ip())));
             }
         }
-        Ok(addrs)
+        Ok(Approval::Addresses(addrs))
     }
 }
 
@@ -157,8 +169,15 @@ impl UrlPolicy {
 pub struct ProbeContext<'a> {
     /// `Authorization: Bearer` for services that refuse anonymous requests.
     pub id_token: Option<String>,
-    /// Addresses approved by [`UrlPolicy::authorize`].
-    pub pinned: Option<&'a [SocketAddr]>,
+    /// For a caller's URL: each attempt is authorized anew and connects
+    /// only to the addresses approved for it.
+    pub policy: Option<&'a UrlPolicy>,
+}
+
+/// A failed attempt; a refusal by the policy ends the verification.
+struct AttemptFailed {
+    message: String,
+    refused: bool,
 }
 
 pub async fn verify(
@@ -194,15 +213,37 @@ pub async fn verify(
         |attempt| {
             let (target, headers, times, last_status) = (&target, &headers, &times, &last_status);
             async move {
-                let r = prober
-                    .probe(&ProbeRequest {
-                        url: target,
-                        timeout: spec.timeout,
-                        expect_body: spec.expect_body.as_deref(),
-                        headers: headers.clone(),
-                        pinned: ctx.pinned,
-                    })
-                    .await;
+                let started = std::time::Instant::now();
+                let approval = match ctx.policy {
+                    None => Ok(None),
+                    Some(p) => match p.authorize(target, prober).await {
+                        Ok(Approval::Addresses(addrs)) => Ok(Some(addrs)),
+                        Ok(Approval::Unresolved(why)) => Err((ProbeErrorClass::Dns, why)),
+                        Err(refused) => Err((ProbeErrorClass::Refused, refused.to_string())),
+                    },
+                };
+                let r = match approval {
+                    Ok(pinned) => {
+                        prober
+                            .probe(&ProbeRequest {
+                                url: target,
+                                timeout: spec.timeout,
+                                expect_body: spec.expect_body.as_deref(),
+                                headers: headers.clone(),
+                                pinned: pinned.as_deref(),
+                            })
+                            .await
+                    }
+                    // Nothing was sent: the attempt is what resolving took.
+                    Err(failure) => ProbeResponse {
+                        status: None,
+                        headers_after: started.elapsed(),
+                        body_after: started.elapsed(),
+                        body_contains_expected: false,
+                        error: Some(failure),
+                        final_url: target.clone(),
+                    },
+                };
                 let status_ok = r
                     .status
                     .is_some_and(|s| spec.accepted_statuses.contains(&s));
@@ -242,22 +283,28 @@ pub async fn verify(
                     .await;
                 match error {
                     None => Ok((r.body_after, r.final_url)),
-                    Some(e) => Err(format!(
-                        "{}: {e}",
-                        class.map(|c| c.as_str()).unwrap_or("other")
-                    )),
+                    Some(e) => Err(AttemptFailed {
+                        message: format!("{}: {e}", class.map(|c| c.as_str()).unwrap_or("other")),
+                        refused: class == Some(ProbeErrorClass::Refused),
+                    }),
                 }
             }
         },
-        |_| Retriability::Retriable { after: None },
-        |attempt, delay, reason: &String| {
+        |f: &AttemptFailed| {
+            if f.refused {
+                Retriability::Permanent
+            } else {
+                Retriability::Retriable { after: None }
+            }
+        },
+        |attempt, delay, reason: &AttemptFailed| {
             events.emit(
                 Some(Stage::Verify),
                 EventKind::Retry {
                     operation: "health check".into(),
                     attempt,
                     delay,
-                    reason: reason.clone(),
+                    reason: reason.message.clone(),
                 },
             )
         },
@@ -279,7 +326,7 @@ pub async fn verify(
             healthy: false,
             attempts,
             response_time: None,
-            last_error: Some(error),
+            last_error: Some(error.message),
             last_status,
             final_url: None,
             stats,
@@ -342,6 +389,84 @@ mod tests {
         assert!(private_kind(ip("::ffff:169.254.169.254")).is_some());
         assert!(private_kind(ip("142.250.1.1")).is_none());
         assert!(always_forbidden(ip("142.250.1.1")).is_none());
+    }
+
+    /// Resolves a host to the next of `answers` each time, and answers
+    /// every probe 503; records where each probe was allowed to connect.
+    struct Rebinding {
+        answers: std::sync::Mutex<Vec<std::io::Result<Vec<SocketAddr>>>>,
+        probed: std::sync::Mutex<Vec<Vec<SocketAddr>>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Prober for Rebinding {
+        async fn probe(&self, req: &ProbeRequest<'_>) -> ProbeResponse {
+            if let Ok(mut p) = self.probed.lock() {
+                p.push(req.pinned.map(<[SocketAddr]>::to_vec).unwrap_or_default());
+            }
+            ProbeResponse {
+                status: Some(503),
+                headers_after: Duration::from_millis(1),
+                body_after: Duration::from_millis(1),
+                body_contains_expected: true,
+                error: None,
+                final_url: req.url.to_string(),
+            }
+        }
+
+        async fn resolve(&self, _: &str, _: u16) -> std::io::Result<Vec<SocketAddr>> {
+            self.answers
+                .lock()
+                .map_err(|_| std::io::Error::other("poisoned"))?
+                .remove(0)
+        }
+    }
+
+    #[tokio::test]
+    async fn every_attempt_is_authorized_again() {
+        let public: SocketAddr = "142.250.1.1:443".parse().expect("addr");
+        let metadata: SocketAddr = "169.254.169.254:443".parse().expect("addr");
+        let prober = Rebinding {
+            answers: std::sync::Mutex::new(vec![
+                Err(std::io::Error::other("not found yet")),
+                Ok(vec![public]),
+                // Rebound to the metadata server: refused, never probed.
+                Ok(vec![metadata]),
+                Ok(vec![public]),
+            ]),
+            probed: std::sync::Mutex::new(vec![]),
+        };
+        let policy = UrlPolicy::default();
+        let spec = HealthCheckSpec {
+            attempts: 4,
+            base_delay: Duration::from_millis(1),
+            ..HealthCheckSpec::default()
+        };
+        let ctx = ProbeContext {
+            id_token: None,
+            policy: Some(&policy),
+        };
+        let v = verify(
+            &prober,
+            "https://api-abc-uc.a.run.app",
+            &spec,
+            ctx,
+            &Reporter::detached("t".into()),
+            &CancellationToken::new(),
+        )
+        .await;
+        assert!(!v.healthy);
+        // dns, then http_status, then refused: the refusal ends it.
+        assert_eq!(v.attempts, 3);
+        let last = v.last_error.unwrap_or_default();
+        assert!(last.starts_with("refused:"), "{last}");
+        assert!(last.contains("169.254.169.254"), "{last}");
+        let probed = prober.probed.lock().map(|p| p.clone()).unwrap_or_default();
+        assert_eq!(
+            probed,
+            vec![vec![public]],
+            "only the approved address was probed"
+        );
     }
 
     #[test]

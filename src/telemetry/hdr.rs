@@ -28,59 +28,70 @@ fn new_histogram() -> Option<Histogram<u64>> {
     Histogram::new_with_bounds(1, 60_000_000, 3).ok()
 }
 
+/// Records one health-check latency in this instance's ring.
 pub fn record(latency: Duration) {
     let mut guard = RING.lock().unwrap_or_else(|p| p.into_inner());
-    let ring = guard.get_or_insert_with(|| Ring {
-        start: Instant::now(),
-        slots: Vec::new(),
-        sum: Duration::ZERO,
-        count: 0,
-    });
-    let minute = ring.start.elapsed().as_secs() / 60;
-    ring.slots.retain(|(m, _)| minute - m < WINDOW_MINUTES);
-    if ring.slots.last().is_none_or(|(m, _)| *m != minute) {
-        let Some(h) = new_histogram() else { return };
-        ring.slots.push((minute, h));
-    }
-    if let Some((_, h)) = ring.slots.last_mut() {
-        h.saturating_record((latency.as_micros() as u64).max(1));
-    }
-    ring.sum += latency;
-    ring.count += 1;
+    guard.get_or_insert_with(Ring::new).record(latency);
 }
 
 /// The summary family in Prometheus text format; empty before any record.
 pub fn render() -> String {
     let guard = RING.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(ring) = guard.as_ref() else {
-        return String::new();
-    };
-    let Some(mut merged) = new_histogram() else {
-        return String::new();
-    };
-    let minute = ring.start.elapsed().as_secs() / 60;
-    for (_, h) in ring
-        .slots
-        .iter()
-        .filter(|(m, _)| minute - m < WINDOW_MINUTES)
-    {
-        let _ = merged.add(h);
-    }
-    let mut out = format!(
-        "# HELP {NAME} Exact health-check latency percentiles of this instance over the last {WINDOW_MINUTES} minutes (HDR histogram).\n# TYPE {NAME} summary\n"
-    );
-    if !merged.is_empty() {
-        for q in [0.5, 0.95, 0.99] {
-            let secs = merged.value_at_quantile(q) as f64 / 1e6;
-            out.push_str(&format!("{NAME}{{quantile=\"{q}\"}} {secs}\n"));
+    guard.as_ref().map(Ring::render).unwrap_or_default()
+}
+
+impl Ring {
+    fn new() -> Self {
+        Ring {
+            start: Instant::now(),
+            slots: Vec::new(),
+            sum: Duration::ZERO,
+            count: 0,
         }
     }
-    out.push_str(&format!(
-        "{NAME}_sum {}\n{NAME}_count {}\n",
-        ring.sum.as_secs_f64(),
-        ring.count
-    ));
-    out
+
+    fn record(&mut self, latency: Duration) {
+        let minute = self.start.elapsed().as_secs() / 60;
+        self.slots.retain(|(m, _)| minute - m < WINDOW_MINUTES);
+        if self.slots.last().is_none_or(|(m, _)| *m != minute) {
+            let Some(h) = new_histogram() else { return };
+            self.slots.push((minute, h));
+        }
+        if let Some((_, h)) = self.slots.last_mut() {
+            h.saturating_record((latency.as_micros() as u64).max(1));
+        }
+        self.sum += latency;
+        self.count += 1;
+    }
+
+    fn render(&self) -> String {
+        let Some(mut merged) = new_histogram() else {
+            return String::new();
+        };
+        let minute = self.start.elapsed().as_secs() / 60;
+        for (_, h) in self
+            .slots
+            .iter()
+            .filter(|(m, _)| minute - m < WINDOW_MINUTES)
+        {
+            let _ = merged.add(h);
+        }
+        let mut out = format!(
+            "# HELP {NAME} Exact health-check latency percentiles of this instance over the last {WINDOW_MINUTES} minutes (HDR histogram).\n# TYPE {NAME} summary\n"
+        );
+        if !merged.is_empty() {
+            for q in [0.5, 0.95, 0.99] {
+                let secs = merged.value_at_quantile(q) as f64 / 1e6;
+                out.push_str(&format!("{NAME}{{quantile=\"{q}\"}} {secs}\n"));
+            }
+        }
+        out.push_str(&format!(
+            "{NAME}_sum {}\n{NAME}_count {}\n",
+            self.sum.as_secs_f64(),
+            self.count
+        ));
+        out
+    }
 }
 
 #[cfg(test)]
@@ -89,10 +100,12 @@ mod tests {
 
     #[test]
     fn renders_a_summary_with_exact_quantiles() {
+        // A ring of its own: the global one is shared with other tests.
+        let mut ring = Ring::new();
         for ms in 1..=100 {
-            record(Duration::from_millis(ms));
+            ring.record(Duration::from_millis(ms));
         }
-        let text = render();
+        let text = ring.render();
         assert!(text.contains("# TYPE deployd_health_check_latency_seconds summary"));
         let p95: f64 = text
             .lines()
