@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::faults::BuildFault;
 use super::routes::{error, ok, put_object};
-use super::world::{now_rfc3339, Build, World};
+use super::world::{now_rfc3339, Bucket, Build, World};
 use super::SandboxConfig;
 
 /// A build that names no service account runs as the project's default;
@@ -88,6 +88,24 @@ pub fn create(w: &mut World, cfg: &SandboxConfig, pk: &str, req: Value, now: Ins
         n.wrapping_mul(2654435761) & 0xffff_ffff,
         n
     );
+    let mut req = req;
+    if req.get("logsBucket").is_none() {
+        // Cloud Build's own default: a Google-owned bucket per project
+        // number (gcloud streams the log from it).
+        let number = w
+            .projects
+            .get(pk)
+            .map(|p| p.number.clone())
+            .unwrap_or_default();
+        let default = format!("{number}.cloudbuild-logs.googleusercontent.com");
+        w.buckets.entry(default.clone()).or_insert_with(|| Bucket {
+            project_number: number,
+            location: "US".into(),
+            create_time: now_rfc3339(),
+            objects: Default::default(),
+        });
+        req["logsBucket"] = json!(format!("gs://{default}"));
+    }
     let logs_bucket = req
         .get("logsBucket")
         .and_then(Value::as_str)

@@ -56,6 +56,7 @@ enum Kind {
     RepoList(String),
     BucketGet(String),
     BucketInsert,
+    BucketList,
     ObjectGet(String, String),
     ObjectUpload(String),
     /// A chunk (or status query) of a resumable upload session.
@@ -223,6 +224,11 @@ fn route(m: &Method, segs: &[&str]) -> Route {
             "storage.buckets.get",
             Some("storage.buckets.get"),
             BucketGet(b.to_string()),
+        ),
+        ("GET", ["storage", "v1", "b"]) => global(
+            "storage.buckets.list",
+            Some("storage.buckets.list"),
+            BucketList,
         ),
         ("POST", ["storage", "v1", "b"]) => global(
             "storage.buckets.insert",
@@ -734,6 +740,25 @@ fn dispatch(
             Some(bucket) => ok(render_bucket(b, bucket)),
             None => gcs_error(404, "notFound", "The specified bucket does not exist."),
         },
+        Kind::BucketList => {
+            // gcloud builds submit lists by prefix to prove the bucket it
+            // found is the project's own.
+            let Some(project) = param(q, "project") else {
+                return gcs_error(400, "required", "Required parameter: project");
+            };
+            let Some(pk) = w.project_key(project) else {
+                return gcs_error(403, "forbidden", &format!("The caller does not have storage.buckets.list access to project {project}."));
+            };
+            let number = &w.projects[&pk].number;
+            let prefix = param(q, "prefix").unwrap_or_default();
+            let items: Vec<Value> = w
+                .buckets
+                .iter()
+                .filter(|(name, b)| &b.project_number == number && name.starts_with(prefix))
+                .map(|(name, b)| render_bucket(name, b))
+                .collect();
+            ok(json!({"kind": "storage#buckets", "items": items}))
+        }
         Kind::BucketInsert => {
             let Some(project) = param(q, "project") else {
                 return gcs_error(400, "required", "Required parameter: project");
@@ -892,19 +917,43 @@ fn upload(
     raw: &[u8],
     headers: &HeaderMap,
 ) -> Response {
-    if param(q, "uploadType") == Some("resumable") {
-        return start_resumable(w, b, q, raw, headers);
-    }
-    if param(q, "uploadType") != Some("media") {
-        return gcs_error(
-            400,
-            "invalid",
-            "The sandbox supports uploadType=media and uploadType=resumable.",
-        );
-    }
-    let Some(name) = param(q, "name") else {
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_string();
+    let (metadata, data, content_type) = match param(q, "uploadType") {
+        Some("resumable") => return start_resumable(w, b, q, raw, headers),
+        Some("media") => (Value::Null, raw, content_type),
+        Some("multipart") => match split_multipart(&content_type, raw) {
+            Some((metadata, data, media_type)) => (metadata, data, media_type),
+            None => {
+                return gcs_error(
+                    400,
+                    "invalid",
+                    "Malformed multipart body: expected a JSON metadata part and a media part.",
+                )
+            }
+        },
+        _ => {
+            return gcs_error(
+                400,
+                "invalid",
+                "The sandbox supports uploadType=media, multipart and resumable.",
+            )
+        }
+    };
+    // The name comes from the query or, in a multipart upload, the metadata.
+    let name = param(q, "name").map(str::to_string).or_else(|| {
+        metadata
+            .get("name")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    });
+    let Some(name) = name else {
         return gcs_error(400, "required", "Required parameter: name");
     };
+    let name = name.as_str();
     let Some(bucket) = w.buckets.get_mut(b) else {
         return gcs_error(404, "notFound", "The specified bucket does not exist.");
     };
@@ -915,13 +964,64 @@ fn upload(
             "At least one of the pre-conditions you specified did not hold.",
         );
     }
-    let content_type = headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/octet-stream")
-        .to_string();
-    let o = put_object(bucket, name, raw.to_vec(), &content_type);
+    let o = put_object(bucket, name, data.to_vec(), &content_type);
     ok(render_object(b, name, &o))
+}
+
+/// A `multipart/related` upload: a JSON metadata part, then the media part.
+/// Returns the metadata, the media bytes and the media's content type.
+fn split_multipart<'a>(content_type: &str, raw: &'a [u8]) -> Option<(Value, &'a [u8], String)> {
+    let boundary = content_type
+        .split(';')
+        .filter_map(|p| p.trim().strip_prefix("boundary="))
+        .next()?
+        // Python's email package quotes it with single quotes.
+        .trim_matches(|c| c == '"' || c == '\'');
+    let delimiter = format!("--{boundary}");
+    let mut parts = Vec::new();
+    let mut rest = raw;
+    while let Some(at) = find(rest, delimiter.as_bytes()) {
+        parts.push(&rest[..at]);
+        rest = &rest[at + delimiter.len()..];
+    }
+    // parts[0] is the preamble; then metadata and media; the close follows.
+    let (meta, media) = (parts.get(1)?, parts.get(2)?);
+    let (_, meta_body) = part(meta)?;
+    let metadata: Value = serde_json::from_slice(meta_body).ok()?;
+    let (media_headers, media_body) = part(media)?;
+    let media_type = media_headers
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case("content-type")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "application/octet-stream".into());
+    Some((metadata, media_body, media_type))
+}
+
+/// One part between delimiters: its header text and its body, without the
+/// line break that belongs to the next delimiter.
+fn part(p: &[u8]) -> Option<(String, &[u8])> {
+    let p = p.strip_prefix(b"\r\n").or_else(|| p.strip_prefix(b"\n"))?;
+    let (split, gap) = match (find(p, b"\r\n\r\n"), find(p, b"\n\n")) {
+        (Some(a), Some(b)) if b < a => (b, 2),
+        (Some(a), _) => (a, 4),
+        (None, Some(b)) => (b, 2),
+        (None, None) => return None,
+    };
+    let headers = String::from_utf8_lossy(&p[..split]).to_string();
+    let body = &p[split + gap..];
+    let body = body
+        .strip_suffix(b"\r\n")
+        .or_else(|| body.strip_suffix(b"\n"))
+        .unwrap_or(body);
+    Some((headers, body))
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 fn start_resumable(
@@ -1332,4 +1432,25 @@ fn reset() -> Response {
         .header("content-type", "application/json")
         .body(Body::from_stream(stream))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_multipart;
+
+    #[test]
+    fn multipart_uploads_split_with_either_line_ending() {
+        for nl in ["\n", "\r\n"] {
+            let body = format!(
+                "--b0{nl}Content-Type: application/json{nl}{nl}{{\"name\":\"src.tgz\"}}{nl}--b0{nl}Content-Type: application/x-tar{nl}{nl}\u{1}bytes{nl}with lines{nl}--b0--{nl}"
+            );
+            let (meta, data, media_type) =
+                split_multipart("multipart/related; boundary='b0'", body.as_bytes())
+                    .expect("parts");
+            assert_eq!(meta["name"], "src.tgz");
+            assert_eq!(data, format!("\u{1}bytes{nl}with lines").as_bytes());
+            assert_eq!(media_type, "application/x-tar");
+        }
+        assert!(split_multipart("multipart/related; boundary=x", b"no parts").is_none());
+    }
 }
