@@ -37,6 +37,12 @@ fn gcloud(h: &Harness, args: &[&str]) -> (bool, String, String) {
         .env("CLOUDSDK_API_ENDPOINT_OVERRIDES_ARTIFACTREGISTRY", &base)
         .env("CLOUDSDK_API_ENDPOINT_OVERRIDES_SERVICEUSAGE", &base)
         .env("CLOUDSDK_API_ENDPOINT_OVERRIDES_STORAGE", &base)
+        .env("CLOUDSDK_API_ENDPOINT_OVERRIDES_IAM", &base)
+        .env("CLOUDSDK_API_ENDPOINT_OVERRIDES_ORGPOLICY", &base)
+        .env(
+            "CLOUDSDK_API_ENDPOINT_OVERRIDES_CLOUDRESOURCEMANAGER",
+            &base,
+        )
         .output()
         .expect("gcloud runs");
     (
@@ -117,6 +123,46 @@ async fn gcloud_reads_what_a_deploy_created() {
         assert!(out.lines().any(|l| l == api), "{api} in {out}");
     }
     assert!(h.sandbox.count("serviceusage.services.list") >= 1);
+
+    // What preflight reads, read by gcloud: the project, the runtime
+    // service account (through `projects/-`), the effective org policy.
+    let (ok, out, err) = run(vec![
+        "projects",
+        "describe",
+        "demo-project",
+        "--format=json",
+    ])
+    .await
+    .expect("join");
+    assert!(ok, "gcloud projects describe: {err}");
+    let project: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(project["projectNumber"], "100000000001");
+    assert_eq!(project["lifecycleState"], "ACTIVE");
+    let (ok, out, err) = run(vec![
+        "iam",
+        "service-accounts",
+        "describe",
+        "100000000001-compute@developer.gserviceaccount.com",
+        "--format=json",
+    ])
+    .await
+    .expect("join");
+    assert!(ok, "gcloud iam service-accounts describe: {err}");
+    let sa: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(sa["projectId"], "demo-project");
+    let (ok, out, err) = run(vec![
+        "org-policies",
+        "describe",
+        "run.allowedIngress",
+        "--effective",
+        "--project=demo-project",
+        "--format=json",
+    ])
+    .await
+    .expect("join");
+    assert!(ok, "gcloud org-policies describe: {err}");
+    let policy: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(policy["spec"]["rules"][0]["allowAll"], true);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -46,6 +46,7 @@ enum Kind {
     },
     CrmTestPermissions,
     SaGet(String),
+    SaGetAnyProject(String),
     MetadataIdentity(String),
     BuildDefaultSa(String),
     GenerateIdToken(String),
@@ -166,6 +167,12 @@ fn route(m: &Method, segs: &[&str]) -> Route {
                 GenerateIdToken(e.trim_end_matches(":generateIdToken").to_string()),
             )
         }
+        // `-` for the project: the account's own project, found by email.
+        ("GET", ["v1", "projects", "-", "serviceAccounts", e]) => global(
+            "iam.projects.serviceAccounts.get",
+            None,
+            SaGetAnyProject(e.to_string()),
+        ),
         ("GET", ["v1", "projects", p, "serviceAccounts", e]) => r(
             "iam.projects.serviceAccounts.get",
             IAM,
@@ -627,17 +634,27 @@ fn dispatch(
         Kind::SaGet(email) => {
             let p = &w.projects[&key.unwrap_or_default()];
             match p.service_accounts.get(email) {
-                Some(disabled) => {
-                    let mut sa = json!({"name": format!("projects/{}/serviceAccounts/{email}", p.id), "projectId": p.id, "email": email, "uniqueId": "104" });
-                    if *disabled {
-                        sa["disabled"] = json!(true);
-                    }
-                    ok(sa)
-                }
+                Some(disabled) => ok(render_service_account(p, email, *disabled)),
                 None => error(
                     404,
                     "NOT_FOUND",
                     &format!("Unknown service account {email}"),
+                ),
+            }
+        }
+        Kind::SaGetAnyProject(email) => {
+            let owner = w.projects.values().find_map(|p| {
+                p.service_accounts
+                    .get(email)
+                    .map(|disabled| render_service_account(p, email, *disabled))
+            });
+            match owner {
+                Some(sa) => ok(sa),
+                // With `-` IAM cannot tell "missing" from "not yours".
+                None => error(
+                    403,
+                    "PERMISSION_DENIED",
+                    &format!("Permission 'iam.serviceAccounts.get' denied on resource (or it may not exist): projects/-/serviceAccounts/{email}"),
                 ),
             }
         }
@@ -1302,6 +1319,19 @@ fn media(o: &Object, headers: &HeaderMap) -> Response {
             .body(Body::from(o.data[start..].to_vec()))
             .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()),
     }
+}
+
+fn render_service_account(p: &ProjectState, email: &str, disabled: bool) -> Value {
+    let mut sa = json!({
+        "name": format!("projects/{}/serviceAccounts/{email}", p.id),
+        "projectId": p.id,
+        "email": email,
+        "uniqueId": "104",
+    });
+    if disabled {
+        sa["disabled"] = json!(true);
+    }
+    sa
 }
 
 /// The metadata server's identity endpoint. The emulated instance runs in
