@@ -82,25 +82,41 @@ impl HttpProber {
     }
 }
 
+/// By type, never by message. DNS failures do not reach here: names are
+/// resolved before the probe (`pipeline::verify`), which connects only to
+/// what was resolved.
 fn classify(e: &reqwest::Error) -> ProbeErrorClass {
     if e.is_timeout() {
-        return ProbeErrorClass::Timeout;
-    }
-    if e.is_redirect() {
-        return ProbeErrorClass::Redirect;
-    }
-    let chain = crate::pipeline::error::error_chain(e).to_lowercase();
-    // reqwest exposes no structured DNS/TLS kinds; its sources' texts are
-    // the only place these are told apart.
-    if chain.contains("dns error") || chain.contains("failed to lookup") {
-        ProbeErrorClass::Dns
-    } else if chain.contains("certificate") || chain.contains("tls") {
+        ProbeErrorClass::Timeout
+    } else if e.is_redirect() {
+        ProbeErrorClass::Redirect
+    } else if tls_failure(e) {
         ProbeErrorClass::Tls
     } else if e.is_connect() {
         ProbeErrorClass::Connect
     } else {
         ProbeErrorClass::Other
     }
+}
+
+/// Whether a rustls error is in the chain. hyper-rustls wraps it in
+/// `io::Error`s (two deep), whose `source()` skips what they wrap, so those
+/// are opened with `get_ref`.
+fn tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<rustls::Error>() {
+            return true;
+        }
+        cur = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+        {
+            Some(wrapped) => Some(wrapped as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    false
 }
 
 #[async_trait]

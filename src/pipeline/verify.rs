@@ -174,6 +174,37 @@ pub struct ProbeContext<'a> {
     pub policy: Option<&'a UrlPolicy>,
 }
 
+/// Without a policy (a URL the Run API gave) the name is still resolved
+/// here, so a DNS failure is known by where it happened, and the probe
+/// connects to what was resolved. `None`: an address literal, no lookup.
+async fn resolve(
+    url: &str,
+    prober: &dyn Prober,
+) -> Result<Option<Vec<SocketAddr>>, (ProbeErrorClass, String)> {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return Ok(None);
+    };
+    let Some(host) = parsed.host_str() else {
+        return Ok(None);
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.parse::<IpAddr>().is_ok() {
+        return Ok(None);
+    }
+    let port = parsed.port_or_known_default().unwrap_or(443);
+    match prober.resolve(host, port).await {
+        Ok(addrs) if !addrs.is_empty() => Ok(Some(addrs)),
+        Ok(_) => Err((
+            ProbeErrorClass::Dns,
+            format!("{host} resolves to no address"),
+        )),
+        Err(e) => Err((
+            ProbeErrorClass::Dns,
+            format!("{host} does not resolve ({e})"),
+        )),
+    }
+}
+
 /// A failed attempt; a refusal by the policy ends the verification.
 struct AttemptFailed {
     message: String,
@@ -215,7 +246,7 @@ pub async fn verify(
             async move {
                 let started = std::time::Instant::now();
                 let approval = match ctx.policy {
-                    None => Ok(None),
+                    None => resolve(target, prober).await,
                     Some(p) => match p.authorize(target, prober).await {
                         Ok(Approval::Addresses(addrs)) => Ok(Some(addrs)),
                         Ok(Approval::Unresolved(why)) => Err((ProbeErrorClass::Dns, why)),
@@ -466,6 +497,47 @@ mod tests {
             probed,
             vec![vec![public]],
             "only the approved address was probed"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_policy_names_are_still_resolved_first() {
+        let public: SocketAddr = "142.250.1.1:443".parse().expect("addr");
+        let prober = Rebinding {
+            answers: std::sync::Mutex::new(vec![
+                Err(std::io::Error::other("no such host")),
+                Ok(vec![public]),
+            ]),
+            probed: std::sync::Mutex::new(vec![]),
+        };
+        let spec = HealthCheckSpec {
+            attempts: 2,
+            base_delay: Duration::from_millis(1),
+            ..HealthCheckSpec::default()
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let v = verify(
+            &prober,
+            "https://api-abc-uc.a.run.app",
+            &spec,
+            ProbeContext::default(),
+            &Reporter::new("t".into(), tx),
+            &CancellationToken::new(),
+        )
+        .await;
+        let mut classes = vec![];
+        while let Ok(e) = rx.try_recv() {
+            if let EventKind::Probe(p) = e.kind {
+                classes.push(p.error_class.map(ProbeErrorClass::as_str));
+            }
+        }
+        assert_eq!(classes, vec![Some("dns"), Some("http_status")]);
+        assert_eq!(v.attempts, 2);
+        let probed = prober.probed.lock().map(|p| p.clone()).unwrap_or_default();
+        assert_eq!(
+            probed,
+            vec![vec![public]],
+            "the probe connects to what was resolved"
         );
     }
 
