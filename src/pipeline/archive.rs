@@ -5,7 +5,8 @@
 //!
 //! What is sent follows gcloud: `.gcloudignore` when present (gitignore
 //! syntax, `#!include:FILE` pulls in another file's rules), otherwise the
-//! rules of `.gitignore` and `.dockerignore`. Version-control directories are
+//! rules of `.gitignore` and of `.dockerignore` (with Docker's semantics,
+//! `super::dockerignore`). Version-control directories are
 //! never sent. Symlinks that leave the tree, device files, fifos and sockets
 //! are refused, never followed; so is a tree over the size limit.
 
@@ -17,6 +18,8 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use sha2::{Digest, Sha256};
+
+use super::dockerignore::DockerIgnore;
 
 /// A packed source.
 #[derive(Debug, Clone)]
@@ -56,6 +59,12 @@ pub enum ArchiveError {
         limit: u64,
         largest: Vec<(String, u64)>,
     },
+    #[error(".dockerignore line {line}: invalid pattern")]
+    BadDockerignore {
+        line: usize,
+        #[source]
+        source: super::dockerignore::BadPattern,
+    },
     #[error("{file} line {line}: invalid pattern")]
     BadPattern {
         file: String,
@@ -75,25 +84,43 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ArchiveError + '_ {
     }
 }
 
+/// What decides which files are sent.
+struct Rules {
+    /// `.gcloudignore` (with its includes), or `.gitignore`.
+    git: Gitignore,
+    /// `.dockerignore`, with Docker's semantics, when there is no
+    /// `.gcloudignore`.
+    docker: Option<DockerIgnore>,
+}
+
+/// Docker always sends these, whatever `.dockerignore` says.
+const ALWAYS_SENT: &[&str] = &["Dockerfile", ".dockerignore"];
+
 /// The ignore rules of a tree, as gcloud would apply them.
-fn ignore_rules(root: &Path) -> Result<(Gitignore, Option<&'static str>), ArchiveError> {
+fn ignore_rules(root: &Path) -> Result<(Rules, Option<&'static str>), ArchiveError> {
     let mut b = GitignoreBuilder::new(root);
+    let mut docker = None;
     let gcloudignore = root.join(".gcloudignore");
     let used = if gcloudignore.is_file() {
-        add_file(&mut b, root, ".gcloudignore", false, 0)?;
+        add_file(&mut b, root, ".gcloudignore", 0)?;
         Some(".gcloudignore")
     } else {
         let mut used = None;
         if root.join(".gitignore").is_file() {
-            add_file(&mut b, root, ".gitignore", false, 0)?;
+            add_file(&mut b, root, ".gitignore", 0)?;
             used = Some(".gitignore");
         }
-        if root.join(".dockerignore").is_file() {
-            // Docker's patterns are relative to the context root.
-            add_file(&mut b, root, ".dockerignore", true, 0)?;
+        let path = root.join(".dockerignore");
+        if path.is_file() {
+            let text = fs::read_to_string(&path).map_err(io_err(&path))?;
+            let rules = DockerIgnore::parse(&text).map_err(|e| ArchiveError::BadDockerignore {
+                line: e.line,
+                source: e,
+            })?;
+            docker = Some(rules);
             used = Some(used.map_or(".dockerignore", |_| ".gitignore and .dockerignore"));
         }
-        // Docker always sends these, whatever .dockerignore says.
+        // A Dockerfile the build needs is never left out.
         for keep in ["!/Dockerfile", "!/.dockerignore"] {
             b.add_line(None, keep)
                 .map_err(|source| ArchiveError::BadPattern {
@@ -104,19 +131,18 @@ fn ignore_rules(root: &Path) -> Result<(Gitignore, Option<&'static str>), Archiv
         }
         used
     };
-    let gi = b.build().map_err(|source| ArchiveError::BadPattern {
+    let git = b.build().map_err(|source| ArchiveError::BadPattern {
         file: "(ignore rules)".into(),
         line: 0,
         source,
     })?;
-    Ok((gi, used))
+    Ok((Rules { git, docker }, used))
 }
 
 fn add_file(
     b: &mut GitignoreBuilder,
     root: &Path,
     name: &str,
-    anchored: bool,
     depth: usize,
 ) -> Result<(), ArchiveError> {
     let path = root.join(name);
@@ -126,19 +152,14 @@ fn add_file(
         if let Some(included) = line.strip_prefix("#!include:") {
             // One level of includes, as gcloud allows.
             if depth == 0 && root.join(included.trim()).is_file() {
-                add_file(b, root, included.trim(), false, depth + 1)?;
+                add_file(b, root, included.trim(), depth + 1)?;
             }
             continue;
         }
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let pattern = if anchored {
-            anchor(line)
-        } else {
-            line.to_string()
-        };
-        b.add_line(None, &pattern)
+        b.add_line(None, line)
             .map_err(|source| ArchiveError::BadPattern {
                 file: name.into(),
                 line: i + 1,
@@ -146,21 +167,6 @@ fn add_file(
             })?;
     }
     Ok(())
-}
-
-/// `.dockerignore` patterns match from the context root; gitignore patterns
-/// without a slash match at any depth, so anchor them.
-fn anchor(line: &str) -> String {
-    let (neg, pat) = match line.strip_prefix('!') {
-        Some(p) => ("!", p),
-        None => ("", line),
-    };
-    let pat = pat.trim_start_matches("./");
-    if pat.starts_with('/') || pat.starts_with("**") {
-        format!("{neg}{pat}")
-    } else {
-        format!("{neg}/{pat}")
-    }
 }
 
 /// One entry to archive, relative to the root.
@@ -293,7 +299,7 @@ pub fn pack(
 fn collect(
     root: &Path,
     rel: &Path,
-    rules: &Gitignore,
+    rules: &Rules,
     out: &mut Vec<Entry>,
 ) -> Result<(), ArchiveError> {
     let dir = root.join(rel);
@@ -315,8 +321,17 @@ fn collect(
         let full = root.join(&path);
         let meta = fs::symlink_metadata(&full).map_err(io_err(&full))?;
         let ft = meta.file_type();
-        if rules.matched(&full, ft.is_dir()).is_ignore() {
+        if rules.git.matched(&full, ft.is_dir()).is_ignore() {
             continue;
+        }
+        if let Some(docker) = &rules.docker {
+            let rel_text = path.to_string_lossy().replace('\\', "/");
+            let left_out = docker.excludes(&rel_text) && !ALWAYS_SENT.contains(&rel_text.as_str());
+            // An excluded directory is still walked when a `!` pattern may
+            // bring back something under it; its files are judged one by one.
+            if left_out && !(ft.is_dir() && docker.has_exceptions()) {
+                continue;
+            }
         }
         if ft.is_dir() {
             collect(root, &path, rules, out)?;
@@ -527,6 +542,21 @@ mod tests {
                     "build/out.bin",
                     "docs/a.md",
                     "keep/important.log",
+                ],
+            ),
+            (
+                // Docker's allow-list idiom: gitignore could not bring back
+                // files under an excluded directory.
+                "dockerignore exceptions reach under excluded directories",
+                vec![(
+                    ".dockerignore",
+                    "**\n!app.py\n!node_modules/x/**\nnode_modules/x/*.md\n",
+                )],
+                vec![
+                    ".dockerignore",
+                    "Dockerfile",
+                    "app.py",
+                    "node_modules/x/index.js",
                 ],
             ),
         ];

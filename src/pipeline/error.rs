@@ -280,7 +280,7 @@ impl StageError {
                     A::SymlinkEscape { .. } | A::SpecialFile { .. } | A::PathEscape { .. } => ("UNSAFE_SOURCE", false, vec![
                         "Remove the file from the source tree, or list it in .gcloudignore.".into(),
                     ]),
-                    A::BadPattern { .. } => ("ARCHIVE_FAILED", false, vec![
+                    A::BadPattern { .. } | A::BadDockerignore { .. } => ("ARCHIVE_FAILED", false, vec![
                         "Fix the pattern in the ignore file.".into(),
                     ]),
                     A::Io { .. } => ("ARCHIVE_FAILED", false, vec![

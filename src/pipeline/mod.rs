@@ -15,6 +15,7 @@ mod build;
 pub mod cloud;
 mod deploy;
 pub mod dockerfile;
+pub mod dockerignore;
 pub mod error;
 pub mod event;
 pub mod model;
