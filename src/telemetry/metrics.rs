@@ -273,6 +273,22 @@ mod tests {
         }
     }
 
+    /// The project README lists every metric with its labels and type too.
+    #[test]
+    fn readme_lists_every_metric() {
+        const README: &str = include_str!("../../README.md");
+        for m in SPEC {
+            let labels = if m.labels.is_empty() {
+                String::new()
+            } else {
+                format!("{{{}}}", m.labels.join(", "))
+            };
+            let kind = format!("{:?}", m.kind).to_lowercase();
+            let entry = format!("`{}{labels}` ({kind})", m.name);
+            assert!(README.contains(&entry), "README lacks {entry}");
+        }
+    }
+
     #[test]
     fn names_follow_the_convention() {
         for m in SPEC {
