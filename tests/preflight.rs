@@ -48,9 +48,16 @@ async fn stopped_by_preflight(
             err.remediation
         );
     }
-    // No message is just "permission denied": each names what it is about.
+    // No message is just "permission denied": each names what it is about,
+    // and says what to do.
     for c in o.checks.iter().filter(|c| !c.ok) {
         assert!(c.detail.len() > 30, "{}: {}", c.name, c.detail);
+        assert!(
+            !c.remediation.is_empty(),
+            "{} says what failed but not what to do: {}",
+            c.name,
+            c.detail
+        );
     }
     // Fails closed: nothing was uploaded or built.
     assert_eq!(h.sandbox.count("storage.objects.insert"), 0);

@@ -322,7 +322,9 @@ impl StageError {
                 "Give the daemon an identity: DEPLOYD_INVOKER_SERVICE_ACCOUNT (--invoker-service-account) naming an account with roles/run.invoker that the daemon may mint tokens for (roles/iam.serviceAccountTokenCreator), or run it on Google Cloud, where the metadata server provides one (GCE_METADATA_HOST elsewhere).".into(),
                 "Or make the service public, if it is meant to be (allow_unauthenticated).".into(),
             ]),
-            StageError::Cancelled { .. } => ("CANCELLED", true, vec![]),
+            StageError::Cancelled { .. } => ("CANCELLED", true, vec![
+                "Nothing is left running (a build in progress was cancelled); deploy again when ready.".into(),
+            ]),
         };
         Failure {
             code: code.into(),
@@ -361,7 +363,12 @@ pub fn cloud_remediation(e: &CloudError, project: &str) -> Vec<String> {
         (Code::Unavailable | Code::Internal | Code::DeadlineExceeded, _) => {
             vec!["Google's API was unavailable; deploy again in a few minutes.".into()]
         }
-        _ => vec![],
+        // The API's own message (in the failure) names what to fix; the
+        // project's logs hold the refused call.
+        _ => vec![format!(
+            "Fix what {} reports above, then deploy again; the call is in the project's logs: https://console.cloud.google.com/logs/query?project={project}",
+            e.call
+        )],
     }
 }
 

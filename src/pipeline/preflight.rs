@@ -113,7 +113,10 @@ impl Pipeline {
                                 let skipped = CheckResult::fail(
                                     name,
                                     format!("not checked: project {} is not reachable", req.target.project),
-                                    vec![],
+                                    vec![format!(
+                                        "Fix access to project {} first (project_access); this check runs once it is reachable.",
+                                        req.target.project
+                                    )],
                                 );
                                 self.report_check(&skipped, events).await;
                                 results.push(skipped);
@@ -219,7 +222,10 @@ impl Pipeline {
                     CheckResult::fail(
                         NAME,
                         format!("project {p} is in state {s}, not ACTIVE"),
-                        vec![],
+                        vec![
+                            format!("gcloud projects describe {p}"),
+                            format!("https://console.cloud.google.com/home/dashboard?project={p}"),
+                        ],
                     ),
                     Reach::Unreachable,
                 ),
@@ -356,7 +362,10 @@ impl Pipeline {
                 return CheckResult::fail(
                     NAME,
                     "not checked: the default runtime service account is named after the project number, which Resource Manager did not give",
-                    vec![],
+                    vec![
+                        format!("gcloud services enable cloudresourcemanager.googleapis.com --project={p}"),
+                        "Or name the runtime service account (runtime.service_account).".into(),
+                    ],
                 )
             }
         };
@@ -703,7 +712,7 @@ fn check_build_config(req: &PreflightRequest) -> CheckResult {
         return CheckResult::fail(
             NAME,
             format!("image {image} is outside repository {repo_prefix}"),
-            vec![],
+            vec!["Name the repository with lowercase letters, digits and hyphens only (build.repository).".into()],
         );
     }
     CheckResult::pass(
