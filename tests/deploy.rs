@@ -495,6 +495,63 @@ async fn an_operation_that_succeeds_before_the_revision_is_ready_is_not_trusted(
 }
 
 #[tokio::test]
+async fn one_deploy_at_a_time_per_service() {
+    // Slow enough answers that the first deploy is surely still running.
+    let h = Harness::start_with(deployd::sandbox::SandboxConfig {
+        latency: std::time::Duration::from_millis(20),
+        ..deployd::sandbox::SandboxConfig::fast()
+    })
+    .await;
+    let mut client = h.client().await;
+    let mut first = client
+        .deploy(deploy_request("busy", &example_app()))
+        .await
+        .expect("accepted")
+        .into_inner();
+    let first_id = first
+        .message()
+        .await
+        .expect("stream")
+        .expect("an event")
+        .deployment_id;
+
+    // The same service while it runs: refused, naming the running deploy.
+    let refused = client
+        .deploy(deploy_request("busy", &example_app()))
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code(), tonic::Code::Aborted);
+    assert!(
+        refused.message().contains(&first_id),
+        "{}",
+        refused.message()
+    );
+    assert!(refused
+        .message()
+        .contains("busy in demo-project/us-central1"));
+    // Another service is not held up.
+    let (_, other) = deploy(&h, deploy_request("other", &example_app())).await;
+    assert!(other.success, "{other:?}");
+
+    let mut rest = vec![];
+    while let Some(e) = first.message().await.expect("stream") {
+        rest.push(e);
+    }
+    assert!(outcome(&rest).success);
+    // Ended: the service is free again.
+    let (_, again) = deploy(&h, deploy_request("busy", &example_app())).await;
+    assert!(again.success, "{again:?}");
+    assert_eq!(
+        counter(
+            &h.metrics().await,
+            "deployd_grpc_requests_total",
+            r#"method="Deploy",code="ABORTED""#
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
 async fn disabled_api_fails_preflight_and_nothing_is_built() {
     let h = Harness::start().await;
     h.sandbox.with_project(PROJECT, |p| {

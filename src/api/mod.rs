@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
 use crate::pipeline::event::Reporter;
+use crate::pipeline::locks::{Busy, DeployLocks};
 use crate::pipeline::model::InvalidRequest;
 use crate::pipeline::verify::UrlRefused;
 use crate::pipeline::Pipeline;
@@ -63,6 +64,8 @@ const EVENT_BUFFER: usize = 256;
 
 pub struct DeployerService {
     pipeline: Arc<Pipeline>,
+    /// One deploy at a time per service.
+    locks: Arc<DeployLocks>,
     runs: TaskTracker,
     shutdown: CancellationToken,
     /// First verify backoff when the request leaves it unset.
@@ -78,6 +81,7 @@ impl DeployerService {
     ) -> Self {
         Self {
             pipeline,
+            locks: Arc::default(),
             runs,
             shutdown,
             health_base_delay,
@@ -95,6 +99,7 @@ impl DeployerService {
         &self,
         method: &'static str,
         parent: opentelemetry::Context,
+        id: String,
         run: F,
     ) -> EventStream
     where
@@ -102,7 +107,6 @@ impl DeployerService {
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
-        let id = uuid::Uuid::new_v4().to_string();
         let cancel = self.shutdown.child_token();
         // The run's spans continue the caller's trace when it sent one.
         let span = tracing::info_span!("rpc", otel.name = format!("deployd.v1.Deployer/{method}"), otel.kind = "server",
@@ -128,6 +132,16 @@ fn invalid(method: &'static str, e: InvalidRequest) -> Status {
     Status::invalid_argument(format!("{}: {}", e.field, e.reason))
 }
 
+/// Another deploy of the same service is running: try again after it.
+fn busy(method: &'static str, e: Busy) -> Status {
+    metrics::grpc_request(method, "ABORTED");
+    Status::aborted(e.to_string())
+}
+
+fn deployment_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
 /// A URL outside the verify policy: the caller may not have it probed.
 fn refused(method: &'static str, e: UrlRefused) -> Status {
     metrics::grpc_request(method, "PERMISSION_DENIED");
@@ -151,6 +165,7 @@ impl Deployer for DeployerService {
         Ok(Response::new(self.start(
             M,
             parent,
+            deployment_id(),
             move |p, r, c| async move {
                 p.preflight(req, r, c).await;
             },
@@ -166,11 +181,19 @@ impl Deployer for DeployerService {
         let req = convert::deploy_request(request.into_inner(), self.health_base_delay)
             .map_err(|e| invalid(M, e))?;
         req.validate().map_err(|e| invalid(M, e))?;
+        let id = deployment_id();
+        // Taken before the Deploy is accepted, released when its run ends.
+        let lock = self
+            .locks
+            .try_acquire(&req.target, &id)
+            .map_err(|e| busy(M, e))?;
         Ok(Response::new(self.start(
             M,
             parent,
+            id,
             move |p, r, c| async move {
                 p.deploy(req, r, c).await;
+                drop(lock);
             },
         )))
     }
@@ -193,6 +216,7 @@ impl Deployer for DeployerService {
         Ok(Response::new(self.start(
             M,
             parent,
+            deployment_id(),
             move |p, r, c| async move {
                 p.verify(req, r, c).await;
             },

@@ -18,6 +18,7 @@ pub mod dockerfile;
 pub mod dockerignore;
 pub mod error;
 pub mod event;
+pub mod locks;
 pub mod model;
 pub mod naming;
 mod preflight;

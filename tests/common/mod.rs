@@ -272,9 +272,17 @@ pub fn outcome(events: &[proto::Event]) -> proto::Outcome {
     let o = outcomes[0].clone();
     // A failed run says what failed, why, and what to do.
     if !o.success {
-        let f = o.error.as_ref().expect("a failed outcome carries its failure");
+        let f = o
+            .error
+            .as_ref()
+            .expect("a failed outcome carries its failure");
         assert!(!f.code.is_empty() && !f.message.is_empty(), "{f:?}");
-        assert!(!f.remediation.is_empty(), "{} has no remediation: {}", f.code, f.message);
+        assert!(
+            !f.remediation.is_empty(),
+            "{} has no remediation: {}",
+            f.code,
+            f.message
+        );
     }
     o
 }
