@@ -8,6 +8,7 @@
 mod common;
 
 use std::process::Command;
+use std::sync::Arc;
 
 use common::*;
 
@@ -52,69 +53,78 @@ fn gcloud(h: &Harness, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// gcloud off the async runtime: it blocks, and the sandbox answers on
+/// that runtime. Returns (success, stdout, stderr).
+async fn gcloud_off_runtime(h: &Arc<Harness>, args: &[&str]) -> (bool, String, String) {
+    let h = h.clone();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        gcloud(&h, &args)
+    })
+    .await
+    .expect("join")
+}
+
+/// A gcloud command that must succeed; returns its stdout and stderr.
+async fn gcloud_ok(h: &Arc<Harness>, args: &[&str]) -> (String, String) {
+    let (ok, out, err) = gcloud_off_runtime(h, args).await;
+    assert!(ok, "gcloud {}: {err}", args.join(" "));
+    (out, err)
+}
+
+/// A gcloud command's `--format=json` output.
+async fn gcloud_json(h: &Arc<Harness>, args: &[&str]) -> serde_json::Value {
+    let args = [args, &["--format=json"]].concat();
+    let (out, _) = gcloud_ok(h, &args).await;
+    serde_json::from_str(&out).expect("gcloud printed JSON")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gcloud_reads_what_a_deploy_created() {
     if !gcloud_available() {
         return;
     }
-    let h = Harness::start().await;
+    let h = Arc::new(Harness::start().await);
     let (_, o) = deploy(&h, deploy_request("hello", &example_app())).await;
     assert!(o.success, "{o:?}");
 
-    // gcloud blocks; run it off the runtime that serves the sandbox.
-    let h = std::sync::Arc::new(h);
-    let run = |args: Vec<&'static str>| {
-        let h = h.clone();
-        tokio::task::spawn_blocking(move || gcloud(&h, &args))
-    };
-
-    let id = o.build_id.clone();
-    let h2 = h.clone();
-    let (ok, out, err) = tokio::task::spawn_blocking(move || {
-        gcloud(&h2, &["builds", "describe", &id, "--format=json"])
-    })
-    .await
-    .expect("join");
-    assert!(ok, "gcloud builds describe: {err}");
-    let build: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let build = gcloud_json(&h, &["builds", "describe", &o.build_id]).await;
     assert_eq!(build["status"], "SUCCESS");
     assert_eq!(build["id"], o.build_id.as_str());
     assert_eq!(build["options"]["machineType"], "E2_HIGHCPU_8");
     assert_eq!(build["timeout"], "1200s");
 
-    let (ok, out, err) = run(vec!["builds", "list", "--format=value(id)"])
-        .await
-        .expect("join");
-    assert!(ok, "gcloud builds list: {err}");
+    let (out, _) = gcloud_ok(&h, &["builds", "list", "--format=value(id)"]).await;
     assert!(out.contains(&o.build_id));
 
-    let (ok, out, err) = run(vec![
-        "artifacts",
-        "repositories",
-        "describe",
-        "deployd",
-        "--location=us-central1",
-        "--format=json",
-    ])
-    .await
-    .expect("join");
-    assert!(ok, "gcloud artifacts repositories describe: {err}");
-    let repo: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let repo = gcloud_json(
+        &h,
+        &[
+            "artifacts",
+            "repositories",
+            "describe",
+            "deployd",
+            "--location=us-central1",
+        ],
+    )
+    .await;
     assert_eq!(repo["format"], "DOCKER");
     assert_eq!(
         repo["name"],
         "projects/demo-project/locations/us-central1/repositories/deployd"
     );
 
-    let (ok, out, err) = run(vec![
-        "services",
-        "list",
-        "--enabled",
-        "--format=value(config.name)",
-    ])
-    .await
-    .expect("join");
-    assert!(ok, "gcloud services list: {err}");
+    let (out, _) = gcloud_ok(
+        &h,
+        &[
+            "services",
+            "list",
+            "--enabled",
+            "--format=value(config.name)",
+        ],
+    )
+    .await;
     for api in [
         "run.googleapis.com",
         "cloudbuild.googleapis.com",
@@ -126,42 +136,31 @@ async fn gcloud_reads_what_a_deploy_created() {
 
     // What preflight reads, read by gcloud: the project, the runtime
     // service account (through `projects/-`), the effective org policy.
-    let (ok, out, err) = run(vec![
-        "projects",
-        "describe",
-        "demo-project",
-        "--format=json",
-    ])
-    .await
-    .expect("join");
-    assert!(ok, "gcloud projects describe: {err}");
-    let project: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let project = gcloud_json(&h, &["projects", "describe", "demo-project"]).await;
     assert_eq!(project["projectNumber"], "100000000001");
     assert_eq!(project["lifecycleState"], "ACTIVE");
-    let (ok, out, err) = run(vec![
-        "iam",
-        "service-accounts",
-        "describe",
-        "100000000001-compute@developer.gserviceaccount.com",
-        "--format=json",
-    ])
-    .await
-    .expect("join");
-    assert!(ok, "gcloud iam service-accounts describe: {err}");
-    let sa: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let sa = gcloud_json(
+        &h,
+        &[
+            "iam",
+            "service-accounts",
+            "describe",
+            "100000000001-compute@developer.gserviceaccount.com",
+        ],
+    )
+    .await;
     assert_eq!(sa["projectId"], "demo-project");
-    let (ok, out, err) = run(vec![
-        "org-policies",
-        "describe",
-        "run.allowedIngress",
-        "--effective",
-        "--project=demo-project",
-        "--format=json",
-    ])
-    .await
-    .expect("join");
-    assert!(ok, "gcloud org-policies describe: {err}");
-    let policy: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let policy = gcloud_json(
+        &h,
+        &[
+            "org-policies",
+            "describe",
+            "run.allowedIngress",
+            "--effective",
+            "--project=demo-project",
+        ],
+    )
+    .await;
     assert_eq!(policy["spec"]["rules"][0]["allowAll"], true);
 }
 
@@ -170,40 +169,29 @@ async fn gcloud_creates_a_repository_and_enables_an_api_through_operations() {
     if !gcloud_available() {
         return;
     }
-    let h = std::sync::Arc::new(Harness::start().await);
+    let h = Arc::new(Harness::start().await);
     h.sandbox.with_project(PROJECT, |p| {
         p.enabled_apis.remove("secretmanager.googleapis.com");
     });
-    let h2 = h.clone();
-    let (ok, _, err) = tokio::task::spawn_blocking(move || {
-        gcloud(
-            &h2,
-            &[
-                "artifacts",
-                "repositories",
-                "create",
-                "images",
-                "--repository-format=docker",
-                "--location=europe-west4",
-            ],
-        )
-    })
-    .await
-    .expect("join");
-    assert!(ok, "gcloud artifacts repositories create: {err}");
+    let (_, err) = gcloud_ok(
+        &h,
+        &[
+            "artifacts",
+            "repositories",
+            "create",
+            "images",
+            "--repository-format=docker",
+            "--location=europe-west4",
+        ],
+    )
+    .await;
     assert!(err.contains("Created repository [images]"), "{err}");
     assert!(
         h.sandbox.count("operations.get") >= 1,
         "gcloud polled the operation"
     );
 
-    let h2 = h.clone();
-    let (ok, _, err) = tokio::task::spawn_blocking(move || {
-        gcloud(&h2, &["services", "enable", "secretmanager.googleapis.com"])
-    })
-    .await
-    .expect("join");
-    assert!(ok, "gcloud services enable: {err}");
+    gcloud_ok(&h, &["services", "enable", "secretmanager.googleapis.com"]).await;
     assert_eq!(
         h.sandbox.with_project(PROJECT, |p| p
             .enabled_apis
@@ -217,27 +205,19 @@ async fn gcloud_builds_submit_uploads_and_builds_in_the_sandbox() {
     if !gcloud_available() {
         return;
     }
-    let h = std::sync::Arc::new(Harness::start().await);
-    let run = |args: Vec<String>| {
-        let h = h.clone();
-        tokio::task::spawn_blocking(move || {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            gcloud(&h, &args)
-        })
-    };
-    let (ok, _, err) = run([
-        "artifacts",
-        "repositories",
-        "create",
-        "apps",
-        "--repository-format=docker",
-        "--location=us-central1",
-    ]
-    .map(String::from)
-    .to_vec())
-    .await
-    .expect("join");
-    assert!(ok, "gcloud artifacts repositories create: {err}");
+    let h = Arc::new(Harness::start().await);
+    gcloud_ok(
+        &h,
+        &[
+            "artifacts",
+            "repositories",
+            "create",
+            "apps",
+            "--repository-format=docker",
+            "--location=us-central1",
+        ],
+    )
+    .await;
 
     // Google's own client: the staging bucket (looked up and created; the
     // second time found and listed by prefix to prove it is the project's),
@@ -246,7 +226,7 @@ async fn gcloud_builds_submit_uploads_and_builds_in_the_sandbox() {
     let app = example_app().display().to_string();
     let mut ids = Vec::new();
     for _ in 0..2 {
-        let (ok, out, err) = run([
+        let submit = [
             "builds",
             "submit",
             "--tag",
@@ -254,12 +234,8 @@ async fn gcloud_builds_submit_uploads_and_builds_in_the_sandbox() {
             "--async",
             "--format=value(id)",
             &app,
-        ]
-        .map(String::from)
-        .to_vec())
-        .await
-        .expect("join");
-        assert!(ok, "gcloud builds submit: {err}");
+        ];
+        let (out, _) = gcloud_ok(&h, &submit).await;
         ids.push(out.trim().to_string());
     }
     for (method, n) in [
@@ -277,18 +253,12 @@ async fn gcloud_builds_submit_uploads_and_builds_in_the_sandbox() {
         "{}",
         upload.query
     );
-    let id = ids[1].clone();
+    let id = &ids[1];
 
     // The build runs the Dockerfile from gcloud's tarball and pushes.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let build = loop {
-        let (ok, out, err) = run(["builds", "describe", &id, "--format=json"]
-            .map(String::from)
-            .to_vec())
-        .await
-        .expect("join");
-        assert!(ok, "gcloud builds describe: {err}");
-        let build: serde_json::Value = serde_json::from_str(&out).expect("json");
+        let build = gcloud_json(&h, &["builds", "describe", id]).await;
         if build["status"] != "QUEUED" && build["status"] != "WORKING" {
             break build;
         }
