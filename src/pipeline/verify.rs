@@ -134,23 +134,11 @@ impl UrlPolicy {
                 self.allowed_hosts.join(", ")
             )));
         }
-        let port = parsed.port_or_known_default().unwrap_or(443);
-        let addrs = match host.parse::<IpAddr>() {
-            Ok(ip) => vec![SocketAddr::new(ip, port)],
-            Err(_) => match prober.resolve(host, port).await {
-                Ok(addrs) => addrs,
-                Err(e) => {
-                    return Ok(Approval::Unresolved(format!(
-                        "{host} does not resolve ({e})"
-                    )))
-                }
-            },
+        let addrs = match lookup(&parsed, prober).await {
+            Ok(Lookup::Literal(addr)) => vec![addr],
+            Ok(Lookup::Resolved(addrs)) => addrs,
+            Err(why) => return Ok(Approval::Unresolved(why)),
         };
-        if addrs.is_empty() {
-            return Ok(Approval::Unresolved(format!(
-                "{host} resolves to no address"
-            )));
-        }
         let private_ok = self.private_ok_hosts.iter().any(|p| host_matches(p, host));
         for a in &addrs {
             if let Some(kind) = always_forbidden(a.ip()) {
@@ -174,34 +162,56 @@ pub struct ProbeContext<'a> {
     pub policy: Option<&'a UrlPolicy>,
 }
 
-/// Without a policy (a URL the Run API gave) the name is still resolved
-/// here, so a DNS failure is known by where it happened, and the probe
-/// connects to what was resolved. `None`: an address literal, no lookup.
-async fn resolve(
-    url: &str,
+/// Where a URL's host points now.
+enum Lookup {
+    /// The host is an address.
+    Literal(SocketAddr),
+    /// What the name resolves to (never empty).
+    Resolved(Vec<SocketAddr>),
+}
+
+/// Resolves the URL's host, here rather than inside the HTTP client, so a
+/// DNS failure is known by where it happened (`Err`: why it has no address)
+/// and the probe connects to what was resolved.
+async fn lookup(url: &url::Url, prober: &dyn Prober) -> Result<Lookup, String> {
+    let host = url.host_str().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = url.port_or_known_default().unwrap_or(443);
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(Lookup::Literal(SocketAddr::new(ip, port)));
+    }
+    match prober.resolve(host, port).await {
+        Ok(addrs) if !addrs.is_empty() => Ok(Lookup::Resolved(addrs)),
+        Ok(_) => Err(format!("{host} resolves to no address")),
+        Err(e) => Err(format!("{host} does not resolve ({e})")),
+    }
+}
+
+/// The addresses one attempt may connect to (`None`: any, the host being an
+/// address), or why it cannot be made: a URL the Run API gave is only
+/// resolved; a caller's URL is authorized by the policy.
+async fn approve(
+    target: &str,
+    policy: Option<&UrlPolicy>,
     prober: &dyn Prober,
 ) -> Result<Option<Vec<SocketAddr>>, (ProbeErrorClass, String)> {
-    let Ok(parsed) = url::Url::parse(url) else {
-        return Ok(None);
-    };
-    let Some(host) = parsed.host_str() else {
-        return Ok(None);
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.parse::<IpAddr>().is_ok() {
-        return Ok(None);
-    }
-    let port = parsed.port_or_known_default().unwrap_or(443);
-    match prober.resolve(host, port).await {
-        Ok(addrs) if !addrs.is_empty() => Ok(Some(addrs)),
-        Ok(_) => Err((
-            ProbeErrorClass::Dns,
-            format!("{host} resolves to no address"),
-        )),
-        Err(e) => Err((
-            ProbeErrorClass::Dns,
-            format!("{host} does not resolve ({e})"),
-        )),
+    match policy {
+        Some(p) => match p.authorize(target, prober).await {
+            Ok(Approval::Addresses(addrs)) => Ok(Some(addrs)),
+            Ok(Approval::Unresolved(why)) => Err((ProbeErrorClass::Dns, why)),
+            Err(refused) => Err((ProbeErrorClass::Refused, refused.to_string())),
+        },
+        None => match url::Url::parse(target) {
+            Err(e) => Err((
+                ProbeErrorClass::Other,
+                format!("{target} is not a URL ({e})"),
+            )),
+            Ok(url) => match lookup(&url, prober).await {
+                Ok(Lookup::Literal(_)) => Ok(None),
+                Ok(Lookup::Resolved(addrs)) => Ok(Some(addrs)),
+                Err(why) => Err((ProbeErrorClass::Dns, why)),
+            },
+        },
     }
 }
 
@@ -245,20 +255,23 @@ pub async fn verify(
             let (target, headers, times, last_status) = (&target, &headers, &times, &last_status);
             async move {
                 let started = std::time::Instant::now();
-                let approval = match ctx.policy {
-                    None => resolve(target, prober).await,
-                    Some(p) => match p.authorize(target, prober).await {
-                        Ok(Approval::Addresses(addrs)) => Ok(Some(addrs)),
-                        Ok(Approval::Unresolved(why)) => Err((ProbeErrorClass::Dns, why)),
-                        Err(refused) => Err((ProbeErrorClass::Refused, refused.to_string())),
-                    },
-                };
+                // A resolver that never answers must not outlast the attempt.
+                let approval =
+                    tokio::time::timeout(spec.timeout, approve(target, ctx.policy, prober))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err((
+                                ProbeErrorClass::Dns,
+                                format!("no address for {target} within {:?}", spec.timeout),
+                            ))
+                        });
                 let r = match approval {
                     Ok(pinned) => {
                         prober
                             .probe(&ProbeRequest {
                                 url: target,
-                                timeout: spec.timeout,
+                                // One budget for the whole attempt.
+                                timeout: spec.timeout.saturating_sub(started.elapsed()),
                                 expect_body: spec.expect_body.as_deref(),
                                 headers: headers.clone(),
                                 pinned: pinned.as_deref(),
@@ -539,6 +552,43 @@ mod tests {
             vec![vec![public]],
             "the probe connects to what was resolved"
         );
+    }
+
+    /// A resolver that never answers.
+    struct SilentDns;
+
+    #[async_trait::async_trait]
+    impl Prober for SilentDns {
+        async fn probe(&self, _: &ProbeRequest<'_>) -> ProbeResponse {
+            unreachable!("nothing to connect to")
+        }
+
+        async fn resolve(&self, _: &str, _: u16) -> std::io::Result<Vec<SocketAddr>> {
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_resolver_that_never_answers_fails_the_attempt_in_time() {
+        let spec = HealthCheckSpec {
+            attempts: 1,
+            timeout: Duration::from_millis(50),
+            ..HealthCheckSpec::default()
+        };
+        let started = std::time::Instant::now();
+        let v = verify(
+            &SilentDns,
+            "https://api-abc-uc.a.run.app",
+            &spec,
+            ProbeContext::default(),
+            &Reporter::detached("t".into()),
+            &CancellationToken::new(),
+        )
+        .await;
+        assert!(!v.healthy);
+        let last = v.last_error.unwrap_or_default();
+        assert!(last.starts_with("dns: no address"), "{last}");
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[test]
