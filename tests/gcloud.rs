@@ -290,3 +290,36 @@ async fn gcloud_builds_submit_uploads_and_builds_in_the_sandbox() {
         "the Dockerfile was read"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcloud_cancels_a_running_build() {
+    if !gcloud_available() {
+        return;
+    }
+    let h = Arc::new(Harness::start().await);
+    h.sandbox
+        .fail_next_build(deployd::sandbox::faults::BuildFault::NeverFinishes);
+    let app = example_app().display().to_string();
+    let submit = [
+        "builds",
+        "submit",
+        "--tag",
+        "us-central1-docker.pkg.dev/demo-project/apps/hello:cancel",
+        "--async",
+        "--format=value(id)",
+        &app,
+    ];
+    let (out, _) = gcloud_ok(&h, &submit).await;
+    let id = out.trim().to_string();
+    // The cancel call deployd makes on a deadline or a client's cancel,
+    // made by Google's client.
+    let (_, err) = gcloud_ok(&h, &["builds", "cancel", &id]).await;
+    assert!(err.contains("Cancelled"), "{err}");
+    assert_eq!(
+        h.sandbox
+            .count("cloudbuild.projects.locations.builds.cancel"),
+        1
+    );
+    let build = gcloud_json(&h, &["builds", "describe", &id]).await;
+    assert_eq!(build["status"], "CANCELLED", "{build}");
+}
