@@ -171,7 +171,7 @@ fn serve_and_deploy_as_two_processes() {
     );
 
     // ctrl-c: the daemon shuts down and exits 0.
-    common::signal(server.child.id(), libc::SIGINT, false).expect("SIGINT");
+    common::signal(&server.child, rustix::process::Signal::INT, false).expect("SIGINT");
     let status = server.child.wait().expect("daemon exits");
     assert!(status.success(), "{status:?}");
 }

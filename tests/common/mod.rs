@@ -14,6 +14,7 @@ use deployd::pipeline::source::SourcePolicy;
 use deployd::pipeline::verify::UrlPolicy;
 use deployd::pipeline::PipelineConfig;
 use deployd::sandbox::{Sandbox, SandboxConfig, DEFAULT_PROJECT};
+use rustix::process::{Pid, Signal};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
@@ -196,7 +197,7 @@ impl ChildGuard {
 impl Drop for ChildGuard {
     fn drop(&mut self) {
         if self.group {
-            let _ = signal(self.child.id(), libc::SIGTERM, true);
+            let _ = signal(&self.child, Signal::TERM, true);
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -349,22 +350,22 @@ pub fn counter(metrics: &str, name: &str, labels: &str) -> f64 {
         .sum()
 }
 
-/// Sends `signal` to one process (`pid`) or, with `group`, to the process
-/// group it leads. A direct syscall, not `kill(1)`: procps-ng 4.0.2 reads
+/// Sends `sig` to a child or, with `group`, to the process group it leads.
+/// kill(2) through rustix, not `kill(1)`: procps-ng 4.0.2 reads
 /// `kill -TERM -45678` as process group 4, and `-1…` as every process on
 /// the machine, which once took the CI runner down with the test.
-pub fn signal(pid: u32, signal: i32, group: bool) -> std::io::Result<()> {
-    let pid = libc::pid_t::try_from(pid)
-        .ok()
-        .filter(|p| *p > 1)
-        .ok_or_else(|| std::io::Error::other(format!("refusing to signal pid {pid}")))?;
-    let target = if group { -pid } else { pid };
-    // SAFETY: kill(2) takes plain integers; `target` is never 0, 1 or -1.
-    if unsafe { libc::kill(target, signal) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
+pub fn signal(child: &std::process::Child, sig: Signal, group: bool) -> std::io::Result<()> {
+    let pid = Pid::from_child(child);
+    // The group of init would be every process, as above.
+    if pid.is_init() {
+        return Err(std::io::Error::other("refusing to signal init"));
     }
+    let sent = if group {
+        rustix::process::kill_process_group(pid, sig)
+    } else {
+        rustix::process::kill_process(pid, sig)
+    };
+    sent.map_err(std::io::Error::from)
 }
 
 pub fn free_port() -> u16 {
