@@ -122,6 +122,17 @@ fn tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
 #[async_trait]
 impl Prober for HttpProber {
     async fn probe(&self, req: &ProbeRequest<'_>) -> ProbeResponse {
+        // Pinned addresses need a client of their own, built before the
+        // clock starts: its setup is not the service's response time.
+        let client = match (req.pinned, url::Url::parse(req.url)) {
+            (Some(addrs), Ok(u)) => match u.host_str() {
+                Some(host) => builder(&self.extra_roots)
+                    .resolve_to_addrs(host, addrs)
+                    .build(),
+                None => Ok(self.client.clone()),
+            },
+            _ => Ok(self.client.clone()),
+        };
         let start = Instant::now();
         let failed = |class, msg: String, status| ProbeResponse {
             status,
@@ -131,19 +142,9 @@ impl Prober for HttpProber {
             error: Some((class, msg)),
             final_url: req.url.to_string(),
         };
-        // Pinned addresses need a client of their own.
-        let client = match (req.pinned, url::Url::parse(req.url)) {
-            (Some(addrs), Ok(u)) => match u.host_str() {
-                Some(host) => match builder(&self.extra_roots)
-                    .resolve_to_addrs(host, addrs)
-                    .build()
-                {
-                    Ok(c) => c,
-                    Err(e) => return failed(ProbeErrorClass::Other, e.to_string(), None),
-                },
-                None => self.client.clone(),
-            },
-            _ => self.client.clone(),
+        let client = match client {
+            Ok(c) => c,
+            Err(e) => return failed(ProbeErrorClass::Other, e.to_string(), None),
         };
         let mut rb = client.get(req.url);
         for (k, v) in &req.headers {

@@ -272,20 +272,7 @@ async fn a_build_that_never_finishes_is_cancelled_at_our_deadline() {
 #[tokio::test]
 async fn daemon_shutdown_cancels_the_running_build() {
     let h = Harness::start().await;
-    h.sandbox.fail_next_build(BuildFault::NeverFinishes);
-    let mut stream = h
-        .client()
-        .await
-        .deploy(deploy_request("shutdown", &example_app()))
-        .await
-        .expect("accepted")
-        .into_inner();
-    // Wait for the build to run, then stop the daemon.
-    while let Some(e) = stream.message().await.expect("stream") {
-        if matches!(e.kind, Some(proto::event::Kind::Log(_))) {
-            break;
-        }
-    }
+    let mut stream = deploy_with_a_running_build(&h, "shutdown").await;
     h.shutdown.cancel();
     // The stream still ends with an outcome saying what happened.
     let mut last = None;

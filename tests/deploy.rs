@@ -304,8 +304,7 @@ async fn unhealthy_revision_is_rolled_back_automatically() {
             body: "boom".into(),
         },
     );
-    let app = app_copy();
-    std::fs::write(app.path().join("VERSION"), "2").expect("write");
+    let app = app_version("2");
     let mut req = deploy_request("flaky-app", app.path());
     req.health_check = Some(proto::HealthCheck {
         attempts: 5,
@@ -380,8 +379,7 @@ async fn recommend_policy_reports_but_does_not_roll_back() {
             body: "down".into(),
         },
     );
-    let app = app_copy();
-    std::fs::write(app.path().join("VERSION"), "2").expect("write");
+    let app = app_version("2");
     let mut req = deploy_request("advice", app.path());
     req.rollback_policy = proto::RollbackPolicy::Recommend.into();
     req.health_check = Some(proto::HealthCheck {
@@ -407,8 +405,7 @@ async fn slow_start_is_verified_on_a_later_attempt() {
     let h = Harness::start().await;
     let (_, first) = deploy(&h, deploy_request("slow", &example_app())).await;
     assert!(first.success);
-    let app = app_copy();
-    std::fs::write(app.path().join("VERSION"), "2").expect("write");
+    let app = app_version("2");
     let answers = vec![
         AppResponse {
             status: 503,
@@ -434,8 +431,7 @@ async fn revision_that_never_becomes_ready_is_reported_with_the_api_message() {
     let (_, first) = deploy(&h, deploy_request("crashy", &example_app())).await;
     assert!(first.success);
     h.sandbox.revisions_not_ready(PROJECT, "crashy", 1);
-    let app = app_copy();
-    std::fs::write(app.path().join("VERSION"), "2").expect("write");
+    let app = app_version("2");
     let probes_before = h.sandbox.count("app.request");
     let (_, o) = deploy(&h, deploy_request("crashy", app.path())).await;
     assert!(!o.success);
@@ -462,8 +458,7 @@ async fn an_operation_that_succeeds_before_the_revision_is_ready_is_not_trusted(
     let (_, first) = deploy(&h, deploy_request("eager", &example_app())).await;
     assert!(first.success);
     h.sandbox.next_rollout_succeeds_early(PROJECT, "eager");
-    let app = app_copy();
-    std::fs::write(app.path().join("VERSION"), "2").expect("write");
+    let app = app_version("2");
     let probes_before = h.sandbox.count("app.request");
     let (_, o) = deploy(&h, deploy_request("eager", app.path())).await;
     assert!(!o.success, "a finished operation is not a Ready service");
@@ -755,27 +750,13 @@ async fn invalid_requests_are_refused_naming_the_field() {
 #[tokio::test]
 async fn a_client_that_disconnects_does_not_leave_an_unrecorded_deploy() {
     let h = Harness::start().await;
-    h.sandbox.fail_next_build(BuildFault::NeverFinishes);
     let before = counter(
         &h.metrics().await,
         "deployd_deployments_total",
         "result=\"cancelled\"",
     );
-    {
-        let mut stream = h
-            .client()
-            .await
-            .deploy(deploy_request("walkaway", &example_app()))
-            .await
-            .expect("accepted")
-            .into_inner();
-        // Read until the build is running, then hang up.
-        while let Some(e) = stream.message().await.expect("stream") {
-            if matches!(e.kind, Some(proto::event::Kind::Log(_))) {
-                break;
-            }
-        }
-    }
+    // Hang up while the build runs.
+    drop(deploy_with_a_running_build(&h, "walkaway").await);
     // The run is cancelled cleanly: the remote build is cancelled and the
     // deploy is counted.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

@@ -29,8 +29,7 @@ async fn every_documented_metric_is_exported_after_a_workload() {
             body: "x".into(),
         },
     );
-    let app = app_copy();
-    std::fs::write(app.path().join("VERSION"), "2").expect("write");
+    let app = app_version("2");
     let mut req = deploy_request("spec", app.path());
     req.health_check = Some(proto::HealthCheck {
         attempts: 2,

@@ -130,8 +130,7 @@ async fn workload(h: &Harness) {
         remaining: 1,
         action: FaultAction::Error(InjectedError::rate_limited("cloudbuild.googleapis.com")),
     });
-    let app = app_copy();
-    std::fs::write(app.path().join("VERSION"), "2").expect("write");
+    let app = app_version("2");
     let (_, o) = deploy(h, deploy_request("steady", app.path())).await;
     assert!(o.success);
     h.sandbox.fail_next_build(BuildFault::StepFails {
@@ -149,8 +148,7 @@ async fn workload(h: &Harness) {
             body: "x".into(),
         },
     );
-    let app = app_copy();
-    std::fs::write(app.path().join("VERSION"), "3").expect("write");
+    let app = app_version("3");
     let mut req = deploy_request("steady", app.path());
     req.health_check = Some(proto::HealthCheck {
         attempts: 2,

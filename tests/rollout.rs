@@ -26,8 +26,7 @@ async fn second_version(
 ) -> (Vec<proto::Event>, proto::Outcome, proto::Outcome) {
     let (_, first) = deploy(h, deploy_request(service, &example_app())).await;
     assert!(first.success, "{first:?}");
-    let app = app_copy();
-    std::fs::write(app.path().join("VERSION"), "2").expect("write");
+    let app = app_version("2");
     let mut req = deploy_request(service, app.path());
     req.rollout_mode = mode.into();
     req.canary_percent = canary;
@@ -38,6 +37,16 @@ async fn second_version(
     });
     let (events, o) = deploy(h, req).await;
     (events, o, first)
+}
+
+/// What the service URL answers now: the emulated app names its revision.
+async fn body_of(url: &str) -> String {
+    reqwest::get(url)
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("body")
 }
 
 fn traffic(h: &Harness, service: &str) -> serde_json::Value {
@@ -55,8 +64,7 @@ async fn verify_before_traffic_never_moves_traffic_to_a_broken_revision() {
     let (_, first) = deploy(&h, deploy_request("vbt", &example_app())).await;
     assert!(first.success);
     h.sandbox.next_revision_answers(PROJECT, "vbt", broken());
-    let app = app_copy();
-    std::fs::write(app.path().join("VERSION"), "2").expect("write");
+    let app = app_version("2");
     let mut req = deploy_request("vbt", app.path());
     req.rollout_mode = proto::RolloutMode::VerifyBeforeTraffic.into();
     req.health_check = Some(proto::HealthCheck {
@@ -98,12 +106,7 @@ async fn verify_before_traffic_never_moves_traffic_to_a_broken_revision() {
     assert_eq!(t[0]["revision"], first.revision.as_str());
     assert_eq!(t[0]["percent"], 100);
     // And every probe of the service URL itself still reaches the old one.
-    let answer = reqwest::get(&o.url)
-        .await
-        .expect("get")
-        .text()
-        .await
-        .expect("body");
+    let answer = body_of(&o.url).await;
     assert!(answer.contains(&first.revision), "{answer}");
 }
 
@@ -124,12 +127,7 @@ async fn verify_before_traffic_promotes_a_healthy_revision() {
         traffic(&h, "vbt-ok"),
         serde_json::json!([{"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION", "revision": o.revision, "percent": 100}])
     );
-    let answer = reqwest::get(&o.url)
-        .await
-        .expect("get")
-        .text()
-        .await
-        .expect("body");
+    let answer = body_of(&o.url).await;
     assert!(answer.contains(&o.revision), "{answer}");
 }
 
@@ -139,8 +137,7 @@ async fn canary_sends_a_share_first_and_rolls_back_a_broken_one() {
     let (_, first) = deploy(&h, deploy_request("canary", &example_app())).await;
     assert!(first.success);
     h.sandbox.next_revision_answers(PROJECT, "canary", broken());
-    let app = app_copy();
-    std::fs::write(app.path().join("VERSION"), "2").expect("write");
+    let app = app_version("2");
     let mut req = deploy_request("canary", app.path());
     req.rollout_mode = proto::RolloutMode::Canary.into();
     req.canary_percent = 20;
@@ -206,8 +203,7 @@ async fn outcome_reports_probe_latency_percentiles() {
         2
     ];
     assert!(h.sandbox.script_app(PROJECT, REGION, "stats", answers));
-    let app = app_copy();
-    std::fs::write(app.path().join("VERSION"), "2").expect("write");
+    let app = app_version("2");
     let (events, o) = deploy(&h, deploy_request("stats", app.path())).await;
     assert!(o.success);
     let s = o.probe_stats.expect("stats");

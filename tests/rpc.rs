@@ -12,18 +12,7 @@ use deployd::sandbox::faults::AppResponse;
 #[tokio::test]
 async fn preflight_of_a_healthy_project_creates_what_is_missing() {
     let h = Harness::start().await;
-    let stream = h
-        .client()
-        .await
-        .preflight(proto::PreflightRequest {
-            target: Some(target("")),
-            ..Default::default()
-        })
-        .await
-        .expect("accepted")
-        .into_inner();
-    let events = collect(stream).await;
-    let o = outcome(&events);
+    let (events, o) = preflight_run(&h).await;
     assert!(o.success, "{:?}", o.checks);
     let names: Vec<&str> = o.checks.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(
@@ -215,59 +204,45 @@ async fn health_and_reflection_answer_generic_clients() {
     }
 }
 
+/// The same call through either reflection version: their generated types
+/// differ only in module path.
+macro_rules! list_services_via {
+    ($version:ident, $channel:expr) => {{
+        use futures::StreamExt;
+        use tonic_reflection::pb::$version::{
+            server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+            ServerReflectionRequest,
+        };
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut resp = ServerReflectionClient::new($channel)
+            .server_reflection_info(futures::stream::iter([req]))
+            .await
+            .expect("reflection")
+            .into_inner();
+        match resp
+            .next()
+            .await
+            .and_then(|r| r.ok())
+            .and_then(|r| r.message_response)
+        {
+            Some(MessageResponse::ListServicesResponse(l)) => l
+                .service
+                .into_iter()
+                .map(|s| s.name)
+                .collect::<Vec<String>>(),
+            other => panic!("unexpected {other:?}"),
+        }
+    }};
+}
+
 async fn list_services(channel: tonic::transport::Channel, v1alpha: bool) -> Vec<String> {
-    use futures::StreamExt;
     if v1alpha {
-        use tonic_reflection::pb::v1alpha::{
-            server_reflection_client::ServerReflectionClient,
-            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-            ServerReflectionRequest,
-        };
-        let req = ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        };
-        let mut resp = ServerReflectionClient::new(channel)
-            .server_reflection_info(futures::stream::iter([req]))
-            .await
-            .expect("reflection")
-            .into_inner();
-        match resp
-            .next()
-            .await
-            .and_then(|r| r.ok())
-            .and_then(|r| r.message_response)
-        {
-            Some(MessageResponse::ListServicesResponse(l)) => {
-                l.service.into_iter().map(|s| s.name).collect()
-            }
-            other => panic!("unexpected {other:?}"),
-        }
+        list_services_via!(v1alpha, channel)
     } else {
-        use tonic_reflection::pb::v1::{
-            server_reflection_client::ServerReflectionClient,
-            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-            ServerReflectionRequest,
-        };
-        let req = ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        };
-        let mut resp = ServerReflectionClient::new(channel)
-            .server_reflection_info(futures::stream::iter([req]))
-            .await
-            .expect("reflection")
-            .into_inner();
-        match resp
-            .next()
-            .await
-            .and_then(|r| r.ok())
-            .and_then(|r| r.message_response)
-        {
-            Some(MessageResponse::ListServicesResponse(l)) => {
-                l.service.into_iter().map(|s| s.name).collect()
-            }
-            other => panic!("unexpected {other:?}"),
-        }
+        list_services_via!(v1, channel)
     }
 }

@@ -91,10 +91,12 @@ struct Rules {
     /// `.dockerignore`, with Docker's semantics, when there is no
     /// `.gcloudignore`.
     docker: Option<DockerIgnore>,
+    /// Sent whatever `.gitignore` or `.dockerignore` say, as Docker sends
+    /// them; a `.gcloudignore` is obeyed to the letter.
+    always_sent: &'static [&'static str],
 }
 
-/// Docker always sends these, whatever `.dockerignore` says.
-const ALWAYS_SENT: &[&str] = &["Dockerfile", ".dockerignore"];
+const DOCKER_ALWAYS_SENT: &[&str] = &["Dockerfile", ".dockerignore"];
 
 /// The ignore rules of a tree, as gcloud would apply them.
 fn ignore_rules(root: &Path) -> Result<(Rules, Option<&'static str>), ArchiveError> {
@@ -120,23 +122,26 @@ fn ignore_rules(root: &Path) -> Result<(Rules, Option<&'static str>), ArchiveErr
             docker = Some(rules);
             used = Some(used.map_or(".dockerignore", |_| ".gitignore and .dockerignore"));
         }
-        // A Dockerfile the build needs is never left out.
-        for keep in ["!/Dockerfile", "!/.dockerignore"] {
-            b.add_line(None, keep)
-                .map_err(|source| ArchiveError::BadPattern {
-                    file: "(built-in)".into(),
-                    line: 0,
-                    source,
-                })?;
-        }
         used
+    };
+    let always_sent = if gcloudignore.is_file() {
+        &[][..]
+    } else {
+        DOCKER_ALWAYS_SENT
     };
     let git = b.build().map_err(|source| ArchiveError::BadPattern {
         file: "(ignore rules)".into(),
         line: 0,
         source,
     })?;
-    Ok((Rules { git, docker }, used))
+    Ok((
+        Rules {
+            git,
+            docker,
+            always_sent,
+        },
+        used,
+    ))
 }
 
 fn add_file(
@@ -321,12 +326,13 @@ fn collect(
         let full = root.join(&path);
         let meta = fs::symlink_metadata(&full).map_err(io_err(&full))?;
         let ft = meta.file_type();
-        if rules.git.matched(&full, ft.is_dir()).is_ignore() {
+        let rel_text = path.to_string_lossy().replace('\\', "/");
+        if rules.always_sent.contains(&rel_text.as_str()) {
+            // Sent as it is: neither rule set may leave it out.
+        } else if rules.git.matched(&full, ft.is_dir()).is_ignore() {
             continue;
-        }
-        if let Some(docker) = &rules.docker {
-            let rel_text = path.to_string_lossy().replace('\\', "/");
-            let left_out = docker.excludes(&rel_text) && !ALWAYS_SENT.contains(&rel_text.as_str());
+        } else if let Some(docker) = &rules.docker {
+            let left_out = docker.excludes(&rel_text);
             // An excluded directory is still walked when a `!` pattern may
             // bring back something under it; its files are judged one by one.
             if left_out && !(ft.is_dir() && docker.has_exceptions()) {

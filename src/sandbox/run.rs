@@ -135,12 +135,8 @@ pub(crate) fn run_apply(
         "INGRESS_TRAFFIC_INTERNAL_LOAD_BALANCER" => "internal-and-cloud-load-balancing",
         _ => "all",
     };
-    if let Some(reason) = policy_violation(p, "run.allowedIngress", ingress_value) {
-        return error(
-            400,
-            "FAILED_PRECONDITION",
-            &format!("Violation of constraint constraints/run.allowedIngress: {reason}"),
-        );
+    if let Some(refused) = enforce(p, "run.allowedIngress", ingress_value) {
+        return refused;
     }
     if let Some(egress) = body
         .pointer("/template/vpcAccess/egress")
@@ -151,12 +147,8 @@ pub(crate) fn run_apply(
         } else {
             "private-ranges-only"
         };
-        if let Some(reason) = policy_violation(p, "run.allowedVPCEgress", v) {
-            return error(
-                400,
-                "FAILED_PRECONDITION",
-                &format!("Violation of constraint constraints/run.allowedVPCEgress: {reason}"),
-            );
+        if let Some(refused) = enforce(p, "run.allowedVPCEgress", v) {
+            return refused;
         }
     }
     let byo = body
@@ -280,6 +272,17 @@ fn start_rollout_op(
         p.id
     );
     start_op(w, sh, name, metadata, None, effect, now)
+}
+
+/// The Run API's refusal of a value an org policy constraint forbids.
+fn enforce(p: &ProjectState, constraint: &str, value: &str) -> Option<Response> {
+    policy_violation(p, constraint, value).map(|reason| {
+        error(
+            400,
+            "FAILED_PRECONDITION",
+            &format!("Violation of constraint constraints/{constraint}: {reason}"),
+        )
+    })
 }
 
 pub(crate) fn policy_violation(p: &ProjectState, constraint: &str, value: &str) -> Option<String> {

@@ -223,34 +223,50 @@ pub fn outside_tool(program: &str, args: &[&str], install: &str) -> bool {
     ok
 }
 
+/// Starts a deploy whose build never finishes and returns its stream once
+/// the build's log is flowing, i.e. with the remote build running.
+pub async fn deploy_with_a_running_build(
+    h: &Harness,
+    service: &str,
+) -> tonic::Streaming<proto::Event> {
+    h.sandbox
+        .fail_next_build(deployd::sandbox::faults::BuildFault::NeverFinishes);
+    let mut stream = h
+        .client()
+        .await
+        .deploy(deploy_request(service, &example_app()))
+        .await
+        .expect("accepted")
+        .into_inner();
+    while let Some(e) = stream.message().await.expect("stream") {
+        if matches!(e.kind, Some(Kind::Log(_))) {
+            break;
+        }
+    }
+    stream
+}
+
 /// A Verify RPC the daemon accepts: its events and outcome.
 pub async fn verify_rpc(
     h: &Harness,
     req: proto::VerifyRequest,
 ) -> (Vec<proto::Event>, proto::Outcome) {
-    let stream = h
-        .client()
-        .await
-        .verify(req)
-        .await
-        .expect("accepted")
-        .into_inner();
-    let events = collect(stream).await;
-    let o = outcome(&events);
-    (events, o)
+    let stream = h.client().await.verify(req).await.expect("accepted");
+    run_to_outcome(stream.into_inner()).await
 }
 
 pub async fn deploy(h: &Harness, req: proto::DeployRequest) -> (Vec<proto::Event>, proto::Outcome) {
-    let stream = h
-        .client()
-        .await
-        .deploy(req)
-        .await
-        .expect("deploy accepted")
-        .into_inner();
+    let stream = h.client().await.deploy(req).await.expect("deploy accepted");
+    run_to_outcome(stream.into_inner()).await
+}
+
+/// Every event of a run's stream, and its outcome.
+pub async fn run_to_outcome(
+    stream: tonic::Streaming<proto::Event>,
+) -> (Vec<proto::Event>, proto::Outcome) {
     let events = collect(stream).await;
-    let outcome = outcome(&events);
-    (events, outcome)
+    let o = outcome(&events);
+    (events, o)
 }
 
 /// The single outcome, which must be the last event.
@@ -336,6 +352,14 @@ pub fn app_copy() -> tempfile::TempDir {
     dir
 }
 
+/// The example app at another version: a new source, so a new image and
+/// revision.
+pub fn app_version(version: &str) -> tempfile::TempDir {
+    let dir = app_copy();
+    std::fs::write(dir.path().join("VERSION"), version).expect("write VERSION");
+    dir
+}
+
 /// Sum of a counter's samples whose labels contain `labels` (e.g. `result="success"`).
 pub fn counter(metrics: &str, name: &str, labels: &str) -> f64 {
     metrics
@@ -403,7 +427,8 @@ pub fn archive_names(bytes: &[u8]) -> Vec<String> {
 }
 
 /// A Preflight of the sandbox's project, to its outcome.
-pub async fn preflight(h: &Harness) -> proto::Outcome {
+/// A Preflight of the default project: its events and outcome.
+pub async fn preflight_run(h: &Harness) -> (Vec<proto::Event>, proto::Outcome) {
     let stream = h
         .client()
         .await
@@ -412,9 +437,12 @@ pub async fn preflight(h: &Harness) -> proto::Outcome {
             ..Default::default()
         })
         .await
-        .expect("accepted")
-        .into_inner();
-    outcome(&collect(stream).await)
+        .expect("accepted");
+    run_to_outcome(stream.into_inner()).await
+}
+
+pub async fn preflight(h: &Harness) -> proto::Outcome {
+    preflight_run(h).await.1
 }
 
 /// The source archive the first build fetched, as the sandbox stores it.
