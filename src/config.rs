@@ -36,6 +36,11 @@ pub const ENV_VERIFY_ALLOWED_HOSTS: &str = "DEPLOYD_VERIFY_ALLOWED_HOSTS";
 /// Directories local sources may come from, comma-separated; none: local
 /// sources are refused (git URLs only).
 pub const ENV_LOCAL_SOURCE_ROOTS: &str = "DEPLOYD_LOCAL_SOURCE_ROOTS";
+/// Git hosts reachable on private or loopback addresses and over plain
+/// http://, comma-separated.
+pub const ENV_SOURCE_PRIVATE_HOSTS: &str = "DEPLOYD_SOURCE_PRIVATE_HOSTS";
+/// `true`: ssh:// and scp-style git URLs are accepted.
+pub const ENV_SOURCE_ALLOW_SSH: &str = "DEPLOYD_SOURCE_ALLOW_SSH";
 /// Deadline of one preflight API call.
 pub const ENV_CHECK_TIMEOUT_MS: &str = "DEPLOYD_CHECK_TIMEOUT_MS";
 pub const ENV_SERVER: &str = "DEPLOYD_SERVER";

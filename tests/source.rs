@@ -4,58 +4,10 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
 
 use common::*;
 use deployd::api::proto::{self, Stage};
 
-fn fixture(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-/// A git repository made by the test, with helpers to commit and tag.
-struct Repo(tempfile::TempDir);
-
-impl Repo {
-    fn new() -> Repo {
-        let r = Repo(tempfile::tempdir().expect("tempdir"));
-        r.git(&["init", "-q", "-b", "main"]);
-        r
-    }
-
-    fn git(&self, args: &[&str]) -> String {
-        let out = Command::new("git")
-            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
-            .args(args)
-            .current_dir(self.0.path())
-            .output()
-            .expect("git");
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    fn copy(&self, fixture_name: &str, into: &str) {
-        let dst = self.0.path().join(into);
-        copy_dir(&fixture(fixture_name), &dst);
-    }
-
-    fn commit(&self, msg: &str) -> String {
-        self.git(&["add", "-A"]);
-        self.git(&["commit", "-qm", msg]);
-        self.git(&["rev-parse", "HEAD"])
-    }
-
-    fn url(&self) -> String {
-        format!("file://{}", self.0.path().display())
-    }
-}
 
 fn git_request(service: &str, url: &str, git_ref: &str, sub: &str) -> proto::DeployRequest {
     let mut req = deploy_request(service, &example_app());
@@ -116,17 +68,19 @@ async fn an_app_without_a_dockerfile_gets_a_generated_one() {
 #[tokio::test]
 async fn git_sources_at_a_branch_a_commit_and_a_subdirectory() {
     let h = Harness::start().await;
+    let srv = GitServer::start().await;
     let repo = Repo::new();
     repo.copy("python-flask", "services/api");
     repo.copy("node-plain", "services/web");
     let first = repo.commit("v1");
     repo.git(&["checkout", "-q", "-b", "release"]);
-    std::fs::write(repo.0.path().join("services/api/VERSION"), "2").expect("write");
+    std::fs::write(repo.path().join("services/api/VERSION"), "2").expect("write");
     let release = repo.commit("v2");
+    let url = srv.publish("mono", repo.path());
 
     let (events, o) = deploy(
         &h,
-        git_request("mono-api", &repo.url(), "release", "services/api"),
+        git_request("mono-api", &url, "release", "services/api"),
     )
     .await;
     assert!(o.success, "{o:?}");
@@ -135,7 +89,7 @@ async fn git_sources_at_a_branch_a_commit_and_a_subdirectory() {
 
     let (events, o) = deploy(
         &h,
-        git_request("mono-web", &repo.url(), &first, "services/web"),
+        git_request("mono-web", &url, &first, "services/web"),
     )
     .await;
     assert!(o.success, "{o:?}");
@@ -150,27 +104,23 @@ async fn git_sources_at_a_branch_a_commit_and_a_subdirectory() {
 #[tokio::test]
 async fn bad_sources_get_clear_errors() {
     let h = Harness::start().await;
+    let srv = GitServer::start().await;
     let repo = Repo::new();
     repo.copy("python-flask", "");
     repo.commit("v1");
-    let empty = Repo::new();
-    let not_git = tempfile::tempdir().expect("tempdir");
+    let url = srv.publish("app", repo.path());
+    let empty = srv.publish_empty("empty");
     let cases = [
         (
-            git_request("bad-ref", &repo.url(), "no-such-branch", ""),
+            git_request("bad-ref", &url, "no-such-branch", ""),
             "ref no-such-branch not found",
         ),
         (
-            git_request("empty", &empty.url(), "", ""),
+            git_request("empty", &empty, "", ""),
             "the repository is empty",
         ),
         (
-            git_request(
-                "not-git",
-                &format!("file://{}", not_git.path().display()),
-                "",
-                "",
-            ),
+            git_request("not-git", &srv.url("nothing-here"), "", ""),
             "not a git repository",
         ),
         (
@@ -183,7 +133,7 @@ async fn bad_sources_get_clear_errors() {
             "unknown host",
         ),
         (
-            git_request("no-sub", &repo.url(), "", "services/missing"),
+            git_request("no-sub", &url, "", "services/missing"),
             "subdirectory does not exist",
         ),
     ];
@@ -245,12 +195,13 @@ async fn local_paths_only_under_the_allowed_roots() {
 #[tokio::test]
 async fn hostile_repositories_are_refused_or_made_safe() {
     let h = Harness::start().await;
+    let srv = GitServer::start().await;
     // A symlink out of the tree.
     let repo = Repo::new();
     repo.copy("python-flask", "");
-    std::os::unix::fs::symlink("/etc/shadow", repo.0.path().join("secrets")).expect("symlink");
+    std::os::unix::fs::symlink("/etc/shadow", repo.path().join("secrets")).expect("symlink");
     repo.commit("evil link");
-    let (_, o) = deploy(&h, git_request("evil-link", &repo.url(), "", "")).await;
+    let (_, o) = deploy(&h, git_request("evil-link", &srv.publish("evil-link", repo.path()), "", "")).await;
     let err = o.error.expect("failure");
     assert_eq!(err.code, "UNSAFE_SOURCE");
     assert!(
@@ -263,16 +214,16 @@ async fn hostile_repositories_are_refused_or_made_safe() {
     // A huge file.
     let repo = Repo::new();
     repo.copy("python-flask", "");
-    std::fs::write(repo.0.path().join("dump.bin"), vec![7u8; 9 * 1024 * 1024]).expect("write");
+    std::fs::write(repo.path().join("dump.bin"), vec![7u8; 9 * 1024 * 1024]).expect("write");
     repo.commit("huge");
-    let (_, o) = deploy(&h, git_request("huge", &repo.url(), "", "")).await;
+    let (_, o) = deploy(&h, git_request("huge", &srv.publish("huge", repo.path()), "", "")).await;
     assert_eq!(o.error.expect("failure").code, "SOURCE_TOO_LARGE");
 
     // A Dockerfile-injection attempt in package.json.
     let repo = Repo::new();
     repo.copy("hostile-injection", "");
     repo.commit("inject");
-    let (_, o) = deploy(&h, git_request("inject", &repo.url(), "", "")).await;
+    let (_, o) = deploy(&h, git_request("inject", &srv.publish("inject", repo.path()), "", "")).await;
     let err = o.error.expect("failure");
     assert_eq!(err.code, "UNSAFE_SOURCE");
     assert_eq!(o.failed_stage, i32::from(Stage::Analyze));

@@ -27,6 +27,7 @@ use tonic::{Request, Response, Status};
 use crate::pipeline::event::Reporter;
 use crate::pipeline::locks::{Busy, DeployLocks};
 use crate::pipeline::model::InvalidRequest;
+use crate::pipeline::rules::truncate;
 use crate::pipeline::verify::UrlRefused;
 use crate::pipeline::Pipeline;
 use tracing::Instrument;
@@ -58,6 +59,9 @@ fn trace_parent<T>(request: &Request<T>) -> opentelemetry::Context {
 }
 use crate::telemetry::metrics;
 use proto::deployer_server::{Deployer, DeployerServer};
+
+/// A status message longer than this is cut: it travels in a header.
+const MAX_STATUS_MESSAGE: usize = 1024;
 
 /// Buffered events per run; a slow client slows its run, not others.
 const EVENT_BUFFER: usize = 256;
@@ -129,7 +133,9 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<proto::Event, Status>> + Sen
 /// The one conversion from domain errors to gRPC status.
 fn invalid(method: &'static str, e: InvalidRequest) -> Status {
     metrics::grpc_request(method, "INVALID_ARGUMENT");
-    Status::invalid_argument(format!("{}: {}", e.field, e.reason))
+    // Reasons quote the value they refuse, bounded; this bounds the rest.
+    let message = format!("{}: {}", e.field, e.reason);
+    Status::invalid_argument(truncate(&message, MAX_STATUS_MESSAGE))
 }
 
 /// Another deploy of the same service is running: try again after it.

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::proto::{self, deployer_client::DeployerClient};
 use crate::config::*;
 use crate::daemon;
+use crate::pipeline::source::SourcePolicy;
 use crate::pipeline::verify::UrlPolicy;
 use crate::pipeline::PipelineConfig;
 use crate::sandbox::{SandboxConfig, DEFAULT_PROJECT};
@@ -117,6 +118,13 @@ struct Tuning {
     /// Hosts a Verify caller may have probed, comma-separated.
     #[arg(long, env = ENV_VERIFY_ALLOWED_HOSTS, value_delimiter = ',', default_value = "*.run.app")]
     verify_allowed_hosts: Vec<String>,
+    /// Git hosts that may be reached on loopback or private addresses, and
+    /// over plain http:// (comma-separated; `*.corp.example` for subdomains).
+    #[arg(long, env = ENV_SOURCE_PRIVATE_HOSTS, value_delimiter = ',')]
+    source_private_hosts: Vec<String>,
+    /// Accept ssh:// and user@host:path git URLs.
+    #[arg(long, env = ENV_SOURCE_ALLOW_SSH)]
+    source_allow_ssh: bool,
     /// Resumable upload chunk size (a multiple of 256 KiB).
     #[arg(long, env = ENV_UPLOAD_CHUNK_BYTES, default_value_t = crate::gcp::storage::DEFAULT_CHUNK_BYTES)]
     upload_chunk_bytes: usize,
@@ -341,6 +349,11 @@ impl Tuning {
                         .then(|| "127.0.0.1".to_string())
                         .into_iter()
                         .collect(),
+                },
+                sources: SourcePolicy {
+                    private_hosts: self.source_private_hosts.clone(),
+                    allow_ssh: self.source_allow_ssh,
+                    ..SourcePolicy::default()
                 },
                 ..d.pipeline.clone()
             },

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error::GcpError;
-use super::http::Transport;
+use super::http::{segment, Transport};
 use super::lro::{self, Operation, PollPolicy};
 use crate::pipeline::error::Code;
 
@@ -22,8 +22,11 @@ pub async fn get(
     repo: &str,
 ) -> Result<Option<Repository>, GcpError> {
     let url = format!(
-        "{}/v1/projects/{project}/locations/{location}/repositories/{repo}",
-        t.endpoints.artifact_registry
+        "{}/v1/projects/{}/locations/{}/repositories/{}",
+        t.endpoints.artifact_registry,
+        segment(project),
+        segment(location),
+        segment(repo)
     );
     match t
         .json(
@@ -47,8 +50,10 @@ pub async fn create_docker(
 ) -> Result<(), GcpError> {
     const METHOD: &str = "artifactregistry.projects.locations.repositories.create";
     let url = format!(
-        "{}/v1/projects/{project}/locations/{location}/repositories",
-        t.endpoints.artifact_registry
+        "{}/v1/projects/{}/locations/{}/repositories",
+        t.endpoints.artifact_registry,
+        segment(project),
+        segment(location)
     );
     let body = json!({
         "format": "DOCKER",

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::error::{format_duration, GcpError};
-use super::http::Transport;
+use super::http::{segment, Transport};
 use super::lro::Operation;
 use crate::pipeline::cloud::BuildSpec;
 
@@ -92,8 +92,9 @@ struct BuildOperationMetadata {
 pub async fn create(t: &Transport, project: &str, spec: &BuildSpec) -> Result<Build, GcpError> {
     const METHOD: &str = "cloudbuild.projects.locations.builds.create";
     let url = format!(
-        "{}/v1/projects/{project}/locations/{LOCATION}/builds",
-        t.endpoints.cloud_build
+        "{}/v1/projects/{}/locations/{LOCATION}/builds",
+        t.endpoints.cloud_build,
+        segment(project)
     );
     let body = BuildRequest {
         source: json!({"storageSource": {
@@ -158,8 +159,9 @@ pub async fn default_service_account(
     project: &str,
 ) -> Result<Option<String>, GcpError> {
     let url = format!(
-        "{}/v1/projects/{project}/locations/{LOCATION}/defaultServiceAccount",
-        t.endpoints.cloud_build
+        "{}/v1/projects/{}/locations/{LOCATION}/defaultServiceAccount",
+        t.endpoints.cloud_build,
+        segment(project)
     );
     let got: DefaultServiceAccount = t
         .json(
@@ -179,8 +181,10 @@ fn service_account_email(name: &str) -> Option<String> {
 
 pub async fn get(t: &Transport, project: &str, id: &str) -> Result<Build, GcpError> {
     let url = format!(
-        "{}/v1/projects/{project}/locations/{LOCATION}/builds/{id}",
-        t.endpoints.cloud_build
+        "{}/v1/projects/{}/locations/{LOCATION}/builds/{}",
+        t.endpoints.cloud_build,
+        segment(project),
+        segment(id)
     );
     t.json(
         "cloudbuild.projects.locations.builds.get",
@@ -191,7 +195,12 @@ pub async fn get(t: &Transport, project: &str, id: &str) -> Result<Build, GcpErr
 
 pub async fn cancel(t: &Transport, project: &str, id: &str) -> Result<Build, GcpError> {
     let name = format!("projects/{project}/locations/{LOCATION}/builds/{id}");
-    let url = format!("{}/v1/{name}:cancel", t.endpoints.cloud_build);
+    let url = format!(
+        "{}/v1/projects/{}/locations/{LOCATION}/builds/{}:cancel",
+        t.endpoints.cloud_build,
+        segment(project),
+        segment(id)
+    );
     let body = BTreeMap::from([("name", name.as_str()), ("projectId", project), ("id", id)]);
     t.json(
         "cloudbuild.projects.locations.builds.cancel",

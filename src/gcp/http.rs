@@ -180,7 +180,35 @@ impl Transport {
     }
 }
 
-/// Percent-encodes one path segment (object names: '/' becomes %2F).
+/// Everything but RFC 3986's unreserved characters and '@' (service
+/// account emails read better unencoded, and '@' is a valid path character).
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'@');
+
+/// Percent-encodes one path segment: '/', '?', '#', ':' and '%' become
+/// escapes, and a segment of dots is escaped whole, so no value can add a
+/// segment, a query, or a custom verb, or climb the path.
 pub fn segment(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    if s.bytes().all(|b| b == b'.') {
+        return s.bytes().map(|_| "%2E").collect();
+    }
+    percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::segment;
+
+    #[test]
+    fn segments_cannot_change_the_path() {
+        assert_eq!(segment("my-project"), "my-project");
+        assert_eq!(segment("example.com:proj"), "example.com%3Aproj");
+        assert_eq!(segment("a/b?c#d%"), "a%2Fb%3Fc%23d%25");
+        assert_eq!(segment(".."), "%2E%2E");
+        assert_eq!(segment("sa@p.iam.gserviceaccount.com"), "sa@p.iam.gserviceaccount.com");
+    }
 }

@@ -4,7 +4,7 @@ use reqwest::Method;
 use serde::Deserialize;
 
 use super::error::GcpError;
-use super::http::Transport;
+use super::http::{segment, Transport};
 use super::resourcemanager::Permissions;
 use crate::pipeline::error::Code;
 
@@ -22,8 +22,10 @@ pub async fn get_service_account(
     email: &str,
 ) -> Result<Option<ServiceAccount>, GcpError> {
     let url = format!(
-        "{}/v1/projects/{project}/serviceAccounts/{email}",
-        t.endpoints.iam
+        "{}/v1/projects/{}/serviceAccounts/{}",
+        t.endpoints.iam,
+        segment(project),
+        segment(email)
     );
     match t
         .json(
@@ -41,8 +43,10 @@ pub async fn get_service_account(
 pub async fn can_act_as(t: &Transport, project: &str, email: &str) -> Result<bool, GcpError> {
     const ACT_AS: &str = "iam.serviceAccounts.actAs";
     let url = format!(
-        "{}/v1/projects/{project}/serviceAccounts/{email}:testIamPermissions",
-        t.endpoints.iam
+        "{}/v1/projects/{}/serviceAccounts/{}:testIamPermissions",
+        t.endpoints.iam,
+        segment(project),
+        segment(email)
     );
     let body = Permissions {
         permissions: vec![ACT_AS.into()],

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error::GcpError;
-use super::http::Transport;
+use super::http::{segment, Transport};
 
 #[derive(Deserialize)]
 struct IdToken {
@@ -23,8 +23,9 @@ pub async fn generate_id_token(
     audience: &str,
 ) -> Result<String, GcpError> {
     let url = format!(
-        "{}/v1/projects/-/serviceAccounts/{service_account}:generateIdToken",
-        t.endpoints.iam_credentials
+        "{}/v1/projects/-/serviceAccounts/{}:generateIdToken",
+        t.endpoints.iam_credentials,
+        segment(service_account)
     );
     let body = json!({"audience": audience, "includeEmail": true});
     let r: IdToken = t

@@ -4,7 +4,7 @@ use reqwest::Method;
 use serde::Deserialize;
 
 use super::error::GcpError;
-use super::http::Transport;
+use super::http::{segment, Transport};
 use crate::pipeline::cloud::ListPolicy;
 
 #[derive(Debug, Deserialize, Default)]
@@ -44,8 +44,10 @@ pub async fn effective_list_policy(
     constraint: &str,
 ) -> Result<ListPolicy, GcpError> {
     let url = format!(
-        "{}/v2/projects/{project}/policies/{constraint}:getEffectivePolicy",
-        t.endpoints.org_policy
+        "{}/v2/projects/{}/policies/{}:getEffectivePolicy",
+        t.endpoints.org_policy,
+        segment(project),
+        segment(constraint)
     );
     let p: Policy = t
         .json(

@@ -4,7 +4,7 @@ use reqwest::Method;
 use serde::{Deserialize, Serialize};
 
 use super::error::GcpError;
-use super::http::Transport;
+use super::http::{segment, Transport};
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -24,7 +24,11 @@ impl Project {
 }
 
 pub async fn get_project(t: &Transport, project: &str) -> Result<Project, GcpError> {
-    let url = format!("{}/v3/projects/{project}", t.endpoints.resource_manager);
+    let url = format!(
+        "{}/v3/projects/{}",
+        t.endpoints.resource_manager,
+        segment(project)
+    );
     t.json(
         "cloudresourcemanager.projects.get",
         t.request(Method::GET, url),
@@ -44,8 +48,9 @@ pub async fn test_permissions(
     permissions: &[&str],
 ) -> Result<Vec<String>, GcpError> {
     let url = format!(
-        "{}/v3/projects/{project}:testIamPermissions",
-        t.endpoints.resource_manager
+        "{}/v3/projects/{}:testIamPermissions",
+        t.endpoints.resource_manager,
+        segment(project)
     );
     let body = Permissions {
         permissions: permissions.iter().map(|p| p.to_string()).collect(),

@@ -7,16 +7,19 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::error::{format_duration, GcpError};
-use super::http::Transport;
+use super::http::{segment, Transport};
 use super::lro::{self, Operation, PollPolicy};
 use crate::pipeline::cloud::{Rollout, RunService, ServiceSpec, TrafficTarget};
 use crate::pipeline::error::Code;
 use crate::pipeline::model::{Ingress, Target, VpcEgress};
 
+/// The service's resource path, each segment encoded.
 fn service_name(t: &Target) -> String {
     format!(
         "projects/{}/locations/{}/services/{}",
-        t.project, t.region, t.service
+        segment(&t.project),
+        segment(&t.region),
+        segment(&t.service)
     )
 }
 
@@ -257,7 +260,9 @@ pub async fn apply(
     } else {
         let url = format!(
             "{}/v2/projects/{}/locations/{}/services",
-            t.endpoints.run, target.project, target.region
+            t.endpoints.run,
+            segment(&target.project),
+            segment(&target.region)
         );
         (
             "run.projects.locations.services.create",

@@ -4,7 +4,7 @@ use reqwest::Method;
 use serde::Deserialize;
 
 use super::error::GcpError;
-use super::http::Transport;
+use super::http::{segment, Transport};
 
 #[derive(Debug, Deserialize)]
 pub struct Service {
@@ -26,8 +26,9 @@ pub async fn batch_get(
     services: &[&str],
 ) -> Result<Vec<Service>, GcpError> {
     let url = format!(
-        "{}/v1/projects/{project}/services:batchGet",
-        t.endpoints.service_usage
+        "{}/v1/projects/{}/services:batchGet",
+        t.endpoints.service_usage,
+        segment(project)
     );
     let names: Vec<(&str, String)> = services
         .iter()

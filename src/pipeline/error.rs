@@ -341,7 +341,11 @@ pub fn cloud_remediation(e: &CloudError, project: &str) -> Vec<String> {
         (_, Some("SERVICE_DISABLED")) => {
             let service = e.metadata.get("service").cloned().unwrap_or_default();
             vec![
-                format!("gcloud services enable {service} --project={project}"),
+                format!(
+                    "gcloud services enable {} --project={}",
+                    super::shell::quote(&service),
+                    super::shell::quote(project)
+                ),
                 format!("https://console.cloud.google.com/apis/library/{service}?project={project}"),
             ]
         }

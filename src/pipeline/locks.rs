@@ -31,7 +31,7 @@ impl From<&Target> for ServiceKey {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("a deploy of {service} in {project}/{region} is already running (deployment {holder}); wait for it to end or cancel it", service = .key.service, project = .key.project, region = .key.region)]
+#[error("a deploy of {service} in {project}/{region} is already running (deployment {holder}); deploy again once it has finished", service = .key.service, project = .key.project, region = .key.region)]
 pub struct Busy {
     pub key: ServiceKey,
     /// The deployment holding the lock.

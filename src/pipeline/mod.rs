@@ -9,6 +9,7 @@
 // built once per failed run, so its size does not matter.
 #![allow(clippy::result_large_err)]
 
+pub mod addr;
 pub mod analyze;
 pub mod archive;
 mod build;
@@ -23,6 +24,8 @@ pub mod model;
 pub mod naming;
 mod preflight;
 pub mod retry;
+pub mod rules;
+pub mod shell;
 pub mod source;
 pub mod verify;
 
@@ -270,9 +273,10 @@ impl Pipeline {
                 if let Err(e) = self.timed_stage(Stage::Rollback, &mut d, &mut workspace, &events, &cancel).await {
                     tracing::error!(error = %error::error_chain(&e), "rollback failed");
                     if let Some(f) = d.failure.as_mut() {
+                        let t = &d.request.target;
                         f.remediation.insert(0, format!("Automatic rollback failed: {}. Roll back by hand: gcloud run services update-traffic {} --region={} --project={} --to-revisions={}=100",
-                            error::error_chain(&e), d.request.target.service, d.request.target.region, d.request.target.project,
-                            d.previous_revision.as_deref().unwrap_or("PREVIOUS")));
+                            error::error_chain(&e), shell::quote(&t.service), shell::quote(&t.region), shell::quote(&t.project),
+                            shell::quote(d.previous_revision.as_deref().unwrap_or("PREVIOUS"))));
                     }
                 }
             }
@@ -371,7 +375,7 @@ impl Pipeline {
             );
             f.remediation = vec![format!(
                 "gcloud run services add-iam-policy-binding {} --region={} --project={} --member=serviceAccount:DEPLOYD_INVOKER_SA --role=roles/run.invoker",
-                t.service, t.region, t.project
+                shell::quote(&t.service), shell::quote(&t.region), shell::quote(&t.project)
             )];
         }
         f

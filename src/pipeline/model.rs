@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::rules::{self, shown};
+
 /// Where a deploy lands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Target {
@@ -20,14 +22,16 @@ pub struct Target {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {field}: {reason}")]
 pub struct InvalidRequest {
-    pub field: &'static str,
+    /// The field's path in the request, e.g. `runtime.env` or
+    /// `health_check.timeout_ms`.
+    pub field: String,
     pub reason: String,
 }
 
 impl InvalidRequest {
-    pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self {
-            field,
+            field: field.into(),
             reason: reason.into(),
         }
     }
@@ -46,27 +50,18 @@ impl Target {
     }
 }
 
-/// Project ids: 6-30 characters, lowercase letters, digits and hyphens,
-/// starting with a letter and not ending with a hyphen. Domain-scoped ids
-/// (`example.com:proj`) are accepted too.
+/// Project ids (`rules::project`), domain-scoped ones included.
 fn validate_project(project: &str) -> Result<(), InvalidRequest> {
     const FIELD: &str = "target.project";
     if project.is_empty() {
         return Err(InvalidRequest::new(FIELD, "must not be empty"));
     }
-    let id = project.rsplit(':').next().unwrap_or(project);
-    let ok = (6..=30).contains(&id.len())
-        && id.starts_with(|c: char| c.is_ascii_lowercase())
-        && !id.ends_with('-')
-        && id
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if ok {
+    if rules::project(project) {
         Ok(())
     } else {
         Err(InvalidRequest::new(
             FIELD,
-            format!("{project:?} is not a project id (6-30 lowercase letters, digits or hyphens, starting with a letter)"),
+            format!("{} is not a project id (6-30 lowercase letters, digits or hyphens, starting with a letter; optionally DOMAIN: before it)", shown(project)),
         ))
     }
 }
@@ -94,7 +89,7 @@ fn validate_region(region: &str) -> Result<(), InvalidRequest> {
     } else {
         Err(InvalidRequest::new(
             FIELD,
-            format!("{region:?} is not a region name like \"us-central1\""),
+            format!("{} is not a region name like \"us-central1\"", shown(region)),
         ))
     }
 }
@@ -117,7 +112,7 @@ fn validate_service_name(service: &str) -> Result<(), InvalidRequest> {
     } else {
         Err(InvalidRequest::new(
             FIELD,
-            format!("{service:?} breaks Cloud Run's naming rules (lowercase letters, digits and '-', starting with a letter, not ending with '-', at most 49 characters)"),
+            format!("{} breaks Cloud Run's naming rules (lowercase letters, digits and '-', starting with a letter, not ending with '-', at most 49 characters)", shown(service)),
         ))
     }
 }
@@ -191,27 +186,57 @@ pub struct RuntimeSettings {
     pub container_port: u16,
 }
 
+/// Instance counts above this are refused: Cloud Run's per-service
+/// ceiling without a quota increase, and far below the API's int32 range.
+pub const MAX_INSTANCES: u32 = 1000;
+
 impl RuntimeSettings {
+    /// Cloud Run's own limits, checked before a build is spent on a
+    /// revision Cloud Run would refuse.
     pub fn validate(&self) -> Result<(), InvalidRequest> {
-        for name in self.env.keys() {
-            if name.is_empty() || name.contains('=') {
-                return Err(InvalidRequest::new(
-                    "runtime.env",
-                    format!("{name:?} is not an environment variable name"),
-                ));
-            }
-            if name == "PORT" || name.starts_with("K_") {
-                return Err(InvalidRequest::new(
-                    "runtime.env",
-                    format!("{name} is reserved by Cloud Run"),
-                ));
-            }
+        if self.env.len() + self.secrets.len() > rules::MAX_ENV_VARS {
+            return Err(InvalidRequest::new(
+                "runtime.env",
+                format!("{} variables; Cloud Run allows {}", self.env.len() + self.secrets.len(), rules::MAX_ENV_VARS),
+            ));
         }
+        for (name, value) in &self.env {
+            rules::env_name(name).map_err(|r| InvalidRequest::new("runtime.env", r))?;
+            rules::env_value(name, value).map_err(|r| InvalidRequest::new("runtime.env", r))?;
+        }
+        let mut secret_names = std::collections::BTreeSet::new();
         for s in &self.secrets {
             if s.env_name.is_empty() || s.secret.is_empty() {
                 return Err(InvalidRequest::new(
                     "runtime.secrets",
                     "each secret needs env_name and secret",
+                ));
+            }
+            rules::env_name(&s.env_name).map_err(|r| InvalidRequest::new("runtime.secrets.env_name", r))?;
+            if self.env.contains_key(&s.env_name) || !secret_names.insert(&s.env_name) {
+                return Err(InvalidRequest::new(
+                    "runtime.secrets.env_name",
+                    format!("{} is set twice (in env and secrets, or by two secrets)", s.env_name),
+                ));
+            }
+            rules::secret(&s.secret).map_err(|r| InvalidRequest::new("runtime.secrets.secret", r))?;
+            rules::secret_version(&s.version)
+                .map_err(|r| InvalidRequest::new("runtime.secrets.version", r))?;
+        }
+        if let Some(cpu) = &self.cpu {
+            rules::cpu(cpu).map_err(|r| InvalidRequest::new("runtime.cpu", r))?;
+        }
+        if let Some(memory) = &self.memory {
+            rules::memory(memory).map_err(|r| InvalidRequest::new("runtime.memory", r))?;
+        }
+        for (field, n) in [
+            ("runtime.min_instances", self.min_instances),
+            ("runtime.max_instances", self.max_instances),
+        ] {
+            if let Some(n) = n.filter(|n| *n > MAX_INSTANCES) {
+                return Err(InvalidRequest::new(
+                    field,
+                    format!("{n} is over {MAX_INSTANCES}, the most deployd lets one service ask for"),
                 ));
             }
         }
@@ -238,6 +263,14 @@ impl RuntimeSettings {
                     "Cloud Run allows at most 3600 seconds",
                 ));
             }
+        }
+        if let Some(sa) = &self.service_account {
+            rules::service_account_email(sa)
+                .map_err(|r| InvalidRequest::new("runtime.service_account", r))?;
+        }
+        if let Some(connector) = &self.vpc_connector {
+            rules::vpc_connector(connector)
+                .map_err(|r| InvalidRequest::new("runtime.vpc_connector", r))?;
         }
         if self.vpc_egress.is_some() && self.vpc_connector.is_none() {
             return Err(InvalidRequest::new(
@@ -293,8 +326,8 @@ impl BuildOptions {
             return Err(InvalidRequest::new(
                 "build.machine_type",
                 format!(
-                    "{:?} is not a Cloud Build machine type ({})",
-                    self.machine_type,
+                    "{} is not a Cloud Build machine type ({})",
+                    shown(&self.machine_type),
                     MACHINE_TYPES.join(", ")
                 ),
             ));
@@ -331,10 +364,14 @@ impl BuildOptions {
             return Err(InvalidRequest::new(
                 "build.repository",
                 format!(
-                    "{:?} is not an Artifact Registry repository id",
-                    self.repository
+                    "{} is not an Artifact Registry repository id",
+                    shown(&self.repository)
                 ),
             ));
+        }
+        if let Some(sa) = &self.service_account {
+            rules::service_account_email(sa)
+                .map_err(|r| InvalidRequest::new("build.service_account", r))?;
         }
         Ok(())
     }
@@ -371,41 +408,67 @@ impl Default for HealthCheckSpec {
     }
 }
 
+/// Bounds on health-check settings, so one request cannot hold a probe,
+/// a socket or a run for hours.
+pub const MAX_PROBE_TIMEOUT: Duration = Duration::from_secs(600);
+pub const MAX_PROBE_BASE_DELAY: Duration = Duration::from_secs(60);
+pub const MAX_PROBE_MAX_DELAY: Duration = Duration::from_secs(600);
+const MAX_EXPECT_BODY_BYTES: usize = 64 * 1024;
+const MAX_ACCEPTED_STATUSES: usize = 32;
+
 impl HealthCheckSpec {
-    pub fn validate(&self, field: &'static str) -> Result<(), InvalidRequest> {
-        if !self.path.starts_with('/') {
-            return Err(InvalidRequest::new(
-                field,
-                "the health path must start with '/'",
-            ));
-        }
+    /// `prefix` is where the settings sit in the request (`health_check.`
+    /// in a Deploy, nothing in a Verify) and `path_field` the path's name.
+    pub fn validate(&self, prefix: &str, path_field: &str) -> Result<(), InvalidRequest> {
+        let field = |name: &str| format!("{prefix}{name}");
+        rules::url_path(&self.path).map_err(|r| InvalidRequest::new(path_field, r))?;
         if !(1..=20).contains(&self.attempts) {
             return Err(InvalidRequest::new(
-                field,
-                "attempts must be between 1 and 20",
+                field("attempts"),
+                "must be between 1 and 20",
+            ));
+        }
+        for (name, value, max) in [
+            ("timeout_ms", Some(self.timeout), MAX_PROBE_TIMEOUT),
+            ("base_delay_ms", Some(self.base_delay), MAX_PROBE_BASE_DELAY),
+            ("max_delay_ms", self.max_delay, MAX_PROBE_MAX_DELAY),
+        ] {
+            if let Some(v) = value.filter(|v| *v > max) {
+                return Err(InvalidRequest::new(
+                    field(name),
+                    format!("{} ms is over the {} ms limit", v.as_millis(), max.as_millis()),
+                ));
+            }
+        }
+        if self.accepted_statuses.len() > MAX_ACCEPTED_STATUSES
+            || self
+                .accepted_statuses
+                .iter()
+                .any(|s| !(100..600).contains(s))
+        {
+            return Err(InvalidRequest::new(
+                field("accepted_statuses"),
+                format!("at most {MAX_ACCEPTED_STATUSES} HTTP status codes (100-599)"),
             ));
         }
         if self
-            .accepted_statuses
-            .iter()
-            .any(|s| !(100..600).contains(s))
+            .expect_body
+            .as_ref()
+            .is_some_and(|b| b.len() > MAX_EXPECT_BODY_BYTES)
         {
             return Err(InvalidRequest::new(
-                field,
-                "accepted statuses must be HTTP status codes",
+                field("expect_body"),
+                format!("at most {MAX_EXPECT_BODY_BYTES} bytes"),
+            ));
+        }
+        if self.headers.len() > rules::MAX_HEADERS {
+            return Err(InvalidRequest::new(
+                field("headers"),
+                format!("at most {} headers", rules::MAX_HEADERS),
             ));
         }
         for (name, value) in &self.headers {
-            let bad_name = name.is_empty()
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
-            if bad_name || value.contains(['\r', '\n']) || name.eq_ignore_ascii_case("host") {
-                return Err(InvalidRequest::new(
-                    field,
-                    format!("{name:?} is not a header deployd can send"),
-                ));
-            }
+            rules::header(name, value).map_err(|r| InvalidRequest::new(field("headers"), r))?;
         }
         Ok(())
     }
@@ -449,26 +512,47 @@ impl DeployRequest {
     pub fn validate(&self) -> Result<(), InvalidRequest> {
         self.target.validate(true)?;
         match &self.source {
-            SourceSpec::LocalPath(p) if p.as_os_str().is_empty() => {
-                return Err(InvalidRequest::new(
-                    "source.local_path",
-                    "must not be empty",
-                ))
+            SourceSpec::LocalPath(p) => {
+                let shown_path = shown(&p.to_string_lossy());
+                if p.as_os_str().is_empty() {
+                    return Err(InvalidRequest::new("source.local_path", "must not be empty"));
+                }
+                // A relative path would resolve against the daemon's cwd.
+                if !p.is_absolute() {
+                    return Err(InvalidRequest::new(
+                        "source.local_path",
+                        format!("{shown_path} must be an absolute path"),
+                    ));
+                }
+                if p.as_os_str().len() > 4096 || p.to_string_lossy().chars().any(char::is_control) {
+                    return Err(InvalidRequest::new(
+                        "source.local_path",
+                        format!("{shown_path} is too long or contains control characters"),
+                    ));
+                }
             }
-            SourceSpec::Git { url, .. } if url.is_empty() => {
-                return Err(InvalidRequest::new("source.git_url", "must not be empty"))
+            SourceSpec::Git { url, git_ref } => {
+                if url.is_empty() {
+                    return Err(InvalidRequest::new("source.git_url", "must not be empty"));
+                }
+                super::source::GitUrl::parse(url)
+                    .map_err(|r| InvalidRequest::new("source.git_url", r))?;
+                if let Some(r) = git_ref {
+                    rules::git_ref(r).map_err(|r| InvalidRequest::new("source.git_ref", r))?;
+                }
             }
-            _ => {}
         }
         if let Some(sub) = &self.subdirectory {
             let p = std::path::Path::new(sub);
-            if p.is_absolute()
+            if sub.len() > 1024
+                || sub.chars().any(char::is_control)
+                || p.is_absolute()
                 || p.components()
                     .any(|c| !matches!(c, std::path::Component::Normal(_)))
             {
                 return Err(InvalidRequest::new(
                     "source.subdirectory",
-                    format!("{sub:?} must be a relative path inside the source, without '..'"),
+                    format!("{} must be a relative path inside the source, without '..'", shown(sub)),
                 ));
             }
         }
@@ -482,7 +566,7 @@ impl DeployRequest {
                 ));
             }
         }
-        self.health.validate("health_check")
+        self.health.validate("health_check.", "health_check.path")
     }
 }
 
@@ -499,6 +583,10 @@ impl PreflightRequest {
     pub fn validate(&self) -> Result<(), InvalidRequest> {
         // The service name is optional here: preflight checks the project.
         self.target.validate(!self.target.service.is_empty())?;
+        if let Some(sa) = &self.service_account {
+            rules::service_account_email(sa)
+                .map_err(|r| InvalidRequest::new("service_account", r))?;
+        }
         self.build.validate()
     }
 }
@@ -514,13 +602,21 @@ impl VerifyRequest {
         if self.url.is_empty() {
             return Err(InvalidRequest::new("url", "must not be empty"));
         }
-        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
-            return Err(InvalidRequest::new(
-                "url",
-                "must be an http:// or https:// URL",
-            ));
+        let bad = |why: &str| InvalidRequest::new("url", format!("{} {why}", shown(&self.url)));
+        if self.url.len() > 2048 {
+            return Err(bad("is over 2048 bytes"));
         }
-        self.health.validate("health_path")
+        let parsed = url::Url::parse(&self.url).map_err(|e| bad(&format!("is not a URL ({e})")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(bad("must be an http:// or https:// URL"));
+        }
+        if parsed.host_str().is_none_or(str::is_empty) {
+            return Err(bad("has no host"));
+        }
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(bad("must not carry credentials"));
+        }
+        self.health.validate("", "health_path")
     }
 }
 
@@ -574,7 +670,7 @@ mod tests {
         ];
         for (t, want) in cases {
             let got = t.validate(true).err().map(|e| e.field);
-            assert_eq!(got, want, "{t:?}");
+            assert_eq!(got.as_deref(), want, "{t:?}");
         }
     }
 

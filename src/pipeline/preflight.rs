@@ -14,7 +14,7 @@ use super::error::{CloudError, Code};
 use super::event::{CheckResult, EventKind, Reporter, Stage};
 use super::model::{BuildOptions, Ingress, PreflightRequest};
 use super::retry::{classify_cloud, retry, GaveUp, RetryPolicy};
-use super::{naming, Pipeline};
+use super::{naming, shell, Pipeline};
 
 pub const REQUIRED_APIS: &[&str] = &[
     "cloudbuild.googleapis.com",
@@ -201,6 +201,7 @@ impl Pipeline {
     ) -> (CheckResult, Reach) {
         const NAME: &str = "project_access";
         let p = &req.target.project;
+        let q_p = shell::quote(p);
         match self.call(cancel, || self.cloud.project(p)).await {
             Ok(project) => match &project.state {
                 ProjectState::Active => (
@@ -214,7 +215,7 @@ impl Pipeline {
                     CheckResult::fail(
                         NAME,
                         format!("project {p} is scheduled for deletion"),
-                        vec![format!("gcloud projects undelete {p}")],
+                        vec![format!("gcloud projects undelete {q_p}")],
                     ),
                     Reach::Unreachable,
                 ),
@@ -223,7 +224,7 @@ impl Pipeline {
                         NAME,
                         format!("project {p} is in state {s}, not ACTIVE"),
                         vec![
-                            format!("gcloud projects describe {p}"),
+                            format!("gcloud projects describe {q_p}"),
                             format!("https://console.cloud.google.com/home/dashboard?project={p}"),
                         ],
                     ),
@@ -247,7 +248,7 @@ impl Pipeline {
                         e.code.name()
                     ),
                     vec![
-                        format!("Check the project id: gcloud projects describe {p}"),
+                        format!("Check the project id: gcloud projects describe {q_p}"),
                         format!("https://console.cloud.google.com/home/dashboard?project={p}"),
                     ],
                 ),
@@ -263,6 +264,7 @@ impl Pipeline {
     async fn check_apis(&self, req: &PreflightRequest, cancel: &CancellationToken) -> CheckResult {
         const NAME: &str = "required_apis";
         let p = &req.target.project;
+        let q_p = shell::quote(p);
         match self
             .call(cancel, || self.cloud.services_enabled(p, REQUIRED_APIS))
             .await
@@ -287,8 +289,8 @@ impl Pipeline {
                         format!("disabled in project {p}: {}", disabled.join(", ")),
                         vec![
                             format!(
-                                "gcloud services enable {} --project={p}",
-                                disabled.join(" ")
+                                "gcloud services enable {} --project={q_p}",
+                                disabled.iter().map(|s| shell::quote(s)).collect::<Vec<_>>().join(" ")
                             ),
                             format!("https://console.cloud.google.com/apis/library?project={p}"),
                         ],
@@ -306,6 +308,7 @@ impl Pipeline {
     ) -> CheckResult {
         const NAME: &str = "permissions";
         let p = &req.target.project;
+        let q_p = shell::quote(p);
         let wanted: Vec<&str> = REQUIRED_PERMISSIONS.iter().map(|(perm, _)| *perm).collect();
         match self
             .call(cancel, || self.cloud.test_project_permissions(p, &wanted))
@@ -325,9 +328,10 @@ impl Pipeline {
                 let mut roles: Vec<&str> = missing.iter().map(|(_, role)| *role).collect();
                 roles.dedup();
                 let member = &self.config.caller_member;
+                let q_member = shell::quote(member);
                 let remediation = roles
                     .iter()
-                    .map(|role| format!("gcloud projects add-iam-policy-binding {p} --member={member} --role={role}"))
+                    .map(|role| format!("gcloud projects add-iam-policy-binding {q_p} --member={q_member} --role={role}"))
                     .collect();
                 CheckResult::fail(
                     NAME,
@@ -355,6 +359,7 @@ impl Pipeline {
     ) -> CheckResult {
         const NAME: &str = "service_account";
         let p = &req.target.project;
+        let q_p = shell::quote(p);
         let email = match (&req.service_account, project) {
             (Some(email), _) => email.clone(),
             (None, Some(project)) => format!("{}-compute@developer.gserviceaccount.com", project.number),
@@ -363,7 +368,7 @@ impl Pipeline {
                     NAME,
                     "not checked: the default runtime service account is named after the project number, which Resource Manager did not give",
                     vec![
-                        format!("gcloud services enable cloudresourcemanager.googleapis.com --project={p}"),
+                        format!("gcloud services enable cloudresourcemanager.googleapis.com --project={q_p}"),
                         "Or name the runtime service account (runtime.service_account).".into(),
                     ],
                 )
@@ -375,10 +380,11 @@ impl Pipeline {
             self.call(cancel, || self.cloud.can_act_as(p, &email)),
         );
         let missing = vec![format!(
-            "gcloud iam service-accounts create {} --project={p}",
-            email.split('@').next().unwrap_or(&email)
+            "gcloud iam service-accounts create {} --project={q_p}",
+            shell::quote(email.split('@').next().unwrap_or(&email))
         )];
         let doing = format!("looking up {email}");
+        let q_email = shell::quote(&email);
         if let Some(unusable) = account_unusable(NAME, sa, "runtime", &email, p, &doing, missing) {
             return unusable;
         }
@@ -388,8 +394,8 @@ impl Pipeline {
                     NAME,
                     format!("the caller lacks iam.serviceAccounts.actAs on {email}"),
                     vec![format!(
-                        "gcloud iam service-accounts add-iam-policy-binding {email} --project={p} --member={} --role=roles/iam.serviceAccountUser",
-                        self.config.caller_member
+                        "gcloud iam service-accounts add-iam-policy-binding {q_email} --project={q_p} --member={} --role=roles/iam.serviceAccountUser",
+                        shell::quote(&self.config.caller_member)
                     )],
                 ),
                 Err(e) => call_error_check(NAME, &format!("testing actAs on {email}"), e, p),
@@ -407,6 +413,7 @@ impl Pipeline {
             &req.target.region,
             &req.build.repository,
         );
+        let (q_p, q_region, q_repo) = (shell::quote(p), shell::quote(region), shell::quote(repo));
         let existing = match self
             .call(cancel, || self.cloud.repository(p, region, repo))
             .await
@@ -423,7 +430,7 @@ impl Pipeline {
                 format!("repository {repo} in {region} has format {}, not DOCKER", r.format),
                 vec![
                     "Choose another repository name (build.repository), or:".into(),
-                    format!("gcloud artifacts repositories create {repo}-docker --repository-format=docker --location={region} --project={p}"),
+                    format!("gcloud artifacts repositories create {q_repo}-docker --repository-format=docker --location={q_region} --project={q_p}"),
                 ],
             ),
             None => match self.call(cancel, || self.cloud.create_repository(p, region, repo)).await {
@@ -488,6 +495,7 @@ impl Pipeline {
     ) -> CheckResult {
         const NAME: &str = "network_policies";
         let p = &req.target.project;
+        let q_p = shell::quote(p);
         let ingress = req.ingress.unwrap_or(Ingress::All);
         let mut wanted = vec![("run.allowedIngress", ingress.policy_value())];
         if let Some(egress) = req.vpc_egress {
@@ -520,8 +528,9 @@ impl Pipeline {
         } else {
             let mut remediation = vec!["Choose settings the policy allows (runtime.ingress / runtime.vpc_egress), or ask your organization policy administrator for an exception:".into()];
             for (constraint, _) in &wanted {
+                let q_constraint = shell::quote(constraint);
                 remediation.push(format!(
-                    "gcloud org-policies describe {constraint} --effective --project={p}"
+                    "gcloud org-policies describe {q_constraint} --effective --project={q_p}"
                 ));
             }
             CheckResult::fail(
@@ -569,6 +578,7 @@ impl Pipeline {
             return config;
         }
         let p = &req.target.project;
+        let q_p = shell::quote(p);
         let Some(email) = req.build.service_account.as_deref() else {
             return self.check_default_builder(config, p, cancel).await;
         };
@@ -577,9 +587,10 @@ impl Pipeline {
             self.call(cancel, || self.cloud.can_act_as(p, email)),
         );
         let doing = format!("looking up build service account {email}");
+        let q_email = shell::quote(email);
         let missing = vec![format!(
-            "gcloud iam service-accounts create {} --project={p}",
-            email.split('@').next().unwrap_or(email)
+            "gcloud iam service-accounts create {} --project={q_p}",
+            shell::quote(email.split('@').next().unwrap_or(email))
         )];
         if let Some(unusable) = account_unusable(NAME, sa, "build", email, p, &doing, missing) {
             return unusable;
@@ -590,8 +601,8 @@ impl Pipeline {
                 NAME,
                 format!("the caller lacks iam.serviceAccounts.actAs on the build service account {email}"),
                 vec![format!(
-                    "gcloud iam service-accounts add-iam-policy-binding {email} --project={p} --member={} --role=roles/iam.serviceAccountUser",
-                    self.config.caller_member
+                    "gcloud iam service-accounts add-iam-policy-binding {q_email} --project={q_p} --member={} --role=roles/iam.serviceAccountUser",
+                    shell::quote(&self.config.caller_member)
                 )],
             ),
             Err(e) => call_error_check(NAME, &doing, e, p),
@@ -675,13 +686,14 @@ fn account_unusable(
     doing: &str,
     missing_remediation: Vec<String>,
 ) -> Option<CheckResult> {
+    let (q_email, q_p) = (shell::quote(email), shell::quote(p));
     match looked_up {
         Ok(Some(sa)) if !sa.disabled => None,
         Ok(Some(_)) => Some(CheckResult::fail(
             name,
             format!("{role} service account {email} is disabled"),
             vec![format!(
-                "gcloud iam service-accounts enable {email} --project={p}"
+                "gcloud iam service-accounts enable {q_email} --project={q_p}"
             )],
         )),
         Ok(None) => Some(CheckResult::fail(

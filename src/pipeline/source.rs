@@ -4,31 +4,152 @@
 //! usual mechanisms and never echoed), optionally narrowed to a
 //! subdirectory.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::process::Command;
 
+use super::addr::{always_forbidden, host_matches, private_kind};
 use super::error::StageError;
 use super::model::SourceSpec;
+use super::rules::shown;
 
-/// Where local sources may come from. Empty: local sources are refused.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub const DEFAULT_MAX_CHECKOUT_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+pub const DEFAULT_GIT_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long the git host's name may take to resolve.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where sources may come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourcePolicy {
+    /// Directories local sources may come from; empty: local sources are
+    /// refused (git URLs only).
     pub local_roots: Vec<PathBuf>,
     /// A checkout larger than this is refused.
     pub max_checkout_bytes: u64,
     /// Each git command's time limit.
     pub git_timeout: Duration,
+    /// Git hosts that may resolve to loopback or private addresses, and
+    /// the only ones reached over plain `http://` (`*.corp.example` allows
+    /// subdomains). Link-local addresses are refused whatever this says.
+    pub private_hosts: Vec<String>,
+    /// Whether `ssh://` and `user@host:path` URLs are accepted.
+    pub allow_ssh: bool,
+}
+
+impl Default for SourcePolicy {
+    /// What `deployd serve` runs with: git URLs over https to public hosts.
+    fn default() -> Self {
+        Self {
+            local_roots: vec![],
+            max_checkout_bytes: DEFAULT_MAX_CHECKOUT_BYTES,
+            git_timeout: DEFAULT_GIT_TIMEOUT,
+            private_hosts: vec![],
+            allow_ssh: false,
+        }
+    }
 }
 
 impl SourcePolicy {
     pub fn new(local_roots: Vec<PathBuf>) -> Self {
         Self {
             local_roots,
-            max_checkout_bytes: 2 * 1024 * 1024 * 1024,
-            git_timeout: Duration::from_secs(300),
+            ..Self::default()
         }
+    }
+
+    fn private_ok(&self, host: &str) -> bool {
+        self.private_hosts.iter().any(|p| host_matches(p, host))
+    }
+}
+
+/// How a git URL is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GitTransport {
+    Https,
+    Http,
+    Ssh,
+}
+
+/// A git URL that is syntactically safe to hand to git: one of the
+/// transports above, a host that is a name or an address, and nothing git
+/// could read as an option.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitUrl {
+    pub transport: GitTransport,
+    /// Without brackets for IPv6.
+    pub host: String,
+    pub port: u16,
+}
+
+fn host_ok(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && !host.starts_with('-')
+        && (host.parse::<IpAddr>().is_ok()
+            || host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'))
+}
+
+impl GitUrl {
+    pub fn parse(s: &str) -> Result<GitUrl, String> {
+        let refuse = |why: &str| Err(format!("{} {why}", shown(s)));
+        if s.len() > 2048 {
+            return refuse("is over 2048 bytes");
+        }
+        if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return refuse("contains whitespace or control characters");
+        }
+        if s.starts_with('-') {
+            return refuse("starts with '-'");
+        }
+        const ONLY: &str = "is not a git URL deployd fetches: use https://HOST/PATH (or, where the daemon allows them, ssh://, USER@HOST:PATH, or http:// to a private host); local paths, file:// and other transports are refused";
+        if let Some((scheme, _)) = s.split_once("://") {
+            let transport = match scheme {
+                "https" => GitTransport::Https,
+                "http" => GitTransport::Http,
+                "ssh" => GitTransport::Ssh,
+                _ => return refuse(ONLY),
+            };
+            let u = url::Url::parse(s).map_err(|e| format!("{} is not a URL ({e})", shown(s)))?;
+            let host = u
+                .host_str()
+                .unwrap_or_default()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            if !host_ok(&host) || u.username().starts_with('-') {
+                return refuse("has no usable host");
+            }
+            if u.path().len() <= 1 {
+                return refuse("names no repository");
+            }
+            let port = u.port_or_known_default().unwrap_or(22);
+            return Ok(GitUrl {
+                transport,
+                host,
+                port,
+            });
+        }
+        // scp-like syntax: [user@]host:path, where no '/' comes before the ':'.
+        let Some((authority, path)) = s.split_once(':') else {
+            return refuse(ONLY);
+        };
+        let (user, host) = match authority.rsplit_once('@') {
+            Some((u, h)) => (u, h),
+            None => ("", authority),
+        };
+        let looks_scp = !authority.contains('/') && !path.is_empty() && !path.starts_with('-');
+        if !looks_scp || !host_ok(host) || host.contains(':') || user.starts_with('-') {
+            return refuse(ONLY);
+        }
+        Ok(GitUrl {
+            transport: GitTransport::Ssh,
+            host: host.to_string(),
+            port: 22,
+        })
     }
 }
 
@@ -60,11 +181,25 @@ pub async fn fetch(
         let root = tokio::fs::canonicalize(&ws.dir)
             .await
             .unwrap_or_else(|_| ws.dir.clone());
+        let location = format!("{}/{sub}", ws.dir.display());
         match real {
             Some(r) if r.is_dir() && r.starts_with(&root) => ws.dir = r,
-            _ => {
+            Some(r) if !r.starts_with(&root) => {
+                return Err(StageError::SourceNotAllowed {
+                    location,
+                    reason: "the subdirectory leads outside the source (through a symlink)"
+                        .into(),
+                })
+            }
+            Some(_) => {
                 return Err(StageError::Source {
-                    location: format!("{}/{sub}", ws.dir.display()),
+                    location,
+                    reason: "the subdirectory is not a directory".into(),
+                })
+            }
+            None => {
+                return Err(StageError::Source {
+                    location,
                     reason: "the subdirectory does not exist in the source".into(),
                 })
             }
@@ -109,7 +244,7 @@ async fn local(p: &Path, policy: &SourcePolicy) -> Result<Workspace, StageError>
     if !dir.is_dir() {
         return Err(err("not a directory".into()));
     }
-    let commit = git(&dir, &["rev-parse", "HEAD"], Duration::from_secs(10))
+    let commit = git(&dir, &[], &["rev-parse", "HEAD"], Duration::from_secs(10))
         .await
         .ok();
     Ok(Workspace {
@@ -131,20 +266,120 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// The addresses git may connect to for `url`, or why it may not fetch it
+/// at all: a transport the daemon has off, or a host that resolves into
+/// the daemon's own network without being named in `private_hosts`.
+async fn authorize(url: &GitUrl, policy: &SourcePolicy) -> Result<Vec<SocketAddr>, String> {
+    let host = &url.host;
+    match url.transport {
+        GitTransport::Ssh if !policy.allow_ssh => {
+            return Err(
+                "ssh git URLs are off on this daemon (start it with --source-allow-ssh), or use https://"
+                    .into(),
+            )
+        }
+        GitTransport::Http if !policy.private_ok(host) => {
+            return Err(format!(
+                "plain http:// is only used for hosts named in --source-private-hosts, and {host} is not one; use https://"
+            ))
+        }
+        _ => {}
+    }
+    let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, url.port)],
+        Err(_) => tokio::time::timeout(
+            RESOLVE_TIMEOUT,
+            tokio::net::lookup_host((host.as_str(), url.port)),
+        )
+        .await
+        .map_err(|_| format!("{host} did not resolve within {RESOLVE_TIMEOUT:?}"))?
+        .map_err(|e| format!("the git host {host} does not resolve (unknown host: {e})"))?
+        .collect(),
+    };
+    if addrs.is_empty() {
+        return Err(format!("the git host {host} does not resolve (unknown host)"));
+    }
+    for a in &addrs {
+        if let Some(kind) = always_forbidden(a.ip()) {
+            return Err(format!("{host} resolves to {}, {kind}", a.ip()));
+        }
+        if let (Some(kind), false) = (private_kind(a.ip()), policy.private_ok(host)) {
+            return Err(format!(
+                "{host} resolves to {}, {kind}; name the host in --source-private-hosts if the git server is meant to be reached there",
+                a.ip()
+            ));
+        }
+    }
+    Ok(addrs)
+}
+
+/// `-c` settings of every git command: no hooks, no fsmonitor, no
+/// submodules, only the URL's own transport, no redirects to other hosts
+/// and, over http(s), connections only to the addresses just approved.
+fn clone_config(url: &GitUrl, addrs: &[SocketAddr]) -> Vec<String> {
+    let mut c: Vec<String> = vec![
+        "protocol.allow=never".into(),
+        "http.followRedirects=false".into(),
+    ];
+    c.push(match url.transport {
+        GitTransport::Https => "protocol.https.allow=always".into(),
+        GitTransport::Http => "protocol.http.allow=always".into(),
+        GitTransport::Ssh => "protocol.ssh.allow=always".into(),
+    });
+    if url.transport != GitTransport::Ssh {
+        let pinned: Vec<String> = addrs
+            .iter()
+            .map(|a| match a.ip() {
+                IpAddr::V4(ip) => ip.to_string(),
+                IpAddr::V6(ip) => format!("[{ip}]"),
+            })
+            .collect();
+        let host = if url.host.contains(':') {
+            format!("[{}]", url.host)
+        } else {
+            url.host.clone()
+        };
+        c.push(format!(
+            "http.curloptResolve={host}:{}:{}",
+            url.port,
+            pinned.join(",")
+        ));
+    }
+    c
+}
+
 async fn clone(
     url: &str,
     git_ref: Option<&str>,
     policy: &SourcePolicy,
     work_root: &Path,
 ) -> Result<Workspace, StageError> {
-    let shown = redact(url);
+    let shown_url = redact(url);
+    let location = match git_ref {
+        Some(r) => format!("{shown_url}@{r}"),
+        None => shown_url.clone(),
+    };
     let err = |reason: String| StageError::Source {
-        location: match git_ref {
-            Some(r) => format!("{shown}@{r}"),
-            None => shown.clone(),
-        },
+        location: location.clone(),
         reason,
     };
+    // The request was validated, so this only fails for a caller of the
+    // pipeline that skipped validation.
+    let parsed = GitUrl::parse(url).map_err(err)?;
+    if let Some(r) = git_ref {
+        super::rules::git_ref(r).map_err(err)?;
+    }
+    let addrs = authorize(&parsed, policy).await.map_err(|reason| {
+        if reason.contains("does not resolve") || reason.contains("did not resolve") {
+            err(reason)
+        } else {
+            StageError::SourceNotAllowed {
+                location: location.clone(),
+                reason,
+            }
+        }
+    })?;
+    let config = clone_config(&parsed, &addrs);
     tokio::fs::create_dir_all(work_root)
         .await
         .map_err(|e| err(format!("cannot create work dir: {e}")))?;
@@ -154,35 +389,41 @@ async fn clone(
         .map_err(|e| err(format!("cannot create clone dir: {e}")))?;
     let dir = tmp.path().to_path_buf();
     let t = policy.git_timeout;
-    // init + fetch of one ref works for branches, tags and commit shas alike.
-    git(&dir, &["init", "--quiet"], t)
+    let explained = |e: String| err(explain(&e, git_ref));
+    // init + fetch of one ref works for branches, tags and commit shas
+    // alike. Every value from the request comes after `--`, so git never
+    // reads one as an option.
+    git(&dir, &config, &["init", "--quiet"], t)
         .await
-        .map_err(|e| err(explain(&e, git_ref)))?;
-    git(&dir, &["remote", "add", "origin", url], t)
+        .map_err(explained)?;
+    git(&dir, &config, &["remote", "add", "--", "origin", url], t)
         .await
-        .map_err(|e| err(explain(&e, git_ref)))?;
+        .map_err(explained)?;
     let refspec = git_ref.unwrap_or("HEAD");
     git(
         &dir,
+        &config,
         &[
             "fetch",
             "--quiet",
             "--depth",
             "1",
             "--no-recurse-submodules",
+            "--no-tags",
+            "--",
             "origin",
             refspec,
         ],
         t,
     )
     .await
-    .map_err(|e| err(explain(&e, git_ref)))?;
-    git(&dir, &["checkout", "--quiet", "FETCH_HEAD"], t)
+    .map_err(explained)?;
+    git(&dir, &config, &["checkout", "--quiet", "FETCH_HEAD"], t)
         .await
-        .map_err(|e| err(explain(&e, git_ref)))?;
-    let commit = git(&dir, &["rev-parse", "HEAD"], t)
+        .map_err(explained)?;
+    let commit = git(&dir, &config, &["rev-parse", "HEAD"], t)
         .await
-        .map_err(|e| err(explain(&e, git_ref)))?;
+        .map_err(explained)?;
     let size = dir_size(&dir);
     if size > policy.max_checkout_bytes {
         return Err(err(format!(
@@ -237,6 +478,7 @@ fn explain(stderr: &str, git_ref: Option<&str>) -> String {
     } else if s.contains("does not appear to be a git repository")
         || s.contains("not a git repository")
         || s.contains("repository not found")
+        || (s.contains("repository '") && s.contains("' not found"))
     {
         "not a git repository (or no access to it)".to_string()
     } else if s.contains("authentication failed")
@@ -252,23 +494,35 @@ fn explain(stderr: &str, git_ref: Option<&str>) -> String {
     reason
 }
 
-/// Runs git with hooks, prompts and submodules off; returns trimmed stdout.
-async fn git(dir: &Path, args: &[&str], timeout: Duration) -> Result<String, String> {
+/// Runs git with hooks, fsmonitor, prompts and submodules off, plus
+/// `config` (`-c` settings); returns trimmed stdout.
+async fn git(
+    dir: &Path,
+    config: &[String],
+    args: &[&str],
+    timeout: Duration,
+) -> Result<String, String> {
+    let mut cmd = Command::new("git");
+    cmd.args([
+        "-c",
+        "core.hooksPath=/dev/null",
+        "-c",
+        "core.fsmonitor=false",
+        "-c",
+        "submodule.recurse=false",
+    ]);
+    for c in config {
+        cmd.arg("-c").arg(c);
+    }
     let out = tokio::time::timeout(
         timeout,
-        Command::new("git")
-            .args([
-                "-c",
-                "core.hooksPath=/dev/null",
-                "-c",
-                "protocol.file.allow=always",
-                "-c",
-                "submodule.recurse=false",
-            ])
-            .args(args)
+        cmd.args(args)
             .current_dir(dir)
             .env("GIT_TERMINAL_PROMPT", "0")
             .env("GIT_ASKPASS", "true")
+            // An ssh that asks for a password would wait for the timeout.
+            .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
+            .stdin(std::process::Stdio::null())
             .kill_on_drop(true)
             .output(),
     )
@@ -296,6 +550,72 @@ mod tests {
             redact("https://github.com/acme/app.git"),
             "https://github.com/acme/app.git"
         );
+    }
+
+    #[test]
+    fn only_safe_git_urls_parse() {
+        let ok = [
+            ("https://github.com/acme/app.git", GitTransport::Https, 443),
+            ("http://git.corp:8080/app", GitTransport::Http, 8080),
+            ("ssh://git@github.com/acme/app.git", GitTransport::Ssh, 22),
+            ("git@github.com:acme/app.git", GitTransport::Ssh, 22),
+            ("https://[::1]:9/x", GitTransport::Https, 9),
+        ];
+        for (url, transport, port) in ok {
+            let u = GitUrl::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!((u.transport, u.port), (transport, port), "{url}");
+        }
+        for bad in [
+            "file:///etc",
+            "/srv/repo.git",
+            "./repo",
+            "../repo",
+            "ext::sh -c touch% /tmp/x",
+            "git://github.com/acme/app",
+            "--upload-pack=touch /tmp/x",
+            "-oProxyCommand=x:y",
+            "ssh://-oProxyCommand=x/y",
+            "ssh://-u@host/y",
+            "https://github.com/acme/app\r\nX: y",
+            "https://github.com",
+            "https://exa mple.com/x",
+        ] {
+            assert!(GitUrl::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_policy_decides_transports_and_addresses() {
+        let policy = SourcePolicy::default();
+        let url = |s: &str| GitUrl::parse(s).expect("parses");
+        for (u, want) in [
+            ("ssh://git@127.0.0.1/x", "ssh git URLs are off"),
+            ("http://127.0.0.1/x", "plain http:// is only used"),
+            ("https://127.0.0.1/x", "a loopback address"),
+            ("https://10.1.2.3/x", "a private address"),
+            ("https://169.254.169.254/x", "link-local"),
+            ("https://[::1]/x", "a loopback address"),
+        ] {
+            let e = authorize(&url(u), &policy).await.expect_err(u);
+            assert!(e.contains(want), "{u}: {e}");
+        }
+        let private = SourcePolicy {
+            private_hosts: vec!["127.0.0.1".into(), "169.254.169.254".into()],
+            ..SourcePolicy::default()
+        };
+        assert!(authorize(&url("http://127.0.0.1:9/x"), &private).await.is_ok());
+        // Link-local stays refused whatever the list says.
+        assert!(authorize(&url("https://169.254.169.254/x"), &private)
+            .await
+            .is_err());
+    }
+
+    #[test]
+    fn the_defaults_are_usable() {
+        let p = SourcePolicy::default();
+        assert_eq!(p.git_timeout, DEFAULT_GIT_TIMEOUT);
+        assert_eq!(p.max_checkout_bytes, DEFAULT_MAX_CHECKOUT_BYTES);
+        assert!(p.git_timeout >= Duration::from_secs(60));
     }
 
     #[test]

@@ -3,6 +3,10 @@
 //! would reach Google), and a real tonic client.
 #![allow(dead_code)]
 
+mod git;
+#[allow(unused_imports)]
+pub use git::{GitServer, Repo};
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -81,7 +85,13 @@ impl Harness {
                     // Only the sandbox's own address may be loopback.
                     private_ok_hosts: vec!["127.0.0.1".into()],
                 },
-                sources: SourcePolicy::new(vec![std::path::PathBuf::from("/")]),
+                // The shipped git limits; loopback allowed for GitServer.
+                sources: SourcePolicy {
+                    local_roots: vec![std::path::PathBuf::from("/")],
+                    private_hosts: vec!["127.0.0.1".into()],
+                    ..SourcePolicy::default()
+                },
+                ..PipelineConfig::default()
             },
             shutdown_grace: Duration::from_secs(10),
         };
@@ -119,6 +129,12 @@ impl Drop for Harness {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 pub fn example_app() -> PathBuf {
