@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
@@ -16,6 +17,8 @@ use tokio::io::AsyncWriteExt;
 pub struct GitServer {
     pub addr: SocketAddr,
     root: tempfile::TempDir,
+    /// Requests served so far: a refused URL must leave this at zero.
+    requests: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -26,13 +29,24 @@ impl GitServer {
             .await
             .expect("bind git server");
         let addr = listener.local_addr().expect("addr");
-        let app = axum::Router::new()
-            .fallback(cgi)
-            .with_state(Arc::new(root.path().to_path_buf()));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let app = axum::Router::new().fallback(cgi).with_state(Cgi {
+            root: Arc::new(root.path().to_path_buf()),
+            requests: requests.clone(),
+        });
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        GitServer { addr, root, task }
+        GitServer {
+            addr,
+            root,
+            requests,
+            task,
+        }
+    }
+
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
     }
 
     /// Serves a bare copy of the repository at `work_tree` as `NAME.git`;
@@ -83,14 +97,21 @@ fn run_git(dir: &Path, args: &[&str], paths: &[&Path]) {
     );
 }
 
+#[derive(Clone)]
+struct Cgi {
+    root: Arc<PathBuf>,
+    requests: Arc<AtomicUsize>,
+}
+
 /// One request through `git http-backend`, as a CGI server would run it.
 async fn cgi(
-    State(root): State<Arc<PathBuf>>,
+    State(Cgi { root, requests }): State<Cgi>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    requests.fetch_add(1, Ordering::SeqCst);
     let header = |name: &str| {
         headers
             .get(name)

@@ -1,0 +1,189 @@
+//! Git sources through the real binary with its shipped defaults: only the
+//! flag that lets the loopback test server in is set, nothing that tunes
+//! timeouts or limits. (A derived `Default` once gave every git command a
+//! zero time limit, and every test passed because none used the defaults.)
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+
+use common::{GitServer, Repo};
+
+/// The real binary with no DEPLOYD_* tuning from the environment.
+async fn deployd(args: &[&str]) -> Output {
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_deployd"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("DEPLOYD_") {
+            c.env_remove(k);
+        }
+    }
+    c.env_remove("RUST_LOG")
+        .args(args)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("deployd runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+async fn published_app(srv: &GitServer) -> (String, String) {
+    let repo = Repo::new();
+    repo.copy("python-flask", "");
+    let commit = repo.commit("v1");
+    (srv.publish("app", repo.path()), commit)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_git_url_deploys_with_the_shipped_defaults() {
+    let srv = GitServer::start().await;
+    let (url, commit) = published_app(&srv).await;
+    let out = deployd(&[
+        "deploy",
+        "--sandbox",
+        "--source-private-hosts",
+        "127.0.0.1",
+        "--git-url",
+        &url,
+        "--service",
+        "from-git",
+        "--allow-unauthenticated",
+    ])
+    .await;
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains(&format!("(commit {commit})")), "{all}");
+    assert!(all.contains("SUCCESS: http://127.0.0.1:"), "{all}");
+    assert!(srv.requests() > 0);
+}
+
+/// The same through `deployd serve` and a client process, at a tag.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_fetches_a_git_url_at_a_ref() {
+    let srv = GitServer::start().await;
+    let repo = Repo::new();
+    repo.copy("python-flask", "");
+    let tagged = repo.commit("v1");
+    repo.git(&["tag", "v1.0.0"]);
+    std::fs::write(repo.path().join("VERSION"), "2").expect("write");
+    repo.commit("v2");
+    let url = srv.publish("tagged", repo.path());
+
+    let (grpc, metrics) = (common::free_port(), common::free_port());
+    let server = std::process::Command::new(env!("CARGO_BIN_EXE_deployd"))
+        .args([
+            "serve",
+            "--sandbox",
+            "--source-private-hosts",
+            "127.0.0.1",
+            "--listen",
+            &format!("127.0.0.1:{grpc}"),
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics}"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map(common::ChildGuard::new)
+        .expect("serve starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(("127.0.0.1", grpc))
+        .await
+        .is_err()
+    {
+        assert!(std::time::Instant::now() < deadline, "daemon did not start");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let out = deployd(&[
+        "deploy",
+        "--server",
+        &format!("http://127.0.0.1:{grpc}"),
+        "--project",
+        "demo-project",
+        "--git-url",
+        &url,
+        "--git-ref",
+        "v1.0.0",
+        "--service",
+        "git-served",
+        "--allow-unauthenticated",
+    ])
+    .await;
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains(&format!("(commit {tagged})")), "{all}");
+    drop(server);
+}
+
+/// `--git-ref=--upload-pack=CMD` once ran CMD. It is refused before
+/// anything runs, and nothing reaches the git server.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ref_cannot_become_a_git_option() {
+    let srv = GitServer::start().await;
+    let (url, _) = published_app(&srv).await;
+    let marker = tempfile::tempdir().expect("tempdir");
+    let pwned = marker.path().join("pwned");
+    for git_ref in [
+        format!("--upload-pack=touch {}", pwned.display()),
+        format!("-c core.sshCommand=touch {}", pwned.display()),
+        "main..other".to_string(),
+    ] {
+        let out = deployd(&[
+            "deploy",
+            "--sandbox",
+            "--source-private-hosts",
+            "127.0.0.1",
+            "--git-url",
+            &url,
+            &format!("--git-ref={git_ref}"),
+            "--service",
+            "injected",
+        ])
+        .await;
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{all}");
+        assert!(all.contains("InvalidArgument") && all.contains("source.git_ref"), "{all}");
+    }
+    assert!(!Path::new(&pwned).exists(), "the ref ran a command");
+    assert_eq!(srv.requests(), 0);
+}
+
+/// URLs that would bypass the local-source roots or reach the daemon's own
+/// network: refused as invalid, or by policy, with no request made.
+#[tokio::test(flavor = "multi_thread")]
+async fn git_urls_cannot_bypass_the_source_policy() {
+    let srv = GitServer::start().await;
+    let (url, _) = published_app(&srv).await;
+    let bare = tempfile::tempdir().expect("tempdir");
+    for (git_url, code, want) in [
+        (format!("file://{}", bare.path().display()), 2, "source.git_url"),
+        (bare.path().display().to_string(), 2, "source.git_url"),
+        ("ext::sh -c id".to_string(), 2, "source.git_url"),
+        // Loopback, without --source-private-hosts: the shipped default.
+        (url.clone(), 1, "SOURCE_NOT_ALLOWED"),
+        (url.replace("http://", "https://"), 1, "a loopback address"),
+        ("https://169.254.169.254/repo.git".to_string(), 1, "link-local"),
+        ("ssh://git@127.0.0.1/app.git".to_string(), 1, "ssh git URLs are off"),
+    ] {
+        let out = deployd(&[
+            "deploy",
+            "--sandbox",
+            "--git-url",
+            &git_url,
+            "--service",
+            "bypass",
+        ])
+        .await;
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(code), "{git_url}: {all}");
+        assert!(all.contains(want), "{git_url}: {all}");
+    }
+    assert_eq!(srv.requests(), 0);
+}
