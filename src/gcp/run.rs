@@ -271,7 +271,15 @@ pub async fn apply(
                 .json(&body),
         )
     };
-    let op: Operation = t.json(method, rb).await?;
+    let op: Operation = match t.json(method, rb).await {
+        Ok(op) => op,
+        // A create whose answer was lost (or a service made meanwhile):
+        // the service exists, so the same desired state is a patch.
+        Err(e) if !exists && e.is(Code::AlreadyExists) => {
+            return Box::pin(apply(t, spec, true, poll)).await;
+        }
+        Err(e) => return Err(e),
+    };
     rollout(t, method, target, op, poll).await
 }
 

@@ -76,7 +76,7 @@ impl Pipeline {
     ) -> Result<(), StageError> {
         let target = d.request.target.clone();
         let opts = d.request.build.clone();
-        let archive_ref = self.upload_source(d, dir, events).await?;
+        let archive_ref = self.upload_source(d, dir, events, cancel).await?;
         let bucket = naming::source_bucket(&target.project, &target.region);
         let image = naming::image(&target, &opts.repository);
         let tag = &archive_ref.sha256[..12];
@@ -234,8 +234,9 @@ impl Pipeline {
         d: &mut Deployment,
         dir: &std::path::Path,
         events: &Reporter,
+        cancel: &CancellationToken,
     ) -> Result<ArchiveRef, StageError> {
-        let target = &d.request.target;
+        let target = d.request.target.clone();
         let owned = dir.to_path_buf();
         let max = self.config.max_source_bytes;
         let archive_err = |source| StageError::Archive {
@@ -272,10 +273,15 @@ impl Pipeline {
             )
             .await;
         let existing = self
-            .cloud
-            .object(&bucket, &object)
-            .await
-            .map_err(StageError::cloud(format!("reading gs://{bucket}/{object}")))?;
+            .cloud_call(
+                Stage::Build,
+                || format!("reading gs://{bucket}/{object}"),
+                &mut d.retries,
+                events,
+                cancel,
+                |_| self.cloud.object(&bucket, &object),
+            )
+            .await?;
         let stored = match existing {
             Some(o) if o.size == size => {
                 events
@@ -287,13 +293,19 @@ impl Pipeline {
                 o
             }
             _ => {
+                // The object is named by its digest, so a repeated upload
+                // writes the same bytes.
+                let data = Bytes::from(packed.bytes);
                 let o = self
-                    .cloud
-                    .upload_object(&bucket, &object, Bytes::from(packed.bytes))
-                    .await
-                    .map_err(StageError::cloud(format!(
-                        "uploading the source to gs://{bucket}"
-                    )))?;
+                    .cloud_call(
+                        Stage::Build,
+                        || format!("uploading the source to gs://{bucket}"),
+                        &mut d.retries,
+                        events,
+                        cancel,
+                        |_| self.cloud.upload_object(&bucket, &object, data.clone()),
+                    )
+                    .await?;
                 events
                     .progress(
                         Stage::Build,
@@ -388,9 +400,20 @@ impl Pipeline {
         }
     }
 
+    /// Retried like any call, but not cut short by the run's own
+    /// cancellation: cancelling is what the run is doing.
     async fn cancel_remote_build(&self, project: &str, id: &str) {
-        if let Err(e) = self.cloud.cancel_build(project, id).await {
-            tracing::warn!(build = %id, error = %e, "could not cancel build");
+        let policy = RetryPolicy::builds(self.config.retry_base_delay);
+        let result = retry(
+            &policy,
+            &CancellationToken::new(),
+            |_| self.cloud.cancel_build(project, id),
+            classify_cloud,
+            |_, _, _| async {},
+        )
+        .await;
+        if let Err(GaveUp::Failed { error, attempts }) = result {
+            tracing::warn!(build = %id, attempts, error = %error, "could not cancel build");
         }
     }
 

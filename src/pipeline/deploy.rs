@@ -11,6 +11,7 @@ use super::event::{Reporter, Stage};
 use super::model::{RolloutMode, Target};
 use super::verify::{self, ProbeContext};
 use super::{Deployment, Pipeline};
+use tokio_util::sync::CancellationToken;
 use crate::telemetry::metrics;
 
 /// The tag a candidate revision is verified through.
@@ -29,6 +30,7 @@ impl Pipeline {
         &self,
         d: &mut Deployment,
         events: &Reporter,
+        cancel: &CancellationToken,
     ) -> Result<(), StageError> {
         let target = d.request.target.clone();
         let image = d
@@ -37,13 +39,15 @@ impl Pipeline {
             .map(|b| b.image.clone())
             .unwrap_or_default();
         let existing = self
-            .cloud
-            .run_service(&target)
-            .await
-            .map_err(StageError::cloud(format!(
-                "reading Cloud Run service {}",
-                target.service
-            )))?;
+            .cloud_call(
+                Stage::Deploy,
+                || format!("reading Cloud Run service {}", target.service),
+                &mut d.retries,
+                events,
+                cancel,
+                |_| self.cloud.run_service(&target),
+            )
+            .await?;
         d.previous_revision = existing.as_ref().and_then(|s| s.serving_revision());
         let mut mode = d.request.rollout;
         match (&d.previous_revision, mode) {
@@ -107,14 +111,23 @@ impl Pipeline {
             revision_name: candidate.clone(),
             traffic,
         };
+        // A create whose answer was lost comes back ALREADY_EXISTS on the
+        // next attempt, which the client turns into a patch.
         let rollout = self
-            .cloud
-            .deploy_service(&spec, existing.is_some())
-            .await
-            .map_err(StageError::cloud(format!(
-                "deploying Cloud Run service {} in {}/{}",
-                target.service, target.project, target.region
-            )))?;
+            .cloud_call(
+                Stage::Deploy,
+                || {
+                    format!(
+                        "deploying Cloud Run service {} in {}/{}",
+                        target.service, target.project, target.region
+                    )
+                },
+                &mut d.retries,
+                events,
+                cancel,
+                |_| self.cloud.deploy_service(&spec, existing.is_some()),
+            )
+            .await?;
         let service = match rollout {
             Rollout::Ready(s) => s,
             Rollout::Failed { message, service } => {
@@ -159,13 +172,16 @@ impl Pipeline {
         d.candidate_url = (mode != RolloutMode::Direct)
             .then(|| tag_url(&service))
             .flatten();
-        self.cloud
-            .set_public_invoker(&target, d.request.runtime.allow_unauthenticated)
-            .await
-            .map_err(StageError::cloud(format!(
-                "setting the invoker policy of {}",
-                target.service
-            )))?;
+        let public = d.request.runtime.allow_unauthenticated;
+        self.cloud_call(
+            Stage::Deploy,
+            || format!("setting the invoker policy of {}", target.service),
+            &mut d.retries,
+            events,
+            cancel,
+            |_| self.cloud.set_public_invoker(&target, public),
+        )
+        .await?;
         let revision = d.revision.as_deref().unwrap_or("?");
         let msg = match (mode, &d.candidate_url) {
             (RolloutMode::VerifyBeforeTraffic, Some(u)) => {
@@ -183,15 +199,22 @@ impl Pipeline {
     /// After a candidate verified healthy: all traffic to it.
     pub(crate) async fn promote(
         &self,
-        d: &Deployment,
+        d: &mut Deployment,
         events: &Reporter,
+        cancel: &CancellationToken,
     ) -> Result<(), StageError> {
-        let target = &d.request.target;
-        let Some(revision) = d.revision.as_deref() else {
+        let target = d.request.target.clone();
+        let Some(revision) = d.revision.clone() else {
             return Ok(());
         };
-        self.route_all_to(target, revision, "moving all traffic to")
-            .await?;
+        self.route_all_to(
+            Stage::Verify,
+            &target,
+            &revision,
+            "moving all traffic to",
+            (&mut d.retries, events, cancel),
+        )
+        .await?;
         events
             .progress(
                 Stage::Verify,
@@ -204,18 +227,23 @@ impl Pipeline {
     /// 100% of traffic to `revision` (a traffic-only change), awaited.
     async fn route_all_to(
         &self,
+        stage: Stage,
         target: &Target,
         revision: &str,
         doing: &str,
+        (retries, events, cancel): (&mut u32, &Reporter, &CancellationToken),
     ) -> Result<RunService, StageError> {
+        let traffic = [pinned(revision, 100)];
         let rollout = self
-            .cloud
-            .set_traffic(target, &[pinned(revision, 100)])
-            .await
-            .map_err(StageError::cloud(format!(
-                "{doing} {revision} on {}",
-                target.service
-            )))?;
+            .cloud_call(
+                stage,
+                || format!("{doing} {revision} on {}", target.service),
+                retries,
+                events,
+                cancel,
+                |_| self.cloud.set_traffic(target, &traffic),
+            )
+            .await?;
         match rollout {
             Rollout::Ready(s) => Ok(s),
             Rollout::Failed { message, .. } => Err(StageError::RevisionNotReady {
@@ -232,7 +260,7 @@ impl Pipeline {
         &self,
         d: &mut Deployment,
         events: &Reporter,
-        cancel: &tokio_util::sync::CancellationToken,
+        cancel: &CancellationToken,
     ) -> Result<(), StageError> {
         let target: Target = d.request.target.clone();
         let Some(prev) = d.previous_revision.clone() else {
@@ -261,12 +289,29 @@ impl Pipeline {
             .await;
         let result = async {
             let service = self
-                .route_all_to(&target, &prev, "moving traffic back to")
+                .route_all_to(
+                    Stage::Rollback,
+                    &target,
+                    &prev,
+                    "moving traffic back to",
+                    (&mut d.retries, events, cancel),
+                )
                 .await?;
             let token = if d.request.runtime.allow_unauthenticated {
                 None
             } else {
-                self.cloud.id_token(&service.uri).await.ok()
+                // Without a token the probe is refused and the rollback
+                // reported unverified, which says what happened.
+                self.cloud_call(
+                    Stage::Rollback,
+                    || format!("minting an identity token to probe {}", target.service),
+                    &mut d.retries,
+                    events,
+                    cancel,
+                    |_| self.cloud.id_token(&service.uri),
+                )
+                .await
+                .ok()
             };
             let v = verify::verify(
                 self.prober.as_ref(),

@@ -13,6 +13,7 @@ pub mod addr;
 pub mod analyze;
 pub mod archive;
 mod build;
+mod calls;
 pub mod cloud;
 mod deploy;
 pub mod dockerfile;
@@ -458,7 +459,7 @@ impl Pipeline {
                 let dir = workspace_dir(workspace)?;
                 self.stage_build(d, &dir, events, cancel).await
             }
-            Stage::Deploy => self.stage_deploy(d, events).await,
+            Stage::Deploy => self.stage_deploy(d, events, cancel).await,
             Stage::Verify => {
                 // A candidate is verified through its tag URL, before (or
                 // with little) traffic; a direct rollout at the service URL.
@@ -471,22 +472,27 @@ impl Pipeline {
                     None
                 } else {
                     let audience = d.url.clone().unwrap_or_default();
-                    let service = &d.request.target.service;
-                    Some(self.cloud.id_token(&audience).await.map_err(|source| {
-                        if source.reason.as_deref() == Some(cloud::NO_PROBE_IDENTITY) {
+                    let service = d.request.target.service.clone();
+                    let minted = self
+                        .cloud_call(
+                            stage,
+                            || format!("minting an identity token to probe the private service {service}"),
+                            &mut d.retries,
+                            events,
+                            cancel,
+                            |_| self.cloud.id_token(&audience),
+                        )
+                        .await;
+                    Some(minted.map_err(|e| match e {
+                        StageError::Cloud { source, .. }
+                            if source.reason.as_deref() == Some(cloud::NO_PROBE_IDENTITY) =>
+                        {
                             StageError::NoProbeIdentity {
                                 service: service.clone(),
                                 reason: source.message,
                             }
-                        } else {
-                            StageError::Cloud {
-                                what: format!(
-                                    "minting an identity token to probe the private service {service}"
-                                ),
-                                attempts: 1,
-                                source,
-                            }
                         }
+                        other => other,
                     })?)
                 };
                 let ctx = ProbeContext {
@@ -514,7 +520,7 @@ impl Pipeline {
                     return Err(unhealthy);
                 }
                 if d.effective_rollout != RolloutMode::Direct {
-                    self.promote(d, events).await?;
+                    self.promote(d, events, cancel).await?;
                 }
                 Ok(())
             }

@@ -56,6 +56,38 @@ pub enum FaultAction {
     Hang,
     /// Close the connection without an answer.
     Reset,
+    /// Answer normally, but only after this long (shorter than the
+    /// client's timeout: a slow call, not a failed one).
+    Slow(Duration),
+    /// Carry the call out, then close the connection without an answer:
+    /// the client cannot know whether it took effect.
+    ResetAfterApply,
+}
+
+/// Transient faults at random, for soak runs: each call (method and path)
+/// fails with probability `rate`, at most `max_consecutive` times in a row,
+/// so a client that retries within that budget always gets through.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chaos {
+    pub rate: f64,
+    pub max_consecutive: u32,
+    /// How long a slow answer takes.
+    pub slow: Duration,
+    pub seed: u64,
+}
+
+impl Chaos {
+    /// One transient fault, chosen by `pick` (0..5): 429, 500, 503, a
+    /// connection reset, or a slow answer.
+    pub fn action(&self, pick: u32) -> FaultAction {
+        match pick % 5 {
+            0 => FaultAction::Error(InjectedError::rate_limited("sandbox.googleapis.com")),
+            1 => FaultAction::Error(InjectedError::new(500, "INTERNAL", "Internal error encountered.")),
+            2 => FaultAction::Error(InjectedError::unavailable()),
+            3 => FaultAction::Reset,
+            _ => FaultAction::Slow(self.slow),
+        }
+    }
 }
 
 /// The next `remaining` calls of `method` (discovery id) get `action`.

@@ -77,9 +77,19 @@ impl SandboxConfig {
     }
 }
 
+/// What chaos mode has done so far.
+pub(crate) struct ChaosState {
+    pub config: faults::Chaos,
+    pub rng: rand::rngs::StdRng,
+    /// Consecutive faults per call (method and path).
+    pub streak: std::collections::HashMap<String, u32>,
+    pub injected: u64,
+}
+
 pub(crate) struct Shared {
     pub world: Mutex<World>,
     pub faults: Mutex<Vec<Fault>>,
+    pub chaos: Mutex<Option<ChaosState>>,
     pub config: SandboxConfig,
     pub shutdown: CancellationToken,
 }
@@ -125,6 +135,7 @@ impl Sandbox {
         let shared = Arc::new(Shared {
             world: Mutex::new(world),
             faults: Mutex::new(vec![]),
+            chaos: Mutex::new(None),
             config,
             shutdown: CancellationToken::new(),
         });
@@ -189,6 +200,28 @@ impl Sandbox {
     /// The next `fault.remaining` calls of `fault.method` misbehave.
     pub fn inject(&self, fault: Fault) {
         self.shared.faults().push(fault);
+    }
+
+    /// From now on, calls fail at random as `chaos` says.
+    pub fn chaos(&self, chaos: faults::Chaos) {
+        use rand::SeedableRng;
+        let rng = rand::rngs::StdRng::seed_from_u64(chaos.seed);
+        *self.shared.chaos.lock().unwrap_or_else(|p| p.into_inner()) = Some(ChaosState {
+            config: chaos,
+            rng,
+            streak: Default::default(),
+            injected: 0,
+        });
+    }
+
+    /// Faults chaos mode has injected so far.
+    pub fn chaos_injected(&self) -> u64 {
+        self.shared
+            .chaos
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(0, |c| c.injected)
     }
 
     /// The next build created ends this way.
@@ -279,6 +312,16 @@ impl Sandbox {
         let p = w.projects.get(project)?;
         let s = p.services.get(&(region.to_string(), service.to_string()))?;
         Some(run::render_service(p, region, service, s))
+    }
+
+    /// Names of the service's revisions, oldest first.
+    pub fn revisions(&self, project: &str, region: &str, service: &str) -> Vec<String> {
+        let w = self.shared.world();
+        w.projects
+            .get(project)
+            .and_then(|p| p.services.get(&(region.to_string(), service.to_string())))
+            .map(|s| s.revisions.iter().map(|r| r.name.clone()).collect())
+            .unwrap_or_default()
     }
 
     /// Builds as `GET` would show them now.

@@ -421,7 +421,16 @@ async fn handle(
         w.requests.push(recorded);
         w.requests.len() - 1
     };
-    let fault = take_fault(&sh, route.id);
+    let fault = take_fault(&sh, route.id, uri.path());
+    let apply = || {
+        let mut w = sh.world();
+        build::advance(&mut w, at);
+        finish_operations(&sh, &mut w, at);
+        match guard(&w, &route) {
+            Some(denied) => denied,
+            None => dispatch(&sh, &mut w, &route, &q, &body, &headers, at),
+        }
+    };
     let response = match fault {
         Some(FaultAction::Hang) => {
             sh.shutdown.cancelled().await;
@@ -429,17 +438,15 @@ async fn handle(
         }
         Some(FaultAction::Reset) => reset(),
         Some(FaultAction::Error(e)) => injected(&e),
-        None => {
-            let mut w = sh.world();
-            build::advance(&mut w, at);
-            finish_operations(&sh, &mut w, at);
-            let r = match guard(&w, &route) {
-                Some(denied) => denied,
-                None => dispatch(&sh, &mut w, &route, &q, &body, &headers, at),
-            };
-            drop(w);
-            r
+        Some(FaultAction::Slow(d)) => {
+            tokio::time::sleep(d).await;
+            apply()
         }
+        Some(FaultAction::ResetAfterApply) => {
+            drop(apply());
+            reset()
+        }
+        None => apply(),
     };
     if !sh.config.latency.is_zero() {
         tokio::time::sleep(sh.config.latency).await;
@@ -451,7 +458,29 @@ async fn handle(
     response
 }
 
-fn take_fault(sh: &Shared, method: &str) -> Option<FaultAction> {
+/// A scripted fault for this call, or else (in chaos mode) maybe a random
+/// transient one.
+fn take_fault(sh: &Shared, method: &str, path: &str) -> Option<FaultAction> {
+    scripted_fault(sh, method).or_else(|| chaos_fault(sh, method, path))
+}
+
+fn chaos_fault(sh: &Shared, method: &str, path: &str) -> Option<FaultAction> {
+    use rand::Rng;
+    let mut guard = sh.chaos.lock().unwrap_or_else(|p| p.into_inner());
+    let c = guard.as_mut()?;
+    let key = format!("{method} {path}");
+    let streak = c.streak.get(&key).copied().unwrap_or(0);
+    if streak >= c.config.max_consecutive || !c.rng.random_bool(c.config.rate) {
+        c.streak.remove(&key);
+        return None;
+    }
+    c.streak.insert(key, streak + 1);
+    c.injected += 1;
+    let pick = c.rng.random_range(0..5);
+    Some(c.config.action(pick))
+}
+
+fn scripted_fault(sh: &Shared, method: &str) -> Option<FaultAction> {
     let mut faults = sh.faults();
     let pos = faults
         .iter()

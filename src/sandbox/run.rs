@@ -170,7 +170,12 @@ pub(crate) fn run_apply(
         .map(|svc| svc.revisions.as_slice())
         .unwrap_or(&[]);
     if let Some(name) = &byo {
-        if existing.iter().any(|r| &r.name == name) {
+        // Re-applying the same template under its name is a no-op, as on
+        // Cloud Run; another template under a taken name is refused.
+        let same = existing
+            .iter()
+            .any(|r| &r.name == name && Some(&r.template) == body.get("template"));
+        if !same && existing.iter().any(|r| &r.name == name) {
             return error(
                 409,
                 "ALREADY_EXISTS",
@@ -404,6 +409,28 @@ fn rollout(
     l: &str,
     s: &str,
 ) -> Result<Option<Value>, (i32, String)> {
+    let k = (l.to_string(), s.to_string());
+    // Cloud Run makes no new revision when the template is unchanged (a
+    // repeated update): the latest one stays, and only traffic may move.
+    let unchanged = w
+        .projects
+        .get(pk)
+        .and_then(|p| p.services.get(&k))
+        .is_some_and(|svc| {
+            let latest = svc.latest_created.as_ref();
+            svc.revisions.iter().any(|r| {
+                Some(&r.name) == latest && r.ready && Some(&r.template) == svc.spec.get("template")
+            })
+        });
+    if unchanged {
+        let Some(svc) = w.projects.get_mut(pk).and_then(|p| p.services.get_mut(&k)) else {
+            return Err((5, "service vanished".into()));
+        };
+        svc.reconciling = false;
+        svc.observed_generation = svc.generation;
+        ensure_tags(sh, pk, l, s, svc);
+        return Ok(Some(service_response(w, pk, l, s)));
+    }
     let fault_key = (pk.to_string(), s.to_string());
     let forced_failure = match w.not_ready_revisions.get_mut(&fault_key) {
         Some(n) if *n > 0 => {
@@ -417,7 +444,6 @@ fn rollout(
     let Some(p) = w.projects.get_mut(pk) else {
         return Err((5, "project vanished".into()));
     };
-    let k = (l.to_string(), s.to_string());
     let image = p.services[&k]
         .spec
         .pointer("/template/containers/0/image")

@@ -40,8 +40,15 @@ pub const GRPC_REQUESTS: &str = "deployd_grpc_requests_total";
 pub const ROLLBACKS: &str = "deployd_rollbacks_total";
 pub const FAILURES: &str = "deployd_failures_total";
 pub const HEALTH_CHECK_LATENCY_HDR: &str = super::hdr::NAME;
+pub const API_RETRIES: &str = "deployd_api_retries_total";
 
 pub const SPEC: &[MetricSpec] = &[
+    MetricSpec {
+        name: API_RETRIES,
+        kind: Kind::Counter,
+        labels: &["call", "code"],
+        help: "Google API calls of the deploy stages retried, by API method and the canonical code (UNAVAILABLE for transport failures) that caused the retry.",
+    },
     MetricSpec {
         name: BUILDS,
         kind: Kind::Counter,
@@ -180,6 +187,10 @@ pub fn register_defaults() {
 
 pub fn build_attempt(outcome: &'static str) {
     counter!(BUILD_ATTEMPTS, "outcome" => outcome).increment(1);
+}
+
+pub fn api_retry(call: &'static str, code: &'static str) {
+    counter!(API_RETRIES, "call" => call, "code" => code).increment(1);
 }
 
 pub fn build_retry(reason: &'static str) {
