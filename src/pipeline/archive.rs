@@ -65,6 +65,14 @@ pub enum ArchiveError {
         #[source]
         source: super::dockerignore::BadPattern,
     },
+    #[error("{file} is {size} bytes and {lines} lines; ignore files may have at most {} bytes and {} lines", MAX_IGNORE_BYTES, MAX_IGNORE_LINES)]
+    IgnoreFileTooLarge { file: String, size: u64, lines: usize },
+    #[error("{file} line {line} includes {target:?}, which is not a file inside the source tree")]
+    BadInclude {
+        file: String,
+        line: usize,
+        target: String,
+    },
     #[error("{file} line {line}: invalid pattern")]
     BadPattern {
         file: String,
@@ -72,6 +80,48 @@ pub enum ArchiveError {
         #[source]
         source: ignore::Error,
     },
+}
+
+/// Ignore files (and their includes) larger than this are refused before
+/// they are read: their rules are held in memory whole.
+pub const MAX_IGNORE_BYTES: u64 = 1024 * 1024;
+pub const MAX_IGNORE_LINES: usize = 20_000;
+
+/// The text of an ignore file at `rel` under `root`: a regular file inside
+/// the tree (a symlink may not lead out of it), within the size limits.
+fn read_ignore_file(root: &Path, rel: &str) -> Result<String, ArchiveError> {
+    let path = root.join(rel);
+    let real_root = fs::canonicalize(root).map_err(io_err(root))?;
+    let real = fs::canonicalize(&path).map_err(io_err(&path))?;
+    if !real.starts_with(&real_root) {
+        return Err(ArchiveError::SymlinkEscape {
+            path: rel.to_string(),
+            target: real.display().to_string(),
+        });
+    }
+    let size = fs::metadata(&real).map_err(io_err(&path))?.len();
+    if size > MAX_IGNORE_BYTES {
+        return Err(ArchiveError::IgnoreFileTooLarge {
+            file: rel.to_string(),
+            size,
+            lines: 0,
+        });
+    }
+    let mut text = String::new();
+    io::Read::read_to_string(
+        &mut io::Read::take(fs::File::open(&real).map_err(io_err(&path))?, MAX_IGNORE_BYTES + 1),
+        &mut text,
+    )
+    .map_err(io_err(&path))?;
+    let lines = text.lines().count();
+    if text.len() as u64 > MAX_IGNORE_BYTES || lines > MAX_IGNORE_LINES {
+        return Err(ArchiveError::IgnoreFileTooLarge {
+            file: rel.to_string(),
+            size: text.len() as u64,
+            lines,
+        });
+    }
+    Ok(text)
 }
 
 /// Directories never sent to Cloud Build.
@@ -114,7 +164,7 @@ fn ignore_rules(root: &Path) -> Result<(Rules, Option<&'static str>), ArchiveErr
         }
         let path = root.join(".dockerignore");
         if path.is_file() {
-            let text = fs::read_to_string(&path).map_err(io_err(&path))?;
+            let text = read_ignore_file(root, ".dockerignore")?;
             let rules = DockerIgnore::parse(&text).map_err(|e| ArchiveError::BadDockerignore {
                 line: e.line,
                 source: e,
@@ -150,14 +200,26 @@ fn add_file(
     name: &str,
     depth: usize,
 ) -> Result<(), ArchiveError> {
-    let path = root.join(name);
-    let text = fs::read_to_string(&path).map_err(io_err(&path))?;
+    let text = read_ignore_file(root, name)?;
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim_end();
         if let Some(included) = line.strip_prefix("#!include:") {
+            let included = included.trim();
+            // Only files of the tree decide what is sent: no absolute
+            // paths, no way up.
+            let inside = Path::new(included)
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !inside || included.is_empty() {
+                return Err(ArchiveError::BadInclude {
+                    file: name.into(),
+                    line: i + 1,
+                    target: included.into(),
+                });
+            }
             // One level of includes, as gcloud allows.
-            if depth == 0 && root.join(included.trim()).is_file() {
-                add_file(b, root, included.trim(), depth + 1)?;
+            if depth == 0 && root.join(included).is_file() {
+                add_file(b, root, included, depth + 1)?;
             }
             continue;
         }
@@ -632,5 +694,48 @@ mod tests {
         let e = pack(dir.path(), 4 * 1024 * 1024, &[]).expect_err("too large");
         let msg = e.to_string();
         assert!(msg.starts_with("the source is 5 MiB, over the 4 MiB limit; largest files: data/big.bin (3 MiB), data/medium.bin (2 MiB)"), "{msg}");
+    }
+
+    #[test]
+    fn ignore_files_are_bounded_before_they_are_read() {
+        let dir = tree();
+        // 64 MiB of nothing: refused by its size, without reading it.
+        let f = fs::File::create(dir.path().join(".gitignore")).expect("create");
+        f.set_len(64 * 1024 * 1024).expect("sparse");
+        let e = pack(dir.path(), NO_LIMIT, &[]).expect_err("refused");
+        assert!(matches!(e, ArchiveError::IgnoreFileTooLarge { size: 67108864, .. }), "{e}");
+        // Small in bytes but too many lines.
+        write(dir.path(), ".gitignore", &"a\n".repeat(MAX_IGNORE_LINES + 1));
+        let e = pack(dir.path(), NO_LIMIT, &[]).expect_err("refused");
+        assert!(matches!(e, ArchiveError::IgnoreFileTooLarge { .. }), "{e}");
+        fs::remove_file(dir.path().join(".gitignore")).expect("rm");
+        let f = fs::File::create(dir.path().join(".dockerignore")).expect("create");
+        f.set_len(2 * MAX_IGNORE_BYTES).expect("sparse");
+        let e = pack(dir.path(), NO_LIMIT, &[]).expect_err("refused");
+        assert!(matches!(e, ArchiveError::IgnoreFileTooLarge { .. }), "{e}");
+    }
+
+    #[test]
+    fn includes_and_ignore_files_stay_inside_the_tree() {
+        let outside = tempfile::tempdir().expect("tempdir");
+        write(outside.path(), "rules", "src/\n");
+        for include in [
+            "/etc/passwd".to_string(),
+            "/proc/self/environ".to_string(),
+            "../rules".to_string(),
+            format!("{}/rules", outside.path().display()),
+            "sub/../../rules".to_string(),
+        ] {
+            let dir = tree();
+            write(dir.path(), ".gcloudignore", &format!("#!include:{include}\n"));
+            let e = pack(dir.path(), NO_LIMIT, &[]).expect_err(&include);
+            assert!(matches!(e, ArchiveError::BadInclude { line: 1, .. }), "{include}: {e}");
+        }
+        // A symlinked ignore file that leads out of the tree.
+        let dir = tree();
+        std::os::unix::fs::symlink(outside.path().join("rules"), dir.path().join(".gitignore"))
+            .expect("symlink");
+        let e = pack(dir.path(), NO_LIMIT, &[]).expect_err("refused");
+        assert!(matches!(e, ArchiveError::SymlinkEscape { .. }), "{e}");
     }
 }

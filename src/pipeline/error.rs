@@ -283,6 +283,12 @@ impl StageError {
                     A::BadPattern { .. } | A::BadDockerignore { .. } => ("ARCHIVE_FAILED", false, vec![
                         "Fix the pattern in the ignore file.".into(),
                     ]),
+                    A::IgnoreFileTooLarge { .. } => ("ARCHIVE_FAILED", false, vec![
+                        "Shorten the ignore file: directory patterns (build/, node_modules/) cover many files in one line.".into(),
+                    ]),
+                    A::BadInclude { .. } => ("UNSAFE_SOURCE", false, vec![
+                        "Include only files of the source tree, by a relative path without '..' (#!include:.gitignore).".into(),
+                    ]),
                     A::Io { .. } => ("ARCHIVE_FAILED", false, vec![
                         "Check that every file under the source directory is readable.".into(),
                     ]),

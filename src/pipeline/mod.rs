@@ -269,9 +269,31 @@ impl Pipeline {
             if let Status::Running(_) = d.status {
                 d.status = Status::Succeeded;
             }
+            self.explain_unverified_first_revision(&mut d);
             let automatic = d.request.rollback == RollbackPolicy::Automatic;
-            if automatic && d.should_rollback() && !cancel.is_cancelled() {
-                if let Err(e) = self.timed_stage(Stage::Rollback, &mut d, &mut workspace, &events, &cancel).await {
+            if automatic && d.should_rollback() {
+                // Cancelling a deploy must not leave users on the broken
+                // revision: the rollback runs even when the run was
+                // cancelled, with its own bounded time after that.
+                let rollback_cancel = CancellationToken::new();
+                let _watchdog = {
+                    let (run, rb) = (cancel.clone(), rollback_cancel.clone());
+                    tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+                        run.cancelled().await;
+                        tokio::time::sleep(ROLLBACK_AFTER_CANCEL).await;
+                        rb.cancel();
+                    }))
+                };
+                let rolled = self.timed_stage(Stage::Rollback, &mut d, &mut workspace, &events, &rollback_cancel).await;
+                if let (Ok(()), Some(f)) = (&rolled, d.failure.as_mut()) {
+                    if d.rolled_back && f.code == "CANCELLED" {
+                        f.remediation.insert(0, format!(
+                            "Traffic is back on {}, which answered its health check; the new revision {} serves nothing.",
+                            d.previous_revision.as_deref().unwrap_or("the previous revision"),
+                            d.revision.as_deref().unwrap_or("(new)")));
+                    }
+                }
+                if let Err(e) = rolled {
                     tracing::error!(error = %error::error_chain(&e), "rollback failed");
                     if let Some(f) = d.failure.as_mut() {
                         let t = &d.request.target;
@@ -354,6 +376,32 @@ impl Pipeline {
             )
             .await;
         result
+    }
+
+    /// Cloud Run gives a service's first revision all traffic (it refuses a
+    /// first revision without any), so when a first deploy fails after its
+    /// revision became ready, that revision serves unverified and nothing
+    /// older exists to go back to. The outcome says so, and how to stop it.
+    fn explain_unverified_first_revision(&self, d: &mut Deployment) {
+        let after_ready = matches!(d.status, Status::Failed(Stage::Deploy | Stage::Verify));
+        if !after_ready || d.previous_revision.is_some() || d.url.is_none() {
+            return;
+        }
+        let (Some(revision), Some(f)) = (d.revision.clone(), d.failure.as_mut()) else {
+            return;
+        };
+        let t = &d.request.target;
+        f.message = format!(
+            "{}; this was the first revision of {}, so Cloud Run routes all of its traffic to {revision}, unverified, and there is no earlier revision to roll back to",
+            f.message, t.service
+        );
+        let (s, r, p) = (shell::quote(&t.service), shell::quote(&t.region), shell::quote(&t.project));
+        f.remediation.insert(0, format!(
+            "Delete the unverified service until it is fixed: gcloud run services delete {s} --region={r} --project={p}"
+        ));
+        f.remediation.insert(1, format!(
+            "Or keep it but take it off the internet: gcloud run services update {s} --ingress=internal --region={r} --project={p}"
+        ));
     }
 
     /// The outcome's failure, with what only the run knows added.
@@ -510,6 +558,11 @@ impl Pipeline {
                 .await;
                 d.retries += v.attempts.saturating_sub(1);
                 let healthy = v.healthy;
+                // Stopped by cancellation, not judged unhealthy.
+                if !healthy && cancel.is_cancelled() {
+                    d.verification = Some(v);
+                    return Err(StageError::Cancelled { stage: "verify" });
+                }
                 let unhealthy = StageError::Unhealthy {
                     url: verify::health_url(&url, &d.request.health.path),
                     attempts: v.attempts,
@@ -664,6 +717,9 @@ fn preflight_verdict(checks: &[event::CheckResult]) -> Result<(), StageError> {
         remediation: preflight::gather_remediation(checks),
     })
 }
+
+/// How long a rollback may still take once its run was cancelled.
+const ROLLBACK_AFTER_CANCEL: Duration = Duration::from_secs(60);
 
 /// Resolves shortly after cancellation, giving stages that clean up remote
 /// work (cancelling a build) the chance to do so and report it themselves.
