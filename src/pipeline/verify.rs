@@ -224,16 +224,28 @@ pub async fn verify(
                         });
                 let r = match approval {
                     Ok(pinned) => {
-                        prober
-                            .probe(&ProbeRequest {
-                                url: target,
-                                // One budget for the whole attempt.
-                                timeout: spec.timeout.saturating_sub(started.elapsed()),
-                                expect_body: spec.expect_body.as_deref(),
-                                headers: headers.clone(),
-                                pinned: pinned.as_deref(),
-                            })
-                            .await
+                        let req = ProbeRequest {
+                            url: target,
+                            // One budget for the whole attempt.
+                            timeout: spec.timeout.saturating_sub(started.elapsed()),
+                            expect_body: spec.expect_body.as_deref(),
+                            headers: headers.clone(),
+                            pinned: pinned.as_deref(),
+                        };
+                        let probe = prober.probe(&req);
+                        // A cancelled run drops the probe, and with it its
+                        // connection, instead of waiting out its timeout.
+                        tokio::select! {
+                            r = probe => r,
+                            _ = cancel.cancelled() => ProbeResponse {
+                                status: None,
+                                headers_after: started.elapsed(),
+                                body_after: started.elapsed(),
+                                body_contains_expected: false,
+                                error: Some((ProbeErrorClass::Other, "cancelled".into())),
+                                final_url: target.clone(),
+                            },
+                        }
                     }
                     // Nothing was sent: the attempt is what resolving took.
                     Err(failure) => ProbeResponse {

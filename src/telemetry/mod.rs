@@ -90,9 +90,24 @@ pub fn init(format: LogFormat, default_level: &str) -> Tracing {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let fmt = match format {
-        LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .boxed(),
+        LogFormat::Text => {
+            use tracing_subscriber::field::MakeExt;
+            // Values come from requests (URLs, names): a CR or LF in one
+            // must not start a forged log line.
+            let fields = tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+                let raw = format!("{value:?}");
+                let text = escape_controls(&raw);
+                match field.name() {
+                    "message" => write!(w, "{text}"),
+                    name => write!(w, "{name}={text}"),
+                }
+            })
+            .delimited(" ");
+            tracing_subscriber::fmt::layer()
+                .fmt_fields(fields)
+                .with_writer(std::io::stderr)
+                .boxed()
+        }
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
@@ -120,6 +135,37 @@ pub fn init(format: LogFormat, default_level: &str) -> Tracing {
         .with(otel)
         .try_init();
     Tracing { provider }
+}
+
+/// Control characters as Rust escapes (`\n`, `\r`, `\u{1b}`), so one
+/// log event is one line whatever its values hold.
+pub fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn control_characters_cannot_forge_log_lines() {
+        assert_eq!(
+            super::escape_controls("https://x/a\r\nINFO forged"),
+            "https://x/a\\r\\nINFO forged"
+        );
+        assert_eq!(super::escape_controls("\u{1b}[31m"), "\\u{1b}[31m");
+        assert_eq!(super::escape_controls("plain"), "plain");
+    }
 }
 
 fn otlp_provider() -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
