@@ -610,12 +610,11 @@ async fn deploys_from_a_git_repository_at_a_tag() {
     git(&["commit", "-qm", "v1"]);
     git(&["tag", "v1"]);
     let sha = git(&["rev-parse", "HEAD"]);
+    let srv = GitServer::start().await;
+    let url = srv.publish("from-git", repo.path());
     let mut req = deploy_request("from-git", repo.path());
     req.source = Some(proto::Source {
-        kind: Some(proto::source::Kind::GitUrl(format!(
-            "file://{}",
-            repo.path().display()
-        ))),
+        kind: Some(proto::source::Kind::GitUrl(url)),
         git_ref: "v1".into(),
         subdirectory: String::new(),
     });

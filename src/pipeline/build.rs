@@ -244,6 +244,8 @@ impl Pipeline {
             source,
         };
         let extra = d.generated.clone();
+        // Held until the upload is done; the semaphore is never closed.
+        let _slot = self.archives.acquire().await.ok();
         let packed = tokio::task::spawn_blocking(move || archive::pack(&owned, max, &extra))
             .await
             .map_err(|e| {

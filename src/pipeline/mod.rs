@@ -228,7 +228,13 @@ pub struct Pipeline {
     cloud: Arc<dyn Cloud>,
     prober: Arc<dyn Prober>,
     config: PipelineConfig,
+    /// Source archives are held in memory from packing to the end of their
+    /// upload; this bounds how many at once (each up to the source limit).
+    archives: tokio::sync::Semaphore,
 }
+
+/// Archives packed or uploading at once, daemon-wide.
+pub const MAX_CONCURRENT_ARCHIVES: usize = 8;
 
 impl Pipeline {
     pub fn new(cloud: Arc<dyn Cloud>, prober: Arc<dyn Prober>, config: PipelineConfig) -> Self {
@@ -236,6 +242,7 @@ impl Pipeline {
             cloud,
             prober,
             config,
+            archives: tokio::sync::Semaphore::new(MAX_CONCURRENT_ARCHIVES),
         }
     }
 

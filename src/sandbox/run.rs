@@ -63,6 +63,64 @@ fn validate_traffic(
 
 /// Create, full-replace patch, or `updateMask=traffic` patch: validate
 /// synchronously (org policy, traffic, names), then a long-running rollout.
+/// Cloud Run's limits on what a container may ask for, as its API refuses
+/// them (written here independently of deployd's own request checks).
+fn check_container(body: &Value) -> Result<(), String> {
+    const RESERVED: [&str; 4] = ["PORT", "K_SERVICE", "K_REVISION", "K_CONFIGURATION"];
+    let container = body.pointer("/template/containers/0").unwrap_or(&Value::Null);
+    let env = container.get("env").and_then(Value::as_array).cloned().unwrap_or_default();
+    if env.len() > 1000 {
+        return Err("spec.template.containers[0].env: at most 1000 variables".into());
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, e) in env.iter().enumerate() {
+        let name = e.get("name").and_then(Value::as_str).unwrap_or_default();
+        let well_formed = !name.is_empty()
+            && !name.as_bytes()[0].is_ascii_digit()
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        if !well_formed || RESERVED.contains(&name) || name.starts_with("X_GOOGLE_") {
+            return Err(format!(
+                "spec.template.containers[0].env[{i}].name: {name:?} is not allowed"
+            ));
+        }
+        if !seen.insert(name.to_string()) {
+            return Err(format!(
+                "spec.template.containers[0].env[{i}].name: {name} is set twice"
+            ));
+        }
+        let value = e.get("value").and_then(Value::as_str).unwrap_or_default();
+        if value.len() > 32768 {
+            return Err(format!(
+                "spec.template.containers[0].env[{i}].value: must not exceed 32768 bytes"
+            ));
+        }
+    }
+    let limits = container.pointer("/resources/limits");
+    if let Some(cpu) = limits.and_then(|l| l.get("cpu")).and_then(Value::as_str) {
+        let ok = ["1", "2", "4", "6", "8"].contains(&cpu)
+            || cpu.strip_suffix('m').and_then(|m| m.parse::<u32>().ok()).is_some_and(|m| (80..=8000).contains(&m))
+            || cpu.parse::<f64>().is_ok_and(|f| (0.08..1.0).contains(&f));
+        if !ok {
+            return Err(format!("spec.template.containers[0].resources.limits.cpu: {cpu:?} is invalid"));
+        }
+    }
+    if let Some(mem) = limits.and_then(|l| l.get("memory")).and_then(Value::as_str) {
+        let digits = mem.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+        let unit = &mem[digits.len()..];
+        if digits.parse::<u64>().is_err() || !["", "Ki", "Mi", "Gi", "k", "M", "G"].contains(&unit) {
+            return Err(format!("spec.template.containers[0].resources.limits.memory: {mem:?} is invalid"));
+        }
+    }
+    for field in ["minInstanceCount", "maxInstanceCount"] {
+        if let Some(n) = body.pointer(&format!("/template/scaling/{field}")).and_then(Value::as_u64) {
+            if n > 1000 {
+                return Err(format!("spec.template.scaling.{field}: {n} exceeds the limit"));
+            }
+        }
+    }
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run_apply(
     sh: &Arc<Shared>,
@@ -125,6 +183,9 @@ pub(crate) fn run_apply(
             "INVALID_ARGUMENT",
             "spec.template.containers[0].image: Required",
         );
+    }
+    if let Err(m) = check_container(&body) {
+        return error(400, "INVALID_ARGUMENT", &m);
     }
     let ingress = body
         .get("ingress")
