@@ -149,7 +149,10 @@ async fn a_ref_cannot_become_a_git_option() {
         .await;
         let all = text(&out);
         assert_eq!(out.status.code(), Some(2), "{all}");
-        assert!(all.contains("InvalidArgument") && all.contains("source.git_ref"), "{all}");
+        assert!(
+            all.contains("InvalidArgument") && all.contains("source.git_ref"),
+            "{all}"
+        );
     }
     assert!(!Path::new(&pwned).exists(), "the ref ran a command");
     assert_eq!(srv.requests(), 0);
@@ -163,14 +166,26 @@ async fn git_urls_cannot_bypass_the_source_policy() {
     let (url, _) = published_app(&srv).await;
     let bare = tempfile::tempdir().expect("tempdir");
     for (git_url, code, want) in [
-        (format!("file://{}", bare.path().display()), 2, "source.git_url"),
+        (
+            format!("file://{}", bare.path().display()),
+            2,
+            "source.git_url",
+        ),
         (bare.path().display().to_string(), 2, "source.git_url"),
         ("ext::sh -c id".to_string(), 2, "source.git_url"),
         // Loopback, without --source-private-hosts: the shipped default.
         (url.clone(), 1, "SOURCE_NOT_ALLOWED"),
         (url.replace("http://", "https://"), 1, "a loopback address"),
-        ("https://169.254.169.254/repo.git".to_string(), 1, "link-local"),
-        ("ssh://git@127.0.0.1/app.git".to_string(), 1, "ssh git URLs are off"),
+        (
+            "https://169.254.169.254/repo.git".to_string(),
+            1,
+            "link-local",
+        ),
+        (
+            "ssh://git@127.0.0.1/app.git".to_string(),
+            1,
+            "ssh git URLs are off",
+        ),
     ] {
         let out = deployd(&[
             "deploy",

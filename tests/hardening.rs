@@ -51,7 +51,11 @@ fn env(name: &str, value: &str) -> Edit {
 }
 
 fn secret(env_name: &str, secret: &str, version: &str) -> Edit {
-    let (e, s, v) = (env_name.to_string(), secret.to_string(), version.to_string());
+    let (e, s, v) = (
+        env_name.to_string(),
+        secret.to_string(),
+        version.to_string(),
+    );
     runtime(move |rt| {
         rt.secrets.push(proto::SecretEnv {
             env_name: e.clone(),
@@ -83,29 +87,79 @@ fn deploy_cases() -> Vec<(&'static str, Edit)> {
         ("target.project", project("demo-project#frag")),
         ("target.project", project("demo project")),
         ("target.project", project(&"p".repeat(31))),
-        ("target.region", edit(|r| r.target.as_mut().expect("t").region = "us-central1/..".into())),
-        ("target.region", edit(|r| r.target.as_mut().expect("t").region = "".into())),
-        ("target.region", edit(|r| r.target.as_mut().expect("t").region = "US-CENTRAL1".into())),
-        ("target.service", edit(|r| r.target.as_mut().expect("t").service = "Bad_Name".into())),
-        ("target.service", edit(move |r| r.target.as_mut().expect("t").service = big.clone())),
-        ("target.service", edit(|r| r.target.as_mut().expect("t").service = "a/b".into())),
+        (
+            "target.region",
+            edit(|r| r.target.as_mut().expect("t").region = "us-central1/..".into()),
+        ),
+        (
+            "target.region",
+            edit(|r| r.target.as_mut().expect("t").region = "".into()),
+        ),
+        (
+            "target.region",
+            edit(|r| r.target.as_mut().expect("t").region = "US-CENTRAL1".into()),
+        ),
+        (
+            "target.service",
+            edit(|r| r.target.as_mut().expect("t").service = "Bad_Name".into()),
+        ),
+        (
+            "target.service",
+            edit(move |r| r.target.as_mut().expect("t").service = big.clone()),
+        ),
+        (
+            "target.service",
+            edit(|r| r.target.as_mut().expect("t").service = "a/b".into()),
+        ),
         ("target", edit(|r| r.target = None)),
         ("source", edit(|r| r.source = None)),
-        ("source.local_path", edit(|r| r.source.as_mut().expect("s").kind = Some(proto::source::Kind::LocalPath("examples/hello".into())))),
-        ("source.local_path", edit(|r| r.source.as_mut().expect("s").kind = Some(proto::source::Kind::LocalPath("".into())))),
-        ("source.local_path", edit(|r| r.source.as_mut().expect("s").kind = Some(proto::source::Kind::LocalPath("/tmp/a\nb".into())))),
-        ("source.subdirectory", edit(|r| r.source.as_mut().expect("s").subdirectory = "../etc".into())),
-        ("source.subdirectory", edit(|r| r.source.as_mut().expect("s").subdirectory = "/etc".into())),
-        ("source.subdirectory", edit(|r| r.source.as_mut().expect("s").subdirectory = "a/../../b".into())),
+        (
+            "source.local_path",
+            edit(|r| {
+                r.source.as_mut().expect("s").kind =
+                    Some(proto::source::Kind::LocalPath("examples/hello".into()))
+            }),
+        ),
+        (
+            "source.local_path",
+            edit(|r| {
+                r.source.as_mut().expect("s").kind = Some(proto::source::Kind::LocalPath("".into()))
+            }),
+        ),
+        (
+            "source.local_path",
+            edit(|r| {
+                r.source.as_mut().expect("s").kind =
+                    Some(proto::source::Kind::LocalPath("/tmp/a\nb".into()))
+            }),
+        ),
+        (
+            "source.subdirectory",
+            edit(|r| r.source.as_mut().expect("s").subdirectory = "../etc".into()),
+        ),
+        (
+            "source.subdirectory",
+            edit(|r| r.source.as_mut().expect("s").subdirectory = "/etc".into()),
+        ),
+        (
+            "source.subdirectory",
+            edit(|r| r.source.as_mut().expect("s").subdirectory = "a/../../b".into()),
+        ),
         ("source.git_url", git("file:///etc", "")),
         ("source.git_url", git("/srv/repo.git", "")),
         ("source.git_url", git("ext::sh -c id", "")),
         ("source.git_url", git("git://example.com/x", "")),
         ("source.git_url", git("--upload-pack=id", "")),
-        ("source.git_url", git("https://example.com/a\r\nINFO forged", "")),
+        (
+            "source.git_url",
+            git("https://example.com/a\r\nINFO forged", ""),
+        ),
         ("source.git_url", git("https://example.com", "")),
         ("source.git_url", git("", "")),
-        ("source.git_ref", git("https://example.com/a.git", "--upload-pack=touch /tmp/x")),
+        (
+            "source.git_ref",
+            git("https://example.com/a.git", "--upload-pack=touch /tmp/x"),
+        ),
         ("source.git_ref", git("https://example.com/a.git", "-c")),
         ("source.git_ref", git("https://example.com/a.git", "a..b")),
         ("source.git_ref", git("https://example.com/a.git", "a b")),
@@ -125,15 +179,31 @@ fn deploy_cases() -> Vec<(&'static str, Edit)> {
         ("runtime.env", env("A=B", "x")),
         ("runtime.env", env("BIG", &mb)),
         ("runtime.env", env("NUL", "a\0b")),
-        ("runtime.secrets.env_name", secret("PORT", "db-pass", "latest")),
-        ("runtime.secrets.env_name", secret("K_REVISION", "db-pass", "1")),
-        ("runtime.secrets.env_name", secret("K_CONFIGURATION", "db-pass", "1")),
+        (
+            "runtime.secrets.env_name",
+            secret("PORT", "db-pass", "latest"),
+        ),
+        (
+            "runtime.secrets.env_name",
+            secret("K_REVISION", "db-pass", "1"),
+        ),
+        (
+            "runtime.secrets.env_name",
+            secret("K_CONFIGURATION", "db-pass", "1"),
+        ),
         ("runtime.secrets.env_name", secret("1X", "db-pass", "1")),
-        ("runtime.secrets.env_name", edit(|r| {
-            let rt = r.runtime.get_or_insert_with(Default::default);
-            rt.env.insert("DUP".into(), "x".into());
-            rt.secrets.push(proto::SecretEnv { env_name: "DUP".into(), secret: "s".into(), version: "1".into() });
-        })),
+        (
+            "runtime.secrets.env_name",
+            edit(|r| {
+                let rt = r.runtime.get_or_insert_with(Default::default);
+                rt.env.insert("DUP".into(), "x".into());
+                rt.secrets.push(proto::SecretEnv {
+                    env_name: "DUP".into(),
+                    secret: "s".into(),
+                    version: "1".into(),
+                });
+            }),
+        ),
         ("runtime.secrets.secret", secret("DB", "bad/secret", "1")),
         ("runtime.secrets.secret", secret("DB", "projects/x/y", "1")),
         ("runtime.secrets.secret", secret("DB", "sec ret", "1")),
@@ -148,44 +218,156 @@ fn deploy_cases() -> Vec<(&'static str, Edit)> {
         ("runtime.memory", runtime(|rt| rt.memory = "lots".into())),
         ("runtime.memory", runtime(|rt| rt.memory = "1Ti".into())),
         ("runtime.memory", runtime(|rt| rt.memory = "64Mi".into())),
-        ("runtime.min_instances", runtime(|rt| rt.min_instances = u32::MAX)),
-        ("runtime.max_instances", runtime(|rt| rt.max_instances = u32::MAX)),
-        ("runtime.max_instances", runtime(|rt| rt.max_instances = 1001)),
-        ("runtime.min_instances", runtime(|rt| { rt.min_instances = 5; rt.max_instances = 2 })),
+        (
+            "runtime.min_instances",
+            runtime(|rt| rt.min_instances = u32::MAX),
+        ),
+        (
+            "runtime.max_instances",
+            runtime(|rt| rt.max_instances = u32::MAX),
+        ),
+        (
+            "runtime.max_instances",
+            runtime(|rt| rt.max_instances = 1001),
+        ),
+        (
+            "runtime.min_instances",
+            runtime(|rt| {
+                rt.min_instances = 5;
+                rt.max_instances = 2
+            }),
+        ),
         ("runtime.concurrency", runtime(|rt| rt.concurrency = 1001)),
-        ("runtime.request_timeout_seconds", runtime(|rt| rt.request_timeout_seconds = 3601)),
-        ("runtime.vpc_connector", runtime(|rt| rt.vpc_connector = "; rm -rf / #".into())),
-        ("runtime.vpc_connector", runtime(|rt| rt.vpc_connector = "projects/x/../y".into())),
-        ("runtime.vpc_connector", runtime(|rt| rt.vpc_egress = proto::VpcEgress::AllTraffic.into())),
-        ("runtime.service_account", runtime(|rt| rt.service_account = "a/b@demo-project.iam.gserviceaccount.com".into())),
-        ("runtime.service_account", runtime(|rt| rt.service_account = "runner@evil.example.com".into())),
-        ("runtime.service_account", runtime(|rt| rt.service_account = "$(id)@x.iam.gserviceaccount.com".into())),
-        ("runtime.container_port", runtime(|rt| rt.container_port = 70000)),
+        (
+            "runtime.request_timeout_seconds",
+            runtime(|rt| rt.request_timeout_seconds = 3601),
+        ),
+        (
+            "runtime.vpc_connector",
+            runtime(|rt| rt.vpc_connector = "; rm -rf / #".into()),
+        ),
+        (
+            "runtime.vpc_connector",
+            runtime(|rt| rt.vpc_connector = "projects/x/../y".into()),
+        ),
+        (
+            "runtime.vpc_connector",
+            runtime(|rt| rt.vpc_egress = proto::VpcEgress::AllTraffic.into()),
+        ),
+        (
+            "runtime.service_account",
+            runtime(|rt| rt.service_account = "a/b@demo-project.iam.gserviceaccount.com".into()),
+        ),
+        (
+            "runtime.service_account",
+            runtime(|rt| rt.service_account = "runner@evil.example.com".into()),
+        ),
+        (
+            "runtime.service_account",
+            runtime(|rt| rt.service_account = "$(id)@x.iam.gserviceaccount.com".into()),
+        ),
+        (
+            "runtime.container_port",
+            runtime(|rt| rt.container_port = 70000),
+        ),
         ("runtime.ingress", runtime(|rt| rt.ingress = 99)),
-        ("build.service_account", edit(|r| r.build = Some(proto::BuildOptions { service_account: "b/../c@x.iam.gserviceaccount.com".into(), ..Default::default() }))),
-        ("build.machine_type", edit(|r| r.build = Some(proto::BuildOptions { machine_type: "HUGE".into(), ..Default::default() }))),
-        ("build.repository", edit(|r| r.build = Some(proto::BuildOptions { repository: "../x".into(), ..Default::default() }))),
-        ("build.max_attempts", edit(|r| r.build = Some(proto::BuildOptions { max_attempts: 11, ..Default::default() }))),
-        ("build.timeout_seconds", edit(|r| r.build = Some(proto::BuildOptions { timeout_seconds: 90000, ..Default::default() }))),
+        (
+            "build.service_account",
+            edit(|r| {
+                r.build = Some(proto::BuildOptions {
+                    service_account: "b/../c@x.iam.gserviceaccount.com".into(),
+                    ..Default::default()
+                })
+            }),
+        ),
+        (
+            "build.machine_type",
+            edit(|r| {
+                r.build = Some(proto::BuildOptions {
+                    machine_type: "HUGE".into(),
+                    ..Default::default()
+                })
+            }),
+        ),
+        (
+            "build.repository",
+            edit(|r| {
+                r.build = Some(proto::BuildOptions {
+                    repository: "../x".into(),
+                    ..Default::default()
+                })
+            }),
+        ),
+        (
+            "build.max_attempts",
+            edit(|r| {
+                r.build = Some(proto::BuildOptions {
+                    max_attempts: 11,
+                    ..Default::default()
+                })
+            }),
+        ),
+        (
+            "build.timeout_seconds",
+            edit(|r| {
+                r.build = Some(proto::BuildOptions {
+                    timeout_seconds: 90000,
+                    ..Default::default()
+                })
+            }),
+        ),
         ("health_check.path", health(|h| h.path = "healthz".into())),
         ("health_check.path", health(|h| h.path = "/a b".into())),
-        ("health_check.path", health(|h| h.path = "/a\r\nHost: x".into())),
+        (
+            "health_check.path",
+            health(|h| h.path = "/a\r\nHost: x".into()),
+        ),
         ("health_check.attempts", health(|h| h.attempts = 21)),
-        ("health_check.timeout_ms", health(|h| h.timeout_ms = u32::MAX)),
-        ("health_check.base_delay_ms", health(|h| h.base_delay_ms = u32::MAX)),
-        ("health_check.max_delay_ms", health(|h| h.max_delay_ms = u32::MAX)),
-        ("health_check.accepted_statuses", health(|h| h.accepted_statuses = vec![99])),
-        ("health_check.accepted_statuses", health(|h| h.accepted_statuses = vec![200; 33])),
-        ("health_check.expect_body", health(|h| h.expect_body = "x".repeat(65 * 1024))),
+        (
+            "health_check.timeout_ms",
+            health(|h| h.timeout_ms = u32::MAX),
+        ),
+        (
+            "health_check.base_delay_ms",
+            health(|h| h.base_delay_ms = u32::MAX),
+        ),
+        (
+            "health_check.max_delay_ms",
+            health(|h| h.max_delay_ms = u32::MAX),
+        ),
+        (
+            "health_check.accepted_statuses",
+            health(|h| h.accepted_statuses = vec![99]),
+        ),
+        (
+            "health_check.accepted_statuses",
+            health(|h| h.accepted_statuses = vec![200; 33]),
+        ),
+        (
+            "health_check.expect_body",
+            health(|h| h.expect_body = "x".repeat(65 * 1024)),
+        ),
         ("health_check.headers", header("X-Nul", "a\0b")),
         ("health_check.headers", header("X-Crlf", "a\r\nb")),
         ("health_check.headers", header("Connection", "close")),
-        ("health_check.headers", header("Transfer-Encoding", "chunked")),
+        (
+            "health_check.headers",
+            header("Transfer-Encoding", "chunked"),
+        ),
         ("health_check.headers", header("Host", "evil")),
-        ("health_check.headers", header("X-Big", &"v".repeat(1 << 20))),
+        (
+            "health_check.headers",
+            header("X-Big", &"v".repeat(1 << 20)),
+        ),
         ("health_check.headers", header("Bad Name", "x")),
         ("rollout_mode", edit(|r| r.rollout_mode = 42)),
-        ("canary_percent", edit(|r| { r.rollout_mode = proto::RolloutMode::Canary.into(); r.canary_percent = 100 })),
+        (
+            "canary_percent",
+            edit(|r| {
+                r.rollout_mode = proto::RolloutMode::Canary.into();
+                r.canary_percent = 100
+            }),
+        ),
         ("rollback_policy", edit(|r| r.rollback_policy = 7)),
     ]
 }
@@ -208,17 +390,57 @@ fn verify_cases() -> Vec<(&'static str, proto::VerifyRequest, tonic::Code)> {
         ("url", ok("ftp://example.com/x"), Invalid),
         ("url", ok("not a url"), Invalid),
         ("url", ok("https://user:pw@hello.a.run.app"), Invalid),
-        ("url", ok(&format!("https://a.run.app/{}", "x".repeat(4096))), Invalid),
-        ("health_path", with(&|r| r.health_path = "x".into()), Invalid),
-        ("health_path", with(&|r| r.health_path = "/a\nb".into()), Invalid),
+        (
+            "url",
+            ok(&format!("https://a.run.app/{}", "x".repeat(4096))),
+            Invalid,
+        ),
+        (
+            "health_path",
+            with(&|r| r.health_path = "x".into()),
+            Invalid,
+        ),
+        (
+            "health_path",
+            with(&|r| r.health_path = "/a\nb".into()),
+            Invalid,
+        ),
         ("attempts", with(&|r| r.attempts = 100), Invalid),
         ("timeout_ms", with(&|r| r.timeout_ms = u32::MAX), Invalid),
-        ("base_delay_ms", with(&|r| r.base_delay_ms = u32::MAX), Invalid),
-        ("max_delay_ms", with(&|r| r.max_delay_ms = u32::MAX), Invalid),
-        ("accepted_statuses", with(&|r| r.accepted_statuses = vec![700]), Invalid),
-        ("headers", with(&|r| { r.headers.insert("Upgrade".into(), "h2c".into()); }), Invalid),
-        ("headers", with(&|r| { r.headers.insert("X-A".into(), "a\0".into()); }), Invalid),
-        ("expect_body", with(&|r| r.expect_body = "x".repeat(70_000)), Invalid),
+        (
+            "base_delay_ms",
+            with(&|r| r.base_delay_ms = u32::MAX),
+            Invalid,
+        ),
+        (
+            "max_delay_ms",
+            with(&|r| r.max_delay_ms = u32::MAX),
+            Invalid,
+        ),
+        (
+            "accepted_statuses",
+            with(&|r| r.accepted_statuses = vec![700]),
+            Invalid,
+        ),
+        (
+            "headers",
+            with(&|r| {
+                r.headers.insert("Upgrade".into(), "h2c".into());
+            }),
+            Invalid,
+        ),
+        (
+            "headers",
+            with(&|r| {
+                r.headers.insert("X-A".into(), "a\0".into());
+            }),
+            Invalid,
+        ),
+        (
+            "expect_body",
+            with(&|r| r.expect_body = "x".repeat(70_000)),
+            Invalid,
+        ),
         // Outside the URL policy: refused by it, not probed.
         ("", ok("http://169.254.169.254/computeMetadata/v1/"), Denied),
         ("", ok("https://example.com/"), Denied),
@@ -239,13 +461,34 @@ fn preflight_cases() -> Vec<(&'static str, proto::PreflightRequest)> {
     };
     vec![
         ("target", with(&|r| r.target = None)),
-        ("target.project", with(&|r| r.target.as_mut().expect("t").project = "x/../y-project".into())),
-        ("target.project", with(&|r| r.target.as_mut().expect("t").project = "a?b:demo-project".into())),
-        ("target.region", with(&|r| r.target.as_mut().expect("t").region = "../x".into())),
-        ("target.service", with(&|r| r.target.as_mut().expect("t").service = "UPPER".into())),
-        ("service_account", with(&|r| r.service_account = "x/y@p.iam.gserviceaccount.com".into())),
-        ("build.service_account", with(&|r| r.build_service_account = "nope".into())),
-        ("build.repository", with(&|r| r.repository = "Bad/Repo".into())),
+        (
+            "target.project",
+            with(&|r| r.target.as_mut().expect("t").project = "x/../y-project".into()),
+        ),
+        (
+            "target.project",
+            with(&|r| r.target.as_mut().expect("t").project = "a?b:demo-project".into()),
+        ),
+        (
+            "target.region",
+            with(&|r| r.target.as_mut().expect("t").region = "../x".into()),
+        ),
+        (
+            "target.service",
+            with(&|r| r.target.as_mut().expect("t").service = "UPPER".into()),
+        ),
+        (
+            "service_account",
+            with(&|r| r.service_account = "x/y@p.iam.gserviceaccount.com".into()),
+        ),
+        (
+            "build.service_account",
+            with(&|r| r.build_service_account = "nope".into()),
+        ),
+        (
+            "build.repository",
+            with(&|r| r.repository = "Bad/Repo".into()),
+        ),
         ("ingress", with(&|r| r.ingress = 99)),
     ]
 }
@@ -275,7 +518,10 @@ fn check_refusal(what: &str, got: tonic::Status, code: tonic::Code, field: &str)
             got.message()
         );
     }
-    assert!(got.message().len() <= 1024, "{what}: the message is bounded");
+    assert!(
+        got.message().len() <= 1024,
+        "{what}: the message is bounded"
+    );
 }
 
 /// At least 100 bad requests across the three RPCs: each is refused with
@@ -290,25 +536,45 @@ async fn bad_requests_are_refused_before_anything_runs() {
         let mut req = deploy_request("valid", &example_app());
         change(&mut req);
         let got = client.deploy(req).await.expect_err(field);
-        check_refusal(&format!("Deploy case {n}"), got, tonic::Code::InvalidArgument, field);
+        check_refusal(
+            &format!("Deploy case {n}"),
+            got,
+            tonic::Code::InvalidArgument,
+            field,
+        );
         assert_eq!(serving(&h).await, 1, "SERVING after case {n}");
         n += 1;
     }
     for (field, req, code) in verify_cases() {
         let got = client.verify(req.clone()).await.expect_err(field);
-        check_refusal(&format!("Verify {:?}", rules_shown(&req.url)), got, code, field);
+        check_refusal(
+            &format!("Verify {:?}", rules_shown(&req.url)),
+            got,
+            code,
+            field,
+        );
         assert_eq!(serving(&h).await, 1);
         n += 1;
     }
     for (field, req) in preflight_cases() {
         let got = client.preflight(req).await.expect_err(field);
-        check_refusal(&format!("Preflight {field}"), got, tonic::Code::InvalidArgument, field);
+        check_refusal(
+            &format!("Preflight {field}"),
+            got,
+            tonic::Code::InvalidArgument,
+            field,
+        );
         assert_eq!(serving(&h).await, 1);
         n += 1;
     }
     assert!(n >= 100, "{n} cases");
     // Nothing reached the emulated Google APIs.
-    let reached: Vec<String> = h.sandbox.requests().iter().map(|r| r.path.clone()).collect();
+    let reached: Vec<String> = h
+        .sandbox
+        .requests()
+        .iter()
+        .map(|r| r.path.clone())
+        .collect();
     assert!(reached.is_empty(), "{reached:?}");
 }
 
@@ -331,12 +597,31 @@ fn transient(method: &str, action: FaultAction) -> Fault {
 async fn every_google_call_of_a_deploy_is_retried() {
     let h = Harness::start().await;
     let calls = [
-        ("storage.objects.get", FaultAction::Error(InjectedError::unavailable())),
+        (
+            "storage.objects.get",
+            FaultAction::Error(InjectedError::unavailable()),
+        ),
         ("storage.objects.insert", FaultAction::Reset),
-        ("run.projects.locations.services.get", FaultAction::Error(InjectedError::rate_limited("run.googleapis.com"))),
-        ("run.projects.locations.services.create", FaultAction::Error(InjectedError::new(500, "INTERNAL", "Internal error encountered."))),
-        ("run.projects.locations.services.getIamPolicy", FaultAction::Reset),
-        ("iamcredentials.projects.serviceAccounts.generateIdToken", FaultAction::Error(InjectedError::unavailable())),
+        (
+            "run.projects.locations.services.get",
+            FaultAction::Error(InjectedError::rate_limited("run.googleapis.com")),
+        ),
+        (
+            "run.projects.locations.services.create",
+            FaultAction::Error(InjectedError::new(
+                500,
+                "INTERNAL",
+                "Internal error encountered.",
+            )),
+        ),
+        (
+            "run.projects.locations.services.getIamPolicy",
+            FaultAction::Reset,
+        ),
+        (
+            "iamcredentials.projects.serviceAccounts.generateIdToken",
+            FaultAction::Error(InjectedError::unavailable()),
+        ),
     ];
     for (method, action) in calls.clone() {
         h.sandbox.inject(transient(method, action));
@@ -376,7 +661,11 @@ async fn every_google_call_of_a_deploy_is_retried() {
     assert_eq!(h.sandbox.count("run.projects.locations.services.patch"), 2);
     let metrics = h.metrics().await;
     assert!(
-        counter(&metrics, "deployd_api_retries_total", "call=\"run.projects.locations.services.patch\"") >= 1.0,
+        counter(
+            &metrics,
+            "deployd_api_retries_total",
+            "call=\"run.projects.locations.services.patch\""
+        ) >= 1.0,
         "{metrics}"
     );
 }
@@ -415,7 +704,10 @@ fn broken_next_revision(h: &Harness, service: &str) {
 }
 
 fn serving_revision(h: &Harness, service: &str) -> String {
-    let svc = h.sandbox.service(PROJECT, REGION, service).expect("service");
+    let svc = h
+        .sandbox
+        .service(PROJECT, REGION, service)
+        .expect("service");
     let full = svc["traffic"]
         .as_array()
         .and_then(|t| t.iter().find(|t| t["percent"] == 100))
@@ -451,7 +743,13 @@ async fn cancelling_while_a_broken_revision_is_verified_rolls_back_first() {
         timeout_ms: 2000,
         ..Default::default()
     });
-    let mut stream = h.client().await.deploy(req).await.expect("accepted").into_inner();
+    let mut stream = h
+        .client()
+        .await
+        .deploy(req)
+        .await
+        .expect("accepted")
+        .into_inner();
     let mut new_revision = String::new();
     while let Some(e) = stream.message().await.expect("stream") {
         if let Some(proto::event::Kind::Probe(p)) = &e.kind {
@@ -464,22 +762,37 @@ async fn cancelling_while_a_broken_revision_is_verified_rolls_back_first() {
             }
         }
     }
-    assert_eq!(serving_revision(&h, "cancel-rb"), new_revision, "the broken one serves");
+    assert_eq!(
+        serving_revision(&h, "cancel-rb"),
+        new_revision,
+        "the broken one serves"
+    );
     drop(stream);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let m = h.metrics().await;
         if counter(&m, "deployd_deployments_total", "result=\"cancelled\"") == 1.0 {
-            assert_eq!(counter(&m, "deployd_rollbacks_total", "result=\"success\""), 1.0, "{m}");
+            assert_eq!(
+                counter(&m, "deployd_rollbacks_total", "result=\"success\""),
+                1.0,
+                "{m}"
+            );
             // The metrics are process-wide: only this test cancels a deploy.
             assert_eq!(
-                counter(&m, "deployd_failures_total", "stage=\"verify\",code=\"CANCELLED\""),
+                counter(
+                    &m,
+                    "deployd_failures_total",
+                    "stage=\"verify\",code=\"CANCELLED\""
+                ),
                 1.0,
                 "cancelled in verify, not unhealthy: {m}"
             );
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the run did not end: {m}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the run did not end: {m}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(serving_revision(&h, "cancel-rb"), first.revision);
@@ -502,13 +815,34 @@ async fn a_failed_first_deploy_says_its_revision_serves_unverified() {
     let f = o.error.expect("failure");
     assert_eq!(f.code, "UNHEALTHY");
     assert!(!o.rolled_back && !o.should_rollback);
-    assert!(f.message.contains("this was the first revision of first-broken"), "{}", f.message);
-    assert!(f.message.contains(&format!("all of its traffic to {}, unverified", o.revision)), "{}", f.message);
-    assert_eq!(
-        f.remediation[0],
-        format!("Delete the unverified service until it is fixed: gcloud run services delete first-broken --region={REGION} --project={PROJECT}")
+    assert!(
+        f.message
+            .contains("this was the first revision of first-broken"),
+        "{}",
+        f.message
     );
-    assert!(f.remediation[1].contains("--ingress=internal"), "{:?}", f.remediation);
+    assert!(
+        f.message
+            .contains(&format!("all of its traffic to {}, unverified", o.revision)),
+        "{}",
+        f.message
+    );
+    // The fix of the cause first, then what to do with what serves.
+    assert!(
+        f.remediation[0].contains("health check"),
+        "{:?}",
+        f.remediation
+    );
+    let n = f.remediation.len();
+    assert_eq!(
+        f.remediation[n - 2],
+        format!("Until it is fixed, delete the unverified service: gcloud run services delete first-broken --region={REGION} --project={PROJECT}")
+    );
+    assert!(
+        f.remediation[n - 1].contains("--ingress=internal"),
+        "{:?}",
+        f.remediation
+    );
 }
 
 /// A Verify stream that is dropped closes its probe's connection at once,
@@ -518,7 +852,9 @@ async fn a_cancelled_verify_closes_its_probe_connection() {
     use tokio::io::AsyncReadExt;
     let h = Harness::start().await;
     // A server that accepts and never answers.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let stream = h
         .client()
@@ -547,7 +883,10 @@ async fn a_cancelled_verify_closes_its_probe_connection() {
         }
     })
     .await;
-    assert!(closed.is_ok(), "the probe connection stayed open after the stream was dropped");
+    assert!(
+        closed.is_ok(),
+        "the probe connection stayed open after the stream was dropped"
+    );
 }
 
 /// The sandbox refuses what Cloud Run refuses, whoever sends it.
@@ -567,11 +906,26 @@ async fn the_sandbox_enforces_cloud_runs_limits() {
         }
         serde_json::json!({"template": {"containers": [c]}})
     };
-    bodies.insert("env name", container(serde_json::json!({"env": [{"name": "1BAD", "value": "x"}]})));
-    bodies.insert("reserved", container(serde_json::json!({"env": [{"name": "PORT", "value": "1"}]})));
-    bodies.insert("value size", container(serde_json::json!({"env": [{"name": "A", "value": "x".repeat(40_000)}]})));
-    bodies.insert("cpu", container(serde_json::json!({"resources": {"limits": {"cpu": "1000"}}})));
-    bodies.insert("memory", container(serde_json::json!({"resources": {"limits": {"memory": "lots"}}})));
+    bodies.insert(
+        "env name",
+        container(serde_json::json!({"env": [{"name": "1BAD", "value": "x"}]})),
+    );
+    bodies.insert(
+        "reserved",
+        container(serde_json::json!({"env": [{"name": "PORT", "value": "1"}]})),
+    );
+    bodies.insert(
+        "value size",
+        container(serde_json::json!({"env": [{"name": "A", "value": "x".repeat(40_000)}]})),
+    );
+    bodies.insert(
+        "cpu",
+        container(serde_json::json!({"resources": {"limits": {"cpu": "1000"}}})),
+    );
+    bodies.insert(
+        "memory",
+        container(serde_json::json!({"resources": {"limits": {"memory": "lots"}}})),
+    );
     for (what, body) in bodies {
         let resp = client.post(&url).json(&body).send().await.expect("answer");
         assert_eq!(resp.status(), 400, "{what}");

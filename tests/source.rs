@@ -4,10 +4,8 @@
 
 mod common;
 
-
 use common::*;
 use deployd::api::proto::{self, Stage};
-
 
 fn git_request(service: &str, url: &str, git_ref: &str, sub: &str) -> proto::DeployRequest {
     let mut req = deploy_request(service, &example_app());
@@ -78,20 +76,12 @@ async fn git_sources_at_a_branch_a_commit_and_a_subdirectory() {
     let release = repo.commit("v2");
     let url = srv.publish("mono", repo.path());
 
-    let (events, o) = deploy(
-        &h,
-        git_request("mono-api", &url, "release", "services/api"),
-    )
-    .await;
+    let (events, o) = deploy(&h, git_request("mono-api", &url, "release", "services/api")).await;
     assert!(o.success, "{o:?}");
     assert_eq!(o.source_commit, release);
     assert_eq!(plan(&events).language, "python");
 
-    let (events, o) = deploy(
-        &h,
-        git_request("mono-web", &url, &first, "services/web"),
-    )
-    .await;
+    let (events, o) = deploy(&h, git_request("mono-web", &url, &first, "services/web")).await;
     assert!(o.success, "{o:?}");
     assert_eq!(o.source_commit, first);
     assert_eq!(plan(&events).language, "node");
@@ -201,7 +191,11 @@ async fn hostile_repositories_are_refused_or_made_safe() {
     repo.copy("python-flask", "");
     std::os::unix::fs::symlink("/etc/shadow", repo.path().join("secrets")).expect("symlink");
     repo.commit("evil link");
-    let (_, o) = deploy(&h, git_request("evil-link", &srv.publish("evil-link", repo.path()), "", "")).await;
+    let (_, o) = deploy(
+        &h,
+        git_request("evil-link", &srv.publish("evil-link", repo.path()), "", ""),
+    )
+    .await;
     let err = o.error.expect("failure");
     assert_eq!(err.code, "UNSAFE_SOURCE");
     assert!(
@@ -216,14 +210,22 @@ async fn hostile_repositories_are_refused_or_made_safe() {
     repo.copy("python-flask", "");
     std::fs::write(repo.path().join("dump.bin"), vec![7u8; 9 * 1024 * 1024]).expect("write");
     repo.commit("huge");
-    let (_, o) = deploy(&h, git_request("huge", &srv.publish("huge", repo.path()), "", "")).await;
+    let (_, o) = deploy(
+        &h,
+        git_request("huge", &srv.publish("huge", repo.path()), "", ""),
+    )
+    .await;
     assert_eq!(o.error.expect("failure").code, "SOURCE_TOO_LARGE");
 
     // A Dockerfile-injection attempt in package.json.
     let repo = Repo::new();
     repo.copy("hostile-injection", "");
     repo.commit("inject");
-    let (_, o) = deploy(&h, git_request("inject", &srv.publish("inject", repo.path()), "", "")).await;
+    let (_, o) = deploy(
+        &h,
+        git_request("inject", &srv.publish("inject", repo.path()), "", ""),
+    )
+    .await;
     let err = o.error.expect("failure");
     assert_eq!(err.code, "UNSAFE_SOURCE");
     assert_eq!(o.failed_stage, i32::from(Stage::Analyze));

@@ -209,6 +209,9 @@ mod tests {
         assert_eq!(segment("example.com:proj"), "example.com%3Aproj");
         assert_eq!(segment("a/b?c#d%"), "a%2Fb%3Fc%23d%25");
         assert_eq!(segment(".."), "%2E%2E");
-        assert_eq!(segment("sa@p.iam.gserviceaccount.com"), "sa@p.iam.gserviceaccount.com");
+        assert_eq!(
+            segment("sa@p.iam.gserviceaccount.com"),
+            "sa@p.iam.gserviceaccount.com"
+        );
     }
 }

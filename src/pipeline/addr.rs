@@ -49,4 +49,3 @@ pub fn private_kind(ip: IpAddr) -> Option<&'static str> {
         _ => None,
     }
 }
-

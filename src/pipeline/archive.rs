@@ -66,7 +66,11 @@ pub enum ArchiveError {
         source: super::dockerignore::BadPattern,
     },
     #[error("{file} is {size} bytes and {lines} lines; ignore files may have at most {} bytes and {} lines", MAX_IGNORE_BYTES, MAX_IGNORE_LINES)]
-    IgnoreFileTooLarge { file: String, size: u64, lines: usize },
+    IgnoreFileTooLarge {
+        file: String,
+        size: u64,
+        lines: usize,
+    },
     #[error("{file} line {line} includes {target:?}, which is not a file inside the source tree")]
     BadInclude {
         file: String,
@@ -109,7 +113,10 @@ fn read_ignore_file(root: &Path, rel: &str) -> Result<String, ArchiveError> {
     }
     let mut text = String::new();
     io::Read::read_to_string(
-        &mut io::Read::take(fs::File::open(&real).map_err(io_err(&path))?, MAX_IGNORE_BYTES + 1),
+        &mut io::Read::take(
+            fs::File::open(&real).map_err(io_err(&path))?,
+            MAX_IGNORE_BYTES + 1,
+        ),
         &mut text,
     )
     .map_err(io_err(&path))?;
@@ -703,9 +710,16 @@ mod tests {
         let f = fs::File::create(dir.path().join(".gitignore")).expect("create");
         f.set_len(64 * 1024 * 1024).expect("sparse");
         let e = pack(dir.path(), NO_LIMIT, &[]).expect_err("refused");
-        assert!(matches!(e, ArchiveError::IgnoreFileTooLarge { size: 67108864, .. }), "{e}");
+        assert!(
+            matches!(e, ArchiveError::IgnoreFileTooLarge { size: 67108864, .. }),
+            "{e}"
+        );
         // Small in bytes but too many lines.
-        write(dir.path(), ".gitignore", &"a\n".repeat(MAX_IGNORE_LINES + 1));
+        write(
+            dir.path(),
+            ".gitignore",
+            &"a\n".repeat(MAX_IGNORE_LINES + 1),
+        );
         let e = pack(dir.path(), NO_LIMIT, &[]).expect_err("refused");
         assert!(matches!(e, ArchiveError::IgnoreFileTooLarge { .. }), "{e}");
         fs::remove_file(dir.path().join(".gitignore")).expect("rm");
@@ -727,9 +741,16 @@ mod tests {
             "sub/../../rules".to_string(),
         ] {
             let dir = tree();
-            write(dir.path(), ".gcloudignore", &format!("#!include:{include}\n"));
+            write(
+                dir.path(),
+                ".gcloudignore",
+                &format!("#!include:{include}\n"),
+            );
             let e = pack(dir.path(), NO_LIMIT, &[]).expect_err(&include);
-            assert!(matches!(e, ArchiveError::BadInclude { line: 1, .. }), "{include}: {e}");
+            assert!(
+                matches!(e, ArchiveError::BadInclude { line: 1, .. }),
+                "{include}: {e}"
+            );
         }
         // A symlinked ignore file that leads out of the tree.
         let dir = tree();

@@ -11,8 +11,8 @@ use super::event::{Reporter, Stage};
 use super::model::{RolloutMode, Target};
 use super::verify::{self, ProbeContext};
 use super::{Deployment, Pipeline};
-use tokio_util::sync::CancellationToken;
 use crate::telemetry::metrics;
+use tokio_util::sync::CancellationToken;
 
 /// The tag a candidate revision is verified through.
 pub const CANDIDATE_TAG: &str = "candidate";

@@ -402,11 +402,16 @@ impl Pipeline {
             "{}; this was the first revision of {}, so Cloud Run routes all of its traffic to {revision}, unverified, and there is no earlier revision to roll back to",
             f.message, t.service
         );
-        let (s, r, p) = (shell::quote(&t.service), shell::quote(&t.region), shell::quote(&t.project));
-        f.remediation.insert(0, format!(
-            "Delete the unverified service until it is fixed: gcloud run services delete {s} --region={r} --project={p}"
+        let (s, r, p) = (
+            shell::quote(&t.service),
+            shell::quote(&t.region),
+            shell::quote(&t.project),
+        );
+        // After the fix of the cause, which stays first.
+        f.remediation.push(format!(
+            "Until it is fixed, delete the unverified service: gcloud run services delete {s} --region={r} --project={p}"
         ));
-        f.remediation.insert(1, format!(
+        f.remediation.push(format!(
             "Or keep it but take it off the internet: gcloud run services update {s} --ingress=internal --region={r} --project={p}"
         ));
     }

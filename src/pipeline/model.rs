@@ -89,7 +89,10 @@ fn validate_region(region: &str) -> Result<(), InvalidRequest> {
     } else {
         Err(InvalidRequest::new(
             FIELD,
-            format!("{} is not a region name like \"us-central1\"", shown(region)),
+            format!(
+                "{} is not a region name like \"us-central1\"",
+                shown(region)
+            ),
         ))
     }
 }
@@ -197,7 +200,11 @@ impl RuntimeSettings {
         if self.env.len() + self.secrets.len() > rules::MAX_ENV_VARS {
             return Err(InvalidRequest::new(
                 "runtime.env",
-                format!("{} variables; Cloud Run allows {}", self.env.len() + self.secrets.len(), rules::MAX_ENV_VARS),
+                format!(
+                    "{} variables; Cloud Run allows {}",
+                    self.env.len() + self.secrets.len(),
+                    rules::MAX_ENV_VARS
+                ),
             ));
         }
         for (name, value) in &self.env {
@@ -212,14 +219,19 @@ impl RuntimeSettings {
                     "each secret needs env_name and secret",
                 ));
             }
-            rules::env_name(&s.env_name).map_err(|r| InvalidRequest::new("runtime.secrets.env_name", r))?;
+            rules::env_name(&s.env_name)
+                .map_err(|r| InvalidRequest::new("runtime.secrets.env_name", r))?;
             if self.env.contains_key(&s.env_name) || !secret_names.insert(&s.env_name) {
                 return Err(InvalidRequest::new(
                     "runtime.secrets.env_name",
-                    format!("{} is set twice (in env and secrets, or by two secrets)", s.env_name),
+                    format!(
+                        "{} is set twice (in env and secrets, or by two secrets)",
+                        s.env_name
+                    ),
                 ));
             }
-            rules::secret(&s.secret).map_err(|r| InvalidRequest::new("runtime.secrets.secret", r))?;
+            rules::secret(&s.secret)
+                .map_err(|r| InvalidRequest::new("runtime.secrets.secret", r))?;
             rules::secret_version(&s.version)
                 .map_err(|r| InvalidRequest::new("runtime.secrets.version", r))?;
         }
@@ -236,7 +248,9 @@ impl RuntimeSettings {
             if let Some(n) = n.filter(|n| *n > MAX_INSTANCES) {
                 return Err(InvalidRequest::new(
                     field,
-                    format!("{n} is over {MAX_INSTANCES}, the most deployd lets one service ask for"),
+                    format!(
+                        "{n} is over {MAX_INSTANCES}, the most deployd lets one service ask for"
+                    ),
                 ));
             }
         }
@@ -436,7 +450,11 @@ impl HealthCheckSpec {
             if let Some(v) = value.filter(|v| *v > max) {
                 return Err(InvalidRequest::new(
                     field(name),
-                    format!("{} ms is over the {} ms limit", v.as_millis(), max.as_millis()),
+                    format!(
+                        "{} ms is over the {} ms limit",
+                        v.as_millis(),
+                        max.as_millis()
+                    ),
                 ));
             }
         }
@@ -515,7 +533,10 @@ impl DeployRequest {
             SourceSpec::LocalPath(p) => {
                 let shown_path = shown(&p.to_string_lossy());
                 if p.as_os_str().is_empty() {
-                    return Err(InvalidRequest::new("source.local_path", "must not be empty"));
+                    return Err(InvalidRequest::new(
+                        "source.local_path",
+                        "must not be empty",
+                    ));
                 }
                 // A relative path would resolve against the daemon's cwd.
                 if !p.is_absolute() {
@@ -552,7 +573,10 @@ impl DeployRequest {
             {
                 return Err(InvalidRequest::new(
                     "source.subdirectory",
-                    format!("{} must be a relative path inside the source, without '..'", shown(sub)),
+                    format!(
+                        "{} must be a relative path inside the source, without '..'",
+                        shown(sub)
+                    ),
                 ));
             }
         }

@@ -290,7 +290,11 @@ impl Pipeline {
                         vec![
                             format!(
                                 "gcloud services enable {} --project={q_p}",
-                                disabled.iter().map(|s| shell::quote(s)).collect::<Vec<_>>().join(" ")
+                                disabled
+                                    .iter()
+                                    .map(|s| shell::quote(s))
+                                    .collect::<Vec<_>>()
+                                    .join(" ")
                             ),
                             format!("https://console.cloud.google.com/apis/library?project={p}"),
                         ],

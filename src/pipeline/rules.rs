@@ -40,10 +40,7 @@ fn lower_alnum_dash(s: &str) -> bool {
 
 /// A DNS label of lowercase letters, digits and inner hyphens.
 fn dns_label(s: &str) -> bool {
-    (1..=63).contains(&s.len())
-        && lower_alnum_dash(s)
-        && !s.starts_with('-')
-        && !s.ends_with('-')
+    (1..=63).contains(&s.len()) && lower_alnum_dash(s) && !s.starts_with('-') && !s.ends_with('-')
 }
 
 /// Project ids: 6-30 characters, lowercase letters, digits and hyphens,
@@ -170,7 +167,10 @@ pub fn secret_version(v: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("{} is not \"latest\" or a version number", shown(v)))
+        Err(format!(
+            "{} is not \"latest\" or a version number",
+            shown(v)
+        ))
     }
 }
 
@@ -178,7 +178,9 @@ pub fn secret_version(v: &str) -> Result<(), String> {
 /// below one (`0.5`, `500m`) of at least 0.08.
 pub fn cpu(s: &str) -> Result<(), String> {
     let millis = if let Some(m) = s.strip_suffix('m') {
-        m.parse::<u32>().ok().filter(|_| m.bytes().all(|b| b.is_ascii_digit()))
+        m.parse::<u32>()
+            .ok()
+            .filter(|_| m.bytes().all(|b| b.is_ascii_digit()))
     } else if s.bytes().all(|b| b.is_ascii_digit() || b == b'.') && s.len() <= 8 {
         s.parse::<f64>().ok().map(|f| (f * 1000.0).round() as u32)
     } else {
@@ -288,8 +290,7 @@ pub fn git_ref(r: &str) -> Result<(), String> {
     if r.starts_with('/') || r.ends_with('/') || r.ends_with('.') {
         return bad("it starts or ends with '/', or ends with '.'");
     }
-    if r
-        .split('/')
+    if r.split('/')
         .any(|c| c.starts_with('.') || c.ends_with(".lock"))
     {
         return bad("a component starts with '.' or ends with '.lock'");
@@ -456,7 +457,15 @@ mod tests {
         for ok in ["512Mi", "2Gi", "128Mi", "32Gi", "1G"] {
             assert!(memory(ok).is_ok(), "{ok}");
         }
-        for bad in ["lots", "64Mi", "33Gi", "", "1Ti", "5 Gi", "99999999999999999Gi"] {
+        for bad in [
+            "lots",
+            "64Mi",
+            "33Gi",
+            "",
+            "1Ti",
+            "5 Gi",
+            "99999999999999999Gi",
+        ] {
             assert!(memory(bad).is_err(), "{bad}");
         }
     }
@@ -466,7 +475,17 @@ mod tests {
         for ok in ["APP_ENV", "_x", "a.b-c"] {
             assert!(env_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["1BAD", "A B", "A\0B", "CAFÉ", "", "A=B", "PORT", "K_SERVICE", "X_GOOGLE_Y"] {
+        for bad in [
+            "1BAD",
+            "A B",
+            "A\0B",
+            "CAFÉ",
+            "",
+            "A=B",
+            "PORT",
+            "K_SERVICE",
+            "X_GOOGLE_Y",
+        ] {
             assert!(env_name(bad).is_err(), "{bad:?}");
         }
     }

@@ -8,8 +8,7 @@ use std::borrow::Cow;
 /// shell treats specially, otherwise in single quotes.
 pub fn quote(s: &str) -> Cow<'_, str> {
     let plain = !s.is_empty()
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"@%+=:,./_-".contains(&b));
     if plain {
         Cow::Borrowed(s)

@@ -187,8 +187,7 @@ pub async fn fetch(
             Some(r) if !r.starts_with(&root) => {
                 return Err(StageError::SourceNotAllowed {
                     location,
-                    reason: "the subdirectory leads outside the source (through a symlink)"
-                        .into(),
+                    reason: "the subdirectory leads outside the source (through a symlink)".into(),
                 })
             }
             Some(_) => {
@@ -297,7 +296,9 @@ async fn authorize(url: &GitUrl, policy: &SourcePolicy) -> Result<Vec<SocketAddr
         .collect(),
     };
     if addrs.is_empty() {
-        return Err(format!("the git host {host} does not resolve (unknown host)"));
+        return Err(format!(
+            "the git host {host} does not resolve (unknown host)"
+        ));
     }
     for a in &addrs {
         if let Some(kind) = always_forbidden(a.ip()) {
@@ -603,7 +604,9 @@ mod tests {
             private_hosts: vec!["127.0.0.1".into(), "169.254.169.254".into()],
             ..SourcePolicy::default()
         };
-        assert!(authorize(&url("http://127.0.0.1:9/x"), &private).await.is_ok());
+        assert!(authorize(&url("http://127.0.0.1:9/x"), &private)
+            .await
+            .is_ok());
         // Link-local stays refused whatever the list says.
         assert!(authorize(&url("https://169.254.169.254/x"), &private)
             .await

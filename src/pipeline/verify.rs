@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::addr::{always_forbidden, host_matches, private_kind};
 use super::cloud::{ProbeErrorClass, ProbeRequest, ProbeResponse, Prober};
 use super::event::{EventKind, ProbeResult, ProbeStats, Reporter, Stage};
 use super::model::HealthCheckSpec;
-use super::addr::{always_forbidden, host_matches, private_kind};
 use super::retry::{retry, GaveUp, Retriability, RetryPolicy};
 use crate::telemetry::metrics;
 

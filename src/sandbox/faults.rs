@@ -82,7 +82,11 @@ impl Chaos {
     pub fn action(&self, pick: u32) -> FaultAction {
         match pick % 5 {
             0 => FaultAction::Error(InjectedError::rate_limited("sandbox.googleapis.com")),
-            1 => FaultAction::Error(InjectedError::new(500, "INTERNAL", "Internal error encountered.")),
+            1 => FaultAction::Error(InjectedError::new(
+                500,
+                "INTERNAL",
+                "Internal error encountered.",
+            )),
             2 => FaultAction::Error(InjectedError::unavailable()),
             3 => FaultAction::Reset,
             _ => FaultAction::Slow(self.slow),

@@ -67,8 +67,14 @@ fn validate_traffic(
 /// them (written here independently of deployd's own request checks).
 fn check_container(body: &Value) -> Result<(), String> {
     const RESERVED: [&str; 4] = ["PORT", "K_SERVICE", "K_REVISION", "K_CONFIGURATION"];
-    let container = body.pointer("/template/containers/0").unwrap_or(&Value::Null);
-    let env = container.get("env").and_then(Value::as_array).cloned().unwrap_or_default();
+    let container = body
+        .pointer("/template/containers/0")
+        .unwrap_or(&Value::Null);
+    let env = container
+        .get("env")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     if env.len() > 1000 {
         return Err("spec.template.containers[0].env: at most 1000 variables".into());
     }
@@ -77,7 +83,9 @@ fn check_container(body: &Value) -> Result<(), String> {
         let name = e.get("name").and_then(Value::as_str).unwrap_or_default();
         let well_formed = !name.is_empty()
             && !name.as_bytes()[0].is_ascii_digit()
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
         if !well_formed || RESERVED.contains(&name) || name.starts_with("X_GOOGLE_") {
             return Err(format!(
                 "spec.template.containers[0].env[{i}].name: {name:?} is not allowed"
@@ -98,23 +106,36 @@ fn check_container(body: &Value) -> Result<(), String> {
     let limits = container.pointer("/resources/limits");
     if let Some(cpu) = limits.and_then(|l| l.get("cpu")).and_then(Value::as_str) {
         let ok = ["1", "2", "4", "6", "8"].contains(&cpu)
-            || cpu.strip_suffix('m').and_then(|m| m.parse::<u32>().ok()).is_some_and(|m| (80..=8000).contains(&m))
+            || cpu
+                .strip_suffix('m')
+                .and_then(|m| m.parse::<u32>().ok())
+                .is_some_and(|m| (80..=8000).contains(&m))
             || cpu.parse::<f64>().is_ok_and(|f| (0.08..1.0).contains(&f));
         if !ok {
-            return Err(format!("spec.template.containers[0].resources.limits.cpu: {cpu:?} is invalid"));
+            return Err(format!(
+                "spec.template.containers[0].resources.limits.cpu: {cpu:?} is invalid"
+            ));
         }
     }
     if let Some(mem) = limits.and_then(|l| l.get("memory")).and_then(Value::as_str) {
         let digits = mem.trim_end_matches(|c: char| c.is_ascii_alphabetic());
         let unit = &mem[digits.len()..];
-        if digits.parse::<u64>().is_err() || !["", "Ki", "Mi", "Gi", "k", "M", "G"].contains(&unit) {
-            return Err(format!("spec.template.containers[0].resources.limits.memory: {mem:?} is invalid"));
+        if digits.parse::<u64>().is_err() || !["", "Ki", "Mi", "Gi", "k", "M", "G"].contains(&unit)
+        {
+            return Err(format!(
+                "spec.template.containers[0].resources.limits.memory: {mem:?} is invalid"
+            ));
         }
     }
     for field in ["minInstanceCount", "maxInstanceCount"] {
-        if let Some(n) = body.pointer(&format!("/template/scaling/{field}")).and_then(Value::as_u64) {
+        if let Some(n) = body
+            .pointer(&format!("/template/scaling/{field}"))
+            .and_then(Value::as_u64)
+        {
             if n > 1000 {
-                return Err(format!("spec.template.scaling.{field}: {n} exceeds the limit"));
+                return Err(format!(
+                    "spec.template.scaling.{field}: {n} exceeds the limit"
+                ));
             }
         }
     }

@@ -61,7 +61,11 @@ impl GitServer {
         );
         // Fetching a commit by id needs this on the serving side (GitHub
         // and GitLab allow it).
-        run_git(&bare, &["config", "uploadpack.allowAnySHA1InWant", "true"], &[]);
+        run_git(
+            &bare,
+            &["config", "uploadpack.allowAnySHA1InWant", "true"],
+            &[],
+        );
         self.url(name)
     }
 
@@ -157,7 +161,11 @@ async fn cgi(
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .map(|p| (p, p + 4))
-        .or_else(|| out.windows(2).position(|w| w == b"\n\n").map(|p| (p, p + 2)));
+        .or_else(|| {
+            out.windows(2)
+                .position(|w| w == b"\n\n")
+                .map(|p| (p, p + 2))
+        });
     let Some((head_end, body_start)) = split else {
         return failed("git http-backend wrote no headers".into());
     };
@@ -168,7 +176,11 @@ async fn cgi(
         };
         let v = v.trim();
         if k.eq_ignore_ascii_case("status") {
-            let code = v.split(' ').next().and_then(|c| c.parse().ok()).unwrap_or(500);
+            let code = v
+                .split(' ')
+                .next()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(500);
             resp = resp.status(code);
         } else {
             resp = resp.header(k.trim(), v);
