@@ -402,14 +402,14 @@ async fn a_check_call_that_never_answers_is_inconclusive() {
     let h = Harness::start().await;
     h.sandbox.inject(Fault {
         method: "orgpolicy.projects.policies.getEffectivePolicy".into(),
-        remaining: 3,
+        remaining: 5,
         action: FaultAction::Hang,
     });
     let (events, o) = deploy(&h, deploy_request("api", &example_app())).await;
     assert!(!o.success);
     let c = check(&o, "network_policies");
     assert!(!c.ok && c.inconclusive, "{c:?}");
-    assert!(c.detail.contains("after 3 attempts"), "{}", c.detail);
+    assert!(c.detail.contains("after 5 attempts"), "{}", c.detail);
     // Only an inconclusive check failed: trying again may help.
     assert!(o.error.expect("failure").retriable);
     assert!(o
@@ -421,7 +421,7 @@ async fn a_check_call_that_never_answers_is_inconclusive() {
     assert_eq!(
         h.sandbox
             .count("orgpolicy.projects.policies.getEffectivePolicy"),
-        3
+        5
     );
     assert_eq!(
         h.sandbox

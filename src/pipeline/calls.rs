@@ -1,6 +1,6 @@
 //! Single Google API calls of the deploy stages, each retried through the
-//! one [`retry`] helper with [`classify_cloud`], on the build backoff
-//! schedule. (Preflight has its own wrapper with a per-call deadline;
+//! one [`retry`] helper with [`classify_cloud`], five attempts on the build
+//! backoff schedule. (Preflight has its own wrapper with a per-call deadline;
 //! builds retry whole attempts.) Calls that change something are safe to
 //! repeat: the client turns a create that already happened into a patch,
 //! uploads are content-addressed, traffic and IAM changes are idempotent.
@@ -33,7 +33,7 @@ impl Pipeline {
         F: FnMut(u32) -> Fut,
         Fut: Future<Output = Result<T, CloudError>>,
     {
-        let policy = RetryPolicy::builds(self.config.retry_base_delay);
+        let policy = RetryPolicy::api(self.config.retry_base_delay);
         let result = retry(&policy, cancel, op, classify_cloud, |attempt, delay, e| {
             *retries += 1;
             metrics::api_retry(e.call, e.code.name());

@@ -154,7 +154,7 @@ impl Pipeline {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, CloudError>>,
     {
-        let policy = RetryPolicy::builds(self.config.retry_base_delay);
+        let policy = RetryPolicy::api(self.config.retry_base_delay);
         let deadline = self.config.check_timeout;
         let result = retry(
             &policy,

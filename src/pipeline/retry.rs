@@ -31,6 +31,17 @@ impl RetryPolicy {
         }
     }
 
+    /// Single API calls: 5 attempts on the same schedule (2, 4, 8, 16 s),
+    /// as Google's guidance allows for transient errors. A step such as
+    /// "set the invoker policy" is two calls (read, write), and each
+    /// attempt needs both to get through.
+    pub fn api(base_delay: Duration) -> Self {
+        Self {
+            max_attempts: 5,
+            ..Self::builds(base_delay)
+        }
+    }
+
     /// The delay before attempt `next` (2-based: the first retry waits `base`).
     pub fn delay_before(&self, next: u32) -> Duration {
         let exp = next.saturating_sub(2).min(20);

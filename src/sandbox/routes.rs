@@ -421,7 +421,9 @@ async fn handle(
         w.requests.push(recorded);
         w.requests.len() - 1
     };
-    let fault = take_fault(&sh, route.id, uri.path());
+    // Chaos keys a call by its path and query (an upload names its object
+    // in the query).
+    let fault = take_fault(&sh, route.id, &uri.to_string());
     let apply = || {
         let mut w = sh.world();
         build::advance(&mut w, at);
