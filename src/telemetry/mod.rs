@@ -155,19 +155,6 @@ pub fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
         .into()
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn control_characters_cannot_forge_log_lines() {
-        assert_eq!(
-            super::escape_controls("https://x/a\r\nINFO forged"),
-            "https://x/a\\r\\nINFO forged"
-        );
-        assert_eq!(super::escape_controls("\u{1b}[31m"), "\\u{1b}[31m");
-        assert_eq!(super::escape_controls("plain"), "plain");
-    }
-}
-
 fn otlp_provider() -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
     let wanted = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
         || std::env::var_os("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some()
@@ -194,4 +181,17 @@ fn otlp_provider() -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
             .with_resource(resource)
             .build(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn control_characters_cannot_forge_log_lines() {
+        assert_eq!(
+            super::escape_controls("https://x/a\r\nINFO forged"),
+            "https://x/a\\r\\nINFO forged"
+        );
+        assert_eq!(super::escape_controls("\u{1b}[31m"), "\\u{1b}[31m");
+        assert_eq!(super::escape_controls("plain"), "plain");
+    }
 }

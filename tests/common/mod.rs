@@ -91,7 +91,6 @@ impl Harness {
                     private_hosts: vec!["127.0.0.1".into()],
                     ..SourcePolicy::default()
                 },
-                ..PipelineConfig::default()
             },
             shutdown_grace: Duration::from_secs(10),
         };
