@@ -235,3 +235,25 @@ async fn hostile_repositories_are_refused_or_made_safe() {
         0
     );
 }
+
+#[tokio::test]
+async fn a_subdirectory_that_leaves_the_tree_through_a_symlink_says_so() {
+    let h = Harness::start().await;
+    let app = tempfile::tempdir().expect("tempdir");
+    copy_dir(&fixture("python-flask"), app.path());
+    let outside = tempfile::tempdir().expect("tempdir");
+    copy_dir(&fixture("python-flask"), outside.path());
+    std::os::unix::fs::symlink(outside.path(), app.path().join("elsewhere")).expect("symlink");
+    let mut req = deploy_request("sub-link", app.path());
+    req.source.as_mut().expect("source").subdirectory = "elsewhere".into();
+    let (_, o) = deploy(&h, req).await;
+    let err = o.error.expect("failure");
+    assert_eq!(err.code, "SOURCE_NOT_ALLOWED");
+    assert!(
+        err.message
+            .contains("leads outside the source (through a symlink)"),
+        "{}",
+        err.message
+    );
+    assert_eq!(h.sandbox.count("storage.objects.insert"), 0);
+}
