@@ -567,6 +567,7 @@ async fn bad_requests_are_refused_before_anything_runs() {
         assert_eq!(serving(&h).await, 1);
         n += 1;
     }
+    eprintln!("{n} bad requests refused");
     assert!(n >= 100, "{n} cases");
     // Nothing reached the emulated Google APIs.
     let reached: Vec<String> = h
