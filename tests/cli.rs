@@ -123,29 +123,19 @@ fn invalid_service_name_is_refused() {
 /// another, then ctrl-c: the daemon stops cleanly.
 #[test]
 fn serve_and_deploy_as_two_processes() {
-    let (grpc, metrics) = (common::free_port(), common::free_port());
-    let mut server = deployd()
-        .args([
-            "serve",
+    let common::Served {
+        guard: mut server,
+        grpc,
+        metrics,
+    } = common::serve(
+        deployd(),
+        &[
             "--sandbox",
             "--local-source-root",
             env!("CARGO_MANIFEST_DIR"),
-            "--listen",
-            &format!("127.0.0.1:{grpc}"),
-            "--metrics-listen",
-            &format!("127.0.0.1:{metrics}"),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map(common::ChildGuard::new)
-        .expect("serve starts");
+        ],
+    );
     let server_url = format!("http://127.0.0.1:{grpc}");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", grpc)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "daemon did not start");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
     let out = deployd()
         .args([
             "deploy",

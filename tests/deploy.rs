@@ -590,26 +590,10 @@ async fn missing_source_fails_in_the_source_stage() {
 #[tokio::test]
 async fn deploys_from_a_git_repository_at_a_tag() {
     let h = Harness::start().await;
-    let repo = app_copy();
-    let git = |args: &[&str]| {
-        let out = std::process::Command::new("git")
-            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
-            .args(args)
-            .current_dir(repo.path())
-            .output()
-            .expect("git runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
-    git(&["init", "-q", "-b", "main"]);
-    git(&["add", "."]);
-    git(&["commit", "-qm", "v1"]);
-    git(&["tag", "v1"]);
-    let sha = git(&["rev-parse", "HEAD"]);
+    let repo = Repo::new();
+    copy_dir(&example_app(), repo.path());
+    let sha = repo.commit("v1");
+    repo.git(&["tag", "v1"]);
     let srv = GitServer::start().await;
     let url = srv.publish("from-git", repo.path());
     let mut req = deploy_request("from-git", repo.path());

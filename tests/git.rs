@@ -76,31 +76,12 @@ async fn serve_fetches_a_git_url_at_a_ref() {
     repo.commit("v2");
     let url = srv.publish("tagged", repo.path());
 
-    let (grpc, metrics) = (common::free_port(), common::free_port());
-    let server = std::process::Command::new(env!("CARGO_BIN_EXE_deployd"))
-        .args([
-            "serve",
-            "--sandbox",
-            "--source-private-hosts",
-            "127.0.0.1",
-            "--listen",
-            &format!("127.0.0.1:{grpc}"),
-            "--metrics-listen",
-            &format!("127.0.0.1:{metrics}"),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map(common::ChildGuard::new)
-        .expect("serve starts");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(("127.0.0.1", grpc))
-        .await
-        .is_err()
-    {
-        assert!(std::time::Instant::now() < deadline, "daemon did not start");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    // Blocks this worker briefly; the git server runs on the other.
+    let served = common::serve(
+        std::process::Command::new(env!("CARGO_BIN_EXE_deployd")),
+        &["--sandbox", "--source-private-hosts", "127.0.0.1"],
+    );
+    let grpc = served.grpc;
     let out = deployd(&[
         "deploy",
         "--server",
@@ -119,7 +100,7 @@ async fn serve_fetches_a_git_url_at_a_ref() {
     let all = text(&out);
     assert!(out.status.success(), "{all}");
     assert!(all.contains(&format!("(commit {tagged})")), "{all}");
-    drop(server);
+    drop(served);
 }
 
 /// `--git-ref=--upload-pack=CMD` once ran CMD. It is refused before

@@ -2,7 +2,7 @@
 //! Verify URL policy and the git source policy, so a deploy daemon cannot be
 //! made a probe into the network it runs in (SSRF).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// `*.example.com` matches subdomains; anything else matches the host
 /// exactly (case-insensitively).
@@ -47,5 +47,57 @@ pub fn private_kind(ip: IpAddr) -> Option<&'static str> {
             .to_ipv4_mapped()
             .and_then(|v4| private_kind(IpAddr::V4(v4)).or(always_forbidden(IpAddr::V4(v4)))),
         _ => None,
+    }
+}
+
+/// Whether `host` may be reached at every one of `addrs`: never at a
+/// link-local or non-unicast address, and at a loopback or private one only
+/// when `private_ok`. `Err` says which address and why.
+pub fn check_addresses(host: &str, addrs: &[SocketAddr], private_ok: bool) -> Result<(), String> {
+    for a in addrs {
+        let kind = always_forbidden(a.ip()).or(if private_ok {
+            None
+        } else {
+            private_kind(a.ip())
+        });
+        if let Some(kind) = kind {
+            return Err(format!("{host} resolves to {}, {kind}", a.ip()));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_classes() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        assert!(always_forbidden(ip("169.254.169.254")).is_some());
+        assert!(always_forbidden(ip("fe80::1")).is_some());
+        assert!(private_kind(ip("127.0.0.1")).is_some());
+        assert!(private_kind(ip("10.1.2.3")).is_some());
+        assert!(private_kind(ip("172.16.0.1")).is_some());
+        assert!(private_kind(ip("192.168.1.1")).is_some());
+        assert!(private_kind(ip("100.64.0.1")).is_some());
+        assert!(private_kind(ip("::1")).is_some());
+        assert!(private_kind(ip("fd00::1")).is_some());
+        assert!(private_kind(ip("::ffff:10.0.0.1")).is_some());
+        assert!(private_kind(ip("::ffff:169.254.169.254")).is_some());
+        assert!(private_kind(ip("142.250.1.1")).is_none());
+        assert!(always_forbidden(ip("142.250.1.1")).is_none());
+    }
+
+    #[test]
+    fn every_address_must_pass() {
+        let a = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        let public = [a("142.250.1.1:443")];
+        let mixed = [a("142.250.1.1:443"), a("10.0.0.1:443")];
+        assert!(check_addresses("h", &public, false).is_ok());
+        let e = check_addresses("h", &mixed, false).expect_err("private");
+        assert_eq!(e, "h resolves to 10.0.0.1, a private address");
+        assert!(check_addresses("h", &mixed, true).is_ok());
+        assert!(check_addresses("h", &[a("169.254.169.254:80")], true).is_err());
     }
 }

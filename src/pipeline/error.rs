@@ -236,15 +236,6 @@ pub enum StageError {
 }
 
 impl StageError {
-    /// For `map_err`: a single-attempt API call that failed while `what`.
-    pub fn cloud(what: String) -> impl FnOnce(CloudError) -> StageError {
-        move |source| StageError::Cloud {
-            what,
-            attempts: 1,
-            source,
-        }
-    }
-
     /// The outcome's failure: a stable code, a message that names what
     /// failed, whether trying again may help, and what to do.
     pub fn to_failure(&self, project: &str) -> Failure {

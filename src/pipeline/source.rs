@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
-use super::addr::{always_forbidden, host_matches, private_kind};
+use super::addr::{check_addresses, host_matches};
 use super::error::StageError;
 use super::model::SourceSpec;
 use super::rules::shown;
@@ -265,22 +265,40 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// Why a git URL is not fetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Refusal {
+    /// The host has no address (now): the source is unavailable.
+    Unresolved(String),
+    /// The policy forbids it: a transport that is off, or an address in
+    /// the daemon's own network.
+    NotAllowed(String),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Unresolved(why) | Refusal::NotAllowed(why) => f.write_str(why),
+        }
+    }
+}
+
 /// The addresses git may connect to for `url`, or why it may not fetch it
 /// at all: a transport the daemon has off, or a host that resolves into
 /// the daemon's own network without being named in `private_hosts`.
-async fn authorize(url: &GitUrl, policy: &SourcePolicy) -> Result<Vec<SocketAddr>, String> {
+async fn authorize(url: &GitUrl, policy: &SourcePolicy) -> Result<Vec<SocketAddr>, Refusal> {
     let host = &url.host;
     match url.transport {
         GitTransport::Ssh if !policy.allow_ssh => {
-            return Err(
+            return Err(Refusal::NotAllowed(
                 "ssh git URLs are off on this daemon (start it with --source-allow-ssh), or use https://"
                     .into(),
-            )
+            ))
         }
         GitTransport::Http if !policy.private_ok(host) => {
-            return Err(format!(
+            return Err(Refusal::NotAllowed(format!(
                 "plain http:// is only used for hosts named in --source-private-hosts, and {host} is not one; use https://"
-            ))
+            )))
         }
         _ => {}
     }
@@ -291,26 +309,28 @@ async fn authorize(url: &GitUrl, policy: &SourcePolicy) -> Result<Vec<SocketAddr
             tokio::net::lookup_host((host.as_str(), url.port)),
         )
         .await
-        .map_err(|_| format!("{host} did not resolve within {RESOLVE_TIMEOUT:?}"))?
-        .map_err(|e| format!("the git host {host} does not resolve (unknown host: {e})"))?
+        .map_err(|_| {
+            Refusal::Unresolved(format!(
+                "the git host {host} did not resolve within {RESOLVE_TIMEOUT:?}"
+            ))
+        })?
+        .map_err(|e| {
+            Refusal::Unresolved(format!(
+                "the git host {host} does not resolve (unknown host: {e})"
+            ))
+        })?
         .collect(),
     };
     if addrs.is_empty() {
-        return Err(format!(
+        return Err(Refusal::Unresolved(format!(
             "the git host {host} does not resolve (unknown host)"
-        ));
+        )));
     }
-    for a in &addrs {
-        if let Some(kind) = always_forbidden(a.ip()) {
-            return Err(format!("{host} resolves to {}, {kind}", a.ip()));
-        }
-        if let (Some(kind), false) = (private_kind(a.ip()), policy.private_ok(host)) {
-            return Err(format!(
-                "{host} resolves to {}, {kind}; name the host in --source-private-hosts if the git server is meant to be reached there",
-                a.ip()
-            ));
-        }
-    }
+    check_addresses(host, &addrs, policy.private_ok(host)).map_err(|why| {
+        Refusal::NotAllowed(format!(
+            "{why}; name the host in --source-private-hosts if the git server is meant to be reached there"
+        ))
+    })?;
     Ok(addrs)
 }
 
@@ -370,15 +390,12 @@ async fn clone(
     if let Some(r) = git_ref {
         super::rules::git_ref(r).map_err(err)?;
     }
-    let addrs = authorize(&parsed, policy).await.map_err(|reason| {
-        if reason.contains("does not resolve") || reason.contains("did not resolve") {
-            err(reason)
-        } else {
-            StageError::SourceNotAllowed {
-                location: location.clone(),
-                reason,
-            }
-        }
+    let addrs = authorize(&parsed, policy).await.map_err(|r| match r {
+        Refusal::Unresolved(reason) => err(reason),
+        Refusal::NotAllowed(reason) => StageError::SourceNotAllowed {
+            location: location.clone(),
+            reason,
+        },
     })?;
     let config = clone_config(&parsed, &addrs);
     tokio::fs::create_dir_all(work_root)
@@ -598,7 +615,8 @@ mod tests {
             ("https://[::1]/x", "a loopback address"),
         ] {
             let e = authorize(&url(u), &policy).await.expect_err(u);
-            assert!(e.contains(want), "{u}: {e}");
+            assert!(matches!(e, Refusal::NotAllowed(_)), "{u}: {e:?}");
+            assert!(e.to_string().contains(want), "{u}: {e}");
         }
         let private = SourcePolicy {
             private_hosts: vec!["127.0.0.1".into(), "169.254.169.254".into()],

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::addr::{always_forbidden, host_matches, private_kind};
+use super::addr::{check_addresses, host_matches};
 use super::cloud::{ProbeErrorClass, ProbeRequest, ProbeResponse, Prober};
 use super::event::{EventKind, ProbeResult, ProbeStats, Reporter, Stage};
 use super::model::HealthCheckSpec;
@@ -97,14 +97,7 @@ impl UrlPolicy {
             Err(why) => return Ok(Approval::Unresolved(why)),
         };
         let private_ok = self.private_ok_hosts.iter().any(|p| host_matches(p, host));
-        for a in &addrs {
-            if let Some(kind) = always_forbidden(a.ip()) {
-                return Err(refuse(format!("{host} resolves to {}, {kind}", a.ip())));
-            }
-            if let (Some(kind), false) = (private_kind(a.ip()), private_ok) {
-                return Err(refuse(format!("{host} resolves to {}, {kind}", a.ip())));
-            }
-        }
+        check_addresses(host, &addrs, private_ok).map_err(refuse)?;
         Ok(Approval::Addresses(addrs))
     }
 }
@@ -169,6 +162,23 @@ async fn approve(
                 Err(why) => Err((ProbeErrorClass::Dns, why)),
             },
         },
+    }
+}
+
+/// An attempt that got no answer (nothing sent, or given up): its time is
+/// what it took until then.
+fn no_answer(
+    url: &str,
+    started: std::time::Instant,
+    error: (ProbeErrorClass, String),
+) -> ProbeResponse {
+    ProbeResponse {
+        status: None,
+        headers_after: started.elapsed(),
+        body_after: started.elapsed(),
+        body_contains_expected: false,
+        error: Some(error),
+        final_url: url.to_string(),
     }
 }
 
@@ -237,25 +247,13 @@ pub async fn verify(
                         // connection, instead of waiting out its timeout.
                         tokio::select! {
                             r = probe => r,
-                            _ = cancel.cancelled() => ProbeResponse {
-                                status: None,
-                                headers_after: started.elapsed(),
-                                body_after: started.elapsed(),
-                                body_contains_expected: false,
-                                error: Some((ProbeErrorClass::Other, "cancelled".into())),
-                                final_url: target.clone(),
-                            },
+                            _ = cancel.cancelled() => {
+                                no_answer(target, started, (ProbeErrorClass::Other, "cancelled".into()))
+                            }
                         }
                     }
                     // Nothing was sent: the attempt is what resolving took.
-                    Err(failure) => ProbeResponse {
-                        status: None,
-                        headers_after: started.elapsed(),
-                        body_after: started.elapsed(),
-                        body_contains_expected: false,
-                        error: Some(failure),
-                        final_url: target.clone(),
-                    },
+                    Err(failure) => no_answer(target, started, failure),
                 };
                 let status_ok = r
                     .status
@@ -384,24 +382,6 @@ mod tests {
         assert!(!host_matches("*.run.app", "evilrun.app"));
         assert!(host_matches("127.0.0.1", "127.0.0.1"));
         assert!(!host_matches("127.0.0.1", "127.0.0.10"));
-    }
-
-    #[test]
-    fn address_classes() {
-        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
-        assert!(always_forbidden(ip("169.254.169.254")).is_some());
-        assert!(always_forbidden(ip("fe80::1")).is_some());
-        assert!(private_kind(ip("127.0.0.1")).is_some());
-        assert!(private_kind(ip("10.1.2.3")).is_some());
-        assert!(private_kind(ip("172.16.0.1")).is_some());
-        assert!(private_kind(ip("192.168.1.1")).is_some());
-        assert!(private_kind(ip("100.64.0.1")).is_some());
-        assert!(private_kind(ip("::1")).is_some());
-        assert!(private_kind(ip("fd00::1")).is_some());
-        assert!(private_kind(ip("::ffff:10.0.0.1")).is_some());
-        assert!(private_kind(ip("::ffff:169.254.169.254")).is_some());
-        assert!(private_kind(ip("142.250.1.1")).is_none());
-        assert!(always_forbidden(ip("142.250.1.1")).is_none());
     }
 
     /// Resolves a host to the next of `answers` each time, and answers

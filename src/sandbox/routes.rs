@@ -421,9 +421,7 @@ async fn handle(
         w.requests.push(recorded);
         w.requests.len() - 1
     };
-    // Chaos keys a call by its path and query (an upload names its object
-    // in the query).
-    let fault = take_fault(&sh, route.id, &uri.to_string());
+    let fault = take_fault(&sh, route.id, &uri);
     let apply = || {
         let mut w = sh.world();
         build::advance(&mut w, at);
@@ -462,15 +460,16 @@ async fn handle(
 
 /// A scripted fault for this call, or else (in chaos mode) maybe a random
 /// transient one.
-fn take_fault(sh: &Shared, method: &str, path: &str) -> Option<FaultAction> {
-    scripted_fault(sh, method).or_else(|| chaos_fault(sh, method, path))
+fn take_fault(sh: &Shared, method: &str, uri: &Uri) -> Option<FaultAction> {
+    scripted_fault(sh, method).or_else(|| chaos_fault(sh, method, uri))
 }
 
-fn chaos_fault(sh: &Shared, method: &str, path: &str) -> Option<FaultAction> {
+fn chaos_fault(sh: &Shared, method: &str, uri: &Uri) -> Option<FaultAction> {
     use rand::Rng;
     let mut guard = sh.chaos.lock().unwrap_or_else(|p| p.into_inner());
     let c = guard.as_mut()?;
-    let key = format!("{method} {path}");
+    // A call is its path and query (an upload names its object in the query).
+    let key = format!("{method} {uri}");
     let streak = c.streak.get(&key).copied().unwrap_or(0);
     if streak >= c.config.max_consecutive || !c.rng.random_bool(c.config.rate) {
         c.streak.remove(&key);

@@ -407,6 +407,39 @@ pub fn signal(child: &std::process::Child, sig: Signal, group: bool) -> std::io:
     sent.map_err(std::io::Error::from)
 }
 
+/// A `deployd serve` process started from `cmd` (the binary, with any
+/// environment the test wants) with `args` added, listening on free
+/// loopback ports; returns once its gRPC port accepts connections.
+pub struct Served {
+    pub guard: ChildGuard,
+    pub grpc: u16,
+    pub metrics: u16,
+}
+
+pub fn serve(mut cmd: std::process::Command, args: &[&str]) -> Served {
+    let (grpc, metrics) = (free_port(), free_port());
+    let guard = cmd
+        .arg("serve")
+        .args(args)
+        .args(["--listen", &format!("127.0.0.1:{grpc}")])
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map(ChildGuard::new)
+        .expect("serve starts");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", grpc)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "daemon did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Served {
+        guard,
+        grpc,
+        metrics,
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
