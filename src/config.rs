@@ -43,6 +43,17 @@ pub const ENV_SOURCE_PRIVATE_HOSTS: &str = "DEPLOYD_SOURCE_PRIVATE_HOSTS";
 pub const ENV_SOURCE_ALLOW_SSH: &str = "DEPLOYD_SOURCE_ALLOW_SSH";
 /// Deadline of one preflight API call.
 pub const ENV_CHECK_TIMEOUT_MS: &str = "DEPLOYD_CHECK_TIMEOUT_MS";
+/// The deployment store: `sqlite:///ABSOLUTE/PATH` or `postgres://...`;
+/// wins over the state directory.
+pub const ENV_DATABASE_URL: &str = "DEPLOYD_DATABASE_URL";
+/// Where the default SQLite store lives (`deployd.db` in it).
+pub const ENV_STATE_DIR: &str = "DEPLOYD_STATE_DIR";
+/// This daemon's name in deployment leases (default `host:port`).
+pub const ENV_DAEMON_ID: &str = "DEPLOYD_DAEMON_ID";
+/// Seconds a deployment's lease lasts without a heartbeat.
+pub const ENV_LEASE_SECONDS: &str = "DEPLOYD_LEASE_SECONDS";
+/// Days ended deployments are kept.
+pub const ENV_HISTORY_DAYS: &str = "DEPLOYD_HISTORY_DAYS";
 pub const ENV_SERVER: &str = "DEPLOYD_SERVER";
 pub const ENV_PROJECT: &str = "DEPLOYD_PROJECT";
 pub const ENV_REGION: &str = "DEPLOYD_REGION";
@@ -79,7 +90,30 @@ pub struct DaemonConfig {
     pub probe_ca_file: Option<PathBuf>,
     /// How long shutdown waits for running deploys to wind down.
     pub shutdown_grace: Duration,
+    /// The store; `None`: SQLite in `state_dir`.
+    pub database_url: Option<String>,
+    /// `None`: the XDG state directory (`crate::store::default_state_dir`).
+    pub state_dir: Option<PathBuf>,
+    /// This daemon's lease name; `None`: `host:port`.
+    pub daemon_id: Option<String>,
+    pub lease: Duration,
+    pub history_retention: Duration,
     pub pipeline: PipelineConfig,
+}
+
+impl DaemonConfig {
+    /// The store the daemon opens: the URL, else SQLite in the state dir.
+    pub fn store_url(&self) -> String {
+        match &self.database_url {
+            Some(u) => u.clone(),
+            None => crate::store::sqlite_url_in(
+                &self
+                    .state_dir
+                    .clone()
+                    .unwrap_or_else(crate::store::default_state_dir),
+            ),
+        }
+    }
 }
 
 impl Default for DaemonConfig {
@@ -93,6 +127,11 @@ impl Default for DaemonConfig {
             metadata_host: None,
             probe_ca_file: None,
             shutdown_grace: Duration::from_secs(30),
+            database_url: None,
+            state_dir: None,
+            daemon_id: None,
+            lease: Duration::from_secs(30),
+            history_retention: Duration::from_secs(90 * 24 * 3600),
             pipeline: PipelineConfig::default(),
         }
     }

@@ -14,6 +14,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{proto, DeployerService};
 use crate::config::{Backend, DaemonConfig};
+use crate::deployments::{Manager, ManagerConfig};
+use crate::store::SqlStore;
 use crate::gcp::{GcpClient, GcpError, PollPolicy};
 use crate::pipeline::cloud::Cloud;
 use crate::pipeline::Pipeline;
@@ -41,6 +43,8 @@ pub enum DaemonError {
     Serve(#[from] tonic::transport::Error),
     #[error(transparent)]
     Telemetry(#[from] telemetry::TelemetryError),
+    #[error("opening the deployment store")]
+    Store(#[from] crate::store::OpenError),
 }
 
 /// Where a started daemon listens.
@@ -49,6 +53,8 @@ pub struct Running {
     pub metrics: Option<SocketAddr>,
     /// The embedded sandbox, when the backend is one.
     pub sandbox: Option<Sandbox>,
+    /// The deployments this daemon records and runs.
+    pub manager: Arc<Manager>,
     pub done: tokio::task::JoinHandle<Result<(), DaemonError>>,
 }
 
@@ -133,6 +139,23 @@ pub async fn start(
         None => HttpProber::new()?,
     });
     let pipeline = Arc::new(Pipeline::new(cloud, prober, config.pipeline.clone()));
+    let store_url = config.store_url();
+    let store = Arc::new(SqlStore::open(&store_url).await?);
+    let manager = Manager::new(
+        store,
+        pipeline.clone(),
+        ManagerConfig {
+            owner: config
+                .daemon_id
+                .clone()
+                .unwrap_or_else(|| crate::deployments::default_owner(Some(grpc.port()))),
+            lease: config.lease,
+            retention: config.history_retention,
+            ..ManagerConfig::default()
+        },
+    );
+    tracing::info!(store = ?crate::store::backend_of(&store_url).ok(), owner = manager.owner(), "deployment store open");
+    manager.start_background();
     // No metrics endpoint, no recorder: metrics calls are then no-ops.
     if let Some(listener) = metrics_listener {
         let handle = telemetry::prometheus()?;
@@ -161,21 +184,31 @@ pub async fn start(
             }
         });
     }
-    let done = tokio::spawn(serve(grpc_listener, pipeline, config, shutdown));
+    let done = tokio::spawn(serve(
+        grpc_listener,
+        pipeline,
+        manager.clone(),
+        config,
+        shutdown,
+    ));
     tracing::info!(%grpc, metrics = ?metrics, "deployd listening");
     Ok(Running {
         grpc,
         metrics,
         sandbox,
+        manager,
         done,
     })
 }
 
-/// Serves gRPC until `shutdown`, then cancels running deploys and waits for
-/// them (bounded by the grace period) so each records its outcome.
+/// Serves gRPC until `shutdown`, then drains: deployments stop at their
+/// last recorded step and are handed back for the next daemon (streams are
+/// told where to watch them), Preflight and Verify runs are cancelled, all
+/// within the grace period.
 pub async fn serve(
     listener: TcpListener,
     pipeline: Arc<Pipeline>,
+    manager: Arc<Manager>,
     config: DaemonConfig,
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
@@ -194,18 +227,23 @@ pub async fn serve(
         .build_v1alpha()?;
     let deployer = DeployerService::new(
         pipeline,
+        manager.clone(),
         runs.clone(),
         shutdown.clone(),
         config.pipeline.retry_base_delay,
     );
     let stop = shutdown.clone();
+    let grace = config.shutdown_grace;
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(deployer.into_server())
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            stop.cancelled().await
+            stop.cancelled().await;
+            // Before the server stops: the drain ends the event streams, so
+            // connections can close.
+            manager.drain(grace).await;
         })
         .await?;
     runs.close();

@@ -127,6 +127,7 @@ fn serve_and_deploy_as_two_processes() {
         guard: mut server,
         grpc,
         metrics,
+        ..
     } = common::serve(
         deployd(),
         &[

@@ -3,9 +3,10 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::proto;
+use crate::deployments::{Record, State};
 use crate::pipeline::analyze::BuildPlan;
 use crate::pipeline::event::{
     CheckResult, Event, EventKind, Failure, Outcome, ProbeResult, ProbeStats, Stage,
@@ -380,18 +381,166 @@ pub fn event(e: Event) -> proto::Event {
         } => Kind::Plan(plan(&p, dockerfile.as_deref())),
         EventKind::Outcome(o) => Kind::Outcome(outcome(*o)),
     };
-    let since = e.time.duration_since(UNIX_EPOCH).unwrap_or_default();
     proto::Event {
         deployment_id: e.deployment_id,
+        seq: e.seq,
         stage: e
             .stage
             .map(stage)
             .unwrap_or(proto::Stage::Unspecified)
             .into(),
-        time: Some(prost_types::Timestamp {
-            seconds: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
-            nanos: i32::try_from(since.subsec_nanos()).unwrap_or(0),
-        }),
+        time: Some(timestamp(e.time)),
         kind: Some(kind),
+    }
+}
+
+fn timestamp(t: SystemTime) -> prost_types::Timestamp {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    prost_types::Timestamp {
+        seconds: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(since.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn state(s: State) -> proto::DeploymentState {
+    match s {
+        State::Running => proto::DeploymentState::Running,
+        State::Succeeded => proto::DeploymentState::Succeeded,
+        State::Failed => proto::DeploymentState::Failed,
+        State::Cancelled => proto::DeploymentState::Cancelled,
+    }
+}
+
+/// A state filter; `None` for UNSPECIFIED (all).
+pub fn state_filter(v: i32) -> Result<Option<State>, InvalidRequest> {
+    match proto::DeploymentState::try_from(v) {
+        Ok(proto::DeploymentState::Unspecified) => Ok(None),
+        Ok(proto::DeploymentState::Running) => Ok(Some(State::Running)),
+        Ok(proto::DeploymentState::Succeeded) => Ok(Some(State::Succeeded)),
+        Ok(proto::DeploymentState::Failed) => Ok(Some(State::Failed)),
+        Ok(proto::DeploymentState::Cancelled) => Ok(Some(State::Cancelled)),
+        Err(_) => Err(InvalidRequest::new("state", format!("unknown value {v}"))),
+    }
+}
+
+pub fn deployment(r: Record) -> proto::Deployment {
+    proto::Deployment {
+        request: Some(deploy_request_proto(
+            &r.progress.request,
+            r.request_id.clone().unwrap_or_default(),
+        )),
+        id: r.id,
+        request_id: r.request_id.unwrap_or_default(),
+        target: Some(target_proto(&r.target)),
+        state: state(r.state).into(),
+        stage: r.stage.map(stage).unwrap_or(proto::Stage::Unspecified).into(),
+        create_time: Some(timestamp(r.created)),
+        update_time: Some(timestamp(r.updated)),
+        end_time: r.ended.map(timestamp),
+        caller: r.caller,
+        outcome: r.outcome.map(outcome),
+        owner: r.owner.unwrap_or_default(),
+        cancel_requested: r.cancel_requested,
+        resumed: r.resumed,
+        last_seq: r.last_seq,
+    }
+}
+
+fn target_proto(t: &Target) -> proto::Target {
+    proto::Target {
+        project: t.project.clone(),
+        region: t.region.clone(),
+        service: t.service.clone(),
+    }
+}
+
+/// The domain request as the proto says it, defaults filled in.
+pub fn deploy_request_proto(r: &DeployRequest, request_id: String) -> proto::DeployRequest {
+    let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+    let millis = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+    let (kind, git_ref) = match &r.source {
+        SourceSpec::LocalPath(p) => (
+            proto::source::Kind::LocalPath(p.display().to_string()),
+            String::new(),
+        ),
+        SourceSpec::Git { url, git_ref } => (
+            proto::source::Kind::GitUrl(url.clone()),
+            git_ref.clone().unwrap_or_default(),
+        ),
+    };
+    let rt = &r.runtime;
+    let (rollout_mode, canary_percent) = match r.rollout {
+        RolloutMode::Direct => (proto::RolloutMode::Direct, 0),
+        RolloutMode::VerifyBeforeTraffic => (proto::RolloutMode::VerifyBeforeTraffic, 0),
+        RolloutMode::Canary { percent } => (proto::RolloutMode::Canary, percent),
+    };
+    proto::DeployRequest {
+        target: Some(target_proto(&r.target)),
+        source: Some(proto::Source {
+            kind: Some(kind),
+            git_ref,
+            subdirectory: r.subdirectory.clone().unwrap_or_default(),
+        }),
+        runtime: Some(proto::RuntimeSettings {
+            env: rt.env.clone().into_iter().collect(),
+            secrets: rt
+                .secrets
+                .iter()
+                .map(|s| proto::SecretEnv {
+                    env_name: s.env_name.clone(),
+                    secret: s.secret.clone(),
+                    version: s.version.clone(),
+                })
+                .collect(),
+            cpu: rt.cpu.clone().unwrap_or_default(),
+            memory: rt.memory.clone().unwrap_or_default(),
+            min_instances: rt.min_instances.unwrap_or(0),
+            max_instances: rt.max_instances.unwrap_or(0),
+            concurrency: rt.concurrency.unwrap_or(0),
+            request_timeout_seconds: rt.request_timeout.map(secs).unwrap_or(0),
+            service_account: rt.service_account.clone().unwrap_or_default(),
+            ingress: match rt.ingress {
+                None => proto::Ingress::Unspecified,
+                Some(Ingress::All) => proto::Ingress::All,
+                Some(Ingress::InternalOnly) => proto::Ingress::InternalOnly,
+                Some(Ingress::InternalLoadBalancer) => proto::Ingress::InternalLoadBalancer,
+            }
+            .into(),
+            vpc_egress: match rt.vpc_egress {
+                None => proto::VpcEgress::Unspecified,
+                Some(VpcEgress::PrivateRangesOnly) => proto::VpcEgress::PrivateRangesOnly,
+                Some(VpcEgress::AllTraffic) => proto::VpcEgress::AllTraffic,
+            }
+            .into(),
+            vpc_connector: rt.vpc_connector.clone().unwrap_or_default(),
+            allow_unauthenticated: rt.allow_unauthenticated,
+            container_port: rt.container_port.into(),
+        }),
+        build: Some(proto::BuildOptions {
+            machine_type: r.build.machine_type.clone(),
+            timeout_seconds: secs(r.build.timeout),
+            step_timeout_seconds: secs(r.build.step_timeout),
+            max_attempts: r.build.max_attempts,
+            repository: r.build.repository.clone(),
+            service_account: r.build.service_account.clone().unwrap_or_default(),
+        }),
+        health_check: Some(proto::HealthCheck {
+            path: r.health.path.clone(),
+            attempts: r.health.attempts,
+            timeout_ms: millis(r.health.timeout),
+            accepted_statuses: r.health.accepted_statuses.iter().map(|s| u32::from(*s)).collect(),
+            base_delay_ms: millis(r.health.base_delay),
+            expect_body: r.health.expect_body.clone().unwrap_or_default(),
+            headers: r.health.headers.clone().into_iter().collect(),
+            max_delay_ms: r.health.max_delay.map(millis).unwrap_or(0),
+        }),
+        rollback_policy: match r.rollback {
+            RollbackPolicy::Automatic => proto::RollbackPolicy::Automatic,
+            RollbackPolicy::Recommend => proto::RollbackPolicy::Recommend,
+        }
+        .into(),
+        rollout_mode: rollout_mode.into(),
+        canary_percent,
+        request_id,
     }
 }

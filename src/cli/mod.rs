@@ -50,6 +50,68 @@ enum Command {
     Verify(VerifyArgs),
     /// Show what deployd would build from a source directory, and why.
     Analyze(AnalyzeArgs),
+    /// Deployments the daemon has recorded, newest first.
+    List(ListArgs),
+    /// One deployment: its state, stage and outcome.
+    Status(IdArgs),
+    /// Follow a deployment's events (from the start, or after --after-seq).
+    Watch(WatchArgs),
+    /// Cancel a running deployment (its build is cancelled, traffic stays
+    /// on a healthy revision).
+    Cancel(IdArgs),
+}
+
+/// A client of a running daemon (no --sandbox: its store is the daemon's).
+#[derive(Args, Debug, Clone)]
+struct Remote {
+    #[arg(long, env = ENV_SERVER)]
+    server: Option<String>,
+    /// JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct IdArgs {
+    /// The deployment id (printed by deploy, list).
+    id: String,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(Args, Debug)]
+struct WatchArgs {
+    id: String,
+    /// Show only events after this seq.
+    #[arg(long, default_value_t = 0)]
+    after_seq: u64,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(Args, Debug)]
+struct ListArgs {
+    #[arg(long, env = ENV_PROJECT)]
+    project: Option<String>,
+    #[arg(long)]
+    region: Option<String>,
+    #[arg(long)]
+    service: Option<String>,
+    #[arg(long, value_enum)]
+    state: Option<StateArg>,
+    /// At most this many (newest first).
+    #[arg(long, default_value_t = 20)]
+    limit: u32,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum StateArg {
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
 }
 
 #[derive(Args, Debug)]
@@ -128,6 +190,29 @@ struct Tuning {
     /// Resumable upload chunk size (a multiple of 256 KiB).
     #[arg(long, env = ENV_UPLOAD_CHUNK_BYTES, default_value_t = crate::gcp::storage::DEFAULT_CHUNK_BYTES)]
     upload_chunk_bytes: usize,
+    /// The deployment store: sqlite:///ABSOLUTE/PATH or postgres://...
+    /// (several daemons share a PostgreSQL one); wins over --state-dir.
+    #[arg(long, env = ENV_DATABASE_URL)]
+    database_url: Option<String>,
+    /// Directory of the default SQLite store (default
+    /// $XDG_STATE_HOME/deployd, or ~/.local/state/deployd; with --sandbox
+    /// a temporary one).
+    #[arg(long, env = ENV_STATE_DIR)]
+    state_dir: Option<PathBuf>,
+    /// This daemon's name in deployment leases (default host:port). A
+    /// daemon restarted under the same name resumes its deployments at once.
+    #[arg(long, env = ENV_DAEMON_ID)]
+    daemon_id: Option<String>,
+    /// Seconds a running deployment's lease lasts without a heartbeat;
+    /// another daemon takes it over after that.
+    #[arg(long, env = ENV_LEASE_SECONDS, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    lease_seconds: u64,
+    /// Days ended deployments are kept before they are pruned.
+    #[arg(long, env = ENV_HISTORY_DAYS, default_value_t = 90, value_parser = clap::value_parser!(u64).range(1..=36500))]
+    history_days: u64,
+    /// Seconds a stopping daemon waits for its runs to hand over.
+    #[arg(long, env = "DEPLOYD_DRAIN_SECONDS", default_value_t = 10)]
+    drain_seconds: u64,
 }
 
 /// Which daemon a client command talks to.
@@ -254,6 +339,13 @@ struct DeployArgs {
     /// What to do when the new revision is not healthy.
     #[arg(long, value_enum, default_value = "automatic")]
     rollback: RollbackArg,
+    /// Idempotency key: sending the same deploy again with it follows the
+    /// first deployment instead of starting another.
+    #[arg(long)]
+    request_id: Option<String>,
+    /// Print the deployment id and return; it runs on in the daemon.
+    #[arg(long, conflicts_with = "sandbox")]
+    detach: bool,
     #[command(flatten)]
     connect: Connect,
 }
@@ -330,6 +422,12 @@ impl Tuning {
             }),
             metadata_host: self.metadata_host.clone(),
             probe_ca_file: self.probe_ca_file.clone(),
+            database_url: self.database_url.clone(),
+            state_dir: self.state_dir.clone(),
+            daemon_id: self.daemon_id.clone(),
+            lease: Duration::from_secs(self.lease_seconds),
+            history_retention: Duration::from_secs(self.history_days * 24 * 3600),
+            shutdown_grace: Duration::from_secs(self.drain_seconds),
             pipeline: PipelineConfig {
                 retry_base_delay: Duration::from_millis(self.retry_base_delay_ms),
                 poll_interval: poll,
@@ -488,11 +586,17 @@ async fn run(command: Command) -> anyhow::Result<i32> {
                 }
                 .into(),
                 canary_percent: a.canary_percent.unwrap_or(0),
+                request_id: a.request_id.clone().unwrap_or_default(),
             };
-            run_client(&a.connect, |mut c| async move {
-                Ok(c.deploy(req).await?.into_inner())
-            })
-            .await
+            let mut s = Session::connect(&a.connect).await?;
+            let stream = match s.client.deploy(req).await {
+                Ok(r) => r.into_inner(),
+                Err(status) => return Ok(refused(&status)),
+            };
+            if a.detach {
+                return detach(stream).await;
+            }
+            s.follow(stream, true).await
         }
         Command::Preflight(a) => {
             let req = proto::PreflightRequest {
@@ -507,10 +611,11 @@ async fn run(command: Command) -> anyhow::Result<i32> {
                 repository: a.repository.clone().unwrap_or_default(),
                 build_service_account: a.build_service_account.clone().unwrap_or_default(),
             };
-            run_client(&a.connect, |mut c| async move {
-                Ok(c.preflight(req).await?.into_inner())
-            })
-            .await
+            let mut s = Session::connect(&a.connect).await?;
+            match s.client.preflight(req).await {
+                Ok(r) => s.follow(r.into_inner(), false).await,
+                Err(status) => Ok(refused(&status)),
+            }
         }
         Command::Verify(a) => {
             let req = proto::VerifyRequest {
@@ -524,11 +629,138 @@ async fn run(command: Command) -> anyhow::Result<i32> {
                 headers: a.headers.iter().cloned().collect(),
                 max_delay_ms: a.max_delay_ms.unwrap_or(0),
             };
-            run_client(&a.connect, |mut c| async move {
-                Ok(c.verify(req).await?.into_inner())
-            })
-            .await
+            let mut s = Session::connect(&a.connect).await?;
+            match s.client.verify(req).await {
+                Ok(r) => s.follow(r.into_inner(), false).await,
+                Err(status) => Ok(refused(&status)),
+            }
         }
+        Command::List(a) => list(a).await,
+        Command::Status(a) => {
+            let mut client = remote(&a.remote).await?;
+            let req = proto::GetDeploymentRequest { id: a.id.clone() };
+            match client.get_deployment(req).await {
+                Ok(r) => {
+                    let d = r.into_inner();
+                    let mut out = std::io::stdout().lock();
+                    if a.remote.json {
+                        writeln!(out, "{}", render::deployment_json(&d))?;
+                    } else {
+                        render::deployment(&mut out, &d)?;
+                    }
+                    Ok(0)
+                }
+                Err(status) => Ok(refused(&status)),
+            }
+        }
+        Command::Watch(a) => {
+            let client = remote(&a.remote).await?;
+            let mut s = Session {
+                client,
+                json: a.remote.json,
+                _embedded: None,
+                _state: None,
+                shutdown: CancellationToken::new(),
+            };
+            let req = proto::WatchDeploymentRequest {
+                id: a.id.clone(),
+                after_seq: a.after_seq,
+            };
+            match s.client.watch_deployment(req).await {
+                Ok(r) => s.follow(r.into_inner(), false).await,
+                Err(status) => Ok(refused(&status)),
+            }
+        }
+        Command::Cancel(a) => {
+            let mut client = remote(&a.remote).await?;
+            let req = proto::CancelDeploymentRequest { id: a.id.clone() };
+            match client.cancel_deployment(req).await {
+                Ok(r) => {
+                    let d = r.into_inner();
+                    if a.remote.json {
+                        println!("{}", render::deployment_json(&d));
+                    } else {
+                        println!(
+                            "cancel requested for deployment {} (running on {}); follow it with: deployd watch {}",
+                            d.id,
+                            if d.owner.is_empty() { "no daemon yet" } else { &d.owner },
+                            d.id
+                        );
+                    }
+                    Ok(0)
+                }
+                Err(status) => Ok(refused(&status)),
+            }
+        }
+    }
+}
+
+/// A refused call: its status on stderr, exit code 2.
+fn refused(s: &tonic::Status) -> i32 {
+    eprintln!("deployd refused the request: {:?}: {}", s.code(), s.message());
+    2
+}
+
+async fn remote(r: &Remote) -> anyhow::Result<DeployerClient<tonic::transport::Channel>> {
+    let url = r
+        .server
+        .clone()
+        .unwrap_or_else(|| format!("http://{DEFAULT_LISTEN}"));
+    DeployerClient::connect(url.clone())
+        .await
+        .with_context(|| format!("connecting to deployd at {url}"))
+}
+
+async fn list(a: ListArgs) -> anyhow::Result<i32> {
+    let mut client = remote(&a.remote).await?;
+    let state = a.state.map(|s| match s {
+        StateArg::Running => proto::DeploymentState::Running,
+        StateArg::Succeeded => proto::DeploymentState::Succeeded,
+        StateArg::Failed => proto::DeploymentState::Failed,
+        StateArg::Cancelled => proto::DeploymentState::Cancelled,
+    });
+    let req = proto::ListDeploymentsRequest {
+        project: a.project.clone().unwrap_or_default(),
+        region: a.region.clone().unwrap_or_default(),
+        service: a.service.clone().unwrap_or_default(),
+        state: state.unwrap_or(proto::DeploymentState::Unspecified).into(),
+        page_size: a.limit.clamp(1, 1000),
+        page_token: String::new(),
+    };
+    let page = match client.list_deployments(req).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => return Ok(refused(&status)),
+    };
+    let mut out = std::io::stdout().lock();
+    for d in &page.deployments {
+        if a.remote.json {
+            writeln!(out, "{}", render::deployment_json(d))?;
+        } else {
+            render::deployment_row(&mut out, d)?;
+        }
+    }
+    if page.deployments.is_empty() && !a.remote.json {
+        writeln!(out, "no deployments")?;
+    }
+    Ok(0)
+}
+
+/// `deploy --detach`: the id of the deployment, which runs on without us.
+async fn detach(mut stream: Events) -> anyhow::Result<i32> {
+    match stream.message().await {
+        Ok(Some(e)) => {
+            println!("{}", e.deployment_id);
+            eprintln!(
+                "deployment {id} runs in the daemon; follow it with: deployd watch {id}",
+                id = e.deployment_id
+            );
+            Ok(0)
+        }
+        Ok(None) => {
+            eprintln!("the stream ended before the deployment was named");
+            Ok(2)
+        }
+        Err(status) => Ok(refused(&status)),
     }
 }
 
@@ -587,9 +819,18 @@ async fn serve(a: ServeArgs) -> anyhow::Result<i32> {
         running.grpc, running.metrics
     );
     let stop = shutdown.clone();
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("listening for SIGINT")?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
     tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("shutting down: cancelling running deploys");
+        let signal = tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        };
+        // Deployments are not cancelled: they stop at their last recorded
+        // step and the next daemon on this store resumes them.
+        tracing::info!(signal, "draining: no new work; running deployments are handed to the next daemon");
         stop.cancel();
     });
     running.done.await.context("daemon task")??;
@@ -598,69 +839,121 @@ async fn serve(a: ServeArgs) -> anyhow::Result<i32> {
 
 type Events = tonic::Streaming<proto::Event>;
 
-/// Connects (starting an embedded daemon for --sandbox), calls, renders the
-/// stream; exit code 0 only when the outcome says success.
-async fn run_client<F, Fut>(c: &Connect, call: F) -> anyhow::Result<i32>
-where
-    F: FnOnce(DeployerClient<tonic::transport::Channel>) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<Events>>,
-{
-    let shutdown = CancellationToken::new();
-    let mut _embedded = None;
-    let url = if c.sandbox {
-        let mut config = DaemonConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            metrics_listen: None,
-            ..c.tuning.daemon_config(Backend::EmbeddedSandbox)
-        };
-        // The embedded daemon serves this user only: their own files.
-        config.pipeline.sources.local_roots = vec![PathBuf::from("/")];
-        let running = daemon::start(config, SandboxConfig::default(), shutdown.clone()).await?;
-        let url = format!("http://{}", running.grpc);
-        _embedded = Some(running);
-        url
-    } else {
-        c.server
-            .clone()
-            .unwrap_or_else(|| format!("http://{DEFAULT_LISTEN}"))
-    };
-    let client = DeployerClient::connect(url.clone())
-        .await
-        .with_context(|| format!("connecting to deployd at {url}"))?;
-    let mut stream = match call(client).await {
-        Ok(s) => s,
-        Err(e) => {
-            match e.downcast_ref::<tonic::Status>() {
-                Some(s) => eprintln!(
-                    "deployd refused the request: {:?}: {}",
-                    s.code(),
-                    s.message()
-                ),
-                None => eprintln!("deployd call failed: {e:#}"),
+/// A client of a daemon: a remote one, or one embedded with its sandbox
+/// (and, unless told otherwise, a temporary store) for `--sandbox`.
+struct Session {
+    client: DeployerClient<tonic::transport::Channel>,
+    json: bool,
+    _embedded: Option<daemon::Running>,
+    _state: Option<tempfile::TempDir>,
+    shutdown: CancellationToken,
+}
+
+impl Session {
+    async fn connect(c: &Connect) -> anyhow::Result<Session> {
+        let shutdown = CancellationToken::new();
+        let mut embedded = None;
+        let mut state = None;
+        let url = if c.sandbox {
+            let mut config = DaemonConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                metrics_listen: None,
+                ..c.tuning.daemon_config(Backend::EmbeddedSandbox)
+            };
+            // The embedded daemon serves this user only: their own files.
+            config.pipeline.sources.local_roots = vec![PathBuf::from("/")];
+            // A rehearsal keeps no history unless a store is named.
+            if config.database_url.is_none() && config.state_dir.is_none() {
+                let dir = tempfile::Builder::new()
+                    .prefix("deployd-sandbox-state")
+                    .tempdir()
+                    .context("creating a temporary deployment store")?;
+                config.state_dir = Some(dir.path().to_path_buf());
+                state = Some(dir);
             }
-            return Ok(2);
-        }
-    };
-    let mut stdout = std::io::stdout().lock();
-    let mut success = None;
-    while let Some(event) = stream.message().await? {
-        if c.json {
-            writeln!(stdout, "{}", render::to_json(&event))?;
+            let running =
+                daemon::start(config, SandboxConfig::default(), shutdown.clone()).await?;
+            let url = format!("http://{}", running.grpc);
+            embedded = Some(running);
+            url
         } else {
-            render::human(&mut stdout, &event)?;
-        }
-        stdout.flush()?;
-        if let Some(proto::event::Kind::Outcome(o)) = &event.kind {
-            success = Some(o.success);
-        }
+            c.server
+                .clone()
+                .unwrap_or_else(|| format!("http://{DEFAULT_LISTEN}"))
+        };
+        let client = DeployerClient::connect(url.clone())
+            .await
+            .with_context(|| format!("connecting to deployd at {url}"))?;
+        Ok(Session {
+            client,
+            json: c.json,
+            _embedded: embedded,
+            _state: state,
+            shutdown,
+        })
     }
-    shutdown.cancel();
-    Ok(match success {
-        Some(true) => 0,
-        Some(false) => 1,
-        None => {
-            eprintln!("the stream ended without an outcome");
-            2
+
+    /// Renders the stream; exit code 0 only when the outcome says success.
+    /// With `cancellable` (a Deploy), ctrl-c asks the daemon to cancel the
+    /// deployment and goes on showing it until it ends; a second ctrl-c
+    /// stops watching (the deployment goes on).
+    async fn follow(&mut self, mut stream: Events, cancellable: bool) -> anyhow::Result<i32> {
+        let mut interrupts =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+                .context("listening for ctrl-c")?;
+        let mut stdout = std::io::stdout().lock();
+        let mut success = None;
+        let mut id = String::new();
+        let mut cancel_sent = false;
+        loop {
+            let event = tokio::select! {
+                m = stream.message() => m,
+                _ = interrupts.recv() => {
+                    if !cancellable || cancel_sent || id.is_empty() {
+                        if !id.is_empty() {
+                            eprintln!("stopped watching; deployment {id} goes on: deployd watch {id}");
+                        }
+                        self.shutdown.cancel();
+                        return Ok(130);
+                    }
+                    match self.client.cancel_deployment(proto::CancelDeploymentRequest { id: id.clone() }).await {
+                        Ok(_) => eprintln!("cancel requested for deployment {id}; showing it until it ends (ctrl-c again to stop watching)"),
+                        Err(s) => eprintln!("could not cancel deployment {id}: {:?}: {}", s.code(), s.message()),
+                    }
+                    cancel_sent = true;
+                    continue;
+                }
+            };
+            let event = match event {
+                Ok(Some(e)) => e,
+                Ok(None) => break,
+                Err(status) => {
+                    eprintln!("the stream ended: {:?}: {}", status.code(), status.message());
+                    self.shutdown.cancel();
+                    return Ok(2);
+                }
+            };
+            if id.is_empty() {
+                id = event.deployment_id.clone();
+            }
+            if self.json {
+                writeln!(stdout, "{}", render::to_json(&event))?;
+            } else {
+                render::human(&mut stdout, &event)?;
+            }
+            stdout.flush()?;
+            if let Some(proto::event::Kind::Outcome(o)) = &event.kind {
+                success = Some(o.success);
+            }
         }
-    })
+        self.shutdown.cancel();
+        Ok(match success {
+            Some(true) => 0,
+            Some(false) => 1,
+            None => {
+                eprintln!("the stream ended without an outcome");
+                2
+            }
+        })
+    }
 }

@@ -24,16 +24,102 @@ fn check_json(c: &proto::Check) -> Value {
     json!({"name": c.name, "ok": c.ok, "inconclusive": c.inconclusive, "detail": c.detail, "remediation": c.remediation})
 }
 
+fn rfc3339(t: Option<&prost_types::Timestamp>) -> String {
+    t.and_then(|t| chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+pub fn state_name(s: i32) -> &'static str {
+    match proto::DeploymentState::try_from(s).unwrap_or(proto::DeploymentState::Unspecified) {
+        proto::DeploymentState::Unspecified => "",
+        proto::DeploymentState::Running => "running",
+        proto::DeploymentState::Succeeded => "succeeded",
+        proto::DeploymentState::Failed => "failed",
+        proto::DeploymentState::Cancelled => "cancelled",
+    }
+}
+
+/// A deployment resource as a JSON object (`list --json`, `status --json`).
+pub fn deployment_json(d: &proto::Deployment) -> Value {
+    let t = d.target.clone().unwrap_or_default();
+    json!({
+        "id": d.id, "request_id": d.request_id,
+        "project": t.project, "region": t.region, "service": t.service,
+        "state": state_name(d.state), "stage": stage_name(d.stage),
+        "create_time": rfc3339(d.create_time.as_ref()), "update_time": rfc3339(d.update_time.as_ref()),
+        "end_time": rfc3339(d.end_time.as_ref()),
+        "caller": d.caller, "owner": d.owner, "cancel_requested": d.cancel_requested,
+        "resumed": d.resumed, "last_seq": d.last_seq,
+        "outcome": d.outcome.as_ref().map(|o| json!({
+            "success": o.success, "url": o.url, "revision": o.revision, "previous_revision": o.previous_revision,
+            "rolled_back": o.rolled_back, "build_id": o.build_id,
+            "error": o.error.as_ref().map(|f| json!({"code": f.code, "message": f.message, "retriable": f.retriable, "remediation": f.remediation})),
+        })),
+    })
+}
+
+/// One line per deployment, for `deployd list`.
+pub fn deployment_row(out: &mut impl Write, d: &proto::Deployment) -> std::io::Result<()> {
+    let t = d.target.clone().unwrap_or_default();
+    let result = match &d.outcome {
+        Some(o) if o.success => o.revision.clone(),
+        Some(o) => o.error.as_ref().map(|f| f.code.clone()).unwrap_or_default(),
+        None => String::new(),
+    };
+    writeln!(
+        out,
+        "{:<36}  {:<9}  {:<9}  {:<40}  {:<24}  {}",
+        d.id,
+        state_name(d.state),
+        stage_name(d.stage),
+        format!("{}/{}/{}", t.project, t.region, t.service),
+        rfc3339(d.create_time.as_ref()),
+        result
+    )
+}
+
+/// A deployment in full, for `deployd status`.
+pub fn deployment(out: &mut impl Write, d: &proto::Deployment) -> std::io::Result<()> {
+    let t = d.target.clone().unwrap_or_default();
+    writeln!(out, "deployment {}", d.id)?;
+    writeln!(out, "  service   {} in {}/{}", t.service, t.project, t.region)?;
+    writeln!(out, "  state     {} (stage {})", state_name(d.state), stage_name(d.stage))?;
+    writeln!(out, "  created   {} by {}", rfc3339(d.create_time.as_ref()), d.caller)?;
+    writeln!(out, "  updated   {}", rfc3339(d.update_time.as_ref()))?;
+    if d.end_time.is_some() {
+        writeln!(out, "  ended     {}", rfc3339(d.end_time.as_ref()))?;
+    }
+    if !d.owner.is_empty() {
+        writeln!(out, "  running on {}", d.owner)?;
+    }
+    if !d.request_id.is_empty() {
+        writeln!(out, "  request   {}", d.request_id)?;
+    }
+    if d.resumed > 0 {
+        writeln!(out, "  resumed   {} time(s) after its daemon stopped", d.resumed)?;
+    }
+    if d.cancel_requested {
+        writeln!(out, "  cancel requested")?;
+    }
+    if let Some(o) = &d.outcome {
+        human(
+            out,
+            &proto::Event {
+                deployment_id: d.id.clone(),
+                kind: Some(Kind::Outcome(o.clone())),
+                ..Default::default()
+            },
+        )?;
+    } else {
+        writeln!(out, "  follow it: deployd watch {}", d.id)?;
+    }
+    Ok(())
+}
+
 /// One event as a JSON object (a line of `--json` output).
 pub fn to_json(e: &proto::Event) -> Value {
-    let time = e
-        .time
-        .as_ref()
-        .and_then(|t| {
-            chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
-        })
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default();
+    let time = rfc3339(e.time.as_ref());
     let (kind, data) = match &e.kind {
         Some(Kind::StageStarted(_)) => ("stage_started", json!({})),
         Some(Kind::StageFinished(f)) => (
@@ -72,7 +158,7 @@ pub fn to_json(e: &proto::Event) -> Value {
         ),
         None => ("unknown", json!({})),
     };
-    json!({"deployment_id": e.deployment_id, "stage": stage_name(e.stage), "time": time, "kind": kind, "data": data})
+    json!({"deployment_id": e.deployment_id, "seq": e.seq, "stage": stage_name(e.stage), "time": time, "kind": kind, "data": data})
 }
 
 /// Writes one event for a person.

@@ -53,6 +53,14 @@ pub struct Build {
     pub logs_bucket: String,
     pub results: Option<Results>,
     pub steps: Vec<StepStatus>,
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct BuildList {
+    builds: Vec<Build>,
+    next_page_token: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -191,6 +199,29 @@ pub async fn get(t: &Transport, project: &str, id: &str) -> Result<Build, GcpErr
         t.request(Method::GET, url),
     )
     .await
+}
+
+/// Builds carrying `tag`, newest first (one page: a deployment makes a few).
+pub async fn list_tagged(t: &Transport, project: &str, tag: &str) -> Result<Vec<Build>, GcpError> {
+    let url = format!(
+        "{}/v1/projects/{}/locations/{LOCATION}/builds",
+        t.endpoints.cloud_build,
+        segment(project)
+    );
+    // Tags are [\w.-] only (validated by the caller's naming), so the
+    // filter needs no escaping beyond its quotes.
+    let filter = format!("tags=\"{tag}\"");
+    let list: BuildList = t
+        .json(
+            "cloudbuild.projects.locations.builds.list",
+            t.request(Method::GET, url)
+                .query(&[("filter", filter.as_str()), ("pageSize", "50")]),
+        )
+        .await?;
+    if !list.next_page_token.is_empty() {
+        tracing::debug!(tag, "more than one page of tagged builds; the newest are used");
+    }
+    Ok(list.builds)
 }
 
 pub async fn cancel(t: &Transport, project: &str, id: &str) -> Result<Build, GcpError> {

@@ -121,6 +121,7 @@ fn build_info(b: cloudbuild::Build) -> BuildInfo {
         failure_type: b.failure_info.map(|f| f.kind).filter(|k| !k.is_empty()),
         log_url: b.log_url,
         logs_bucket: b.logs_bucket,
+        tags: b.tags,
         images: b
             .results
             .map(|r| r.images.into_iter().map(|i| (i.name, i.digest)).collect())
@@ -302,6 +303,14 @@ impl Cloud for GcpClient {
 
     async fn get_build(&self, project: &str, id: &str) -> Result<BuildInfo, CloudError> {
         Ok(build_info(cloudbuild::get(&self.t, project, id).await?))
+    }
+
+    async fn find_builds(&self, project: &str, tag: &str) -> Result<Vec<BuildInfo>, CloudError> {
+        Ok(cloudbuild::list_tagged(&self.t, project, tag)
+            .await?
+            .into_iter()
+            .map(build_info)
+            .collect())
     }
 
     async fn cancel_build(&self, project: &str, id: &str) -> Result<(), CloudError> {

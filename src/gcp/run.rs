@@ -142,6 +142,7 @@ struct Service {
     traffic_statuses: Vec<TrafficStatus>,
     terminal_condition: Option<Condition>,
     template: Template,
+    reconciling: bool,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -215,6 +216,7 @@ impl From<Service> for RunService {
                 .collect(),
             ready,
             ready_message,
+            reconciling: s.reconciling,
             image: s.template.containers.into_iter().next().map(|c| c.image),
             tag_urls: s
                 .traffic_statuses

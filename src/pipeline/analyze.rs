@@ -11,9 +11,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Language {
     Python,
     Node,
@@ -46,7 +46,7 @@ impl Language {
 }
 
 /// Why the analysis chose what it chose: a file, maybe a line, a note.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Evidence {
     pub file: String,
     pub line: Option<usize>,
@@ -54,7 +54,7 @@ pub struct Evidence {
 }
 
 /// How to turn the source into a container that listens on $PORT.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BuildPlan {
     pub language: Language,
     /// Major (or major.minor) version of the runtime.

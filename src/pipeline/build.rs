@@ -4,6 +4,7 @@
 //! failure is on Google's side; a failing Dockerfile is not.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,9 +12,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::cloud::{BuildInfo, BuildSpec, BuildStatus, BuildStep};
 use super::error::{CloudError, StageError};
-use super::event::{EventKind, Reporter, Stage};
+use super::event::{EventKind, JournalError, Reporter, Stage};
 use super::retry::{classify_cloud, retry, GaveUp, Retriability, RetryPolicy};
-use super::{archive, naming, ArchiveRef, BuildRecord, Deployment, Pipeline};
+use super::{
+    archive, build_tags, deployment_tag, naming, ArchiveRef, BuildRecord, Deployment, PendingBuild,
+    Pipeline,
+};
 use crate::telemetry::metrics;
 
 /// Log lines kept for the failure message.
@@ -27,6 +31,7 @@ enum AttemptError {
     Api(CloudError),
     Build { info: BuildInfo, tail: Vec<String> },
     TimedOut { id: String, log_url: String },
+    Journal(JournalError),
 }
 
 /// Build results: retriable when the failure is Google's, not the user's.
@@ -49,7 +54,7 @@ fn classify_attempt(e: &AttemptError) -> Retriability {
     match e {
         AttemptError::Api(e) => classify_cloud(e),
         AttemptError::Build { info, .. } => classify_build(info),
-        AttemptError::TimedOut { .. } => Retriability::Permanent,
+        AttemptError::TimedOut { .. } | AttemptError::Journal(_) => Retriability::Permanent,
     }
 }
 
@@ -63,6 +68,7 @@ fn retry_reason(e: &AttemptError) -> &'static str {
             _ => "BUILD_PUSH_FAILED",
         },
         AttemptError::TimedOut { .. } => "DEADLINE",
+        AttemptError::Journal(_) => "STORE",
     }
 }
 
@@ -70,13 +76,35 @@ impl Pipeline {
     pub(crate) async fn stage_build(
         &self,
         d: &mut Deployment,
-        dir: &std::path::Path,
+        dir: Option<&std::path::Path>,
         events: &Reporter,
         cancel: &CancellationToken,
     ) -> Result<(), StageError> {
         let target = d.request.target.clone();
         let opts = d.request.build.clone();
-        let archive_ref = self.upload_source(d, dir, events, cancel).await?;
+        let archive_ref = match (d.archive.clone(), dir) {
+            (Some(a), _) => {
+                events
+                    .progress(
+                        Stage::Build,
+                        format!("building from gs://{}/{}, uploaded before", a.bucket, a.object),
+                    )
+                    .await;
+                a
+            }
+            (None, Some(dir)) => {
+                let a = self.upload_source(d, dir, events, cancel).await?;
+                // A resumed run builds from it without the source.
+                events.checkpoint(d).await.map_err(StageError::Journal)?;
+                a
+            }
+            (None, None) => {
+                return Err(StageError::Source {
+                    location: "(none)".into(),
+                    reason: "the source stage did not run".into(),
+                })
+            }
+        };
         let bucket = naming::source_bucket(&target.project, &target.region);
         let image = naming::image(&target, &opts.repository);
         let tag = &archive_ref.sha256[..12];
@@ -120,25 +148,42 @@ impl Pipeline {
             service_account: opts.service_account.clone(),
         };
 
+        // A resumed run goes on with the attempt it was in: polling the
+        // build it recorded, or finding by its tags one it had no time to.
+        let resume = match (&d.pending_build, d.build_attempts) {
+            (Some(p), _) => Some(Adopt::Recorded(p.clone())),
+            (None, n) if n > 0 && d.build.is_none() => Some(Adopt::Tagged(n)),
+            _ => None,
+        };
+        let first = match &resume {
+            Some(Adopt::Recorded(p)) => p.attempt,
+            Some(Adopt::Tagged(n)) => *n,
+            None => 1,
+        };
         let policy = RetryPolicy {
-            max_attempts: opts.max_attempts,
+            max_attempts: opts.max_attempts.saturating_sub(first - 1).max(1),
             ..RetryPolicy::builds(self.config.retry_base_delay)
         };
+        let base = d.clone();
+        let last_attempt = AtomicU32::new(first);
         let started = std::time::Instant::now();
         let result = retry(
             &policy,
             cancel,
             |attempt| {
-                let (spec, project) = (&spec, &target.project);
+                let (spec, project, base) = (&spec, &target.project, &base);
+                let n = first + attempt - 1;
+                last_attempt.store(n, Ordering::Relaxed);
+                let adopt = if attempt == 1 { resume.clone() } else { None };
                 async move {
                     events
                         .progress(
                             Stage::Build,
-                            format!("build attempt {attempt} of {}", policy.max_attempts),
+                            format!("build attempt {n} of {}", opts.max_attempts.max(n)),
                         )
                         .await;
                     let r = self
-                        .build_once(project, spec, opts.timeout, events, cancel)
+                        .build_once(project, spec, (n, adopt, base), opts.timeout, events, cancel)
                         .await;
                     metrics::build_attempt(match &r {
                         Ok(_) => "success",
@@ -166,6 +211,8 @@ impl Pipeline {
         )
         .await;
         let elapsed = started.elapsed();
+        d.build_attempts = last_attempt.load(Ordering::Relaxed);
+        d.pending_build = None;
         match result {
             Ok((info, attempts)) => {
                 metrics::build_finished("success", elapsed);
@@ -196,6 +243,7 @@ impl Pipeline {
             Err(GaveUp::Failed { error, attempts }) => {
                 metrics::build_finished("failure", elapsed);
                 Err(match error {
+                    AttemptError::Journal(e) => StageError::Journal(e),
                     AttemptError::Api(e) => StageError::Cloud {
                         what: format!("creating a Cloud Build build in project {}", target.project),
                         attempts,
@@ -328,27 +376,99 @@ impl Pipeline {
         Ok(r)
     }
 
-    /// One build: create, then poll until terminal while streaming the log.
+    /// The build of attempt `n`: created (recorded before and after, with
+    /// tags naming the deployment and attempt), or for a resumed run the
+    /// one it made before; `None` when there is none.
+    async fn start_build(
+        &self,
+        project: &str,
+        spec: &BuildSpec,
+        (n, adopt, base): (u32, Option<Adopt>, &Deployment),
+        events: &Reporter,
+    ) -> Result<PendingBuild, AttemptError> {
+        match adopt {
+            Some(Adopt::Recorded(p)) => {
+                events
+                    .progress(
+                        Stage::Build,
+                        format!("polling build {}, created before the restart", p.id),
+                    )
+                    .await;
+                return Ok(p);
+            }
+            Some(Adopt::Tagged(n)) => {
+                let tags = build_tags(&base.id, n);
+                let found = self
+                    .cloud
+                    .find_builds(project, &deployment_tag(&base.id))
+                    .await
+                    .map_err(AttemptError::Api)?
+                    .into_iter()
+                    .find(|b| tags.iter().all(|t| b.tags.contains(t)));
+                if let Some(b) = found {
+                    events
+                        .progress(
+                            Stage::Build,
+                            format!("found build {} by its tags (created before the restart, never recorded); polling it", b.id),
+                        )
+                        .await;
+                    return Ok(PendingBuild {
+                        id: b.id,
+                        attempt: n,
+                        log_url: b.log_url,
+                    });
+                }
+            }
+            None => {}
+        }
+        // Recorded before the create: a crash right after it finds the
+        // build by its tags.
+        let mut snapshot = base.clone();
+        snapshot.build_attempts = n;
+        snapshot.pending_build = None;
+        events
+            .checkpoint(&snapshot)
+            .await
+            .map_err(AttemptError::Journal)?;
+        let mut spec = spec.clone();
+        spec.tags.extend(build_tags(&base.id, n));
+        let created = self
+            .cloud
+            .create_build(project, &spec)
+            .await
+            .map_err(AttemptError::Api)?;
+        let pending = PendingBuild {
+            id: created.id,
+            attempt: n,
+            log_url: created.log_url,
+        };
+        snapshot.pending_build = Some(pending.clone());
+        events
+            .checkpoint(&snapshot)
+            .await
+            .map_err(AttemptError::Journal)?;
+        events
+            .progress(
+                Stage::Build,
+                format!("build {} queued; logs: {}", pending.id, pending.log_url),
+            )
+            .await;
+        Ok(pending)
+    }
+
+    /// One build attempt: started, then polled until terminal while its log
+    /// streams.
     async fn build_once(
         &self,
         project: &str,
         spec: &BuildSpec,
+        attempt: (u32, Option<Adopt>, &Deployment),
         timeout: Duration,
         events: &Reporter,
         cancel: &CancellationToken,
     ) -> Result<BuildInfo, AttemptError> {
-        let created = self
-            .cloud
-            .create_build(project, spec)
-            .await
-            .map_err(AttemptError::Api)?;
+        let created = self.start_build(project, spec, attempt, events).await?;
         let id = created.id.clone();
-        events
-            .progress(
-                Stage::Build,
-                format!("build {id} queued; logs: {}", created.log_url),
-            )
-            .await;
         let log_object = naming::log_object(&id);
         let mut log = LogTail::default();
         // Our own deadline: Cloud Build's timeout plus time to queue and push.
@@ -448,6 +568,15 @@ impl Pipeline {
     }
 }
 
+/// A build a resumed run takes up instead of creating one.
+#[derive(Debug, Clone)]
+enum Adopt {
+    /// Its id was recorded.
+    Recorded(PendingBuild),
+    /// Attempt n may have been created without its id being recorded.
+    Tagged(u32),
+}
+
 #[derive(Default)]
 struct LogTail {
     offset: u64,
@@ -463,6 +592,7 @@ fn attempt_summary(e: &AttemptError) -> String {
             info.id, info.status_name, info.status_detail
         ),
         AttemptError::TimedOut { id, .. } => format!("build {id} timed out"),
+        AttemptError::Journal(e) => e.to_string(),
     }
 }
 
@@ -558,6 +688,7 @@ mod tests {
             logs_bucket: String::new(),
             images: vec![],
             failed_steps: vec![],
+            tags: vec![],
         }
     }
 

@@ -139,6 +139,7 @@ pub struct BuildInfo {
     pub images: Vec<(String, String)>,
     /// Ids of the steps whose status is FAILURE.
     pub failed_steps: Vec<String>,
+    pub tags: Vec<String>,
 }
 
 /// What a Cloud Run service should run.
@@ -174,6 +175,8 @@ pub struct RunService {
     pub traffic: Vec<TrafficTarget>,
     pub ready: bool,
     pub ready_message: Option<String>,
+    /// A rollout is still in progress: `ready` is not final yet.
+    pub reconciling: bool,
     pub image: Option<String>,
     /// URLs of tagged traffic targets: (tag, uri).
     pub tag_urls: Vec<(String, String)>,
@@ -289,6 +292,8 @@ pub trait Cloud: Send + Sync + 'static {
     ) -> Result<Option<String>, CloudError>;
     async fn create_build(&self, project: &str, spec: &BuildSpec) -> Result<BuildInfo, CloudError>;
     async fn get_build(&self, project: &str, id: &str) -> Result<BuildInfo, CloudError>;
+    /// Builds carrying `tag`, newest first.
+    async fn find_builds(&self, project: &str, tag: &str) -> Result<Vec<BuildInfo>, CloudError>;
     async fn cancel_build(&self, project: &str, id: &str) -> Result<(), CloudError>;
 
     // Cloud Run
@@ -312,7 +317,7 @@ pub trait Cloud: Send + Sync + 'static {
 }
 
 /// Why a probe got no acceptable answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ProbeErrorClass {
     Dns,
     Connect,

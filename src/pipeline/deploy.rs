@@ -48,7 +48,139 @@ impl Pipeline {
                 |_| self.cloud.run_service(&target),
             )
             .await?;
-        d.previous_revision = existing.as_ref().and_then(|s| s.serving_revision());
+        if !d.rollout_sent {
+            self.plan_rollout(d, existing.as_ref(), events).await;
+            // Recorded before it is sent: a resumed run looks the revision
+            // up by this name instead of sending the request again.
+            d.rollout_sent = true;
+            events.checkpoint(d).await.map_err(StageError::Journal)?;
+        }
+        let mode = d.effective_rollout;
+        let name = d
+            .planned_revision
+            .clone()
+            .unwrap_or_else(|| revision_name(&target.service, &d.id));
+        let sent_before = existing
+            .as_ref()
+            .is_some_and(|s| s.latest_created_revision.as_deref() == Some(name.as_str()));
+        let rollout = if sent_before {
+            events
+                .progress(
+                    Stage::Deploy,
+                    format!("revision {name} was created before the restart; waiting for it instead of sending the request again"),
+                )
+                .await;
+            self.await_rollout(&target, &name, &mut d.retries, events, cancel)
+                .await?
+        } else {
+            let traffic = match (&mode, &d.previous_revision) {
+                (RolloutMode::VerifyBeforeTraffic, Some(prev)) => vec![
+                    pinned(prev, 100),
+                    TrafficTarget {
+                        revision: Some(name.clone()),
+                        percent: 0,
+                        tag: Some(CANDIDATE_TAG.into()),
+                    },
+                ],
+                (RolloutMode::Canary { percent }, Some(prev)) => vec![
+                    pinned(prev, 100 - percent),
+                    TrafficTarget {
+                        revision: Some(name.clone()),
+                        percent: *percent,
+                        tag: Some(CANDIDATE_TAG.into()),
+                    },
+                ],
+                _ => vec![],
+            };
+            let spec = ServiceSpec {
+                target: target.clone(),
+                image,
+                runtime: d.request.runtime.clone(),
+                labels: BTreeMap::from([("managed-by".to_string(), "deployd".to_string())]),
+                revision_name: Some(name.clone()),
+                traffic,
+            };
+            // A create whose answer was lost comes back ALREADY_EXISTS on the
+            // next attempt, which the client turns into a patch.
+            self.cloud_call(
+                Stage::Deploy,
+                || {
+                    format!(
+                        "deploying Cloud Run service {} in {}/{}",
+                        target.service, target.project, target.region
+                    )
+                },
+                &mut d.retries,
+                events,
+                cancel,
+                |_| self.cloud.deploy_service(&spec, existing.is_some()),
+            )
+            .await?
+        };
+        let service = match rollout {
+            Rollout::Ready(s) => s,
+            Rollout::Failed { message, .. } => {
+                let revision = name.clone();
+                d.revision = Some(revision.clone());
+                return Err(StageError::RevisionNotReady {
+                    service: target.service,
+                    revision,
+                    message,
+                });
+            }
+        };
+        // The operation finishing is not enough: the service must say it is
+        // Ready, and (routing to the latest) serve the revision just made.
+        let fresh = service.latest_ready_revision.as_deref() == Some(name.as_str());
+        if !service.ready || !fresh {
+            let revision = name.clone();
+            d.revision = Some(revision.clone());
+            return Err(StageError::RevisionNotReady {
+                service: target.service,
+                revision,
+                message: service.ready_message.clone().unwrap_or_else(|| {
+                    format!(
+                        "the service is not Ready (latest ready revision {:?}, latest created {:?})",
+                        service.latest_ready_revision, service.latest_created_revision
+                    )
+                }),
+            });
+        }
+        d.revision = Some(name);
+        d.url = Some(service.uri.clone());
+        d.candidate_url = (mode != RolloutMode::Direct)
+            .then(|| tag_url(&service))
+            .flatten();
+        let public = d.request.runtime.allow_unauthenticated;
+        self.cloud_call(
+            Stage::Deploy,
+            || format!("setting the invoker policy of {}", target.service),
+            &mut d.retries,
+            events,
+            cancel,
+            |_| self.cloud.set_public_invoker(&target, public),
+        )
+        .await?;
+        let revision = d.revision.as_deref().unwrap_or("?");
+        let msg = match (mode, &d.candidate_url) {
+            (RolloutMode::VerifyBeforeTraffic, Some(u)) => {
+                format!("revision {revision} is ready with no traffic, to be verified at {u}")
+            }
+            (RolloutMode::Canary { percent }, Some(u)) => format!(
+                "revision {revision} is ready with {percent}% of traffic, to be verified at {u}"
+            ),
+            _ => format!("revision {revision} is ready at {}", service.uri),
+        };
+        events.progress(Stage::Deploy, msg).await;
+        Ok(())
+    }
+
+    /// Decides the rollout before anything is sent: the revision serving
+    /// now (the rollback target), the mode (a first deploy is direct) and
+    /// the new revision's name.
+    async fn plan_rollout(&self, d: &mut Deployment, existing: Option<&RunService>, events: &Reporter) {
+        let target = &d.request.target;
+        d.previous_revision = existing.and_then(|s| s.serving_revision());
         let mut mode = d.request.rollout;
         match (&d.previous_revision, mode) {
             (None, RolloutMode::Direct) => {
@@ -80,120 +212,63 @@ impl Pipeline {
             }
         }
         d.effective_rollout = mode;
+        // Named by deployd, so traffic can be routed to it before it exists
+        // and a repeated step finds it.
+        d.planned_revision = Some(revision_name(&target.service, &d.id));
+    }
 
-        // A candidate needs a name before it exists, to route traffic to it.
-        let candidate =
-            (mode != RolloutMode::Direct).then(|| candidate_name(&target.service, &d.id));
-        let traffic = match (&mode, &d.previous_revision, &candidate) {
-            (RolloutMode::VerifyBeforeTraffic, Some(prev), Some(new)) => vec![
-                pinned(prev, 100),
-                TrafficTarget {
-                    revision: Some(new.clone()),
-                    percent: 0,
-                    tag: Some(CANDIDATE_TAG.into()),
-                },
-            ],
-            (RolloutMode::Canary { percent }, Some(prev), Some(new)) => vec![
-                pinned(prev, 100 - percent),
-                TrafficTarget {
-                    revision: Some(new.clone()),
-                    percent: *percent,
-                    tag: Some(CANDIDATE_TAG.into()),
-                },
-            ],
-            _ => vec![],
-        };
-        let spec = ServiceSpec {
-            target: target.clone(),
-            image,
-            runtime: d.request.runtime.clone(),
-            labels: BTreeMap::from([("managed-by".to_string(), "deployd".to_string())]),
-            revision_name: candidate.clone(),
-            traffic,
-        };
-        // A create whose answer was lost comes back ALREADY_EXISTS on the
-        // next attempt, which the client turns into a patch.
-        let rollout = self
-            .cloud_call(
-                Stage::Deploy,
-                || {
-                    format!(
-                        "deploying Cloud Run service {} in {}/{}",
-                        target.service, target.project, target.region
-                    )
-                },
-                &mut d.retries,
-                events,
-                cancel,
-                |_| self.cloud.deploy_service(&spec, existing.is_some()),
-            )
-            .await?;
-        let service = match rollout {
-            Rollout::Ready(s) => s,
-            Rollout::Failed { message, service } => {
-                let revision = candidate
-                    .or_else(|| {
-                        service
-                            .as_ref()
-                            .and_then(|s| s.latest_created_revision.clone())
-                    })
-                    .unwrap_or_else(|| "(new)".into());
-                d.revision = Some(revision.clone());
-                return Err(StageError::RevisionNotReady {
-                    service: target.service,
-                    revision,
-                    message,
+    /// A rollout sent before a restart: the service is read until it is no
+    /// longer reconciling, and judged as the rollout's own answer would be.
+    async fn await_rollout(
+        &self,
+        target: &Target,
+        name: &str,
+        retries: &mut u32,
+        events: &Reporter,
+        cancel: &CancellationToken,
+    ) -> Result<Rollout, StageError> {
+        let deadline = tokio::time::Instant::now() + ROLLOUT_WAIT;
+        loop {
+            let service = self
+                .cloud_call(
+                    Stage::Deploy,
+                    || format!("reading Cloud Run service {}", target.service),
+                    retries,
+                    events,
+                    cancel,
+                    |_| self.cloud.run_service(target),
+                )
+                .await?;
+            let Some(service) = service else {
+                return Ok(Rollout::Failed {
+                    message: format!("the service {} no longer exists", target.service),
+                    service: None,
+                });
+            };
+            if !service.reconciling {
+                return Ok(if service.latest_ready_revision.as_deref() == Some(name) {
+                    Rollout::Ready(service)
+                } else {
+                    Rollout::Failed {
+                        message: service
+                            .ready_message
+                            .clone()
+                            .unwrap_or_else(|| format!("revision {name} did not become ready")),
+                        service: Some(service),
+                    }
                 });
             }
-        };
-        // The operation finishing is not enough: the service must say it is
-        // Ready, and (routing to the latest) serve the revision just made.
-        let fresh = mode != RolloutMode::Direct
-            || service.latest_ready_revision == service.latest_created_revision;
-        if !service.ready || !fresh {
-            let revision = candidate
-                .clone()
-                .or_else(|| service.latest_created_revision.clone())
-                .unwrap_or_else(|| "(new)".into());
-            d.revision = Some(revision.clone());
-            return Err(StageError::RevisionNotReady {
-                service: target.service,
-                revision,
-                message: service.ready_message.clone().unwrap_or_else(|| {
-                    format!(
-                        "the service is not Ready (latest ready revision {:?}, latest created {:?})",
-                        service.latest_ready_revision, service.latest_created_revision
-                    )
-                }),
-            });
-        }
-        d.revision = candidate.or_else(|| service.latest_ready_revision.clone());
-        d.url = Some(service.uri.clone());
-        d.candidate_url = (mode != RolloutMode::Direct)
-            .then(|| tag_url(&service))
-            .flatten();
-        let public = d.request.runtime.allow_unauthenticated;
-        self.cloud_call(
-            Stage::Deploy,
-            || format!("setting the invoker policy of {}", target.service),
-            &mut d.retries,
-            events,
-            cancel,
-            |_| self.cloud.set_public_invoker(&target, public),
-        )
-        .await?;
-        let revision = d.revision.as_deref().unwrap_or("?");
-        let msg = match (mode, &d.candidate_url) {
-            (RolloutMode::VerifyBeforeTraffic, Some(u)) => {
-                format!("revision {revision} is ready with no traffic, to be verified at {u}")
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(Rollout::Failed {
+                    message: format!("the rollout of {name} was still in progress after {ROLLOUT_WAIT:?}"),
+                    service: Some(service),
+                });
             }
-            (RolloutMode::Canary { percent }, Some(u)) => format!(
-                "revision {revision} is ready with {percent}% of traffic, to be verified at {u}"
-            ),
-            _ => format!("revision {revision} is ready at {}", service.uri),
-        };
-        events.progress(Stage::Deploy, msg).await;
-        Ok(())
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.poll_interval) => {}
+                _ = cancel.cancelled() => return Err(StageError::Cancelled { stage: "deploy" }),
+            }
+        }
     }
 
     /// After a candidate verified healthy: all traffic to it.
@@ -353,9 +428,12 @@ impl Pipeline {
     }
 }
 
+/// How long a resumed run waits for a rollout sent before its restart.
+const ROLLOUT_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// `{service}-{8 hex of the deployment id}`: unique, and a valid revision
 /// name (Cloud Run requires the service name as prefix).
-fn candidate_name(service: &str, deployment_id: &str) -> String {
+fn revision_name(service: &str, deployment_id: &str) -> String {
     let suffix: String = deployment_id
         .chars()
         .filter(|c| c.is_ascii_hexdigit())

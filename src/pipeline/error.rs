@@ -233,6 +233,11 @@ pub enum StageError {
 
     #[error("cancelled before {stage} finished")]
     Cancelled { stage: &'static str },
+
+    /// Progress could not be recorded, so the run stops before it changes
+    /// anything it could not find again after a crash.
+    #[error("could not record the deployment's progress")]
+    Journal(#[source] super::event::JournalError),
 }
 
 impl StageError {
@@ -321,6 +326,9 @@ impl StageError {
             ]),
             StageError::Cancelled { .. } => ("CANCELLED", true, vec![
                 "Nothing is left running (a build in progress was cancelled); deploy again when ready.".into(),
+            ]),
+            StageError::Journal(_) => ("STORE_UNAVAILABLE", true, vec![
+                "The daemon could not write to its deployment store (--database-url / --state-dir): check the database or disk, then deploy again.".into(),
             ]),
         };
         Failure {

@@ -2,7 +2,10 @@
 
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
@@ -26,6 +29,21 @@ impl Stage {
         Stage::Verify,
     ];
 
+    /// The stage named by [`Stage::as_str`].
+    pub fn parse(s: &str) -> Option<Stage> {
+        [
+            Stage::Source,
+            Stage::Analyze,
+            Stage::Preflight,
+            Stage::Build,
+            Stage::Deploy,
+            Stage::Verify,
+            Stage::Rollback,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+    }
+
     /// Lowercase name used in metric labels and logs.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -41,9 +59,9 @@ impl Stage {
 }
 
 /// One preflight check's verdict.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckResult {
-    pub name: &'static str,
+    pub name: Cow<'static, str>,
     pub ok: bool,
     pub inconclusive: bool,
     pub detail: String,
@@ -53,7 +71,7 @@ pub struct CheckResult {
 impl CheckResult {
     pub fn pass(name: &'static str, detail: impl Into<String>) -> Self {
         Self {
-            name,
+            name: Cow::Borrowed(name),
             ok: true,
             inconclusive: false,
             detail: detail.into(),
@@ -63,7 +81,7 @@ impl CheckResult {
 
     pub fn fail(name: &'static str, detail: impl Into<String>, remediation: Vec<String>) -> Self {
         Self {
-            name,
+            name: Cow::Borrowed(name),
             ok: false,
             inconclusive: false,
             detail: detail.into(),
@@ -73,7 +91,7 @@ impl CheckResult {
 
     pub fn inconclusive(name: &'static str, detail: impl Into<String>) -> Self {
         Self {
-            name,
+            name: Cow::Borrowed(name),
             ok: false,
             inconclusive: true,
             detail: detail.into(),
@@ -91,7 +109,7 @@ impl CheckResult {
 }
 
 /// One health-check attempt.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProbeResult {
     pub attempt: u32,
     pub url: String,
@@ -107,7 +125,7 @@ pub struct ProbeResult {
 }
 
 /// Latency of a run's probes, exact over its attempts.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ProbeStats {
     pub attempts: u32,
     pub p50: Duration,
@@ -115,7 +133,7 @@ pub struct ProbeStats {
     pub max: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
     pub code: String,
     pub message: String,
@@ -123,7 +141,7 @@ pub struct Failure {
     pub remediation: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Outcome {
     pub success: bool,
     pub url: String,
@@ -143,7 +161,19 @@ pub struct Outcome {
     pub final_url: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+impl Outcome {
+    /// The `result` label: success, cancelled, rolled_back or failure.
+    pub fn result(&self) -> &'static str {
+        match &self.error {
+            _ if self.success => "success",
+            Some(f) if f.code == "CANCELLED" => "cancelled",
+            _ if self.rolled_back => "rolled_back",
+            _ => "failure",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum EventKind {
     StageStarted,
     StageFinished {
@@ -168,36 +198,80 @@ pub enum EventKind {
     Outcome(Box<Outcome>),
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub deployment_id: String,
+    /// From 1, without gaps, per run.
+    pub seq: u64,
     pub stage: Option<Stage>,
     pub time: SystemTime,
     pub kind: EventKind,
 }
 
-/// Hands a run's events to whoever listens. A listener that went away (a
-/// client that disconnected) does not stop the run: events are then dropped
-/// and the run still finishes, logs and counts its outcome.
+/// Where a deployment's events and progress are kept: the deployment
+/// store, behind this narrow interface so the pipeline knows nothing of it.
+#[async_trait::async_trait]
+pub trait Journal: Send + Sync {
+    /// Keeps one event (its `seq` already set). An error means it was not
+    /// kept; the same seq is then offered again.
+    async fn record(&self, event: &Event) -> Result<(), JournalError>;
+    /// Keeps the run's progress, so a restarted daemon resumes from it.
+    async fn checkpoint(&self, d: &super::Deployment) -> Result<(), JournalError>;
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JournalError {
+    /// Another daemon holds this deployment now: this run must stop.
+    #[error("deployment {id} is now run by {owner}")]
+    LeaseLost { id: String, owner: String },
+    #[error("the deployment store failed: {0}")]
+    Store(String),
+}
+
+#[derive(Clone)]
+enum Sink {
+    /// A client's stream (Preflight, Verify): nothing is kept.
+    Channel(mpsc::Sender<Event>),
+    /// Kept in the store, where streams follow it.
+    Journal(Arc<dyn Journal>),
+    None,
+}
+
+/// Hands a run's events to whoever listens, numbering them. A listener that
+/// went away (a client that disconnected) does not stop the run: events are
+/// then dropped and the run still finishes, logs and counts its outcome.
 #[derive(Clone)]
 pub struct Reporter {
     deployment_id: String,
-    tx: Option<mpsc::Sender<Event>>,
+    sink: Sink,
+    /// The next event's seq; a lock, so seqs stay gap-free under failures.
+    next_seq: Arc<tokio::sync::Mutex<u64>>,
 }
+
+/// Attempts to keep one event or checkpoint before the run gives up on it.
+const JOURNAL_ATTEMPTS: u32 = 5;
 
 impl Reporter {
     pub fn new(deployment_id: String, tx: mpsc::Sender<Event>) -> Self {
-        Self {
-            deployment_id,
-            tx: Some(tx),
-        }
+        Self::with_sink(deployment_id, Sink::Channel(tx), 1)
+    }
+
+    /// Events kept in `journal`, numbered from `next_seq` (1 for a new
+    /// run; one past the last kept event for a resumed one).
+    pub fn journaled(deployment_id: String, journal: Arc<dyn Journal>, next_seq: u64) -> Self {
+        Self::with_sink(deployment_id, Sink::Journal(journal), next_seq)
     }
 
     /// A reporter nobody listens to (benches, nested runs).
     pub fn detached(deployment_id: String) -> Self {
+        Self::with_sink(deployment_id, Sink::None, 1)
+    }
+
+    fn with_sink(deployment_id: String, sink: Sink, next_seq: u64) -> Self {
         Self {
             deployment_id,
-            tx: None,
+            sink,
+            next_seq: Arc::new(tokio::sync::Mutex::new(next_seq.max(1))),
         }
     }
 
@@ -206,19 +280,69 @@ impl Reporter {
     }
 
     pub async fn emit(&self, stage: Option<Stage>, kind: EventKind) {
-        let Some(tx) = &self.tx else { return };
+        if let Err(e) = self.try_emit(stage, kind).await {
+            tracing::error!(deployment_id = %self.deployment_id, error = %e, "event not kept");
+        }
+    }
+
+    /// Like `emit`, but says whether a journaled event was kept.
+    pub async fn try_emit(&self, stage: Option<Stage>, kind: EventKind) -> Result<(), JournalError> {
+        let mut next = self.next_seq.lock().await;
         let event = Event {
             deployment_id: self.deployment_id.clone(),
+            seq: *next,
             stage,
             time: SystemTime::now(),
             kind,
         };
-        // A closed channel means the client left; the run goes on regardless.
-        let _ = tx.send(event).await;
+        match &self.sink {
+            Sink::None => {}
+            // A closed channel means the client left; the run goes on regardless.
+            Sink::Channel(tx) => {
+                let _ = tx.send(event).await;
+            }
+            Sink::Journal(j) => {
+                with_retries(|| j.record(&event)).await?;
+            }
+        }
+        *next += 1;
+        Ok(())
+    }
+
+    /// Keeps the run's progress before it waits on something it changed
+    /// outside; a no-op when nothing is kept.
+    pub async fn checkpoint(&self, d: &super::Deployment) -> Result<(), JournalError> {
+        match &self.sink {
+            Sink::Journal(j) => with_retries(|| j.checkpoint(d)).await,
+            _ => Ok(()),
+        }
     }
 
     pub async fn progress(&self, stage: Stage, message: impl Into<String>) {
         self.emit(Some(stage), EventKind::Progress(message.into()))
             .await;
+    }
+}
+
+/// A store that blinks is retried briefly; a lost lease is final.
+async fn with_retries<F, Fut>(mut f: F) -> Result<(), JournalError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), JournalError>>,
+{
+    let mut delay = Duration::from_millis(50);
+    let mut attempt = 1;
+    loop {
+        match f().await {
+            Ok(()) => return Ok(()),
+            Err(e @ JournalError::LeaseLost { .. }) => return Err(e),
+            Err(e) if attempt >= JOURNAL_ATTEMPTS => return Err(e),
+            Err(e) => {
+                tracing::warn!(attempt, error = %e, "deployment store write failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                attempt += 1;
+            }
+        }
     }
 }

@@ -20,7 +20,6 @@ pub mod dockerfile;
 pub mod dockerignore;
 pub mod error;
 pub mod event;
-pub mod locks;
 pub mod model;
 pub mod naming;
 mod preflight;
@@ -34,7 +33,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -90,7 +89,7 @@ impl Default for PipelineConfig {
 }
 
 /// The uploaded source archive.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ArchiveRef {
     pub bucket: String,
     pub object: String,
@@ -99,7 +98,7 @@ pub struct ArchiveRef {
     pub size: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BuildRecord {
     pub id: String,
     /// By digest when Cloud Build reported one.
@@ -108,8 +107,17 @@ pub struct BuildRecord {
     pub attempts: u32,
 }
 
+/// A build created on Cloud Build and not yet seen to end: a resumed run
+/// polls it instead of creating another.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingBuild {
+    pub id: String,
+    pub attempt: u32,
+    pub log_url: String,
+}
+
 /// Where a run stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Status {
     Running(Stage),
     Succeeded,
@@ -117,8 +125,10 @@ pub enum Status {
 }
 
 /// A deployment's state, as data: what was asked, how far it got, and what
-/// each stage produced.
-#[derive(Debug, Clone, Serialize)]
+/// each stage produced. It is what the store keeps, and what a restarted
+/// daemon resumes from: every change made outside is recorded here before
+/// it is waited on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Deployment {
     pub id: String,
     pub request: DeployRequest,
@@ -135,7 +145,6 @@ pub struct Deployment {
     pub effective_rollout: RolloutMode,
     /// The candidate's tag URL, in the verify-first rollout modes.
     pub candidate_url: Option<String>,
-    #[serde(skip)]
     pub verification: Option<Verification>,
     pub rolled_back: bool,
     /// What analysis found.
@@ -145,6 +154,46 @@ pub struct Deployment {
     /// Retries anywhere in the run; zero on a first-time success.
     pub retries: u32,
     pub failure: Option<Failure>,
+    /// Build attempts started; each build carries tags naming this
+    /// deployment and its attempt, so one whose creation was never
+    /// recorded is found again ([`build_tags`]).
+    pub build_attempts: u32,
+    pub pending_build: Option<PendingBuild>,
+    /// The name the new revision is created under, chosen before the
+    /// Cloud Run request is sent.
+    pub planned_revision: Option<String>,
+    /// The Cloud Run create or patch was sent; `previous_revision` is final.
+    pub rollout_sent: bool,
+    pub rollback_started: bool,
+    pub rollback_done: bool,
+    /// How often a daemon resumed this run after its previous one stopped.
+    pub resumed: u32,
+}
+
+/// Where a resumed run picks up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumePoint {
+    /// Run the stages from this one (an index into `Stage::DEPLOY_ORDER`).
+    Stages(usize),
+    /// The stages are over; the rollback is (still) to do.
+    Rollback,
+    /// Everything is done but reporting the outcome.
+    Finish,
+}
+
+/// Tags of a deployment's build attempt, so a build whose creation was not
+/// recorded (a crash right after it) is found instead of made again.
+pub fn build_tags(deployment_id: &str, attempt: u32) -> [String; 2] {
+    [
+        deployment_tag(deployment_id),
+        format!("attempt-{attempt}"),
+    ]
+}
+
+/// The tag every build of a deployment carries (Cloud Build tags match
+/// `^[\w][\w.-]{0,127}$`, which a UUID meets).
+pub fn deployment_tag(deployment_id: &str) -> String {
+    format!("deployment-{deployment_id}")
 }
 
 impl Deployment {
@@ -168,6 +217,49 @@ impl Deployment {
             generated: vec![],
             retries: 0,
             failure: None,
+            build_attempts: 0,
+            pending_build: None,
+            planned_revision: None,
+            rollout_sent: false,
+            rollback_started: false,
+            rollback_done: false,
+            resumed: 0,
+        }
+    }
+
+    /// The stage running, or the last one that ran.
+    pub fn stage(&self) -> Stage {
+        if self.rollback_started && !self.rollback_done {
+            return Stage::Rollback;
+        }
+        match self.status {
+            Status::Running(s) | Status::Failed(s) => s,
+            Status::Succeeded => Stage::Verify,
+        }
+    }
+
+    /// Where a run of this progress continues. Stages before the build
+    /// redo their work (nothing outside changed yet, apart from idempotent
+    /// preflight creations); from the build on, recorded steps are found
+    /// again rather than repeated.
+    pub fn resume_point(&self) -> ResumePoint {
+        let index = |s: Stage| Stage::DEPLOY_ORDER.iter().position(|o| *o == s).unwrap_or(0);
+        match self.status {
+            // The archive holds everything analysis produced; without it,
+            // the source is needed again.
+            Status::Running(Stage::Build) if self.archive.is_none() => ResumePoint::Stages(0),
+            Status::Running(s @ (Stage::Build | Stage::Deploy | Stage::Verify)) => {
+                ResumePoint::Stages(index(s))
+            }
+            Status::Running(_) => ResumePoint::Stages(0),
+            Status::Failed(_)
+                if self.request.rollback == RollbackPolicy::Automatic
+                    && self.should_rollback()
+                    && !self.rollback_done =>
+            {
+                ResumePoint::Rollback
+            }
+            Status::Failed(_) | Status::Succeeded => ResumePoint::Finish,
         }
     }
 
@@ -247,80 +339,77 @@ impl Pipeline {
     }
 
     /// Runs every stage in order, rolling back when the new revision is not
-    /// healthy; always ends by emitting one outcome.
+    /// healthy; always ends by emitting one outcome. `d` is a new
+    /// deployment or one resumed from the store: a resumed run continues
+    /// from its [`ResumePoint`], finding the build and revision it made
+    /// instead of making them again.
+    ///
+    /// The one exception to "always an outcome": a run whose store says
+    /// another daemon owns it now stops at once and reports nothing, since
+    /// that daemon reports instead.
     pub async fn deploy(
         &self,
-        req: DeployRequest,
+        mut d: Deployment,
         events: Reporter,
         cancel: CancellationToken,
     ) -> Outcome {
-        let id = events.deployment_id().to_string();
-        let span = tracing::info_span!("deployment", otel.name = "deploy", deployment_id = %id, project = %req.target.project,
+        let req = &d.request;
+        let span = tracing::info_span!("deployment", otel.name = "deploy", deployment_id = %d.id, project = %req.target.project,
             region = %req.target.region, service = %req.target.service);
         let started = Instant::now();
         let _in_progress = metrics::InProgress::start();
-        let mut d = Deployment::new(id, req);
-        async {
-            tracing::info!("deploy started");
+        let lost = async {
+            let resume = d.resume_point();
+            if d.resumed > 0 {
+                tracing::info!(?resume, resumed = d.resumed, "deploy resumed");
+                events
+                    .progress(d.stage(), resume_message(&d, resume))
+                    .await;
+            } else {
+                tracing::info!("deploy started");
+            }
             let mut workspace = None;
-            for stage in Stage::DEPLOY_ORDER {
-                if let Err(e) = self.timed_stage(stage, &mut d, &mut workspace, &events, &cancel).await {
-                    tracing::warn!(stage = stage.as_str(), error = %error::error_chain(&e), "deploy failed");
-                    let failure = self.failure(&d, &e);
-                    metrics::failure(stage.as_str(), &failure.code);
-                    d.failure = Some(failure);
-                    d.status = Status::Failed(stage);
-                    break;
-                }
-            }
-            if let Status::Running(_) = d.status {
-                d.status = Status::Succeeded;
-            }
-            self.explain_unverified_first_revision(&mut d);
-            let automatic = d.request.rollback == RollbackPolicy::Automatic;
-            if automatic && d.should_rollback() {
-                // Cancelling a deploy must not leave users on the broken
-                // revision: the rollback runs even when the run was
-                // cancelled, with its own bounded time after that.
-                let rollback_cancel = CancellationToken::new();
-                let _watchdog = {
-                    let (run, rb) = (cancel.clone(), rollback_cancel.clone());
-                    tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
-                        run.cancelled().await;
-                        tokio::time::sleep(ROLLBACK_AFTER_CANCEL).await;
-                        rb.cancel();
-                    }))
-                };
-                let rolled = self.timed_stage(Stage::Rollback, &mut d, &mut workspace, &events, &rollback_cancel).await;
-                if let (Ok(()), Some(f)) = (&rolled, d.failure.as_mut()) {
-                    if d.rolled_back && f.code == "CANCELLED" {
-                        f.remediation.insert(0, format!(
-                            "Traffic is back on {}, which answered its health check; the new revision {} serves nothing.",
-                            d.previous_revision.as_deref().unwrap_or("the previous revision"),
-                            d.revision.as_deref().unwrap_or("(new)")));
+            if let ResumePoint::Stages(first) = resume {
+                for stage in &Stage::DEPLOY_ORDER[first..] {
+                    let stage = *stage;
+                    if let Err(e) = self.timed_stage(stage, &mut d, &mut workspace, &events, &cancel).await {
+                        if is_lease_lost(&e) {
+                            return true;
+                        }
+                        tracing::warn!(stage = stage.as_str(), error = %error::error_chain(&e), "deploy failed");
+                        let failure = self.failure(&d, &e);
+                        metrics::failure(stage.as_str(), &failure.code);
+                        d.failure = Some(failure);
+                        d.status = Status::Failed(stage);
+                        self.explain_unverified_first_revision(&mut d);
+                        break;
                     }
                 }
-                if let Err(e) = rolled {
-                    tracing::error!(error = %error::error_chain(&e), "rollback failed");
-                    if let Some(f) = d.failure.as_mut() {
-                        let t = &d.request.target;
-                        f.remediation.insert(0, format!("Automatic rollback failed: {}. Roll back by hand: gcloud run services update-traffic {} --region={} --project={} --to-revisions={}=100",
-                            error::error_chain(&e), shell::quote(&t.service), shell::quote(&t.region), shell::quote(&t.project),
-                            shell::quote(d.previous_revision.as_deref().unwrap_or("PREVIOUS"))));
+                if let Status::Running(_) = d.status {
+                    d.status = Status::Succeeded;
+                }
+                // The verdict is kept before anything reacts to it.
+                if let Err(e) = events.checkpoint(&d).await {
+                    if matches!(e, event::JournalError::LeaseLost { .. }) {
+                        return true;
                     }
+                    tracing::error!(error = %e, "the deploy's verdict was not recorded");
                 }
             }
+            if d.resume_point() == ResumePoint::Rollback {
+                return self.automatic_rollback(&mut d, &mut workspace, &events, &cancel).await;
+            }
+            false
         }
         .instrument(span.clone())
         .await;
+        if lost {
+            span.in_scope(|| tracing::warn!("another daemon runs this deployment now; stopped here"));
+            return d.outcome();
+        }
 
         let outcome = d.outcome();
-        let result = match (&d.status, &outcome.error) {
-            (Status::Succeeded, _) => "success",
-            (_, Some(f)) if f.code == "CANCELLED" => "cancelled",
-            _ if d.rolled_back => "rolled_back",
-            _ => "failure",
-        };
+        let result = outcome.result();
         metrics::deployment_finished(result, started.elapsed(), d.retries == 0);
         span.in_scope(|| {
             tracing::info!(result, url = %outcome.url, revision = %outcome.revision,
@@ -331,6 +420,63 @@ impl Pipeline {
             .emit(None, EventKind::Outcome(Box::new(outcome.clone())))
             .await;
         outcome
+    }
+
+    /// Moves users back to the revision that served before; true when the
+    /// store says another daemon owns the deployment now.
+    async fn automatic_rollback(
+        &self,
+        d: &mut Deployment,
+        workspace: &mut Option<source::Workspace>,
+        events: &Reporter,
+        cancel: &CancellationToken,
+    ) -> bool {
+        d.rollback_started = true;
+        if let Err(event::JournalError::LeaseLost { .. }) = events.checkpoint(d).await {
+            return true;
+        }
+        // Cancelling a deploy must not leave users on the broken
+        // revision: the rollback runs even when the run was
+        // cancelled, with its own bounded time after that.
+        let rollback_cancel = CancellationToken::new();
+        let _watchdog = {
+            let (run, rb) = (cancel.clone(), rollback_cancel.clone());
+            tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+                run.cancelled().await;
+                tokio::time::sleep(ROLLBACK_AFTER_CANCEL).await;
+                rb.cancel();
+            }))
+        };
+        let rolled = self
+            .timed_stage(Stage::Rollback, d, workspace, events, &rollback_cancel)
+            .await;
+        if let Err(e) = &rolled {
+            if is_lease_lost(e) {
+                return true;
+            }
+        }
+        if let (Ok(()), Some(f)) = (&rolled, d.failure.as_mut()) {
+            if d.rolled_back && f.code == "CANCELLED" {
+                f.remediation.insert(0, format!(
+                    "Traffic is back on {}, which answered its health check; the new revision {} serves nothing.",
+                    d.previous_revision.as_deref().unwrap_or("the previous revision"),
+                    d.revision.as_deref().unwrap_or("(new)")));
+            }
+        }
+        if let Err(e) = rolled {
+            tracing::error!(error = %error::error_chain(&e), "rollback failed");
+            if let Some(f) = d.failure.as_mut() {
+                let t = &d.request.target;
+                f.remediation.insert(0, format!("Automatic rollback failed: {}. Roll back by hand: gcloud run services update-traffic {} --region={} --project={} --to-revisions={}=100",
+                    error::error_chain(&e), shell::quote(&t.service), shell::quote(&t.region), shell::quote(&t.project),
+                    shell::quote(d.previous_revision.as_deref().unwrap_or("PREVIOUS"))));
+            }
+        }
+        d.rollback_done = true;
+        matches!(
+            events.checkpoint(d).await,
+            Err(event::JournalError::LeaseLost { .. })
+        )
     }
 
     /// One stage with its started/finished events and duration metric.
@@ -345,6 +491,8 @@ impl Pipeline {
         if stage != Stage::Rollback {
             d.status = Status::Running(stage);
         }
+        // What earlier stages produced is kept before this one starts.
+        events.checkpoint(d).await.map_err(StageError::Journal)?;
         events.emit(Some(stage), EventKind::StageStarted).await;
         let t = Instant::now();
         let span = tracing::info_span!(
@@ -516,8 +664,9 @@ impl Pipeline {
                 preflight_verdict(&d.checks)
             }
             Stage::Build => {
-                let dir = workspace_dir(workspace)?;
-                self.stage_build(d, &dir, events, cancel).await
+                // A resumed build needs no source: the archive was uploaded.
+                let dir = workspace.as_ref().map(|w| w.dir.clone());
+                self.stage_build(d, dir.as_deref(), events, cancel).await
             }
             Stage::Deploy => self.stage_deploy(d, events, cancel).await,
             Stage::Verify => {
@@ -724,10 +873,38 @@ fn preflight_verdict(checks: &[event::CheckResult]) -> Result<(), StageError> {
     Err(StageError::PreflightFailed {
         failed: failed.len(),
         total: checks.len(),
-        names: failed.iter().map(|c| c.name).collect::<Vec<_>>().join(", "),
+        names: failed.iter().map(|c| c.name.as_ref()).collect::<Vec<_>>().join(", "),
         inconclusive_only: failed.iter().all(|c| c.inconclusive),
         remediation: preflight::gather_remediation(checks),
     })
+}
+
+fn is_lease_lost(e: &StageError) -> bool {
+    matches!(
+        e,
+        StageError::Journal(event::JournalError::LeaseLost { .. })
+    )
+}
+
+/// What a resumed run tells its watchers first.
+fn resume_message(d: &Deployment, resume: ResumePoint) -> String {
+    let from = match resume {
+        ResumePoint::Stages(i) => format!(
+            "continuing at the {} stage",
+            Stage::DEPLOY_ORDER[i].as_str()
+        ),
+        ResumePoint::Rollback => "continuing with the rollback".into(),
+        ResumePoint::Finish => "its outcome was decided; reporting it".into(),
+    };
+    let found = match (&d.pending_build, d.rollout_sent, &d.planned_revision) {
+        (Some(b), _, _) => format!("; build {} is polled, not created again", b.id),
+        (None, true, Some(r)) => format!("; revision {r} is looked up, not created again"),
+        _ => String::new(),
+    };
+    format!(
+        "resumed after the daemon running this deployment stopped (resume #{}): {from}{found}",
+        d.resumed
+    )
 }
 
 /// How long a rollback may still take once its run was cancelled.

@@ -142,7 +142,7 @@ impl Pipeline {
     }
 
     async fn report_check(&self, c: &CheckResult, events: &Reporter) {
-        crate::telemetry::metrics::preflight_check(c.name, c.result_label());
+        crate::telemetry::metrics::preflight_check(&c.name, c.result_label());
         events
             .emit(Some(Stage::Preflight), EventKind::Check(c.clone()))
             .await;

@@ -263,6 +263,34 @@ pub fn vpc_connector(s: &str) -> Result<(), String> {
 /// A git ref as `git check-ref-format` accepts it (a branch, tag or full
 /// ref name), or a commit id of 40 or 64 hex digits. Never anything that
 /// git could read as an option.
+/// An idempotency key: at most 128 of `[A-Za-z0-9._:-]` (a UUID fits).
+pub fn request_id(v: &str) -> Result<(), String> {
+    if v.len() > 128 {
+        return Err(format!("{} is longer than 128 characters", shown(v)));
+    }
+    if !v
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
+    {
+        return Err(format!(
+            "{} may contain only letters, digits and ._:-",
+            shown(v)
+        ));
+    }
+    Ok(())
+}
+
+/// A deployment id as deployd makes them (a UUID).
+pub fn deployment_id(v: &str) -> Result<(), String> {
+    if v.is_empty() {
+        return Err("is required".into());
+    }
+    if v.len() > 64 || !v.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        return Err(format!("{} is not a deployment id", shown(v)));
+    }
+    Ok(())
+}
+
 pub fn git_ref(r: &str) -> Result<(), String> {
     let bad = |why: &str| Err(format!("{} is not a git ref: {why}", shown(r)));
     if r.is_empty() || r.len() > 255 {

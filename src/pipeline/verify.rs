@@ -17,7 +17,7 @@ use super::model::HealthCheckSpec;
 use super::retry::{retry, GaveUp, Retriability, RetryPolicy};
 use crate::telemetry::metrics;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Verification {
     pub healthy: bool,
     pub attempts: u32,

@@ -374,6 +374,23 @@ fn decode(s: &str) -> String {
         .to_string()
 }
 
+/// The part of Cloud Build's list filter the sandbox understands:
+/// `tags="X"` and `status="X"` terms joined by AND.
+fn build_filter(filter: &str) -> Result<Vec<(String, String)>, String> {
+    let mut terms = vec![];
+    for term in filter.split(" AND ").map(str::trim).filter(|t| !t.is_empty()) {
+        let parsed = term.split_once('=').and_then(|(field, value)| {
+            let value = value.trim().strip_prefix('"')?.strip_suffix('"')?;
+            matches!(field.trim(), "tags" | "status").then(|| (field.trim().to_string(), value.to_string()))
+        });
+        match parsed {
+            Some(t) => terms.push(t),
+            None => return Err(format!("invalid list filter: {term:?}")),
+        }
+    }
+    Ok(terms)
+}
+
 fn param<'a>(q: &'a [(String, String)], name: &str) -> Option<&'a str> {
     q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
@@ -861,6 +878,10 @@ fn dispatch(
             build::create(w, &sh.config, &pk, body, now)
         }
         Kind::BuildList => {
+            let filter = match build_filter(param(q, "filter").unwrap_or_default()) {
+                Ok(f) => f,
+                Err(why) => return error(400, "INVALID_ARGUMENT", &why),
+            };
             // Newest first, as Cloud Build lists them.
             let builds: Vec<Value> = w
                 .builds
@@ -868,6 +889,13 @@ fn dispatch(
                 .filter(|b| Some(&b.project) == key.as_ref())
                 .rev()
                 .map(|b| build::render(w, b, now))
+                .filter(|b| {
+                    filter.iter().all(|(field, want)| match b.get(field.as_str()) {
+                        Some(Value::Array(tags)) => tags.iter().any(|t| t.as_str() == Some(want)),
+                        Some(Value::String(s)) => s == want,
+                        _ => false,
+                    })
+                })
                 .collect();
             ok(json!({"builds": builds}))
         }

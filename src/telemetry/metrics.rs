@@ -41,8 +41,15 @@ pub const ROLLBACKS: &str = "deployd_rollbacks_total";
 pub const FAILURES: &str = "deployd_failures_total";
 pub const HEALTH_CHECK_LATENCY_HDR: &str = super::hdr::NAME;
 pub const API_RETRIES: &str = "deployd_api_retries_total";
+pub const RESUMED: &str = "deployd_deployments_resumed_total";
 
 pub const SPEC: &[MetricSpec] = &[
+    MetricSpec {
+        name: RESUMED,
+        kind: Kind::Counter,
+        labels: &["how", "result"],
+        help: "Deployments a daemon resumed after their daemon stopped, by how (resumed: its own, after a restart; taken_over: another daemon's, after its lease expired) and final result.",
+    },
     MetricSpec {
         name: API_RETRIES,
         kind: Kind::Counter,
@@ -210,12 +217,16 @@ pub fn deployment_finished(result: &'static str, duration: Duration, no_retries:
     histogram!(DEPLOY_DURATION, "result" => result).record(duration.as_secs_f64());
 }
 
+pub fn deployment_resumed(how: &'static str, result: &'static str) {
+    counter!(RESUMED, "how" => how, "result" => result).increment(1);
+}
+
 pub fn stage_duration(stage: Stage, duration: Duration) {
     histogram!(STAGE_DURATION, "stage" => stage.as_str()).record(duration.as_secs_f64());
 }
 
-pub fn preflight_check(check: &'static str, result: &'static str) {
-    counter!(PREFLIGHT_CHECKS, "check" => check, "result" => result).increment(1);
+pub fn preflight_check(check: &str, result: &'static str) {
+    counter!(PREFLIGHT_CHECKS, "check" => check.to_string(), "result" => result).increment(1);
 }
 
 pub fn health_check(result: &'static str, duration: Duration) {

@@ -29,6 +29,8 @@ pub struct Harness {
     pub sandbox: Sandbox,
     pub daemon: Running,
     pub shutdown: CancellationToken,
+    /// The daemon's SQLite store lives here.
+    pub state: tempfile::TempDir,
 }
 
 impl Harness {
@@ -62,6 +64,7 @@ impl Harness {
         let sandbox = Sandbox::start(sandbox_config)
             .await
             .expect("sandbox starts");
+        let state = tempfile::tempdir().expect("state dir");
         let config = DaemonConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             metrics_listen: with_metrics.then(|| SocketAddr::from(([127, 0, 0, 1], 0))),
@@ -93,6 +96,11 @@ impl Harness {
                 },
             },
             shutdown_grace: Duration::from_secs(10),
+            database_url: Some(deployd::store::sqlite_url_in(state.path())),
+            state_dir: None,
+            daemon_id: None,
+            lease: Duration::from_secs(30),
+            history_retention: Duration::from_secs(90 * 24 * 3600),
         };
         let mut config = config;
         f(&mut config);
@@ -104,6 +112,7 @@ impl Harness {
             sandbox,
             daemon,
             shutdown,
+            state,
         }
     }
 
@@ -169,6 +178,7 @@ pub fn deploy_request(service: &str, dir: &Path) -> proto::DeployRequest {
         rollback_policy: 0,
         rollout_mode: 0,
         canary_percent: 0,
+        request_id: String::new(),
     }
 }
 
@@ -414,10 +424,16 @@ pub struct Served {
     pub guard: ChildGuard,
     pub grpc: u16,
     pub metrics: u16,
+    _state: tempfile::TempDir,
 }
 
 pub fn serve(mut cmd: std::process::Command, args: &[&str]) -> Served {
     let (grpc, metrics) = (free_port(), free_port());
+    // The default store location, under a directory of this test's own.
+    let state = tempfile::tempdir().expect("state dir");
+    if !cmd.get_envs().any(|(k, _)| k == "XDG_STATE_HOME") {
+        cmd.env("XDG_STATE_HOME", state.path());
+    }
     let guard = cmd
         .arg("serve")
         .args(args)
@@ -437,6 +453,7 @@ pub fn serve(mut cmd: std::process::Command, args: &[&str]) -> Served {
         guard,
         grpc,
         metrics,
+        _state: state,
     }
 }
 

@@ -1,0 +1,556 @@
+//! Durable deployments: every Deploy becomes a record in the [`Store`],
+//! runs detached from any client, keeps its events there (numbered, gap
+//! free), and is leased by one daemon at a time. A daemon that starts
+//! resumes the deployments it held and takes over those whose daemon's
+//! lease expired; streams (Deploy, WatchDeployment) read the store, so they
+//! follow a deployment wherever it runs.
+//!
+//! Domain code: it knows the pipeline and the store's trait, not SQL and
+//! not gRPC.
+
+pub mod store;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use futures::Stream;
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::pipeline::event::{Event, EventKind, Journal, JournalError, Reporter};
+use crate::pipeline::model::{DeployRequest, Target};
+use crate::pipeline::{Deployment, Pipeline};
+use crate::telemetry::metrics;
+pub use store::{Created, Cursor, Filter, NewDeployment, Record, State, Store, StoreError};
+
+/// How the durable runs behave (not one deploy's settings).
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// This daemon's name in leases. A daemon that restarts under the same
+    /// name resumes its deployments at once instead of after the lease.
+    pub owner: String,
+    /// How long a lease lasts without a heartbeat; another daemon takes a
+    /// deployment over once it has expired.
+    pub lease: Duration,
+    /// How often a stream of a deployment run elsewhere reads the store.
+    pub watch_poll: Duration,
+    /// How long ended deployments are kept.
+    pub retention: Duration,
+    pub prune_every: Duration,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        Self {
+            owner: default_owner(None),
+            lease: Duration::from_secs(30),
+            watch_poll: Duration::from_millis(500),
+            retention: Duration::from_secs(90 * 24 * 3600),
+            prune_every: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// `host:port`, unique per listening daemon on a host: a second daemon
+/// cannot bind the same port, so one that can is the only holder of that
+/// name.
+pub fn default_owner(port: Option<u16>) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into());
+    match port {
+        Some(p) => format!("{host}:{p}"),
+        None => format!("{host}:{}", std::process::id()),
+    }
+}
+
+/// Events read from the store per query.
+const PAGE: u32 = 256;
+/// Deployments taken over per heartbeat.
+const CLAIM_BATCH: u32 = 32;
+/// Events buffered per stream.
+const STREAM_BUFFER: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("a deploy of {service} in {project}/{region} is already running (deployment {holder}); watch it with `deployd watch {holder}` or cancel it with `deployd cancel {holder}`", service = .target.service, project = .target.project, region = .target.region)]
+    Busy { target: Target, holder: String },
+    #[error("request_id {request_id:?} was used for deployment {id} with a different request; send a new request_id for a different deploy")]
+    RequestMismatch { request_id: String, id: String },
+    #[error("this daemon is shutting down and takes no new deployments; send it to another daemon or again after the restart")]
+    Draining,
+    #[error("the deployment store failed: {0}")]
+    Store(#[source] StoreError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("no deployment {0}")]
+    NotFound(String),
+    #[error("deployment {} has already ended ({})", .0.id, .0.state.as_str())]
+    Ended(Box<Record>),
+    #[error("the deployment store failed: {0}")]
+    Store(#[source] StoreError),
+}
+
+/// Why a stream of events ended without an outcome.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WatchEnd {
+    #[error("deployd is shutting down; deployment {id} continues on the next daemon: watch it with `deployd watch {id}` (WatchDeployment id={id} after_seq={last_seq})")]
+    Draining { id: String, last_seq: u64 },
+    #[error("reading deployment {id} from the store failed: {error}")]
+    Store { id: String, error: StoreError },
+}
+
+/// A deploy accepted: a new deployment, or the earlier one its request_id
+/// named.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    pub id: String,
+    pub attached: bool,
+}
+
+struct Run {
+    cancel: CancellationToken,
+    abort: tokio::task::AbortHandle,
+    /// The seq of the last event kept, for streams to wake on.
+    seq: watch::Sender<u64>,
+}
+
+pub struct Manager {
+    store: Arc<dyn Store>,
+    pipeline: Arc<Pipeline>,
+    config: ManagerConfig,
+    runs: Mutex<HashMap<String, Run>>,
+    tasks: TaskTracker,
+    draining: CancellationToken,
+}
+
+/// Keeps a run's events and progress in the store, as its owner.
+struct StoreJournal {
+    store: Arc<dyn Store>,
+    owner: String,
+    seq: watch::Sender<u64>,
+}
+
+fn journal_error(e: StoreError) -> JournalError {
+    match e {
+        StoreError::LeaseLost { id } => JournalError::LeaseLost {
+            id,
+            owner: "another daemon".into(),
+        },
+        other => JournalError::Store(other.to_string()),
+    }
+}
+
+#[async_trait::async_trait]
+impl Journal for StoreJournal {
+    async fn record(&self, event: &Event) -> Result<(), JournalError> {
+        match &event.kind {
+            EventKind::Outcome(o) => self.store.finish(&self.owner, event, o).await,
+            _ => self.store.append(&self.owner, event).await,
+        }
+        .map_err(journal_error)?;
+        self.seq.send_replace(event.seq);
+        Ok(())
+    }
+
+    async fn checkpoint(&self, d: &Deployment) -> Result<(), JournalError> {
+        self.store
+            .save_progress(&self.owner, d)
+            .await
+            .map_err(journal_error)
+    }
+}
+
+/// A stable digest of a request: the same request gives the same digest.
+pub fn request_digest(req: &DeployRequest) -> String {
+    // The domain request serializes deterministically (BTreeMaps, fixed
+    // field order).
+    let json = serde_json::to_vec(req).unwrap_or_default();
+    let digest = Sha256::digest(&json);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Removes a run from the table when its task ends, however it ends.
+struct RunGone {
+    manager: Arc<Manager>,
+    id: String,
+}
+
+impl Drop for RunGone {
+    fn drop(&mut self) {
+        self.manager.lock_runs().remove(&self.id);
+    }
+}
+
+impl Manager {
+    pub fn new(store: Arc<dyn Store>, pipeline: Arc<Pipeline>, config: ManagerConfig) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            pipeline,
+            config,
+            runs: Mutex::default(),
+            tasks: TaskTracker::new(),
+            draining: CancellationToken::new(),
+        })
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.config.owner
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn lock_runs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Run>> {
+        self.runs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lease_until(&self) -> SystemTime {
+        SystemTime::now() + self.config.lease
+    }
+
+    /// Records a deploy and starts it, or attaches to the deployment its
+    /// request_id names.
+    pub async fn submit(
+        self: &Arc<Self>,
+        req: DeployRequest,
+        request_id: Option<String>,
+        caller: String,
+        span: tracing::Span,
+    ) -> Result<Submitted, SubmitError> {
+        if self.draining.is_cancelled() {
+            return Err(SubmitError::Draining);
+        }
+        let digest = request_digest(&req);
+        let target = req.target.clone();
+        let d = Deployment::new(uuid::Uuid::new_v4().to_string(), req);
+        let new = NewDeployment {
+            request_id: request_id.clone(),
+            request_digest: digest.clone(),
+            caller,
+            owner: self.config.owner.clone(),
+            lease_until: self.lease_until(),
+            progress: d.clone(),
+        };
+        match self.store.create(&new).await {
+            Ok(Created::New) => {
+                let id = d.id.clone();
+                self.spawn_run(d, 1, false, None, span);
+                Ok(Submitted {
+                    id,
+                    attached: false,
+                })
+            }
+            Ok(Created::Existing(r)) if r.request_digest == digest => Ok(Submitted {
+                id: r.id,
+                attached: true,
+            }),
+            Ok(Created::Existing(r)) => Err(SubmitError::RequestMismatch {
+                request_id: request_id.unwrap_or_default(),
+                id: r.id,
+            }),
+            Err(StoreError::Busy { holder }) => Err(SubmitError::Busy { target, holder }),
+            Err(e) => Err(SubmitError::Store(e)),
+        }
+    }
+
+    /// Runs `d` here, detached from every client: it ends by keeping its
+    /// outcome, or when the daemon drains or loses its lease.
+    fn spawn_run(
+        self: &Arc<Self>,
+        d: Deployment,
+        next_seq: u64,
+        cancel_requested: bool,
+        how: Option<&'static str>,
+        span: tracing::Span,
+    ) {
+        let id = d.id.clone();
+        let (seq, _) = watch::channel(next_seq.saturating_sub(1));
+        let cancel = CancellationToken::new();
+        if cancel_requested {
+            cancel.cancel();
+        }
+        let journal = Arc::new(StoreJournal {
+            store: self.store.clone(),
+            owner: self.config.owner.clone(),
+            seq: seq.clone(),
+        });
+        let reporter = Reporter::journaled(id.clone(), journal, next_seq);
+        let this = self.clone();
+        let run_cancel = cancel.clone();
+        let gone_id = id.clone();
+        // Held while spawning, so the task's own removal comes after this
+        // insert even when it ends at once.
+        let mut runs = self.lock_runs();
+        let task = self.tasks.spawn(
+            async move {
+                let _gone = RunGone {
+                    manager: this.clone(),
+                    id: gone_id,
+                };
+                let outcome = this.pipeline.deploy(d, reporter, run_cancel).await;
+                if let Some(how) = how {
+                    metrics::deployment_resumed(how, outcome.result());
+                }
+            }
+            .instrument(span),
+        );
+        runs.insert(
+            id,
+            Run {
+                cancel,
+                abort: task.abort_handle(),
+                seq,
+            },
+        );
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {
+        self.store.get(id).await
+    }
+
+    pub async fn list(
+        &self,
+        filter: &Filter,
+        after: Option<&Cursor>,
+        limit: u32,
+    ) -> Result<(Vec<Record>, Option<Cursor>), StoreError> {
+        self.store.list(filter, after, limit).await
+    }
+
+    /// Asks for a running deployment to be cancelled: at once when it runs
+    /// here, at the owner's next heartbeat otherwise.
+    pub async fn cancel(&self, id: &str) -> Result<Record, CancelError> {
+        let rec = self
+            .store
+            .request_cancel(id)
+            .await
+            .map_err(CancelError::Store)?
+            .ok_or_else(|| CancelError::NotFound(id.to_string()))?;
+        if rec.state != State::Running {
+            return Err(CancelError::Ended(Box::new(rec)));
+        }
+        if let Some(run) = self.lock_runs().get(id) {
+            run.cancel.cancel();
+        }
+        Ok(rec)
+    }
+
+    /// The stored events after `after_seq`, then the live ones until the
+    /// outcome. Wakes on this daemon's writes; polls for another's.
+    pub fn watch(
+        self: &Arc<Self>,
+        id: String,
+        after_seq: u64,
+    ) -> impl Stream<Item = Result<Event, WatchEnd>> + Send + 'static {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.follow(id, after_seq, tx).await;
+        });
+        ReceiverStream::new(rx)
+    }
+
+    async fn follow(&self, id: String, mut last: u64, tx: mpsc::Sender<Result<Event, WatchEnd>>) {
+        loop {
+            let batch = match self.store.events(&id, last, PAGE).await {
+                Ok(b) => b,
+                Err(error) => {
+                    let _ = tx.send(Err(WatchEnd::Store { id, error })).await;
+                    return;
+                }
+            };
+            let full = batch.len() == PAGE as usize;
+            for e in batch {
+                last = e.seq;
+                let is_outcome = matches!(e.kind, EventKind::Outcome(_));
+                if tx.send(Ok(e)).await.is_err() {
+                    return; // the client left; the run goes on
+                }
+                if is_outcome {
+                    return;
+                }
+            }
+            if full {
+                continue;
+            }
+            let live = self.lock_runs().get(&id).map(|r| r.seq.subscribe());
+            let polled = match live {
+                // Already past what we read: read again at once.
+                Some(rx) if *rx.borrow() > last => false,
+                Some(mut rx) => tokio::select! {
+                    _ = rx.changed() => false,
+                    _ = tokio::time::sleep(self.config.watch_poll) => true,
+                    _ = self.draining.cancelled() => {
+                        let _ = tx.send(Err(WatchEnd::Draining { id, last_seq: last })).await;
+                        return;
+                    }
+                    _ = tx.closed() => return,
+                },
+                None => tokio::select! {
+                    _ = tokio::time::sleep(self.config.watch_poll) => true,
+                    _ = self.draining.cancelled() => {
+                        let _ = tx.send(Err(WatchEnd::Draining { id, last_seq: last })).await;
+                        return;
+                    }
+                    _ = tx.closed() => return,
+                },
+            };
+            // A deployment that ended has an outcome event; one that is
+            // gone (pruned) or ended without (never) would otherwise be
+            // watched forever.
+            if polled {
+                match self.store.get(&id).await {
+                    Ok(Some(r)) if r.state != State::Running && r.last_seq <= last => return,
+                    Ok(None) => return,
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Resumes this daemon's own unfinished deployments and those whose
+    /// daemon's lease expired, then keeps leases, cancels and history in
+    /// order until the daemon drains.
+    pub fn start_background(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.claim_and_resume(true).await;
+            let beat = (this.config.lease / 3).clamp(Duration::from_millis(50), Duration::from_secs(5));
+            let mut heartbeat = tokio::time::interval(beat);
+            heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut prune = tokio::time::interval(this.config.prune_every);
+            loop {
+                tokio::select! {
+                    _ = this.draining.cancelled() => return,
+                    _ = heartbeat.tick() => {
+                        this.renew().await;
+                        this.claim_and_resume(false).await;
+                    }
+                    _ = prune.tick() => this.prune().await,
+                }
+            }
+        })
+    }
+
+    async fn renew(&self) {
+        let ids: Vec<String> = self.lock_runs().keys().cloned().collect();
+        if ids.is_empty() {
+            return;
+        }
+        let held = match self.store.renew(&self.config.owner, &ids, self.lease_until()).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, "renewing leases failed; trying again at the next heartbeat");
+                return;
+            }
+        };
+        let runs = self.lock_runs();
+        for id in &ids {
+            match held.iter().find(|(h, _)| h == id) {
+                Some((_, true)) => {
+                    if let Some(run) = runs.get(id) {
+                        if !run.cancel.is_cancelled() {
+                            tracing::info!(deployment_id = %id, "cancel requested through the store");
+                            run.cancel.cancel();
+                        }
+                    }
+                }
+                Some((_, false)) => {}
+                // Ended just now, or taken over: stop writing it.
+                None => {
+                    if let Some(run) = runs.get(id) {
+                        tracing::warn!(deployment_id = %id, "lease lost; another daemon runs this deployment now");
+                        run.abort.abort();
+                    }
+                }
+            }
+        }
+    }
+
+    async fn claim_and_resume(self: &Arc<Self>, own: bool) {
+        if self.draining.is_cancelled() {
+            return;
+        }
+        let claimed = match self
+            .store
+            .claim(&self.config.owner, own, self.lease_until(), CLAIM_BATCH)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "looking for deployments to resume failed");
+                return;
+            }
+        };
+        for (rec, previous_owner) in claimed {
+            if self.lock_runs().contains_key(&rec.id) {
+                continue;
+            }
+            let how = if previous_owner.as_deref() == Some(self.config.owner.as_str()) {
+                "resumed"
+            } else {
+                "taken_over"
+            };
+            tracing::info!(deployment_id = %rec.id, how, previous_owner = ?previous_owner,
+                stage = ?rec.stage, "resuming deployment");
+            let mut d = rec.progress;
+            d.resumed = rec.resumed;
+            let span = tracing::info_span!("resume", deployment_id = %rec.id, how);
+            self.spawn_run(d, rec.last_seq + 1, rec.cancel_requested, Some(how), span);
+        }
+    }
+
+    async fn prune(&self) {
+        let before = SystemTime::now()
+            .checked_sub(self.config.retention)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        match self.store.prune(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(pruned = n, "deleted deployments past the retention"),
+            Err(e) => tracing::warn!(error = %e, "pruning history failed"),
+        }
+    }
+
+    /// Stops taking work, ends every stream with where to watch next, stops
+    /// the runs (every step they made outside is already recorded) and
+    /// hands their leases back for the next daemon, within `grace`.
+    pub async fn drain(&self, grace: Duration) {
+        self.draining.cancel();
+        let ids: Vec<String> = {
+            let runs = self.lock_runs();
+            for run in runs.values() {
+                run.abort.abort();
+            }
+            runs.keys().cloned().collect()
+        };
+        self.tasks.close();
+        if tokio::time::timeout(grace, self.tasks.wait()).await.is_err() {
+            tracing::warn!("runs did not stop within the drain time");
+        }
+        if !ids.is_empty() {
+            match self.store.release(&self.config.owner, &ids).await {
+                Ok(()) => tracing::info!(
+                    deployments = ids.len(),
+                    "drained: running deployments handed back for the next daemon"
+                ),
+                Err(e) => tracing::warn!(error = %e, "handing leases back failed; they expire on their own"),
+            }
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_cancelled()
+    }
+}
