@@ -269,26 +269,46 @@ async fn a_build_that_never_finishes_is_cancelled_at_our_deadline() {
     assert_eq!(h.sandbox.builds()[0]["status"], "CANCELLED");
 }
 
+/// A daemon that stops hands its deployments over instead of cancelling
+/// them: the build keeps running on Google, the stream says where to watch
+/// the deployment next, and the store keeps it RUNNING with its lease given
+/// back.
 #[tokio::test]
-async fn daemon_shutdown_cancels_the_running_build() {
+async fn daemon_shutdown_hands_the_running_build_over() {
     let h = Harness::start().await;
     let mut stream = deploy_with_a_running_build(&h, "shutdown").await;
     h.shutdown.cancel();
-    // The stream still ends with an outcome saying what happened.
-    let mut last = None;
-    while let Ok(Some(e)) = stream.message().await {
-        last = Some(e);
-    }
-    match last.and_then(|e| e.kind) {
-        Some(proto::event::Kind::Outcome(o)) => {
-            assert_eq!(o.error.expect("failure").code, "CANCELLED");
+    let mut id = String::new();
+    let end = loop {
+        match stream.message().await {
+            Ok(Some(e)) => {
+                assert!(
+                    !matches!(e.kind, Some(proto::event::Kind::Outcome(_))),
+                    "a drained deployment has no outcome yet: {e:?}"
+                );
+                id = e.deployment_id;
+            }
+            Ok(None) => panic!("the stream must end with a status naming the deployment"),
+            Err(status) => break status,
         }
-        other => panic!("expected an outcome, got {other:?}"),
-    }
+    };
+    assert_eq!(end.code(), tonic::Code::Unavailable, "{end:?}");
+    assert!(end.message().contains(&format!("deployd watch {id}")), "{}", end.message());
+    // The lease is given back once the run has stopped.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let rec = loop {
+        let rec = h.daemon.manager.store().get(&id).await.expect("store").expect("kept");
+        if rec.lease_until <= std::time::SystemTime::now() || std::time::Instant::now() > deadline {
+            break rec;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(rec.state, deployd::deployments::State::Running);
+    assert!(rec.lease_until <= std::time::SystemTime::now(), "the lease was given back");
+    assert!(rec.progress.pending_build.is_some(), "the build's id is recorded");
     assert_eq!(
         h.sandbox
             .count("cloudbuild.projects.locations.builds.cancel"),
-        1
+        0
     );
-    assert_eq!(h.sandbox.builds()[0]["status"], "CANCELLED");
 }

@@ -726,7 +726,7 @@ fn serving_revision(h: &Harness, service: &str) -> String {
     }
 }
 
-/// A client that goes away while a broken revision is being verified: the
+/// A deployment cancelled while a broken revision is being verified: the
 /// run still moves traffic back to the healthy revision, then ends
 /// CANCELLED (not UNHEALTHY).
 #[tokio::test]
@@ -752,7 +752,9 @@ async fn cancelling_while_a_broken_revision_is_verified_rolls_back_first() {
         .expect("accepted")
         .into_inner();
     let mut new_revision = String::new();
+    let mut first_id = String::new();
     while let Some(e) = stream.message().await.expect("stream") {
+        first_id = e.deployment_id.clone();
         if let Some(proto::event::Kind::Probe(p)) = &e.kind {
             assert!(!p.healthy);
             break;
@@ -768,6 +770,13 @@ async fn cancelling_while_a_broken_revision_is_verified_rolls_back_first() {
         new_revision,
         "the broken one serves"
     );
+    // Cancelled while it is verified (the client stays to see it end).
+    let id = first_id;
+    h.client()
+        .await
+        .cancel_deployment(proto::CancelDeploymentRequest { id })
+        .await
+        .expect("cancel");
     drop(stream);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {

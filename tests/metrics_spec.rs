@@ -11,7 +11,13 @@ use deployd::sandbox::faults::{AppResponse, Fault, FaultAction, InjectedError};
 
 #[tokio::test]
 async fn every_documented_metric_is_exported_after_a_workload() {
-    let h = Harness::start().await;
+    // A short lease, so the orphan below is taken over within a second.
+    let h = Harness::start_config(|c| c.lease = Duration::from_secs(1)).await;
+    // A deployment whose daemon died: taken over and finished.
+    let id = orphan(&h, deploy_request("spec-orphan", &example_app()), "gone:1").await;
+    let d = ended(&h, &id, Duration::from_secs(30)).await;
+    assert_eq!(d.state, i32::from(proto::DeploymentState::Succeeded), "{d:?}");
+    assert_eq!(d.resumed, 1);
     // A retried build, a success, a rollback, a preflight failure, a Verify.
     h.sandbox.inject(Fault {
         method: "cloudbuild.projects.locations.builds.create".into(),

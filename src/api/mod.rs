@@ -270,7 +270,7 @@ impl Deployer for DeployerService {
         req.validate().map_err(|e| invalid(M, e))?;
         // The run's spans continue the caller's trace when it sent one.
         let span = tracing::info_span!("rpc", otel.name = "deployd.v1.Deployer/Deploy", otel.kind = "server",
-            rpc.system = "grpc", rpc.method = M);
+            rpc.system = "grpc", rpc.method = M, deployment_id = tracing::field::Empty);
         let _ = span.set_parent(parent);
         // One running deployment per service, enforced by the store.
         let submitted = self

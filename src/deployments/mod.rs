@@ -246,6 +246,7 @@ impl Manager {
         match self.store.create(&new).await {
             Ok(Created::New) => {
                 let id = d.id.clone();
+                span.record("deployment_id", id.as_str());
                 self.spawn_run(d, 1, false, None, span);
                 Ok(Submitted {
                     id,

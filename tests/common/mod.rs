@@ -157,6 +157,60 @@ pub fn target(service: &str) -> proto::Target {
     }
 }
 
+/// deployd names a deploy's revision `{service}-{8 hex of the deployment id}`,
+/// so a resumed run can find it.
+pub fn assert_deployd_named(revision: &str, service: &str) {
+    let suffix = revision
+        .strip_prefix(&format!("{service}-"))
+        .unwrap_or_else(|| panic!("{revision} is not a revision of {service}"));
+    assert!(
+        suffix.len() == 8 && suffix.chars().all(|c| c.is_ascii_hexdigit()),
+        "{revision}"
+    );
+}
+
+/// Records a deployment of `req` as if a daemon named `owner` had started
+/// it and died before doing anything: its lease already expired, so a
+/// live daemon on the store takes it over.
+pub async fn orphan(h: &Harness, req: proto::DeployRequest, owner: &str) -> String {
+    use deployd::deployments::{NewDeployment, Store};
+    let domain = deployd::api::convert::deploy_request(req, Duration::from_millis(20))
+        .expect("valid request");
+    let d = deployd::pipeline::Deployment::new(uuid::Uuid::new_v4().to_string(), domain);
+    let id = d.id.clone();
+    let new = NewDeployment {
+        request_id: None,
+        request_digest: deployd::deployments::request_digest(&d.request),
+        caller: "test".into(),
+        owner: owner.into(),
+        lease_until: std::time::SystemTime::now() - Duration::from_secs(1),
+        progress: d,
+    };
+    h.daemon.manager.store().create(&new).await.expect("recorded");
+    id
+}
+
+/// Polls GetDeployment until the deployment has ended.
+pub async fn ended(h: &Harness, id: &str, within: Duration) -> proto::Deployment {
+    let mut client = h.client().await;
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let d = client
+            .get_deployment(proto::GetDeploymentRequest { id: id.into() })
+            .await
+            .expect("get")
+            .into_inner();
+        if d.state != i32::from(proto::DeploymentState::Running) {
+            return d;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "deployment {id} still running: {d:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A deploy of `dir` with fast health checks.
 pub fn deploy_request(service: &str, dir: &Path) -> proto::DeployRequest {
     proto::DeployRequest {
