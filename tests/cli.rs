@@ -127,7 +127,7 @@ fn serve_and_deploy_as_two_processes() {
         guard: mut server,
         grpc,
         metrics,
-        ..
+        state: _state,
     } = common::serve(
         deployd(),
         &[
@@ -152,7 +152,8 @@ fn serve_and_deploy_as_two_processes() {
         .output()
         .expect("client runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("SUCCESS: http://127.0.0.1:"), "{stdout}");
 
     let metrics_text = reqwest::blocking_get(&format!("http://127.0.0.1:{metrics}/metrics"));

@@ -173,7 +173,7 @@ pub fn assert_deployd_named(revision: &str, service: &str) {
 /// it and died before doing anything: its lease already expired, so a
 /// live daemon on the store takes it over.
 pub async fn orphan(h: &Harness, req: proto::DeployRequest, owner: &str) -> String {
-    use deployd::deployments::{NewDeployment, Store};
+    use deployd::deployments::NewDeployment;
     let domain = deployd::api::convert::deploy_request(req, Duration::from_millis(20))
         .expect("valid request");
     let d = deployd::pipeline::Deployment::new(uuid::Uuid::new_v4().to_string(), domain);
@@ -478,7 +478,8 @@ pub struct Served {
     pub guard: ChildGuard,
     pub grpc: u16,
     pub metrics: u16,
-    _state: tempfile::TempDir,
+    /// Holds the daemon's default store (XDG_STATE_HOME) until dropped.
+    pub state: tempfile::TempDir,
 }
 
 pub fn serve(mut cmd: std::process::Command, args: &[&str]) -> Served {
@@ -507,7 +508,7 @@ pub fn serve(mut cmd: std::process::Command, args: &[&str]) -> Served {
         guard,
         grpc,
         metrics,
-        _state: state,
+        state,
     }
 }
 
