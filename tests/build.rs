@@ -277,8 +277,13 @@ async fn a_build_that_never_finishes_is_cancelled_at_our_deadline() {
 async fn daemon_shutdown_hands_the_running_build_over() {
     let h = Harness::start().await;
     let mut stream = deploy_with_a_running_build(&h, "shutdown").await;
+    let filter = deployd::deployments::Filter {
+        service: Some("shutdown".into()),
+        ..Default::default()
+    };
+    let (listed, _) = h.daemon.manager.store().list(&filter, None, 10).await.expect("list");
+    let id = listed[0].id.clone();
     h.shutdown.cancel();
-    let mut id = String::new();
     let end = loop {
         match stream.message().await {
             Ok(Some(e)) => {
@@ -286,7 +291,6 @@ async fn daemon_shutdown_hands_the_running_build_over() {
                     !matches!(e.kind, Some(proto::event::Kind::Outcome(_))),
                     "a drained deployment has no outcome yet: {e:?}"
                 );
-                id = e.deployment_id;
             }
             Ok(None) => panic!("the stream must end with a status naming the deployment"),
             Err(status) => break status,
