@@ -15,12 +15,12 @@ use tokio_util::task::TaskTracker;
 use crate::api::{proto, DeployerService};
 use crate::config::{Backend, DaemonConfig};
 use crate::deployments::{Manager, ManagerConfig};
-use crate::store::SqlStore;
 use crate::gcp::{GcpClient, GcpError, PollPolicy};
 use crate::pipeline::cloud::Cloud;
 use crate::pipeline::Pipeline;
 use crate::probe::{HttpProber, ProberError};
 use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::store::SqlStore;
 use crate::telemetry;
 
 #[derive(Debug, thiserror::Error)]
@@ -234,7 +234,7 @@ pub async fn serve(
     );
     let stop = shutdown.clone();
     let grace = config.shutdown_grace;
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -244,8 +244,17 @@ pub async fn serve(
             // Before the server stops: the drain ends the event streams, so
             // connections can close.
             manager.drain(grace).await;
-        })
-        .await?;
+        });
+    // A client that never answers the closing handshake (a stalled
+    // process, a dead network) must not keep the daemon from exiting.
+    let bounded = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace + Duration::from_secs(1)).await;
+    };
+    tokio::select! {
+        served = server => served?,
+        _ = bounded => tracing::warn!("connections still open after the drain time; closing them"),
+    }
     runs.close();
     if tokio::time::timeout(config.shutdown_grace, runs.wait())
         .await

@@ -281,7 +281,13 @@ async fn daemon_shutdown_hands_the_running_build_over() {
         service: Some("shutdown".into()),
         ..Default::default()
     };
-    let (listed, _) = h.daemon.manager.store().list(&filter, None, 10).await.expect("list");
+    let (listed, _) = h
+        .daemon
+        .manager
+        .store()
+        .list(&filter, None, 10)
+        .await
+        .expect("list");
     let id = listed[0].id.clone();
     h.shutdown.cancel();
     let end = loop {
@@ -297,19 +303,36 @@ async fn daemon_shutdown_hands_the_running_build_over() {
         }
     };
     assert_eq!(end.code(), tonic::Code::Unavailable, "{end:?}");
-    assert!(end.message().contains(&format!("deployd watch {id}")), "{}", end.message());
+    assert!(
+        end.message().contains(&format!("deployd watch {id}")),
+        "{}",
+        end.message()
+    );
     // The lease is given back once the run has stopped.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let rec = loop {
-        let rec = h.daemon.manager.store().get(&id).await.expect("store").expect("kept");
+        let rec = h
+            .daemon
+            .manager
+            .store()
+            .get(&id)
+            .await
+            .expect("store")
+            .expect("kept");
         if rec.lease_until <= std::time::SystemTime::now() || std::time::Instant::now() > deadline {
             break rec;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(rec.state, deployd::deployments::State::Running);
-    assert!(rec.lease_until <= std::time::SystemTime::now(), "the lease was given back");
-    assert!(rec.progress.pending_build.is_some(), "the build's id is recorded");
+    assert!(
+        rec.lease_until <= std::time::SystemTime::now(),
+        "the lease was given back"
+    );
+    assert!(
+        rec.progress.pending_build.is_some(),
+        "the build's id is recorded"
+    );
     assert_eq!(
         h.sandbox
             .count("cloudbuild.projects.locations.builds.cancel"),

@@ -760,10 +760,21 @@ async fn a_client_that_disconnects_does_not_cancel_the_deploy() {
         if d.state != i32::from(proto::DeploymentState::Running) {
             break d;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the deploy did not finish");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the deploy did not finish"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(d.state, i32::from(proto::DeploymentState::Succeeded), "{d:?}");
+    assert_eq!(
+        d.state,
+        i32::from(proto::DeploymentState::Succeeded),
+        "{d:?}"
+    );
     assert!(d.outcome.expect("outcome").success);
-    assert_eq!(h.sandbox.count("cloudbuild.projects.locations.builds.cancel"), 0);
+    assert_eq!(
+        h.sandbox
+            .count("cloudbuild.projects.locations.builds.cancel"),
+        0
+    );
 }

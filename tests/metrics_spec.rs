@@ -16,7 +16,11 @@ async fn every_documented_metric_is_exported_after_a_workload() {
     // A deployment whose daemon died: taken over and finished.
     let id = orphan(&h, deploy_request("spec-orphan", &example_app()), "gone:1").await;
     let d = ended(&h, &id, Duration::from_secs(30)).await;
-    assert_eq!(d.state, i32::from(proto::DeploymentState::Succeeded), "{d:?}");
+    assert_eq!(
+        d.state,
+        i32::from(proto::DeploymentState::Succeeded),
+        "{d:?}"
+    );
     assert_eq!(d.resumed, 1);
     // A retried build, a success, a rollback, a preflight failure, a Verify.
     h.sandbox.inject(Fault {

@@ -433,7 +433,11 @@ pub fn deployment(r: Record) -> proto::Deployment {
         request_id: r.request_id.unwrap_or_default(),
         target: Some(target_proto(&r.target)),
         state: state(r.state).into(),
-        stage: r.stage.map(stage).unwrap_or(proto::Stage::Unspecified).into(),
+        stage: r
+            .stage
+            .map(stage)
+            .unwrap_or(proto::Stage::Unspecified)
+            .into(),
         create_time: Some(timestamp(r.created)),
         update_time: Some(timestamp(r.updated)),
         end_time: r.ended.map(timestamp),
@@ -528,7 +532,12 @@ pub fn deploy_request_proto(r: &DeployRequest, request_id: String) -> proto::Dep
             path: r.health.path.clone(),
             attempts: r.health.attempts,
             timeout_ms: millis(r.health.timeout),
-            accepted_statuses: r.health.accepted_statuses.iter().map(|s| u32::from(*s)).collect(),
+            accepted_statuses: r
+                .health
+                .accepted_statuses
+                .iter()
+                .map(|s| u32::from(*s))
+                .collect(),
             base_delay_ms: millis(r.health.base_delay),
             expect_body: r.health.expect_body.clone().unwrap_or_default(),
             headers: r.health.headers.clone().into_iter().collect(),

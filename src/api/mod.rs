@@ -265,12 +265,18 @@ impl Deployer for DeployerService {
         if let Some(key) = &request_id {
             rules::request_id(key).map_err(|r| invalid(M, InvalidRequest::new("request_id", r)))?;
         }
-        let req = convert::deploy_request(inner, self.health_base_delay)
-            .map_err(|e| invalid(M, e))?;
+        let req =
+            convert::deploy_request(inner, self.health_base_delay).map_err(|e| invalid(M, e))?;
         req.validate().map_err(|e| invalid(M, e))?;
         // The run's spans continue the caller's trace when it sent one.
-        let span = tracing::info_span!("rpc", otel.name = "deployd.v1.Deployer/Deploy", otel.kind = "server",
-            rpc.system = "grpc", rpc.method = M, deployment_id = tracing::field::Empty);
+        let span = tracing::info_span!(
+            "rpc",
+            otel.name = "deployd.v1.Deployer/Deploy",
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.method = M,
+            deployment_id = tracing::field::Empty
+        );
         let _ = span.set_parent(parent);
         // One running deployment per service, enforced by the store.
         let submitted = self
@@ -292,7 +298,11 @@ impl Deployer for DeployerService {
         const M: &str = "GetDeployment";
         let id = request.into_inner().id;
         valid_id(M, &id)?;
-        let rec = self.manager.get(&id).await.map_err(|e| store_failed(M, e))?;
+        let rec = self
+            .manager
+            .get(&id)
+            .await
+            .map_err(|e| store_failed(M, e))?;
         let rec = rec.ok_or_else(|| not_found(M, &id))?;
         metrics::grpc_request(M, "OK");
         Ok(Response::new(convert::deployment(rec)))
@@ -313,7 +323,10 @@ impl Deployer for DeployerService {
         let after = match r.page_token.as_str() {
             "" => None,
             t => Some(parse_page_token(t).ok_or_else(|| {
-                invalid(M, InvalidRequest::new("page_token", "is not a token this API returned"))
+                invalid(
+                    M,
+                    InvalidRequest::new("page_token", "is not a token this API returned"),
+                )
             })?),
         };
         let nonempty = |s: String| (!s.is_empty()).then_some(s);
@@ -323,7 +336,11 @@ impl Deployer for DeployerService {
             service: nonempty(r.service),
             state: convert::state_filter(r.state).map_err(|e| invalid(M, e))?,
         };
-        let limit = if r.page_size == 0 { DEFAULT_PAGE_SIZE } else { r.page_size };
+        let limit = if r.page_size == 0 {
+            DEFAULT_PAGE_SIZE
+        } else {
+            r.page_size
+        };
         let (records, next) = self
             .manager
             .list(&filter, after.as_ref(), limit)
@@ -343,7 +360,13 @@ impl Deployer for DeployerService {
         const M: &str = "WatchDeployment";
         let r = request.into_inner();
         valid_id(M, &r.id)?;
-        if self.manager.get(&r.id).await.map_err(|e| store_failed(M, e))?.is_none() {
+        if self
+            .manager
+            .get(&r.id)
+            .await
+            .map_err(|e| store_failed(M, e))?
+            .is_none()
+        {
             return Err(not_found(M, &r.id));
         }
         metrics::grpc_request(M, "OK");

@@ -697,7 +697,11 @@ async fn run(command: Command) -> anyhow::Result<i32> {
 
 /// A refused call: its status on stderr, exit code 2.
 fn refused(s: &tonic::Status) -> i32 {
-    eprintln!("deployd refused the request: {:?}: {}", s.code(), s.message());
+    eprintln!(
+        "deployd refused the request: {:?}: {}",
+        s.code(),
+        s.message()
+    );
     2
 }
 
@@ -830,7 +834,10 @@ async fn serve(a: ServeArgs) -> anyhow::Result<i32> {
         };
         // Deployments are not cancelled: they stop at their last recorded
         // step and the next daemon on this store resumes them.
-        tracing::info!(signal, "draining: no new work; running deployments are handed to the next daemon");
+        tracing::info!(
+            signal,
+            "draining: no new work; running deployments are handed to the next daemon"
+        );
         stop.cancel();
     });
     running.done.await.context("daemon task")??;
@@ -871,8 +878,7 @@ impl Session {
                 config.state_dir = Some(dir.path().to_path_buf());
                 state = Some(dir);
             }
-            let running =
-                daemon::start(config, SandboxConfig::default(), shutdown.clone()).await?;
+            let running = daemon::start(config, SandboxConfig::default(), shutdown.clone()).await?;
             let url = format!("http://{}", running.grpc);
             embedded = Some(running);
             url
@@ -928,7 +934,11 @@ impl Session {
                 Ok(Some(e)) => e,
                 Ok(None) => break,
                 Err(status) => {
-                    eprintln!("the stream ended: {:?}: {}", status.code(), status.message());
+                    eprintln!(
+                        "the stream ended: {:?}: {}",
+                        status.code(),
+                        status.message()
+                    );
                     self.shutdown.cancel();
                     return Ok(2);
                 }

@@ -83,9 +83,23 @@ pub fn deployment_row(out: &mut impl Write, d: &proto::Deployment) -> std::io::R
 pub fn deployment(out: &mut impl Write, d: &proto::Deployment) -> std::io::Result<()> {
     let t = d.target.clone().unwrap_or_default();
     writeln!(out, "deployment {}", d.id)?;
-    writeln!(out, "  service   {} in {}/{}", t.service, t.project, t.region)?;
-    writeln!(out, "  state     {} (stage {})", state_name(d.state), stage_name(d.stage))?;
-    writeln!(out, "  created   {} by {}", rfc3339(d.create_time.as_ref()), d.caller)?;
+    writeln!(
+        out,
+        "  service   {} in {}/{}",
+        t.service, t.project, t.region
+    )?;
+    writeln!(
+        out,
+        "  state     {} (stage {})",
+        state_name(d.state),
+        stage_name(d.stage)
+    )?;
+    writeln!(
+        out,
+        "  created   {} by {}",
+        rfc3339(d.create_time.as_ref()),
+        d.caller
+    )?;
     writeln!(out, "  updated   {}", rfc3339(d.update_time.as_ref()))?;
     if d.end_time.is_some() {
         writeln!(out, "  ended     {}", rfc3339(d.end_time.as_ref()))?;
@@ -97,7 +111,11 @@ pub fn deployment(out: &mut impl Write, d: &proto::Deployment) -> std::io::Resul
         writeln!(out, "  request   {}", d.request_id)?;
     }
     if d.resumed > 0 {
-        writeln!(out, "  resumed   {} time(s) after its daemon stopped", d.resumed)?;
+        writeln!(
+            out,
+            "  resumed   {} time(s) after its daemon stopped",
+            d.resumed
+        )?;
     }
     if d.cancel_requested {
         writeln!(out, "  cancel requested")?;

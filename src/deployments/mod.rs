@@ -428,7 +428,8 @@ impl Manager {
         let this = self.clone();
         tokio::spawn(async move {
             this.claim_and_resume(true).await;
-            let beat = (this.config.lease / 3).clamp(Duration::from_millis(50), Duration::from_secs(5));
+            let beat =
+                (this.config.lease / 3).clamp(Duration::from_millis(50), Duration::from_secs(5));
             let mut heartbeat = tokio::time::interval(beat);
             heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut prune = tokio::time::interval(this.config.prune_every);
@@ -450,7 +451,11 @@ impl Manager {
         if ids.is_empty() {
             return;
         }
-        let held = match self.store.renew(&self.config.owner, &ids, self.lease_until()).await {
+        let held = match self
+            .store
+            .renew(&self.config.owner, &ids, self.lease_until())
+            .await
+        {
             Ok(h) => h,
             Err(e) => {
                 tracing::warn!(error = %e, "renewing leases failed; trying again at the next heartbeat");
@@ -537,7 +542,10 @@ impl Manager {
             runs.keys().cloned().collect()
         };
         self.tasks.close();
-        if tokio::time::timeout(grace, self.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("runs did not stop within the drain time");
         }
         if !ids.is_empty() {
@@ -546,7 +554,9 @@ impl Manager {
                     deployments = ids.len(),
                     "drained: running deployments handed back for the next daemon"
                 ),
-                Err(e) => tracing::warn!(error = %e, "handing leases back failed; they expire on their own"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "handing leases back failed; they expire on their own")
+                }
             }
         }
     }

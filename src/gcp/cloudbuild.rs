@@ -219,7 +219,10 @@ pub async fn list_tagged(t: &Transport, project: &str, tag: &str) -> Result<Vec<
         )
         .await?;
     if !list.next_page_token.is_empty() {
-        tracing::debug!(tag, "more than one page of tagged builds; the newest are used");
+        tracing::debug!(
+            tag,
+            "more than one page of tagged builds; the newest are used"
+        );
     }
     Ok(list.builds)
 }

@@ -87,7 +87,10 @@ impl Pipeline {
                 events
                     .progress(
                         Stage::Build,
-                        format!("building from gs://{}/{}, uploaded before", a.bucket, a.object),
+                        format!(
+                            "building from gs://{}/{}, uploaded before",
+                            a.bucket, a.object
+                        ),
                     )
                     .await;
                 a
@@ -183,7 +186,14 @@ impl Pipeline {
                         )
                         .await;
                     let r = self
-                        .build_once(project, spec, (n, adopt, base), opts.timeout, events, cancel)
+                        .build_once(
+                            project,
+                            spec,
+                            (n, adopt, base),
+                            opts.timeout,
+                            events,
+                            cancel,
+                        )
                         .await;
                     metrics::build_attempt(match &r {
                         Ok(_) => "success",

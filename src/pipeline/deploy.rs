@@ -178,7 +178,12 @@ impl Pipeline {
     /// Decides the rollout before anything is sent: the revision serving
     /// now (the rollback target), the mode (a first deploy is direct) and
     /// the new revision's name.
-    async fn plan_rollout(&self, d: &mut Deployment, existing: Option<&RunService>, events: &Reporter) {
+    async fn plan_rollout(
+        &self,
+        d: &mut Deployment,
+        existing: Option<&RunService>,
+        events: &Reporter,
+    ) {
         let target = &d.request.target;
         d.previous_revision = existing.and_then(|s| s.serving_revision());
         let mut mode = d.request.rollout;
@@ -260,7 +265,9 @@ impl Pipeline {
             }
             if tokio::time::Instant::now() >= deadline {
                 return Ok(Rollout::Failed {
-                    message: format!("the rollout of {name} was still in progress after {ROLLOUT_WAIT:?}"),
+                    message: format!(
+                        "the rollout of {name} was still in progress after {ROLLOUT_WAIT:?}"
+                    ),
                     service: Some(service),
                 });
             }

@@ -286,7 +286,11 @@ impl Reporter {
     }
 
     /// Like `emit`, but says whether a journaled event was kept.
-    pub async fn try_emit(&self, stage: Option<Stage>, kind: EventKind) -> Result<(), JournalError> {
+    pub async fn try_emit(
+        &self,
+        stage: Option<Stage>,
+        kind: EventKind,
+    ) -> Result<(), JournalError> {
         let mut next = self.next_seq.lock().await;
         let event = Event {
             deployment_id: self.deployment_id.clone(),

@@ -184,10 +184,7 @@ pub enum ResumePoint {
 /// Tags of a deployment's build attempt, so a build whose creation was not
 /// recorded (a crash right after it) is found instead of made again.
 pub fn build_tags(deployment_id: &str, attempt: u32) -> [String; 2] {
-    [
-        deployment_tag(deployment_id),
-        format!("attempt-{attempt}"),
-    ]
+    [deployment_tag(deployment_id), format!("attempt-{attempt}")]
 }
 
 /// The tag every build of a deployment carries (Cloud Build tags match
@@ -243,7 +240,12 @@ impl Deployment {
     /// preflight creations); from the build on, recorded steps are found
     /// again rather than repeated.
     pub fn resume_point(&self) -> ResumePoint {
-        let index = |s: Stage| Stage::DEPLOY_ORDER.iter().position(|o| *o == s).unwrap_or(0);
+        let index = |s: Stage| {
+            Stage::DEPLOY_ORDER
+                .iter()
+                .position(|o| *o == s)
+                .unwrap_or(0)
+        };
         match self.status {
             // The archive holds everything analysis produced; without it,
             // the source is needed again.
@@ -404,7 +406,9 @@ impl Pipeline {
         .instrument(span.clone())
         .await;
         if lost {
-            span.in_scope(|| tracing::warn!("another daemon runs this deployment now; stopped here"));
+            span.in_scope(|| {
+                tracing::warn!("another daemon runs this deployment now; stopped here")
+            });
             return d.outcome();
         }
 
@@ -873,7 +877,11 @@ fn preflight_verdict(checks: &[event::CheckResult]) -> Result<(), StageError> {
     Err(StageError::PreflightFailed {
         failed: failed.len(),
         total: checks.len(),
-        names: failed.iter().map(|c| c.name.as_ref()).collect::<Vec<_>>().join(", "),
+        names: failed
+            .iter()
+            .map(|c| c.name.as_ref())
+            .collect::<Vec<_>>()
+            .join(", "),
         inconclusive_only: failed.iter().all(|c| c.inconclusive),
         remediation: preflight::gather_remediation(checks),
     })

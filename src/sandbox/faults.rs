@@ -62,6 +62,10 @@ pub enum FaultAction {
     /// Carry the call out, then close the connection without an answer:
     /// the client cannot know whether it took effect.
     ResetAfterApply,
+    /// Carry the call out at once, answer only after this long: the
+    /// window in which a client has made a change but not yet heard of it
+    /// (where a crash must not lose track of it).
+    SlowAfterApply(Duration),
 }
 
 /// Transient faults at random, for soak runs: each call (method and path)

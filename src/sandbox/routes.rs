@@ -378,10 +378,15 @@ fn decode(s: &str) -> String {
 /// `tags="X"` and `status="X"` terms joined by AND.
 fn build_filter(filter: &str) -> Result<Vec<(String, String)>, String> {
     let mut terms = vec![];
-    for term in filter.split(" AND ").map(str::trim).filter(|t| !t.is_empty()) {
+    for term in filter
+        .split(" AND ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
         let parsed = term.split_once('=').and_then(|(field, value)| {
             let value = value.trim().strip_prefix('"')?.strip_suffix('"')?;
-            matches!(field.trim(), "tags" | "status").then(|| (field.trim().to_string(), value.to_string()))
+            matches!(field.trim(), "tags" | "status")
+                .then(|| (field.trim().to_string(), value.to_string()))
         });
         match parsed {
             Some(t) => terms.push(t),
@@ -462,6 +467,11 @@ async fn handle(
         Some(FaultAction::ResetAfterApply) => {
             drop(apply());
             reset()
+        }
+        Some(FaultAction::SlowAfterApply(d)) => {
+            let answer = apply();
+            tokio::time::sleep(d).await;
+            answer
         }
         None => apply(),
     };
@@ -890,11 +900,15 @@ fn dispatch(
                 .rev()
                 .map(|b| build::render(w, b, now))
                 .filter(|b| {
-                    filter.iter().all(|(field, want)| match b.get(field.as_str()) {
-                        Some(Value::Array(tags)) => tags.iter().any(|t| t.as_str() == Some(want)),
-                        Some(Value::String(s)) => s == want,
-                        _ => false,
-                    })
+                    filter
+                        .iter()
+                        .all(|(field, want)| match b.get(field.as_str()) {
+                            Some(Value::Array(tags)) => {
+                                tags.iter().any(|t| t.as_str() == Some(want))
+                            }
+                            Some(Value::String(s)) => s == want,
+                            _ => false,
+                        })
                 })
                 .collect();
             ok(json!({"builds": builds}))

@@ -192,7 +192,10 @@ const COLUMNS: &str = "id, request_id, request_digest, project, region, service,
 
 fn record(row: &AnyRow) -> Result<Record, StoreError> {
     let text = |c: &str| row.try_get::<String, _>(c).map_err(|e| corrupt(c, e));
-    let opt_text = |c: &str| row.try_get::<Option<String>, _>(c).map_err(|e| corrupt(c, e));
+    let opt_text = |c: &str| {
+        row.try_get::<Option<String>, _>(c)
+            .map_err(|e| corrupt(c, e))
+    };
     let int = |c: &str| row.try_get::<i64, _>(c).map_err(|e| corrupt(c, e));
     let state = text("state")?;
     let progress: Deployment =
@@ -552,11 +555,12 @@ impl Store for SqlStore {
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
-        let done = sqlx::query("DELETE FROM deployments WHERE state <> 'RUNNING' AND ended_ms < $1")
-            .bind(before)
-            .execute(&mut *tx)
-            .await
-            .map_err(backend)?;
+        let done =
+            sqlx::query("DELETE FROM deployments WHERE state <> 'RUNNING' AND ended_ms < $1")
+                .bind(before)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
         tx.commit().await.map_err(backend)?;
         Ok(done.rows_affected())
     }

@@ -19,6 +19,8 @@ pub struct GitServer {
     root: tempfile::TempDir,
     /// Requests served so far: a refused URL must leave this at zero.
     requests: Arc<AtomicUsize>,
+    /// Milliseconds each request waits before it is served.
+    delay_ms: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -30,9 +32,11 @@ impl GitServer {
             .expect("bind git server");
         let addr = listener.local_addr().expect("addr");
         let requests = Arc::new(AtomicUsize::new(0));
+        let delay_ms = Arc::new(AtomicUsize::new(0));
         let app = axum::Router::new().fallback(cgi).with_state(Cgi {
             root: Arc::new(root.path().to_path_buf()),
             requests: requests.clone(),
+            delay_ms: delay_ms.clone(),
         });
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -41,8 +45,15 @@ impl GitServer {
             addr,
             root,
             requests,
+            delay_ms,
             task,
         }
+    }
+
+    /// Every request waits this long first (a slow git host).
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as usize, Ordering::SeqCst);
     }
 
     pub fn requests(&self) -> usize {
@@ -105,17 +116,26 @@ fn run_git(dir: &Path, args: &[&str], paths: &[&Path]) {
 struct Cgi {
     root: Arc<PathBuf>,
     requests: Arc<AtomicUsize>,
+    delay_ms: Arc<AtomicUsize>,
 }
 
 /// One request through `git http-backend`, as a CGI server would run it.
 async fn cgi(
-    State(Cgi { root, requests }): State<Cgi>,
+    State(Cgi {
+        root,
+        requests,
+        delay_ms,
+    }): State<Cgi>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     requests.fetch_add(1, Ordering::SeqCst);
+    let delay = delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay as u64)).await;
+    }
     let header = |name: &str| {
         headers
             .get(name)

@@ -186,7 +186,12 @@ pub async fn orphan(h: &Harness, req: proto::DeployRequest, owner: &str) -> Stri
         lease_until: std::time::SystemTime::now() - Duration::from_secs(1),
         progress: d,
     };
-    h.daemon.manager.store().create(&new).await.expect("recorded");
+    h.daemon
+        .manager
+        .store()
+        .create(&new)
+        .await
+        .expect("recorded");
     id
 }
 
