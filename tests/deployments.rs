@@ -36,9 +36,16 @@ async fn get_list_and_watch_show_what_happened() {
     assert_eq!(d.id, id_a);
     assert_eq!(d.state, state(proto::DeploymentState::Succeeded));
     assert_eq!(d.target.as_ref().expect("target").service, "res-a");
-    assert_eq!(d.outcome.as_ref().expect("outcome").revision, first.revision);
+    assert_eq!(
+        d.outcome.as_ref().expect("outcome").revision,
+        first.revision
+    );
     assert_eq!(d.last_seq, first_events.len() as u64);
-    assert!(d.caller.starts_with("unauthenticated@127.0.0.1"), "{}", d.caller);
+    assert!(
+        d.caller.starts_with("unauthenticated@127.0.0.1"),
+        "{}",
+        d.caller
+    );
     assert!(d.end_time.is_some() && d.owner.is_empty());
     let req = d.request.expect("request");
     assert_eq!(req.build.expect("build").machine_type, "E2_HIGHCPU_8");
@@ -162,7 +169,9 @@ async fn get_list_and_watch_show_what_happened() {
     }
     let unknown = uuid::Uuid::new_v4().to_string();
     let s = client
-        .get_deployment(proto::GetDeploymentRequest { id: unknown.clone() })
+        .get_deployment(proto::GetDeploymentRequest {
+            id: unknown.clone(),
+        })
         .await
         .expect_err("unknown");
     assert_eq!(s.code(), Code::NotFound);
@@ -200,8 +209,16 @@ async fn cancel_stops_the_build_and_ends_cancelled() {
         .await
         .expect_err("busy");
     assert_eq!(busy.code(), Code::Aborted);
-    assert!(busy.message().contains(&format!("deployd watch {id}")), "{}", busy.message());
-    assert!(busy.message().contains(&format!("deployd cancel {id}")), "{}", busy.message());
+    assert!(
+        busy.message().contains(&format!("deployd watch {id}")),
+        "{}",
+        busy.message()
+    );
+    assert!(
+        busy.message().contains(&format!("deployd cancel {id}")),
+        "{}",
+        busy.message()
+    );
 
     let d = client
         .cancel_deployment(proto::CancelDeploymentRequest { id: id.clone() })
@@ -236,10 +253,9 @@ async fn the_same_request_id_twice_at_once_is_one_deployment() {
     let mut req = deploy_request("res-idem", &example_app());
     req.request_id = "2b0c6a1e-idem-key".into();
     let (c1, c2) = (h.client().await, h.client().await);
-    let (r1, r2) = tokio::join!(
-        async { c1.clone().deploy(req.clone()).await },
-        async { c2.clone().deploy(req.clone()).await }
-    );
+    let (r1, r2) = tokio::join!(async { c1.clone().deploy(req.clone()).await }, async {
+        c2.clone().deploy(req.clone()).await
+    });
     let (e1, o1) = run_to_outcome(r1.expect("first accepted").into_inner()).await;
     let (e2, o2) = run_to_outcome(r2.expect("second accepted").into_inner()).await;
     assert!(o1.success);
@@ -276,12 +292,7 @@ async fn the_same_request_id_twice_at_once_is_one_deployment() {
     // The same key with another request is refused, and says so.
     let mut other = req.clone();
     other.runtime.as_mut().expect("runtime").memory = "1Gi".into();
-    let s = h
-        .client()
-        .await
-        .deploy(other)
-        .await
-        .expect_err("mismatch");
+    let s = h.client().await.deploy(other).await.expect_err("mismatch");
     assert_eq!(s.code(), Code::AlreadyExists, "{s:?}");
     assert!(s.message().contains("different request"), "{}", s.message());
 
