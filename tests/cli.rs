@@ -238,3 +238,127 @@ fn json_logs_carry_the_deployment_id() {
         );
     }
 }
+
+/// Deployments from the command line, against `serve --sandbox` with its
+/// default store ($XDG_STATE_HOME/deployd/deployd.db): `deploy --detach`,
+/// `watch`, `status`, `list`, `cancel`; ctrl-c during a deploy asks the
+/// daemon to cancel it; and the history outlives the daemon.
+#[test]
+fn deployments_from_the_command_line() {
+    use std::io::{BufRead, BufReader};
+    let served = common::serve(
+        deployd(),
+        &[
+            "--sandbox",
+            "--local-source-root",
+            env!("CARGO_MANIFEST_DIR"),
+        ],
+    );
+    let server = format!("http://127.0.0.1:{}", served.grpc);
+    let run = |args: &[&str]| {
+        let out = deployd()
+            .args(args)
+            .args(["--server", &server])
+            .output()
+            .expect("runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, id, err) = run(&[
+        "deploy",
+        "--project",
+        "demo-project",
+        &example(),
+        "--service",
+        "cli-detach",
+        "--allow-unauthenticated",
+        "--detach",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let id = id.trim().to_string();
+    assert_eq!(id.len(), 36, "{id}");
+    assert!(err.contains(&format!("deployd watch {id}")), "{err}");
+
+    let (code, out, err) = run(&["watch", &id]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("SUCCESS: http://127.0.0.1:"), "{out}");
+    let (code, out, _) = run(&["status", &id]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("state     succeeded"), "{out}");
+    let (code, out, _) = run(&["list", "--json"]);
+    assert_eq!(code, Some(0));
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["id"], id.as_str());
+    assert_eq!(rows[0]["state"], "succeeded");
+    let (code, _, err) = run(&["cancel", &id]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("FailedPrecondition") && err.contains("already ended"),
+        "{err}"
+    );
+
+    // ctrl-c while the build runs: the deployment is cancelled, not left
+    // running, and the client says so and shows how it ended.
+    let mut client = deployd()
+        .args(["deploy", "--server", &server, "--project", "demo-project"])
+        .args([
+            &example(),
+            "--service",
+            "cli-ctrl-c",
+            "--allow-unauthenticated",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("client");
+    let stdout = client.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
+        if line.expect("line").contains("queued") {
+            break;
+        }
+    }
+    common::signal(&client, rustix::process::Signal::INT, false).expect("SIGINT");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = client.wait().expect("exits");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut client.stderr.take().expect("stderr"), &mut err)
+        .expect("stderr");
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("cancel requested for deployment"), "{err}");
+    assert!(rest.iter().any(|l| l.contains("CANCELLED")), "{rest:?}");
+    let (_, out, _) = run(&["list", "--service", "cli-ctrl-c"]);
+    assert!(out.contains("cancelled"), "{out}");
+
+    // The history is in the default store, and a new daemon on it has it.
+    let db = served.state.path().join("deployd/deployd.db");
+    assert!(db.is_file(), "{}", db.display());
+    let state = served.state;
+    let mut guard = served.guard;
+    common::signal(&guard.child, rustix::process::Signal::TERM, false).expect("SIGTERM");
+    assert!(guard.child.wait().expect("exits").success());
+    let mut cmd = deployd();
+    cmd.env("XDG_STATE_HOME", state.path());
+    let again = common::serve(cmd, &["--sandbox"]);
+    let out = deployd()
+        .args([
+            "status",
+            &id,
+            "--server",
+            &format!("http://127.0.0.1:{}", again.grpc),
+        ])
+        .output()
+        .expect("runs");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("state     succeeded"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

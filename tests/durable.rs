@@ -417,10 +417,8 @@ async fn kill_during_rollback_completes_the_rollback() {
         .await
         .expect("accepted")
         .into_inner();
-    let mut id = String::new();
-    loop {
+    let id = loop {
         let e = stream.message().await.expect("stream").expect("event");
-        id = e.deployment_id.clone();
         if let Some(Kind::Probe(p)) = &e.kind {
             assert!(!p.healthy);
             // The rollback's traffic change is slow: the daemon dies in it.
@@ -431,9 +429,9 @@ async fn kill_during_rollback_completes_the_rollback() {
             });
         }
         if started(Stage::Rollback)(&e) {
-            break;
+            break e.deployment_id;
         }
-    }
+    };
     tokio::time::sleep(Duration::from_millis(300)).await;
     kill9(&mut first);
     let _second = rig.daemon();
