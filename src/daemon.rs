@@ -20,7 +20,6 @@ use crate::pipeline::cloud::Cloud;
 use crate::pipeline::Pipeline;
 use crate::probe::{HttpProber, ProberError};
 use crate::sandbox::{Sandbox, SandboxConfig};
-use crate::store::SqlStore;
 use crate::telemetry;
 
 #[derive(Debug, thiserror::Error)]
@@ -140,7 +139,7 @@ pub async fn start(
     });
     let pipeline = Arc::new(Pipeline::new(cloud, prober, config.pipeline.clone()));
     let store_url = config.store_url();
-    let store = Arc::new(SqlStore::open(&store_url).await?);
+    let store = crate::store::open(&store_url).await?;
     let manager = Manager::new(
         store,
         pipeline.clone(),

@@ -8,6 +8,7 @@
 //! Domain code: it knows the pipeline and the store's trait, not SQL and
 //! not gRPC.
 
+pub mod memory;
 pub mod store;
 
 use std::collections::HashMap;
@@ -16,7 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use futures::Stream;
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -121,9 +122,14 @@ pub struct Submitted {
 struct Run {
     cancel: CancellationToken,
     abort: tokio::task::AbortHandle,
-    /// The seq of the last event kept, for streams to wake on.
-    seq: watch::Sender<u64>,
+    /// Each event once it is kept, for streams of this daemon to follow
+    /// without reading it back from the store.
+    live: broadcast::Sender<Event>,
 }
+
+/// Events a slow stream may fall behind the run before it reads the rest
+/// from the store.
+const LIVE_BUFFER: usize = 1024;
 
 pub struct Manager {
     store: Arc<dyn Store>,
@@ -138,7 +144,7 @@ pub struct Manager {
 struct StoreJournal {
     store: Arc<dyn Store>,
     owner: String,
-    seq: watch::Sender<u64>,
+    live: broadcast::Sender<Event>,
 }
 
 fn journal_error(e: StoreError) -> JournalError {
@@ -159,7 +165,19 @@ impl Journal for StoreJournal {
             _ => self.store.append(&self.owner, event).await,
         }
         .map_err(journal_error)?;
-        self.seq.send_replace(event.seq);
+        // No listener is fine: streams catch up from the store.
+        let _ = self.live.send(event.clone());
+        Ok(())
+    }
+
+    async fn record_all(&self, events: &[Event]) -> Result<(), JournalError> {
+        self.store
+            .append_all(&self.owner, events)
+            .await
+            .map_err(journal_error)?;
+        for e in events {
+            let _ = self.live.send(e.clone());
+        }
         Ok(())
     }
 
@@ -277,7 +295,7 @@ impl Manager {
         span: tracing::Span,
     ) {
         let id = d.id.clone();
-        let (seq, _) = watch::channel(next_seq.saturating_sub(1));
+        let (live, _) = broadcast::channel(LIVE_BUFFER);
         let cancel = CancellationToken::new();
         if cancel_requested {
             cancel.cancel();
@@ -285,7 +303,7 @@ impl Manager {
         let journal = Arc::new(StoreJournal {
             store: self.store.clone(),
             owner: self.config.owner.clone(),
-            seq: seq.clone(),
+            live: live.clone(),
         });
         let reporter = Reporter::journaled(id.clone(), journal, next_seq);
         let this = self.clone();
@@ -312,7 +330,7 @@ impl Manager {
             Run {
                 cancel,
                 abort: task.abort_handle(),
-                seq,
+                live,
             },
         );
     }
@@ -364,58 +382,82 @@ impl Manager {
     }
 
     async fn follow(&self, id: String, mut last: u64, tx: mpsc::Sender<Result<Event, WatchEnd>>) {
+        let draining = |last_seq| WatchEnd::Draining {
+            id: id.clone(),
+            last_seq,
+        };
         loop {
-            let batch = match self.store.events(&id, last, PAGE).await {
-                Ok(b) => b,
-                Err(error) => {
-                    let _ = tx.send(Err(WatchEnd::Store { id, error })).await;
-                    return;
-                }
-            };
-            let full = batch.len() == PAGE as usize;
-            for e in batch {
-                last = e.seq;
-                let is_outcome = matches!(e.kind, EventKind::Outcome(_));
-                if tx.send(Ok(e)).await.is_err() {
-                    return; // the client left; the run goes on
-                }
-                if is_outcome {
-                    return;
-                }
-            }
-            if full {
-                continue;
-            }
-            let live = self.lock_runs().get(&id).map(|r| r.seq.subscribe());
-            let polled = match live {
-                // Already past what we read: read again at once.
-                Some(rx) if *rx.borrow() > last => false,
-                Some(mut rx) => tokio::select! {
-                    _ = rx.changed() => false,
-                    _ = tokio::time::sleep(self.config.watch_poll) => true,
-                    _ = self.draining.cancelled() => {
-                        let _ = tx.send(Err(WatchEnd::Draining { id, last_seq: last })).await;
+            // Subscribed before the store is read, so nothing falls
+            // between the two; seqs drop what both deliver.
+            let live = self.lock_runs().get(&id).map(|r| r.live.subscribe());
+            // What is kept already.
+            loop {
+                let batch = match self.store.events(&id, last, PAGE).await {
+                    Ok(b) => b,
+                    Err(error) => {
+                        let _ = tx.send(Err(WatchEnd::Store { id, error })).await;
                         return;
                     }
-                    _ = tx.closed() => return,
-                },
-                None => tokio::select! {
-                    _ = tokio::time::sleep(self.config.watch_poll) => true,
-                    _ = self.draining.cancelled() => {
-                        let _ = tx.send(Err(WatchEnd::Draining { id, last_seq: last })).await;
+                };
+                let full = batch.len() == PAGE as usize;
+                for e in batch {
+                    last = e.seq;
+                    let is_outcome = matches!(e.kind, EventKind::Outcome(_));
+                    if tx.send(Ok(e)).await.is_err() {
+                        return; // the client left; the run goes on
+                    }
+                    if is_outcome {
                         return;
                     }
-                    _ = tx.closed() => return,
+                }
+                if !full {
+                    break;
+                }
+            }
+            match live {
+                // Run here: follow it as it happens.
+                Some(mut rx) => loop {
+                    tokio::select! {
+                        r = rx.recv() => match r {
+                            Ok(e) if e.seq <= last => continue,
+                            Ok(e) if e.seq == last + 1 => {
+                                last = e.seq;
+                                let is_outcome = matches!(e.kind, EventKind::Outcome(_));
+                                if tx.send(Ok(e)).await.is_err() {
+                                    return;
+                                }
+                                if is_outcome {
+                                    return;
+                                }
+                            }
+                            // Fell behind, or the run stopped here: the
+                            // store has the rest.
+                            Ok(_) | Err(_) => break,
+                        },
+                        _ = self.draining.cancelled() => {
+                            let _ = tx.send(Err(draining(last))).await;
+                            return;
+                        }
+                        _ = tx.closed() => return,
+                    }
                 },
-            };
-            // A deployment that ended has an outcome event; one that is
-            // gone (pruned) or ended without (never) would otherwise be
-            // watched forever.
-            if polled {
-                match self.store.get(&id).await {
-                    Ok(Some(r)) if r.state != State::Running && r.last_seq <= last => return,
-                    Ok(None) => return,
-                    _ => {}
+                // Run elsewhere (or ended): read the store now and then.
+                None => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.config.watch_poll) => {}
+                        _ = self.draining.cancelled() => {
+                            let _ = tx.send(Err(draining(last))).await;
+                            return;
+                        }
+                        _ = tx.closed() => return,
+                    }
+                    // A deployment that ended has an outcome event; one that
+                    // is gone (pruned) would otherwise be watched forever.
+                    match self.store.get(&id).await {
+                        Ok(Some(r)) if r.state != State::Running && r.last_seq <= last => return,
+                        Ok(None) => return,
+                        _ => {}
+                    }
                 }
             }
         }

@@ -560,17 +560,18 @@ impl Pipeline {
             Ok(Some(bytes)) if !bytes.is_empty() => {
                 log.offset += bytes.len() as u64;
                 log.partial.push_str(&String::from_utf8_lossy(&bytes));
+                let mut read = vec![];
                 while let Some(pos) = log.partial.find('\n') {
                     let line: String = log.partial.drain(..=pos).collect();
                     let line = line.trim_end().to_string();
-                    events
-                        .emit(Some(Stage::Build), EventKind::Log(line.clone()))
-                        .await;
+                    read.push(EventKind::Log(line.clone()));
                     if log.lines.len() == TAIL_LINES {
                         log.lines.pop_front();
                     }
                     log.lines.push_back(line);
                 }
+                // One write for what one read brought.
+                events.emit_all(Some(Stage::Build), read).await;
             }
             Ok(_) => {}
             Err(e) => tracing::debug!(error = %e, "log read failed; will read again"),

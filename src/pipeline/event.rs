@@ -215,6 +215,13 @@ pub trait Journal: Send + Sync {
     /// Keeps one event (its `seq` already set). An error means it was not
     /// kept; the same seq is then offered again.
     async fn record(&self, event: &Event) -> Result<(), JournalError>;
+    /// Keeps several events at once (a burst of log lines), all or none.
+    async fn record_all(&self, events: &[Event]) -> Result<(), JournalError> {
+        for e in events {
+            self.record(e).await?;
+        }
+        Ok(())
+    }
     /// Keeps the run's progress, so a restarted daemon resumes from it.
     async fn checkpoint(&self, d: &super::Deployment) -> Result<(), JournalError>;
 }
@@ -311,6 +318,43 @@ impl Reporter {
         }
         *next += 1;
         Ok(())
+    }
+
+    /// Several events of one stage at once (log lines read together), kept
+    /// in one write.
+    pub async fn emit_all(&self, stage: Option<Stage>, kinds: Vec<EventKind>) {
+        if kinds.is_empty() {
+            return;
+        }
+        let mut next = self.next_seq.lock().await;
+        let now = SystemTime::now();
+        let events: Vec<Event> = kinds
+            .into_iter()
+            .enumerate()
+            .map(|(i, kind)| Event {
+                deployment_id: self.deployment_id.clone(),
+                seq: *next + i as u64,
+                stage,
+                time: now,
+                kind,
+            })
+            .collect();
+        let n = events.len() as u64;
+        match &self.sink {
+            Sink::None => {}
+            Sink::Channel(tx) => {
+                for e in events {
+                    let _ = tx.send(e).await;
+                }
+            }
+            Sink::Journal(j) => {
+                if let Err(e) = with_retries(|| j.record_all(&events)).await {
+                    tracing::error!(deployment_id = %self.deployment_id, error = %e, "events not kept");
+                    return;
+                }
+            }
+        }
+        *next += n;
     }
 
     /// Keeps the run's progress before it waits on something it changed

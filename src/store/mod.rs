@@ -24,7 +24,7 @@ static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migration
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error("--database-url {0:?}: use sqlite:///ABSOLUTE/PATH or postgres://USER@HOST/DB")]
+    #[error("--database-url {0:?}: use sqlite:///ABSOLUTE/PATH or postgres://USER@HOST/DB (or memory: for no durable store)")]
     BadUrl(String),
     #[error("creating the state directory {path}")]
     StateDir {
@@ -51,10 +51,26 @@ pub enum OpenError {
 pub enum Backend {
     Sqlite,
     Postgres,
+    /// This process's memory: nothing survives it.
+    Memory,
+}
+
+/// The URL of the in-memory store.
+pub const MEMORY_URL: &str = "memory:";
+
+/// Opens the store a URL names.
+pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, OpenError> {
+    Ok(match backend_of(url)? {
+        Backend::Memory => std::sync::Arc::new(crate::deployments::memory::MemoryStore::default()),
+        _ => std::sync::Arc::new(SqlStore::open(url).await?),
+    })
 }
 
 /// Checks a `--database-url`: `sqlite:///ABSOLUTE/PATH` or `postgres://…`.
 pub fn backend_of(url: &str) -> Result<Backend, OpenError> {
+    if url == MEMORY_URL {
+        return Ok(Backend::Memory);
+    }
     if let Some(path) = url.strip_prefix("sqlite://") {
         let path = path.split('?').next().unwrap_or_default();
         if path.starts_with('/') && path.len() > 1 {
@@ -119,6 +135,7 @@ impl SqlStore {
                 (format!("{url}{sep}mode=rwc"), 8)
             }
             Backend::Postgres => (url.to_string(), 16),
+            Backend::Memory => return Err(OpenError::BadUrl(url.to_string())),
         };
         let pool = AnyPoolOptions::new()
             .max_connections(max)
@@ -396,6 +413,14 @@ impl Store for SqlStore {
 
     async fn append(&self, owner: &str, event: &Event) -> Result<(), StoreError> {
         append_in(&self.pool, owner, event).await
+    }
+
+    async fn append_all(&self, owner: &str, events: &[Event]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        for e in events {
+            append_in(&mut *tx, owner, e).await?;
+        }
+        tx.commit().await.map_err(backend)
     }
 
     async fn save_progress(&self, owner: &str, d: &Deployment) -> Result<(), StoreError> {

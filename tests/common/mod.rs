@@ -47,6 +47,12 @@ impl Harness {
         Self::build(sandbox_config, true).await
     }
 
+    /// Without a metrics endpoint, with the daemon's config adjusted by `f`
+    /// (benches that start several daemons in one process).
+    pub async fn start_quiet(f: impl FnOnce(&mut DaemonConfig)) -> Harness {
+        Self::build_with(SandboxConfig::fast(), false, f).await
+    }
+
     /// With the daemon's config adjusted by `f`.
     pub async fn start_config(f: impl FnOnce(&mut DaemonConfig)) -> Harness {
         Self::build_with(SandboxConfig::fast(), true, f).await
