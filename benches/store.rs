@@ -112,11 +112,57 @@ async fn main() {
         .expect("list");
         let id = &rows[0].id;
         let bytes = store.footprint(id).await.expect("size");
+        let (append, save) = per_operation(&store).await;
+        println!(
+            "  {:<8} one event kept in {append:.0} us, one progress save in {save:.0} us",
+            s.name
+        );
         println!(
             "  {:<8} one deployment: {} events, {bytes} bytes of data (progress, outcome, events)",
             s.name, rows[0].last_seq
         );
     }
+}
+
+/// Microseconds per append and per progress save, one at a time.
+async fn per_operation(store: &dyn deployd::deployments::Store) -> (f64, f64) {
+    use deployd::deployments::NewDeployment;
+    use deployd::pipeline::event::{Event, EventKind};
+    let req = deployd::api::convert::deploy_request(
+        deploy_request("store-ops", &example_app()),
+        std::time::Duration::from_millis(20),
+    )
+    .expect("valid");
+    let mut d = deployd::pipeline::Deployment::new(uuid::Uuid::new_v4().to_string(), req);
+    d.request.target.service = format!("ops-{}", &d.id[..8]);
+    let new = NewDeployment {
+        request_id: None,
+        request_digest: "bench".into(),
+        caller: "bench".into(),
+        owner: "bench".into(),
+        lease_until: std::time::SystemTime::now() + std::time::Duration::from_secs(600),
+        progress: d.clone(),
+    };
+    store.create(&new).await.expect("create");
+    let n = 300;
+    let t = Instant::now();
+    for seq in 1..=n {
+        let e = Event {
+            deployment_id: d.id.clone(),
+            seq,
+            stage: None,
+            time: std::time::SystemTime::now(),
+            kind: EventKind::Log(format!("Step #1 - \"build\": line {seq}")),
+        };
+        store.append("bench", &e).await.expect("append");
+    }
+    let append = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    let t = Instant::now();
+    for _ in 0..n {
+        store.save_progress("bench", &d).await.expect("save");
+    }
+    let save = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    (append, save)
 }
 
 async fn fresh_postgres(base: &str) -> String {
