@@ -33,11 +33,8 @@ struct Store {
 
 #[tokio::main]
 async fn main() {
-    let (rounds, deploys, concurrency) = (
-        env("ROUNDS", 3),
-        env("DEPLOYS", 40),
-        env("CONCURRENCY", 8),
-    );
+    let (rounds, deploys, concurrency) =
+        (env("ROUNDS", 3), env("DEPLOYS", 40), env("CONCURRENCY", 8));
     let dir = tempfile::tempdir().expect("dir");
     let mut urls = vec![
         ("memory", deployd::store::MEMORY_URL.to_string()),
@@ -154,12 +151,12 @@ async fn per_operation(store: &dyn deployd::deployments::Store) -> (f64, f64) {
             time: std::time::SystemTime::now(),
             kind: EventKind::Log(format!("Step #1 - \"build\": line {seq}")),
         };
-        store.append("bench", &e).await.expect("append");
+        store.write("bench", &[e], None).await.expect("append");
     }
     let append = t.elapsed().as_secs_f64() * 1e6 / n as f64;
     let t = Instant::now();
     for _ in 0..n {
-        store.save_progress("bench", &d).await.expect("save");
+        store.write("bench", &[], Some(&d)).await.expect("save");
     }
     let save = t.elapsed().as_secs_f64() * 1e6 / n as f64;
     (append, save)

@@ -253,7 +253,7 @@ async fn two_daemons_share_one_postgres() {
 
 /// The lease rules, straight on the store: a claim only takes an expired
 /// lease, and the daemon that lost one can no longer write.
-async fn lease_rules(store: &SqlStore) {
+async fn lease_rules(store: &dyn Store) {
     let req = deployd::api::convert::deploy_request(
         deploy_request("lease-rules", &example_app()),
         Duration::from_millis(20),
@@ -294,7 +294,10 @@ async fn lease_rules(store: &SqlStore) {
         time: SystemTime::now(),
         kind: deployd::pipeline::event::EventKind::Progress("x".into()),
     };
-    store.append("a", &ev(1)).await.expect("the owner writes");
+    store
+        .write("a", &[ev(1)], None)
+        .await
+        .expect("the owner writes");
     tokio::time::sleep(Duration::from_millis(400)).await;
     let claimed = store.claim("b", false, until, 10).await.expect("claim");
     assert_eq!(claimed.len(), 1);
@@ -303,19 +306,22 @@ async fn lease_rules(store: &SqlStore) {
     // The old owner is fenced off: its writes fail, its seq cannot be
     // written twice.
     assert!(matches!(
-        store.append("a", &ev(2)).await,
+        store.write("a", &[ev(2)], None).await,
         Err(StoreError::LeaseLost { .. })
     ));
     assert!(matches!(
-        store.save_progress("a", &d).await,
+        store.write("a", &[], Some(&d)).await,
         Err(StoreError::LeaseLost { .. })
     ));
     assert!(matches!(
-        store.append("b", &ev(1)).await,
+        store.write("b", &[ev(1)], None).await,
         Err(StoreError::LeaseLost { .. })
     ));
+    // All or nothing: a batch whose second event repeats a seq keeps none.
+    assert!(store.write("b", &[ev(2), ev(2)], None).await.is_err());
+    assert_eq!(store.events(&id, 0, 10).await.expect("events").len(), 1);
     store
-        .append("b", &ev(2))
+        .write("b", &[ev(2), ev(3)], Some(&d))
         .await
         .expect("the new owner writes");
     let held = store
@@ -341,6 +347,11 @@ async fn lease_rules_hold_on_postgres() {
         return;
     };
     lease_rules(&SqlStore::open(&db).await.expect("open")).await;
+}
+
+#[tokio::test]
+async fn lease_rules_hold_in_memory() {
+    lease_rules(&deployd::deployments::memory::MemoryStore::default()).await;
 }
 
 #[tokio::test]

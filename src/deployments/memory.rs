@@ -10,8 +10,10 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 
-use super::store::{to_ms, Created, Cursor, Filter, NewDeployment, Record, State, Store, StoreError};
-use crate::pipeline::event::{Event, Outcome};
+use super::store::{
+    to_ms, Created, Cursor, Filter, NewDeployment, Record, State, Store, StoreError,
+};
+use crate::pipeline::event::{Event, EventKind};
 use crate::pipeline::Deployment;
 
 #[derive(Default)]
@@ -39,21 +41,6 @@ impl Inner {
             _ => Err(StoreError::LeaseLost { id: id.to_string() }),
         }
     }
-
-    fn append(&mut self, owner: &str, event: &Event) -> Result<(), StoreError> {
-        let r = self.owned(owner, &event.deployment_id)?;
-        if event.seq != r.last_seq + 1 {
-            return Err(StoreError::LeaseLost {
-                id: event.deployment_id.clone(),
-            });
-        }
-        r.last_seq = event.seq;
-        self.events
-            .entry(event.deployment_id.clone())
-            .or_default()
-            .push(event.clone());
-        Ok(())
-    }
 }
 
 #[async_trait]
@@ -61,7 +48,11 @@ impl Store for MemoryStore {
     async fn create(&self, new: &NewDeployment) -> Result<Created, StoreError> {
         let mut s = self.lock();
         if let Some(key) = &new.request_id {
-            if let Some(r) = s.records.values().find(|r| r.request_id.as_ref() == Some(key)) {
+            if let Some(r) = s
+                .records
+                .values()
+                .find(|r| r.request_id.as_ref() == Some(key))
+            {
                 return Ok(Created::Existing(Box::new(r.clone())));
             }
         }
@@ -116,24 +107,33 @@ impl Store for MemoryStore {
         let mut all: Vec<&Record> = s
             .records
             .values()
-            .filter(|r| filter.project.as_ref().is_none_or(|p| *p == r.target.project))
+            .filter(|r| {
+                filter
+                    .project
+                    .as_ref()
+                    .is_none_or(|p| *p == r.target.project)
+            })
             .filter(|r| filter.region.as_ref().is_none_or(|p| *p == r.target.region))
-            .filter(|r| filter.service.as_ref().is_none_or(|p| *p == r.target.service))
+            .filter(|r| {
+                filter
+                    .service
+                    .as_ref()
+                    .is_none_or(|p| *p == r.target.service)
+            })
             .filter(|r| filter.state.is_none_or(|st| st == r.state))
             .filter(|r| {
-                after.is_none_or(|c| (to_ms(r.created), r.id.as_str()) < (c.created_ms, c.id.as_str()))
+                after.is_none_or(|c| {
+                    (to_ms(r.created), r.id.as_str()) < (c.created_ms, c.id.as_str())
+                })
             })
             .collect();
         all.sort_by(|a, b| (to_ms(b.created), &b.id).cmp(&(to_ms(a.created), &a.id)));
         let more = all.len() > limit as usize;
         let page: Vec<Record> = all.into_iter().take(limit as usize).cloned().collect();
-        let next = more
-            .then(|| page.last())
-            .flatten()
-            .map(|r| Cursor {
-                created_ms: to_ms(r.created),
-                id: r.id.clone(),
-            });
+        let next = more.then(|| page.last()).flatten().map(|r| Cursor {
+            created_ms: to_ms(r.created),
+            id: r.id.clone(),
+        });
         Ok((page, next))
     }
 
@@ -152,36 +152,46 @@ impl Store for MemoryStore {
             .unwrap_or_default())
     }
 
-    async fn append(&self, owner: &str, event: &Event) -> Result<(), StoreError> {
-        self.lock().append(owner, event)
-    }
-
-    async fn save_progress(&self, owner: &str, d: &Deployment) -> Result<(), StoreError> {
-        let mut s = self.lock();
-        let r = s.owned(owner, &d.id)?;
-        r.progress = d.clone();
-        r.stage = Some(d.stage());
-        r.updated = SystemTime::now();
-        Ok(())
-    }
-
-    async fn finish(
+    async fn write(
         &self,
         owner: &str,
-        event: &Event,
-        outcome: &Outcome,
+        events: &[Event],
+        progress: Option<&Deployment>,
     ) -> Result<(), StoreError> {
         let mut s = self.lock();
-        s.owned(owner, &event.deployment_id)?;
-        s.append(owner, event)?;
-        let r = s.owned(owner, &event.deployment_id)?;
+        // All or nothing: checked on a copy, then swapped in.
+        let Some(id) = events
+            .first()
+            .map(|e| e.deployment_id.clone())
+            .or_else(|| progress.map(|d| d.id.clone()))
+        else {
+            return Ok(());
+        };
+        let mut record = s.owned(owner, &id)?.clone();
+        let mut kept = vec![];
+        for e in events {
+            if e.seq != record.last_seq + 1 {
+                return Err(StoreError::LeaseLost { id });
+            }
+            record.last_seq = e.seq;
+            kept.push(e.clone());
+        }
         let now = SystemTime::now();
-        r.state = State::of(outcome);
-        r.outcome = Some(outcome.clone());
-        r.ended = Some(now);
-        r.updated = now;
-        r.owner = None;
-        r.lease_until = SystemTime::UNIX_EPOCH;
+        if let Some(d) = progress {
+            record.progress = d.clone();
+            record.stage = Some(d.stage());
+            record.updated = now;
+        }
+        if let Some(EventKind::Outcome(o)) = events.last().map(|e| &e.kind) {
+            record.state = State::of(o);
+            record.outcome = Some(o.as_ref().clone());
+            record.ended = Some(now);
+            record.updated = now;
+            record.owner = None;
+            record.lease_until = SystemTime::UNIX_EPOCH;
+        }
+        s.events.entry(id.clone()).or_default().extend(kept);
+        s.records.insert(id, record);
         Ok(())
     }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use futures::Stream;
 use sha2::{Digest, Sha256};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -140,11 +140,22 @@ pub struct Manager {
     draining: CancellationToken,
 }
 
-/// Keeps a run's events and progress in the store, as its owner.
+/// What a run asks its writer to keep, in order.
+enum Write {
+    Event(Event),
+    /// Everything before it, then this progress; answered once kept.
+    Checkpoint(Box<Deployment>, oneshot::Sender<Result<(), JournalError>>),
+}
+
+/// A run's journal: events go to a writer task that keeps them in the
+/// store (as many as are waiting, in one transaction) and only then
+/// publishes them to the daemon's streams; a checkpoint waits until it and
+/// everything before it is kept. So the run does not wait on the store
+/// for each event, yet nothing is shown that a crash could take back.
 struct StoreJournal {
-    store: Arc<dyn Store>,
-    owner: String,
-    live: broadcast::Sender<Event>,
+    queue: mpsc::Sender<Write>,
+    /// Set when the writer gave up; the run stops at its next checkpoint.
+    failed: Arc<Mutex<Option<JournalError>>>,
 }
 
 fn journal_error(e: StoreError) -> JournalError {
@@ -157,35 +168,144 @@ fn journal_error(e: StoreError) -> JournalError {
     }
 }
 
+/// Writes queued before the writer starts a transaction, at most.
+const WRITE_BATCH: usize = 512;
+/// Attempts at one transaction before the run is stopped.
+const WRITE_ATTEMPTS: u32 = 5;
+
+impl StoreJournal {
+    fn failure(&self) -> Option<JournalError> {
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn stopped() -> JournalError {
+        JournalError::Store("the journal writer has stopped".into())
+    }
+}
+
 #[async_trait::async_trait]
 impl Journal for StoreJournal {
     async fn record(&self, event: &Event) -> Result<(), JournalError> {
-        match &event.kind {
-            EventKind::Outcome(o) => self.store.finish(&self.owner, event, o).await,
-            _ => self.store.append(&self.owner, event).await,
+        if let Some(e) = self.failure() {
+            return Err(e);
         }
-        .map_err(journal_error)?;
-        // No listener is fine: streams catch up from the store.
-        let _ = self.live.send(event.clone());
-        Ok(())
+        self.queue
+            .send(Write::Event(event.clone()))
+            .await
+            .map_err(|_| Self::stopped())
     }
 
     async fn record_all(&self, events: &[Event]) -> Result<(), JournalError> {
-        self.store
-            .append_all(&self.owner, events)
-            .await
-            .map_err(journal_error)?;
         for e in events {
-            let _ = self.live.send(e.clone());
+            self.record(e).await?;
         }
         Ok(())
     }
 
     async fn checkpoint(&self, d: &Deployment) -> Result<(), JournalError> {
-        self.store
-            .save_progress(&self.owner, d)
+        if let Some(e) = self.failure() {
+            return Err(e);
+        }
+        let (done, answer) = oneshot::channel();
+        self.queue
+            .send(Write::Checkpoint(Box::new(d.clone()), done))
             .await
-            .map_err(journal_error)
+            .map_err(|_| Self::stopped())?;
+        answer.await.unwrap_or_else(|_| Err(Self::stopped()))
+    }
+}
+
+/// Keeps what the run queued, in order, batching what is waiting.
+async fn write_journal(
+    store: Arc<dyn Store>,
+    owner: String,
+    mut queue: mpsc::Receiver<Write>,
+    live: broadcast::Sender<Event>,
+    failed: Arc<Mutex<Option<JournalError>>>,
+) {
+    let mut pending: Vec<Write> = Vec::new();
+    while let Some(first) = queue.recv().await {
+        pending.push(first);
+        while pending.len() < WRITE_BATCH {
+            match queue.try_recv() {
+                Ok(w) => pending.push(w),
+                Err(_) => break,
+            }
+        }
+        // One transaction per checkpoint (with the events before it), and
+        // one for the events after the last.
+        let mut events = vec![];
+        let mut writes = std::mem::take(&mut pending).into_iter().peekable();
+        while writes.peek().is_some() {
+            let mut checkpoint = None;
+            for w in writes.by_ref() {
+                match w {
+                    Write::Event(e) => events.push(e),
+                    Write::Checkpoint(d, done) => {
+                        checkpoint = Some((d, done));
+                        break;
+                    }
+                }
+            }
+            let progress = checkpoint.as_ref().map(|(d, _)| d.as_ref());
+            let result = write_with_retries(store.as_ref(), &owner, &events, progress).await;
+            match &result {
+                Ok(()) => {
+                    for e in events.drain(..) {
+                        // No listener is fine: streams catch up from the store.
+                        let _ = live.send(e);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the deployment's journal could not be kept; the run stops");
+                    *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
+                }
+            }
+            if let Some((_, done)) = checkpoint {
+                let _ = done.send(result.clone());
+            }
+            if result.is_err() {
+                // Nothing after a lost write may be kept (seqs must stay
+                // contiguous); waiting checkpoints hear why.
+                for w in writes.by_ref() {
+                    if let Write::Checkpoint(_, done) = w {
+                        let _ = done.send(result.clone());
+                    }
+                }
+                while let Some(w) = queue.recv().await {
+                    if let Write::Checkpoint(_, done) = w {
+                        let _ = done.send(result.clone());
+                    }
+                }
+                return;
+            }
+        }
+    }
+}
+
+async fn write_with_retries(
+    store: &dyn Store,
+    owner: &str,
+    events: &[Event],
+    progress: Option<&Deployment>,
+) -> Result<(), JournalError> {
+    let mut delay = Duration::from_millis(50);
+    let mut attempt = 1;
+    loop {
+        match store.write(owner, events, progress).await {
+            Ok(()) => return Ok(()),
+            Err(e @ StoreError::LeaseLost { .. }) => return Err(journal_error(e)),
+            Err(e) if attempt >= WRITE_ATTEMPTS => return Err(journal_error(e)),
+            Err(e) => {
+                tracing::warn!(attempt, error = %e, "deployment store write failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                attempt += 1;
+            }
+        }
     }
 }
 
@@ -300,11 +420,17 @@ impl Manager {
         if cancel_requested {
             cancel.cancel();
         }
-        let journal = Arc::new(StoreJournal {
-            store: self.store.clone(),
-            owner: self.config.owner.clone(),
-            live: live.clone(),
-        });
+        let (queue, writes) = mpsc::channel(WRITE_BATCH * 2);
+        let failed = Arc::new(Mutex::new(None));
+        // Tracked like the run, so a drain waits for what it queued.
+        self.tasks.spawn(write_journal(
+            self.store.clone(),
+            self.config.owner.clone(),
+            writes,
+            live.clone(),
+            failed.clone(),
+        ));
+        let journal = Arc::new(StoreJournal { queue, failed });
         let reporter = Reporter::journaled(id.clone(), journal, next_seq);
         let this = self.clone();
         let run_cancel = cancel.clone();

@@ -145,18 +145,15 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(Vec<Record>, Option<Cursor>), StoreError>;
     /// Events with seq greater than `after_seq`, in order, at most `limit`.
     async fn events(&self, id: &str, after_seq: u64, limit: u32) -> Result<Vec<Event>, StoreError>;
-    async fn append(&self, owner: &str, event: &Event) -> Result<(), StoreError>;
-    /// Several events in one transaction: all kept, or none.
-    async fn append_all(&self, owner: &str, events: &[Event]) -> Result<(), StoreError> {
-        for e in events {
-            self.append(owner, e).await?;
-        }
-        Ok(())
-    }
-    async fn save_progress(&self, owner: &str, d: &Deployment) -> Result<(), StoreError>;
-    /// Keeps the outcome event and ends the deployment, in one transaction.
-    async fn finish(&self, owner: &str, event: &Event, outcome: &Outcome)
-        -> Result<(), StoreError>;
+    /// Keeps `events` (in seq order) and then `progress`, in one
+    /// transaction, as `owner`: all or nothing. An outcome event, last,
+    /// also ends the deployment.
+    async fn write(
+        &self,
+        owner: &str,
+        events: &[Event],
+        progress: Option<&Deployment>,
+    ) -> Result<(), StoreError>;
     /// Extends the leases `owner` holds on `ids`; returns the ones it still
     /// holds, each with whether a cancel was requested.
     async fn renew(

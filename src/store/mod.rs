@@ -17,7 +17,7 @@ use sqlx::{AnyPool, Executor, Row};
 use crate::deployments::store::{
     from_ms, to_ms, Created, Cursor, Filter, NewDeployment, Record, State, Store, StoreError,
 };
-use crate::pipeline::event::{Event, Outcome, Stage};
+use crate::pipeline::event::{Event, EventKind, Outcome, Stage};
 use crate::pipeline::Deployment;
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations");
@@ -411,62 +411,57 @@ impl Store for SqlStore {
             .collect()
     }
 
-    async fn append(&self, owner: &str, event: &Event) -> Result<(), StoreError> {
-        append_in(&self.pool, owner, event).await
-    }
-
-    async fn append_all(&self, owner: &str, events: &[Event]) -> Result<(), StoreError> {
+    async fn write(
+        &self,
+        owner: &str,
+        events: &[Event],
+        progress: Option<&Deployment>,
+    ) -> Result<(), StoreError> {
+        let Some(id) = events
+            .first()
+            .map(|e| e.deployment_id.clone())
+            .or_else(|| progress.map(|d| d.id.clone()))
+        else {
+            return Ok(());
+        };
         let mut tx = self.pool.begin().await.map_err(backend)?;
         for e in events {
             append_in(&mut *tx, owner, e).await?;
         }
-        tx.commit().await.map_err(backend)
-    }
-
-    async fn save_progress(&self, owner: &str, d: &Deployment) -> Result<(), StoreError> {
-        let done = sqlx::query(
-            "UPDATE deployments SET progress = $1, stage = $2, updated_ms = $3 \
-             WHERE id = $4 AND owner = $5 AND state = 'RUNNING'",
-        )
-        .bind(json("progress", d)?)
-        .bind(d.stage().as_str())
-        .bind(to_ms(SystemTime::now()))
-        .bind(&d.id)
-        .bind(owner)
-        .execute(&self.pool)
-        .await
-        .map_err(backend)?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::LeaseLost { id: d.id.clone() });
-        }
-        Ok(())
-    }
-
-    async fn finish(
-        &self,
-        owner: &str,
-        event: &Event,
-        outcome: &Outcome,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(backend)?;
-        append_in(&mut *tx, owner, event).await?;
         let now = to_ms(SystemTime::now());
-        let done = sqlx::query(
-            "UPDATE deployments SET state = $1, outcome = $2, ended_ms = $3, updated_ms = $3, owner = NULL, lease_until_ms = 0 \
-             WHERE id = $4 AND owner = $5 AND state = 'RUNNING'",
-        )
-        .bind(State::of(outcome).as_str())
-        .bind(json("outcome", outcome)?)
-        .bind(now)
-        .bind(&event.deployment_id)
-        .bind(owner)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::LeaseLost {
-                id: event.deployment_id.clone(),
-            });
+        if let Some(d) = progress {
+            let done = sqlx::query(
+                "UPDATE deployments SET progress = $1, stage = $2, updated_ms = $3 \
+                 WHERE id = $4 AND owner = $5 AND state = 'RUNNING'",
+            )
+            .bind(json("progress", d)?)
+            .bind(d.stage().as_str())
+            .bind(now)
+            .bind(&d.id)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::LeaseLost { id });
+            }
+        }
+        if let Some(EventKind::Outcome(outcome)) = events.last().map(|e| &e.kind) {
+            let done = sqlx::query(
+                "UPDATE deployments SET state = $1, outcome = $2, ended_ms = $3, updated_ms = $3, owner = NULL, lease_until_ms = 0 \
+                 WHERE id = $4 AND owner = $5 AND state = 'RUNNING'",
+            )
+            .bind(State::of(outcome).as_str())
+            .bind(json("outcome", outcome.as_ref())?)
+            .bind(now)
+            .bind(&id)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::LeaseLost { id });
+            }
         }
         tx.commit().await.map_err(backend)
     }
