@@ -177,6 +177,13 @@ impl Store for MemoryStore {
             kept.push(e.clone());
         }
         let now = SystemTime::now();
+        if let Some(stage) = events.iter().rev().find_map(|e| match e.kind {
+            EventKind::StageStarted => e.stage,
+            _ => None,
+        }) {
+            record.stage = Some(stage);
+            record.updated = now;
+        }
         if let Some(d) = progress {
             record.progress = d.clone();
             record.stage = Some(d.stage());

@@ -495,8 +495,13 @@ impl Pipeline {
         if stage != Stage::Rollback {
             d.status = Status::Running(stage);
         }
-        // What earlier stages produced is kept before this one starts.
-        events.checkpoint(d).await.map_err(StageError::Journal)?;
+        // What the build and the rollout produced is kept before the next
+        // stage acts on it. Earlier stages change nothing outside that a
+        // resumed run must find (it redoes them), and the build keeps its
+        // own steps.
+        if matches!(stage, Stage::Deploy | Stage::Verify) {
+            events.checkpoint(d).await.map_err(StageError::Journal)?;
+        }
         events.emit(Some(stage), EventKind::StageStarted).await;
         let t = Instant::now();
         let span = tracing::info_span!(

@@ -429,6 +429,23 @@ impl Store for SqlStore {
             append_in(&mut *tx, owner, e).await?;
         }
         let now = to_ms(SystemTime::now());
+        // The stage a listing shows follows the events, between checkpoints.
+        let started = events.iter().rev().find_map(|e| match e.kind {
+            EventKind::StageStarted => e.stage,
+            _ => None,
+        });
+        if let (Some(stage), None) = (started, progress) {
+            sqlx::query(
+                "UPDATE deployments SET stage = $1, updated_ms = $2 WHERE id = $3 AND owner = $4",
+            )
+            .bind(stage.as_str())
+            .bind(now)
+            .bind(&id)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
         if let Some(d) = progress {
             let done = sqlx::query(
                 "UPDATE deployments SET progress = $1, stage = $2, updated_ms = $3 \
