@@ -330,7 +330,11 @@ async fn daemon_shutdown_hands_the_running_build_over() {
         "the lease was given back"
     );
     assert!(
-        rec.progress.pending_build.is_some(),
+        rec.progress
+            .as_ref()
+            .expect("progress")
+            .pending_build
+            .is_some(),
         "the build's id is recorded"
     );
     assert_eq!(

@@ -321,8 +321,9 @@ async fn the_store_keeps_the_deployment_and_its_events() {
         .expect("row");
     assert_eq!(rec.state, deployd::deployments::State::Succeeded);
     assert_eq!(rec.last_seq, events.len() as u64);
-    assert_eq!(rec.progress.revision.as_deref(), Some(o.revision.as_str()));
-    assert!(rec.progress.rollout_sent);
+    let progress = rec.progress.expect("progress");
+    assert_eq!(progress.revision.as_deref(), Some(o.revision.as_str()));
+    assert!(progress.rollout_sent);
     let kept = deployd::deployments::Store::events(&store, id, 0, 10_000)
         .await
         .expect("events");
@@ -357,4 +358,69 @@ async fn the_store_keeps_the_deployment_and_its_events() {
         .await
         .expect("events")
         .is_empty());
+}
+
+/// A deployment that keeps killing its daemons is given up after
+/// MAX_RESUMES, and one whose progress cannot be read ends at once: both
+/// FAILED with RESUME_IMPOSSIBLE and an outcome event, never RUNNING forever.
+#[tokio::test]
+async fn deployments_that_cannot_be_resumed_end_failed() {
+    use deployd::deployments::Store;
+    let h = Harness::start_config(|c| c.lease = Duration::from_secs(1)).await;
+    let store = h.daemon.manager.store().clone();
+
+    // Leased to a daemon that is gone, held (so this daemon waits) while
+    // the test sets them up.
+    let later = std::time::SystemTime::now() + Duration::from_secs(60);
+    let poison = orphan_until(
+        &h,
+        deploy_request("res-poison", &example_app()),
+        "ghost",
+        later,
+    )
+    .await;
+    let garbled = orphan_until(
+        &h,
+        deploy_request("res-garbled", &example_app()),
+        "ghost",
+        later,
+    )
+    .await;
+    // Resumed over and over by the dying daemon.
+    for _ in 0..deployd::deployments::MAX_RESUMES {
+        let claimed = store.claim("ghost", true, later, 10).await.expect("claim");
+        assert!(claimed.iter().any(|(r, _)| r.id == poison));
+    }
+    // Unreadable progress.
+    sqlx::any::install_default_drivers();
+    let db = sqlx::AnyPool::connect(&deployd::store::sqlite_url_in(h.state.path()))
+        .await
+        .expect("open");
+    sqlx::query(
+        "UPDATE deployments SET progress = '{\"from\": \"a newer deployd\"}' WHERE id = $1",
+    )
+    .bind(&garbled)
+    .execute(&db)
+    .await
+    .expect("garble");
+    // The ghost's leases end: this daemon takes both over.
+    store
+        .release("ghost", &[poison.clone(), garbled.clone()])
+        .await
+        .expect("release");
+
+    for id in [&poison, &garbled] {
+        let d = ended(&h, id, Duration::from_secs(20)).await;
+        assert_eq!(d.state, state(proto::DeploymentState::Failed), "{d:?}");
+        let err = d.outcome.expect("outcome").error.expect("failure");
+        assert_eq!(err.code, "RESUME_IMPOSSIBLE");
+        assert!(err.message.contains(id.as_str()), "{}", err.message);
+        assert!(!err.remediation.is_empty());
+    }
+    // Nothing was built for either.
+    assert_eq!(
+        h.sandbox
+            .count("cloudbuild.projects.locations.builds.create"),
+        0
+    );
 }

@@ -425,10 +425,10 @@ pub fn state_filter(v: i32) -> Result<Option<State>, InvalidRequest> {
 
 pub fn deployment(r: Record) -> proto::Deployment {
     proto::Deployment {
-        request: Some(deploy_request_proto(
-            &r.progress.request,
-            r.request_id.clone().unwrap_or_default(),
-        )),
+        request: r
+            .progress
+            .as_ref()
+            .map(|p| deploy_request_proto(&p.request, r.request_id.clone().unwrap_or_default())),
         id: r.id,
         request_id: r.request_id.unwrap_or_default(),
         target: Some(target_proto(&r.target)),

@@ -86,7 +86,7 @@ impl Store for MemoryStore {
                 cancel_requested: false,
                 resumed: 0,
                 last_seq: 0,
-                progress: d.clone(),
+                progress: Some(d.clone()),
                 outcome: None,
             },
         );
@@ -185,7 +185,7 @@ impl Store for MemoryStore {
             record.updated = now;
         }
         if let Some(d) = progress {
-            record.progress = d.clone();
+            record.progress = Some(d.clone());
             record.stage = Some(d.stage());
             record.updated = now;
         }

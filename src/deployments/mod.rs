@@ -309,6 +309,26 @@ async fn write_with_retries(
     }
 }
 
+/// Resumes after which a deployment is given up: its daemons keep dying
+/// while running it, and another try would likely do the same.
+pub const MAX_RESUMES: u32 = 5;
+
+/// The outcome of a deployment that cannot be resumed.
+pub fn unresumable(id: &str, why: &str) -> crate::pipeline::event::Outcome {
+    use crate::pipeline::event::{Failure, Outcome};
+    Outcome {
+        error: Some(Failure {
+            code: "RESUME_IMPOSSIBLE".into(),
+            message: format!("deployment {id} could not be resumed: {why}"),
+            retriable: true,
+            remediation: vec![
+                format!("Check the daemon logs for deployment {id}, then deploy again; Cloud Run keeps serving what it served (see `deployd status {id}` for the last step recorded)."),
+            ],
+        }),
+        ..Outcome::default()
+    }
+}
+
 /// A stable digest of a request: the same request gives the same digest.
 pub fn request_digest(req: &DeployRequest) -> String {
     // The domain request serializes deterministically (BTreeMaps, fixed
@@ -679,10 +699,43 @@ impl Manager {
             };
             tracing::info!(deployment_id = %rec.id, how, previous_owner = ?previous_owner,
                 stage = ?rec.stage, "resuming deployment");
-            let mut d = rec.progress;
+            // Progress this daemon cannot read (another version wrote it,
+            // or it was damaged), and a deployment its daemons keep dying
+            // in, end FAILED, saying so, rather than stay RUNNING forever.
+            let why = match &rec.progress {
+                None => Some("its recorded progress cannot be read (written by another version of deployd, or damaged)".to_string()),
+                Some(_) if rec.resumed > MAX_RESUMES => Some(format!(
+                    "it was resumed {} times without finishing (at the {} stage)",
+                    rec.resumed - 1,
+                    rec.stage.map(|s| s.as_str()).unwrap_or("first")
+                )),
+                Some(_) => None,
+            };
+            if let Some(why) = why {
+                self.give_up(&rec, &why).await;
+                continue;
+            }
+            let Some(mut d) = rec.progress else { continue };
             d.resumed = rec.resumed;
             let span = tracing::info_span!("resume", deployment_id = %rec.id, how);
             self.spawn_run(d, rec.last_seq + 1, rec.cancel_requested, Some(how), span);
+        }
+    }
+
+    /// Ends a claimed deployment that cannot be resumed.
+    async fn give_up(&self, rec: &Record, why: &str) {
+        tracing::error!(deployment_id = %rec.id, reason = %why, "giving the deployment up");
+        let mut outcome = unresumable(&rec.id, why);
+        outcome.failed_stage = rec.stage;
+        let event = Event {
+            deployment_id: rec.id.clone(),
+            seq: rec.last_seq + 1,
+            stage: rec.stage,
+            time: SystemTime::now(),
+            kind: EventKind::Outcome(Box::new(outcome)),
+        };
+        if let Err(e) = self.store.write(&self.config.owner, &[event], None).await {
+            tracing::warn!(deployment_id = %rec.id, error = %e, "could not end the deployment");
         }
     }
 

@@ -73,8 +73,10 @@ pub struct Record {
     pub resumed: u32,
     /// The seq of its last kept event (0: none).
     pub last_seq: u64,
-    /// The pipeline's progress, from which a run resumes.
-    pub progress: Deployment,
+    /// The pipeline's progress, from which a run resumes; `None` when it
+    /// cannot be read (written by another version, or damaged), which ends
+    /// the deployment when a daemon claims it.
+    pub progress: Option<Deployment>,
     pub outcome: Option<Outcome>,
 }
 

@@ -215,17 +215,27 @@ fn record(row: &AnyRow) -> Result<Record, StoreError> {
     };
     let int = |c: &str| row.try_get::<i64, _>(c).map_err(|e| corrupt(c, e));
     let state = text("state")?;
-    let progress: Deployment =
-        serde_json::from_str(&text("progress")?).map_err(|e| corrupt("progress", e))?;
+    let id = text("id")?;
+    let progress: Option<Deployment> = match serde_json::from_str(&text("progress")?) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            tracing::warn!(deployment_id = %id, error = %e, "the stored progress cannot be read");
+            None
+        }
+    };
     let outcome = match opt_text("outcome")? {
         Some(o) => Some(serde_json::from_str::<Outcome>(&o).map_err(|e| corrupt("outcome", e))?),
         None => None,
     };
     Ok(Record {
-        id: text("id")?,
+        id,
         request_id: opt_text("request_id")?,
         request_digest: text("request_digest")?,
-        target: progress.request.target.clone(),
+        target: crate::pipeline::model::Target {
+            project: text("project")?,
+            region: text("region")?,
+            service: text("service")?,
+        },
         state: State::parse(&state).ok_or_else(|| corrupt("state", &state))?,
         stage: opt_text("stage")?.and_then(|s| Stage::parse(&s)),
         caller: text("caller")?,

@@ -179,6 +179,22 @@ pub fn assert_deployd_named(revision: &str, service: &str) {
 /// it and died before doing anything: its lease already expired, so a
 /// live daemon on the store takes it over.
 pub async fn orphan(h: &Harness, req: proto::DeployRequest, owner: &str) -> String {
+    orphan_until(
+        h,
+        req,
+        owner,
+        std::time::SystemTime::now() - Duration::from_secs(1),
+    )
+    .await
+}
+
+/// Like [`orphan`], with the lease valid until `lease_until`.
+pub async fn orphan_until(
+    h: &Harness,
+    req: proto::DeployRequest,
+    owner: &str,
+    lease_until: std::time::SystemTime,
+) -> String {
     use deployd::deployments::NewDeployment;
     let domain = deployd::api::convert::deploy_request(req, Duration::from_millis(20))
         .expect("valid request");
@@ -189,7 +205,7 @@ pub async fn orphan(h: &Harness, req: proto::DeployRequest, owner: &str) -> Stri
         request_digest: deployd::deployments::request_digest(&d.request),
         caller: "test".into(),
         owner: owner.into(),
-        lease_until: std::time::SystemTime::now() - Duration::from_secs(1),
+        lease_until,
         progress: d,
     };
     h.daemon
