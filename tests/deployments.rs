@@ -365,7 +365,6 @@ async fn the_store_keeps_the_deployment_and_its_events() {
 /// FAILED with RESUME_IMPOSSIBLE and an outcome event, never RUNNING forever.
 #[tokio::test]
 async fn deployments_that_cannot_be_resumed_end_failed() {
-    use deployd::deployments::Store;
     let h = Harness::start_config(|c| c.lease = Duration::from_secs(1)).await;
     let store = h.daemon.manager.store().clone();
 
