@@ -93,6 +93,10 @@ impl Store for MemoryStore {
         Ok(Created::New)
     }
 
+    fn prefers_batches(&self) -> bool {
+        false
+    }
+
     async fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {
         Ok(self.lock().records.get(id).cloned())
     }

@@ -168,6 +168,9 @@ fn journal_error(e: StoreError) -> JournalError {
     }
 }
 
+/// How long the writer gathers events before it keeps them; what a stream
+/// waits at most for an event beyond its write.
+const GATHER: Duration = Duration::from_millis(5);
 /// Writes queued before the writer starts a transaction, at most.
 const WRITE_BATCH: usize = 512;
 /// Attempts at one transaction before the run is stopped.
@@ -227,8 +230,23 @@ async fn write_journal(
     failed: Arc<Mutex<Option<JournalError>>>,
 ) {
     let mut pending: Vec<Write> = Vec::new();
+    let gather = store.prefers_batches();
     while let Some(first) = queue.recv().await {
+        let mut flush = matches!(first, Write::Checkpoint(..));
         pending.push(first);
+        // Events come in bursts (a stage ends, the next starts, it says
+        // what it does): gathering for a moment keeps a burst in one
+        // transaction. A checkpoint, which the run waits on, ends it.
+        let until = tokio::time::Instant::now() + if gather { GATHER } else { Duration::ZERO };
+        while !flush && pending.len() < WRITE_BATCH {
+            match tokio::time::timeout_at(until, queue.recv()).await {
+                Ok(Some(w)) => {
+                    flush = matches!(w, Write::Checkpoint(..));
+                    pending.push(w);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
         while pending.len() < WRITE_BATCH {
             match queue.try_recv() {
                 Ok(w) => pending.push(w),

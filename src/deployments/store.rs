@@ -156,6 +156,11 @@ pub trait Store: Send + Sync + 'static {
         events: &[Event],
         progress: Option<&Deployment>,
     ) -> Result<(), StoreError>;
+    /// Whether a write costs mostly per transaction (a database), so that
+    /// gathering events into fewer writes pays.
+    fn prefers_batches(&self) -> bool {
+        true
+    }
     /// Extends the leases `owner` holds on `ids`; returns the ones it still
     /// holds, each with whether a cancel was requested.
     async fn renew(
