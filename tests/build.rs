@@ -277,18 +277,7 @@ async fn a_build_that_never_finishes_is_cancelled_at_our_deadline() {
 async fn daemon_shutdown_hands_the_running_build_over() {
     let h = Harness::start().await;
     let mut stream = deploy_with_a_running_build(&h, "shutdown").await;
-    let filter = deployd::deployments::Filter {
-        service: Some("shutdown".into()),
-        ..Default::default()
-    };
-    let (listed, _) = h
-        .daemon
-        .manager
-        .store()
-        .list(&filter, None, 10)
-        .await
-        .expect("list");
-    let id = listed[0].id.clone();
+    let id = running_id(&h, "shutdown").await;
     h.shutdown.cancel();
     let end = loop {
         match stream.message().await {

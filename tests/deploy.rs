@@ -749,23 +749,7 @@ async fn a_client_that_disconnects_does_not_cancel_the_deploy() {
         .expect("event")
         .deployment_id;
     drop(stream);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut client = h.client().await;
-    let d = loop {
-        let d = client
-            .get_deployment(proto::GetDeploymentRequest { id: id.clone() })
-            .await
-            .expect("get")
-            .into_inner();
-        if d.state != i32::from(proto::DeploymentState::Running) {
-            break d;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the deploy did not finish"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let d = ended(&h, &id, Duration::from_secs(30)).await;
     assert_eq!(
         d.state,
         i32::from(proto::DeploymentState::Succeeded),

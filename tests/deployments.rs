@@ -190,18 +190,7 @@ async fn cancel_stops_the_build_and_ends_cancelled() {
     let h = Harness::start().await;
     let mut client = h.client().await;
     let stream = deploy_with_a_running_build(&h, "res-cancel").await;
-    let filter = deployd::deployments::Filter {
-        service: Some("res-cancel".into()),
-        ..Default::default()
-    };
-    let (listed, _) = h
-        .daemon
-        .manager
-        .store()
-        .list(&filter, None, 1)
-        .await
-        .expect("list");
-    let id = listed[0].id.clone();
+    let id = running_id(&h, "res-cancel").await;
 
     // The same service is busy, and the refusal names what to do.
     let busy = client

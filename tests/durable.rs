@@ -81,6 +81,15 @@ impl Rig {
     }
 }
 
+/// Returns once the sandbox has received `method`.
+async fn called(sandbox: &Sandbox, method: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sandbox.count(method) == 0 {
+        assert!(Instant::now() < deadline, "{method} was never called");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn kill9(d: &mut ChildGuard) {
     signal(&d.child, Signal::KILL, false).expect("SIGKILL");
     let _ = d.child.wait();
@@ -177,7 +186,7 @@ async fn kill_restart_and_finish(
     kill9(&mut first);
     let _second = rig.daemon();
     let (events, o) = history(rig, id).await;
-    assert!(o.success, "{o:?}\n{}", rig.log());
+    assert!(o.success, "{o:?}\n{:#?}\n{}", progress(&events), rig.log());
     let d = state_of(rig, id).await;
     assert_eq!(d.state, i32::from(proto::DeploymentState::Succeeded));
     assert_eq!(d.resumed, 1, "{d:?}");
@@ -294,15 +303,7 @@ async fn kill_between_build_created_and_recorded_finds_it_by_tag() {
         started(Stage::Build),
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while rig
-        .sandbox
-        .count("cloudbuild.projects.locations.builds.create")
-        == 0
-    {
-        assert!(Instant::now() < deadline, "no build created");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    called(&rig.sandbox, "cloudbuild.projects.locations.builds.create").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let events = kill_restart_and_finish(&rig, first, &id, "tag-kill").await;
     assert!(
@@ -334,11 +335,7 @@ async fn kill_during_the_deploy_operation_finds_the_revision_by_name() {
         started(Stage::Deploy),
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while rig.sandbox.count("run.projects.locations.services.create") == 0 {
-        assert!(Instant::now() < deadline, "no create sent");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    called(&rig.sandbox, "run.projects.locations.services.create").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let events = kill_restart_and_finish(&rig, first, &id, "op-kill").await;
     assert_eq!(

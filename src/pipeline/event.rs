@@ -31,17 +31,10 @@ impl Stage {
 
     /// The stage named by [`Stage::as_str`].
     pub fn parse(s: &str) -> Option<Stage> {
-        [
-            Stage::Source,
-            Stage::Analyze,
-            Stage::Preflight,
-            Stage::Build,
-            Stage::Deploy,
-            Stage::Verify,
-            Stage::Rollback,
-        ]
-        .into_iter()
-        .find(|st| st.as_str() == s)
+        Stage::DEPLOY_ORDER
+            .into_iter()
+            .chain([Stage::Rollback])
+            .find(|st| st.as_str() == s)
     }
 
     /// Lowercase name used in metric labels and logs.

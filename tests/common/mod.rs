@@ -217,6 +217,26 @@ pub async fn orphan_until(
     id
 }
 
+/// The id of the running deployment of `service`, from the store.
+pub async fn running_id(h: &Harness, service: &str) -> String {
+    let filter = deployd::deployments::Filter {
+        service: Some(service.into()),
+        ..Default::default()
+    };
+    let (listed, _) = h
+        .daemon
+        .manager
+        .store()
+        .list(&filter, None, 1)
+        .await
+        .expect("list");
+    listed
+        .first()
+        .expect("a deployment of the service")
+        .id
+        .clone()
+}
+
 /// Polls GetDeployment until the deployment has ended.
 pub async fn ended(h: &Harness, id: &str, within: Duration) -> proto::Deployment {
     let mut client = h.client().await;
