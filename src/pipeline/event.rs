@@ -205,8 +205,9 @@ pub struct Event {
 /// store, behind this narrow interface so the pipeline knows nothing of it.
 #[async_trait::async_trait]
 pub trait Journal: Send + Sync {
-    /// Keeps one event (its `seq` already set). An error means it was not
-    /// kept; the same seq is then offered again.
+    /// Keeps one event (its `seq` already set), retrying what a store may
+    /// answer transiently. An error is final: the event was not kept and
+    /// the run stops at its next checkpoint.
     async fn record(&self, event: &Event) -> Result<(), JournalError>;
     /// Keeps several events at once (a burst of log lines), all or none.
     async fn record_all(&self, events: &[Event]) -> Result<(), JournalError> {
@@ -247,9 +248,6 @@ pub struct Reporter {
     /// The next event's seq; a lock, so seqs stay gap-free under failures.
     next_seq: Arc<tokio::sync::Mutex<u64>>,
 }
-
-/// Attempts to keep one event or checkpoint before the run gives up on it.
-const JOURNAL_ATTEMPTS: u32 = 5;
 
 impl Reporter {
     pub fn new(deployment_id: String, tx: mpsc::Sender<Event>) -> Self {
@@ -306,7 +304,7 @@ impl Reporter {
                 let _ = tx.send(event).await;
             }
             Sink::Journal(j) => {
-                with_retries(|| j.record(&event)).await?;
+                j.record(&event).await?;
             }
         }
         *next += 1;
@@ -341,7 +339,7 @@ impl Reporter {
                 }
             }
             Sink::Journal(j) => {
-                if let Err(e) = with_retries(|| j.record_all(&events)).await {
+                if let Err(e) = j.record_all(&events).await {
                     tracing::error!(deployment_id = %self.deployment_id, error = %e, "events not kept");
                     return;
                 }
@@ -354,7 +352,7 @@ impl Reporter {
     /// outside; a no-op when nothing is kept.
     pub async fn checkpoint(&self, d: &super::Deployment) -> Result<(), JournalError> {
         match &self.sink {
-            Sink::Journal(j) => with_retries(|| j.checkpoint(d)).await,
+            Sink::Journal(j) => j.checkpoint(d).await,
             _ => Ok(()),
         }
     }
@@ -362,28 +360,5 @@ impl Reporter {
     pub async fn progress(&self, stage: Stage, message: impl Into<String>) {
         self.emit(Some(stage), EventKind::Progress(message.into()))
             .await;
-    }
-}
-
-/// A store that blinks is retried briefly; a lost lease is final.
-async fn with_retries<F, Fut>(mut f: F) -> Result<(), JournalError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), JournalError>>,
-{
-    let mut delay = Duration::from_millis(50);
-    let mut attempt = 1;
-    loop {
-        match f().await {
-            Ok(()) => return Ok(()),
-            Err(e @ JournalError::LeaseLost { .. }) => return Err(e),
-            Err(e) if attempt >= JOURNAL_ATTEMPTS => return Err(e),
-            Err(e) => {
-                tracing::warn!(attempt, error = %e, "deployment store write failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-                attempt += 1;
-            }
-        }
     }
 }
