@@ -90,6 +90,28 @@ async fn called(sandbox: &Sandbox, method: &str) {
     }
 }
 
+/// Deploys `service`; once `method` has taken effect at Google but before
+/// its answer arrives (it is held 5 s), kills the daemon, and has a new one
+/// finish the deployment.
+async fn kill_once_applied(
+    rig: &Rig,
+    method: &str,
+    service: &str,
+    stage: Stage,
+) -> Vec<proto::Event> {
+    rig.sandbox.inject(Fault {
+        method: method.into(),
+        remaining: 1,
+        action: FaultAction::SlowAfterApply(Duration::from_secs(5)),
+    });
+    let first = rig.daemon();
+    let (_stream, id) =
+        deploy_until(rig, deploy_request(service, &example_app()), started(stage)).await;
+    called(&rig.sandbox, method).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    kill_restart_and_finish(rig, first, &id, service).await
+}
+
 fn kill9(d: &mut ChildGuard) {
     signal(&d.child, Signal::KILL, false).expect("SIGKILL");
     let _ = d.child.wait();
@@ -291,21 +313,13 @@ async fn kill_during_the_build_polls_the_same_build() {
 #[tokio::test]
 async fn kill_between_build_created_and_recorded_finds_it_by_tag() {
     let rig = Rig::new(SandboxConfig::fast()).await;
-    rig.sandbox.inject(Fault {
-        method: "cloudbuild.projects.locations.builds.create".into(),
-        remaining: 1,
-        action: FaultAction::SlowAfterApply(Duration::from_secs(5)),
-    });
-    let first = rig.daemon();
-    let (_stream, id) = deploy_until(
+    let events = kill_once_applied(
         &rig,
-        deploy_request("tag-kill", &example_app()),
-        started(Stage::Build),
+        "cloudbuild.projects.locations.builds.create",
+        "tag-kill",
+        Stage::Build,
     )
     .await;
-    called(&rig.sandbox, "cloudbuild.projects.locations.builds.create").await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let events = kill_restart_and_finish(&rig, first, &id, "tag-kill").await;
     assert!(
         progress(&events).iter().any(|m| m.contains("by its tags")),
         "{:?}",
@@ -323,21 +337,13 @@ async fn kill_between_build_created_and_recorded_finds_it_by_tag() {
 #[tokio::test]
 async fn kill_during_the_deploy_operation_finds_the_revision_by_name() {
     let rig = Rig::new(SandboxConfig::fast()).await;
-    rig.sandbox.inject(Fault {
-        method: "run.projects.locations.services.create".into(),
-        remaining: 1,
-        action: FaultAction::SlowAfterApply(Duration::from_secs(5)),
-    });
-    let first = rig.daemon();
-    let (_stream, id) = deploy_until(
+    let events = kill_once_applied(
         &rig,
-        deploy_request("op-kill", &example_app()),
-        started(Stage::Deploy),
+        "run.projects.locations.services.create",
+        "op-kill",
+        Stage::Deploy,
     )
     .await;
-    called(&rig.sandbox, "run.projects.locations.services.create").await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let events = kill_restart_and_finish(&rig, first, &id, "op-kill").await;
     assert_eq!(
         rig.sandbox.count("run.projects.locations.services.create"),
         1,

@@ -11,7 +11,8 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 use super::store::{
-    to_ms, Created, Cursor, Filter, NewDeployment, Record, State, Store, StoreError,
+    last_stage_started, to_ms, Created, Cursor, Filter, NewDeployment, Record, State, Store,
+    StoreError,
 };
 use crate::pipeline::event::{Event, EventKind};
 use crate::pipeline::Deployment;
@@ -181,10 +182,7 @@ impl Store for MemoryStore {
             kept.push(e.clone());
         }
         let now = SystemTime::now();
-        if let Some(stage) = events.iter().rev().find_map(|e| match e.kind {
-            EventKind::StageStarted => e.stage,
-            _ => None,
-        }) {
+        if let Some(stage) = last_stage_started(events) {
             record.stage = Some(stage);
             record.updated = now;
         }

@@ -188,6 +188,15 @@ pub trait Store: Send + Sync + 'static {
     async fn prune(&self, before: SystemTime) -> Result<u64, StoreError>;
 }
 
+/// The stage the last StageStarted event of `events` names: what a listing
+/// shows between checkpoints.
+pub fn last_stage_started(events: &[Event]) -> Option<Stage> {
+    events.iter().rev().find_map(|e| match e.kind {
+        crate::pipeline::event::EventKind::StageStarted => e.stage,
+        _ => None,
+    })
+}
+
 pub fn to_ms(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

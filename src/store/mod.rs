@@ -15,7 +15,8 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
 use crate::deployments::store::{
-    from_ms, to_ms, Created, Cursor, Filter, NewDeployment, Record, State, Store, StoreError,
+    from_ms, last_stage_started, to_ms, Created, Cursor, Filter, NewDeployment, Record, State,
+    Store, StoreError,
 };
 use crate::pipeline::event::{Event, EventKind, Outcome, Stage};
 use crate::pipeline::Deployment;
@@ -260,14 +261,23 @@ fn json<T: serde::Serialize>(what: &str, v: &T) -> Result<String, StoreError> {
 }
 
 impl SqlStore {
-    async fn by_request_id(&self, request_id: &str) -> Result<Option<Record>, StoreError> {
-        let sql = format!("SELECT {COLUMNS} FROM deployments WHERE request_id = $1");
+    /// The deployment whose unique `column` (id or request_id) is `value`.
+    async fn one_by(
+        &self,
+        column: &'static str,
+        value: &str,
+    ) -> Result<Option<Record>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM deployments WHERE {column} = $1");
         let row = sqlx::query(&sql)
-            .bind(request_id)
+            .bind(value)
             .fetch_optional(&self.pool)
             .await
             .map_err(backend)?;
         row.as_ref().map(record).transpose()
+    }
+
+    async fn by_request_id(&self, request_id: &str) -> Result<Option<Record>, StoreError> {
+        self.one_by("request_id", request_id).await
     }
 
     async fn running_holder(&self, d: &Deployment) -> Result<Option<String>, StoreError> {
@@ -336,13 +346,7 @@ impl Store for SqlStore {
     }
 
     async fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {
-        let sql = format!("SELECT {COLUMNS} FROM deployments WHERE id = $1");
-        let row = sqlx::query(&sql)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(backend)?;
-        row.as_ref().map(record).transpose()
+        self.one_by("id", id).await
     }
 
     async fn list(
@@ -440,10 +444,7 @@ impl Store for SqlStore {
         }
         let now = to_ms(SystemTime::now());
         // The stage a listing shows follows the events, between checkpoints.
-        let started = events.iter().rev().find_map(|e| match e.kind {
-            EventKind::StageStarted => e.stage,
-            _ => None,
-        });
+        let started = last_stage_started(events);
         if let (Some(stage), None) = (started, progress) {
             sqlx::query(
                 "UPDATE deployments SET stage = $1, updated_ms = $2 WHERE id = $3 AND owner = $4",
