@@ -54,6 +54,19 @@ pub const ENV_DAEMON_ID: &str = "DEPLOYD_DAEMON_ID";
 pub const ENV_LEASE_SECONDS: &str = "DEPLOYD_LEASE_SECONDS";
 /// Days ended deployments are kept.
 pub const ENV_HISTORY_DAYS: &str = "DEPLOYD_HISTORY_DAYS";
+pub const ENV_TLS_CERT: &str = "DEPLOYD_TLS_CERT";
+pub const ENV_TLS_KEY: &str = "DEPLOYD_TLS_KEY";
+pub const ENV_CLIENT_CA: &str = "DEPLOYD_CLIENT_CA";
+pub const ENV_OIDC_JWKS_URL: &str = "DEPLOYD_OIDC_JWKS_URL";
+pub const ENV_OIDC_JWKS_FILE: &str = "DEPLOYD_OIDC_JWKS_FILE";
+pub const ENV_OIDC_ISSUER: &str = "DEPLOYD_OIDC_ISSUER";
+pub const ENV_OIDC_AUDIENCE: &str = "DEPLOYD_OIDC_AUDIENCE";
+pub const ENV_API_TOKENS_FILE: &str = "DEPLOYD_API_TOKENS_FILE";
+pub const ENV_POLICY: &str = "DEPLOYD_POLICY";
+/// Hosts a Verify may reach on private or loopback addresses.
+pub const ENV_VERIFY_PRIVATE_HOSTS: &str = "DEPLOYD_VERIFY_PRIVATE_HOSTS";
+/// The bearer token client commands send.
+pub const ENV_TOKEN: &str = "DEPLOYD_TOKEN";
 pub const ENV_SERVER: &str = "DEPLOYD_SERVER";
 pub const ENV_PROJECT: &str = "DEPLOYD_PROJECT";
 pub const ENV_REGION: &str = "DEPLOYD_REGION";
@@ -98,7 +111,27 @@ pub struct DaemonConfig {
     pub daemon_id: Option<String>,
     pub lease: Duration,
     pub history_retention: Duration,
+    /// TLS, authentication and policy of the gRPC API.
+    pub auth: AuthConfig,
     pub pipeline: PipelineConfig,
+}
+
+/// Who may call the daemon, and over what. Files are read at start.
+#[derive(Debug, Clone, Default)]
+pub struct AuthConfig {
+    /// PEM certificate chain and key: gRPC over TLS.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: clients must present a certificate it signed (mTLS).
+    pub client_ca: Option<PathBuf>,
+    pub oidc: Option<crate::api::auth::oidc::OidcConfig>,
+    /// `sha256:HEX PRINCIPAL` lines.
+    pub api_tokens_file: Option<PathBuf>,
+    /// YAML or TOML rules; with authentication and no policy, nothing is
+    /// allowed.
+    pub policy_file: Option<PathBuf>,
+    /// Serve a non-loopback address without authentication.
+    pub insecure_allow_unauthenticated: bool,
 }
 
 impl DaemonConfig {
@@ -132,6 +165,7 @@ impl Default for DaemonConfig {
             daemon_id: None,
             lease: Duration::from_secs(30),
             history_retention: Duration::from_secs(90 * 24 * 3600),
+            auth: AuthConfig::default(),
             pipeline: PipelineConfig::default(),
         }
     }

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tonic::transport::server::TcpIncoming;
 
+use crate::api::auth::{server_tls, Auth, AuthLayer};
 use crate::api::{proto, DeployerService};
 use crate::config::{Backend, DaemonConfig};
 use crate::deployments::{Manager, ManagerConfig};
@@ -44,6 +45,8 @@ pub enum DaemonError {
     Telemetry(#[from] telemetry::TelemetryError),
     #[error("opening the deployment store")]
     Store(#[from] crate::store::OpenError),
+    #[error(transparent)]
+    Auth(#[from] crate::api::auth::AuthSetupError),
 }
 
 /// Where a started daemon listens.
@@ -102,6 +105,9 @@ pub async fn start(
     sandbox_config: SandboxConfig,
     shutdown: CancellationToken,
 ) -> Result<Running, DaemonError> {
+    // Before anything listens: an open network port is refused here.
+    let auth = Arc::new(Auth::load(&config.auth, config.listen).await?);
+    let tls = server_tls(&config.auth)?;
     let grpc_listener =
         TcpListener::bind(config.listen)
             .await
@@ -183,14 +189,20 @@ pub async fn start(
             }
         });
     }
+    let tls_on = tls.is_some();
+    let authenticated = auth.authenticates();
     let done = tokio::spawn(serve(
         grpc_listener,
-        pipeline,
-        manager.clone(),
+        Served {
+            pipeline,
+            manager: manager.clone(),
+            auth,
+            tls,
+        },
         config,
         shutdown,
     ));
-    tracing::info!(%grpc, metrics = ?metrics, "deployd listening");
+    tracing::info!(%grpc, metrics = ?metrics, tls = tls_on, authenticated, "deployd listening");
     Ok(Running {
         grpc,
         metrics,
@@ -200,17 +212,30 @@ pub async fn start(
     })
 }
 
+/// What the gRPC server serves.
+pub struct Served {
+    pub pipeline: Arc<Pipeline>,
+    pub manager: Arc<Manager>,
+    pub auth: Arc<Auth>,
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+}
+
 /// Serves gRPC until `shutdown`, then drains: deployments stop at their
 /// last recorded step and are handed back for the next daemon (streams are
 /// told where to watch them), Preflight and Verify runs are cancelled, all
 /// within the grace period.
 pub async fn serve(
     listener: TcpListener,
-    pipeline: Arc<Pipeline>,
-    manager: Arc<Manager>,
+    served: Served,
     config: DaemonConfig,
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
+    let Served {
+        pipeline,
+        manager,
+        auth,
+        tls,
+    } = served;
     let runs = TaskTracker::new();
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -230,15 +255,23 @@ pub async fn serve(
         runs.clone(),
         shutdown.clone(),
         config.pipeline.retry_base_delay,
+        auth.clone(),
     );
     let stop = shutdown.clone();
     let grace = config.shutdown_grace;
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    // Nagle would hold each short reply for the peer's delayed ACK (~40 ms).
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let server = builder
+        .layer(AuthLayer::new(auth))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(deployer.into_server())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(incoming, async move {
             stop.cancelled().await;
             // Before the server stops: the drain ends the event streams, so
             // connections can close.

@@ -8,59 +8,18 @@ mod common;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use common::pki::Ca;
 use common::*;
 use deployd::api::proto;
 use deployd::config::{Backend, DaemonConfig};
 use deployd::daemon::{self, DaemonError};
 use deployd::probe::ProberError;
 use deployd::sandbox::SandboxConfig;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
-};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-
-/// A certificate authority made for one test.
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new() -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "deployd test CA");
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let key = KeyPair::generate().expect("CA key");
-        Ca {
-            issuer: CertifiedIssuer::self_signed(params, key).expect("CA certificate"),
-        }
-    }
-
-    /// A server certificate for `names` and its key.
-    fn leaf(&self, names: &[&str]) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-        let params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .expect("params");
-        let key = KeyPair::generate().expect("leaf key");
-        let cert = params.signed_by(&key, &self.issuer).expect("leaf");
-        (
-            vec![cert.der().clone(), self.issuer.der().clone()],
-            PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
-        )
-    }
-
-    fn pem_file(&self) -> tempfile::NamedTempFile {
-        let f = tempfile::NamedTempFile::new().expect("temp file");
-        std::fs::write(f.path(), self.issuer.pem()).expect("write CA");
-        f
-    }
-}
 
 /// An HTTPS server on loopback answering `200 ok` to every request.
 async fn https_server(

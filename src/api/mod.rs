@@ -3,6 +3,7 @@
 //! errors become `tonic::Status`. Handlers are thin: extract, convert, start
 //! the pipeline, stream its events back.
 
+pub mod auth;
 pub mod convert;
 
 pub mod proto {
@@ -24,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status};
 
+use crate::api::auth::policy::Action;
+use crate::api::auth::{Auth, Call, Principal};
 use crate::deployments::{CancelError, Cursor, Filter, Manager, StoreError, SubmitError, WatchEnd};
 use crate::pipeline::event::Reporter;
 use crate::pipeline::model::InvalidRequest;
@@ -57,7 +60,6 @@ fn trace_parent<T>(request: &Request<T>) -> opentelemetry::Context {
         p.extract(&MetadataExtractor(request.metadata()))
     })
 }
-use crate::telemetry::metrics;
 use proto::deployer_server::{Deployer, DeployerServer};
 
 /// A status message longer than this is cut: it travels in a header.
@@ -75,6 +77,8 @@ pub struct DeployerService {
     shutdown: CancellationToken,
     /// First verify backoff when the request leaves it unset.
     health_base_delay: Duration,
+    /// Authentication (done by its layer) and policy (asked here).
+    auth: Arc<Auth>,
 }
 
 impl DeployerService {
@@ -84,6 +88,7 @@ impl DeployerService {
         runs: TaskTracker,
         shutdown: CancellationToken,
         health_base_delay: Duration,
+        auth: Arc<Auth>,
     ) -> Self {
         Self {
             pipeline,
@@ -91,7 +96,12 @@ impl DeployerService {
             runs,
             shutdown,
             health_base_delay,
+            auth,
         }
+    }
+
+    fn call<T>(&self, rpc: &'static str, request: &Request<T>) -> Call {
+        Call::begin(self.auth.clone(), rpc, request)
     }
 
     pub fn into_server(self) -> DeployerServer<Self> {
@@ -115,6 +125,7 @@ impl DeployerService {
         &self,
         method: &'static str,
         parent: opentelemetry::Context,
+        principal: &Principal,
         id: String,
         run: F,
     ) -> EventStream
@@ -126,11 +137,10 @@ impl DeployerService {
         let cancel = self.shutdown.child_token();
         // The run's spans continue the caller's trace when it sent one.
         let span = tracing::info_span!("rpc", otel.name = format!("deployd.v1.Deployer/{method}"), otel.kind = "server",
-            rpc.system = "grpc", rpc.method = method, deployment_id = %id);
+            rpc.system = "grpc", rpc.method = method, deployment_id = %id, enduser.id = %principal.name);
         let _ = span.set_parent(parent);
         let fut = run(self.pipeline.clone(), Reporter::new(id, tx), cancel.clone());
         self.runs.spawn(fut.instrument(span));
-        metrics::grpc_request(method, "OK");
         // Dropping the response stream (client gone) cancels the run.
         let guard = cancel.drop_guard();
         Box::pin(ReceiverStream::new(rx).map(move |e| {
@@ -143,27 +153,20 @@ impl DeployerService {
 type EventStream = Pin<Box<dyn Stream<Item = Result<proto::Event, Status>> + Send>>;
 
 /// The one conversion from domain errors to gRPC status.
-fn invalid(method: &'static str, e: InvalidRequest) -> Status {
-    metrics::grpc_request(method, "INVALID_ARGUMENT");
+fn invalid(e: InvalidRequest) -> Status {
     // Reasons quote the value they refuse, bounded; this bounds the rest.
     let message = format!("{}: {}", e.field, e.reason);
     Status::invalid_argument(truncate(&message, MAX_STATUS_MESSAGE))
 }
 
 /// Why a Deploy was not accepted.
-fn not_submitted(method: &'static str, e: SubmitError) -> Status {
-    let (code, status) = match &e {
+fn not_submitted(e: SubmitError) -> Status {
+    match &e {
         // Another deploy of the same service is running: try after it.
-        SubmitError::Busy { .. } => ("ABORTED", Status::aborted(e.to_string())),
-        SubmitError::RequestMismatch { .. } => {
-            ("ALREADY_EXISTS", Status::already_exists(e.to_string()))
-        }
-        SubmitError::Draining | SubmitError::Store(_) => {
-            ("UNAVAILABLE", Status::unavailable(e.to_string()))
-        }
-    };
-    metrics::grpc_request(method, code);
-    status
+        SubmitError::Busy { .. } => Status::aborted(e.to_string()),
+        SubmitError::RequestMismatch { .. } => Status::already_exists(e.to_string()),
+        SubmitError::Draining | SubmitError::Store(_) => Status::unavailable(e.to_string()),
+    }
 }
 
 /// A stream that ends without an outcome says why and where to go on.
@@ -171,13 +174,11 @@ fn watch_end(e: WatchEnd) -> Status {
     Status::unavailable(e.to_string())
 }
 
-fn store_failed(method: &'static str, e: StoreError) -> Status {
-    metrics::grpc_request(method, "UNAVAILABLE");
+fn store_failed(e: StoreError) -> Status {
     Status::unavailable(format!("the deployment store failed: {e}"))
 }
 
-fn not_found(method: &'static str, id: &str) -> Status {
-    metrics::grpc_request(method, "NOT_FOUND");
+fn not_found(id: &str) -> Status {
     Status::not_found(format!("no deployment {id}"))
 }
 
@@ -185,17 +186,8 @@ fn deployment_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-/// Who called, as far as the transport says (the API has no
-/// authentication yet).
-fn caller<T>(request: &Request<T>) -> String {
-    match request.remote_addr() {
-        Some(a) => format!("unauthenticated@{}", a.ip()),
-        None => "unauthenticated".into(),
-    }
-}
-
-fn valid_id(method: &'static str, id: &str) -> Result<(), Status> {
-    rules::deployment_id(id).map_err(|r| invalid(method, InvalidRequest::new("id", r)))
+fn valid_id(id: &str) -> Result<(), Status> {
+    rules::deployment_id(id).map_err(|r| invalid(InvalidRequest::new("id", r)))
 }
 
 /// A listing page token: where the previous page ended.
@@ -223,11 +215,195 @@ const DEFAULT_PAGE_SIZE: u32 = 50;
 const MAX_PAGE_SIZE: u32 = 1000;
 
 /// A URL outside the verify policy: the caller may not have it probed.
-fn refused(method: &'static str, e: UrlRefused) -> Status {
-    metrics::grpc_request(method, "PERMISSION_DENIED");
+fn refused(e: UrlRefused) -> Status {
     Status::permission_denied(e.to_string())
 }
 
+/// A listing reads at most this many pages of the store looking for
+/// deployments the caller may see, then returns what it found with a token
+/// to go on.
+const MAX_LISTING_SCANS: usize = 10;
+
+/// The host of a Verify URL, for the policy (the URL itself was
+/// validated before).
+fn url_host(url: &str) -> String {
+    url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+impl DeployerService {
+    async fn preflight_call(
+        &self,
+        call: &mut Call,
+        request: Request<proto::PreflightRequest>,
+    ) -> Result<EventStream, Status> {
+        let parent = trace_parent(&request);
+        let req = convert::preflight_request(request.into_inner()).map_err(invalid)?;
+        req.validate().map_err(invalid)?;
+        call.permit(Action::Preflight, &req.target.project, &req.target.service)?;
+        Ok(self.start(
+            call.rpc,
+            parent,
+            &call.principal,
+            deployment_id(),
+            move |p, r, c| async move {
+                p.preflight(req, r, c).await;
+            },
+        ))
+    }
+
+    async fn deploy_call(
+        &self,
+        call: &mut Call,
+        request: Request<proto::DeployRequest>,
+    ) -> Result<EventStream, Status> {
+        let parent = trace_parent(&request);
+        let inner = request.into_inner();
+        let request_id = (!inner.request_id.is_empty()).then(|| inner.request_id.clone());
+        if let Some(key) = &request_id {
+            rules::request_id(key).map_err(|r| invalid(InvalidRequest::new("request_id", r)))?;
+        }
+        let req = convert::deploy_request(inner, self.health_base_delay).map_err(invalid)?;
+        req.validate().map_err(invalid)?;
+        call.permit(Action::Deploy, &req.target.project, &req.target.service)?;
+        // The run's spans continue the caller's trace when it sent one.
+        let span = tracing::info_span!(
+            "rpc",
+            otel.name = "deployd.v1.Deployer/Deploy",
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.method = call.rpc,
+            enduser.id = %call.principal.name,
+            deployment_id = tracing::field::Empty
+        );
+        let _ = span.set_parent(parent);
+        // One running deployment per service, enforced by the store.
+        let submitted = self
+            .manager
+            .submit(req, request_id, call.principal.name.clone(), span)
+            .await
+            .map_err(not_submitted)?;
+        if submitted.attached {
+            tracing::info!(deployment_id = %submitted.id, "request_id seen before: following that deployment");
+        }
+        call.names_deployment(&submitted.id);
+        Ok(self.follow(submitted.id, 0))
+    }
+
+    /// The deployment `id`, if the call may do `action` to it.
+    async fn permitted_deployment(
+        &self,
+        call: &mut Call,
+        action: Action,
+        id: &str,
+    ) -> Result<crate::deployments::Record, Status> {
+        valid_id(id)?;
+        call.names_deployment(id);
+        let rec = self
+            .manager
+            .get(id)
+            .await
+            .map_err(store_failed)?
+            .ok_or_else(|| not_found(id))?;
+        call.permit_deployment(action, id, &rec.target.project, &rec.target.service)?;
+        Ok(rec)
+    }
+
+    async fn list_call(
+        &self,
+        call: &mut Call,
+        r: proto::ListDeploymentsRequest,
+    ) -> Result<proto::ListDeploymentsResponse, Status> {
+        if r.page_size > MAX_PAGE_SIZE {
+            return Err(invalid(InvalidRequest::new(
+                "page_size",
+                format!("must be at most {MAX_PAGE_SIZE}"),
+            )));
+        }
+        let mut after = match r.page_token.as_str() {
+            "" => None,
+            t => Some(parse_page_token(t).ok_or_else(|| {
+                invalid(InvalidRequest::new(
+                    "page_token",
+                    "is not a token this API returned",
+                ))
+            })?),
+        };
+        let nonempty = |s: String| (!s.is_empty()).then_some(s);
+        let filter = Filter {
+            project: nonempty(r.project),
+            region: nonempty(r.region),
+            service: nonempty(r.service),
+            state: convert::state_filter(r.state).map_err(invalid)?,
+        };
+        call.permit_listing(filter.project.as_deref())?;
+        let limit = if r.page_size == 0 {
+            DEFAULT_PAGE_SIZE
+        } else {
+            r.page_size
+        };
+        // Deployments the caller may not see are skipped, so a page may
+        // take several reads of the store; bounded, then a short page.
+        let mut visible = Vec::new();
+        let mut next = None;
+        for _ in 0..MAX_LISTING_SCANS {
+            let want = limit - visible.len() as u32;
+            let (records, more) = self
+                .manager
+                .list(&filter, after.as_ref(), want)
+                .await
+                .map_err(store_failed)?;
+            visible.extend(records.into_iter().filter(|rec| {
+                call.sees(
+                    Action::ListDeployments,
+                    &rec.target.project,
+                    &rec.target.service,
+                )
+            }));
+            next = more;
+            if visible.len() as u32 >= limit || next.is_none() {
+                break;
+            }
+            after = next.clone();
+        }
+        Ok(proto::ListDeploymentsResponse {
+            deployments: visible.into_iter().map(convert::deployment).collect(),
+            next_page_token: next.as_ref().map(page_token).unwrap_or_default(),
+        })
+    }
+
+    async fn verify_call(
+        &self,
+        call: &mut Call,
+        request: Request<proto::VerifyRequest>,
+    ) -> Result<EventStream, Status> {
+        let parent = trace_parent(&request);
+        let req = convert::verify_request(request.into_inner(), self.health_base_delay)
+            .map_err(invalid)?;
+        req.validate().map_err(invalid)?;
+        call.permit_host(&url_host(&req.url))?;
+        // Refused by name or address before anything is streamed; a name
+        // that does not resolve yet is a failed attempt, not a refusal.
+        self.pipeline
+            .authorize_verify_url(&req.url)
+            .await
+            .map_err(refused)?;
+        Ok(self.start(
+            call.rpc,
+            parent,
+            &call.principal,
+            deployment_id(),
+            move |p, r, c| async move {
+                p.verify(req, r, c).await;
+            },
+        ))
+    }
+}
+
+/// Every handler: begin the call (principal from the auth layer), run it,
+/// end it (audit line, request metric).
 #[tonic::async_trait]
 impl Deployer for DeployerService {
     type PreflightStream = EventStream;
@@ -239,184 +415,83 @@ impl Deployer for DeployerService {
         &self,
         request: Request<proto::PreflightRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        const M: &str = "Preflight";
-        let parent = trace_parent(&request);
-        let req = convert::preflight_request(request.into_inner()).map_err(|e| invalid(M, e))?;
-        req.validate().map_err(|e| invalid(M, e))?;
-        Ok(Response::new(self.start(
-            M,
-            parent,
-            deployment_id(),
-            move |p, r, c| async move {
-                p.preflight(req, r, c).await;
-            },
-        )))
+        let mut call = self.call("Preflight", &request);
+        let r = self.preflight_call(&mut call, request).await;
+        call.end(r.map(Response::new))
     }
 
     async fn deploy(
         &self,
         request: Request<proto::DeployRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        const M: &str = "Deploy";
-        let parent = trace_parent(&request);
-        let caller = caller(&request);
-        let inner = request.into_inner();
-        let request_id = (!inner.request_id.is_empty()).then(|| inner.request_id.clone());
-        if let Some(key) = &request_id {
-            rules::request_id(key).map_err(|r| invalid(M, InvalidRequest::new("request_id", r)))?;
-        }
-        let req =
-            convert::deploy_request(inner, self.health_base_delay).map_err(|e| invalid(M, e))?;
-        req.validate().map_err(|e| invalid(M, e))?;
-        // The run's spans continue the caller's trace when it sent one.
-        let span = tracing::info_span!(
-            "rpc",
-            otel.name = "deployd.v1.Deployer/Deploy",
-            otel.kind = "server",
-            rpc.system = "grpc",
-            rpc.method = M,
-            deployment_id = tracing::field::Empty
-        );
-        let _ = span.set_parent(parent);
-        // One running deployment per service, enforced by the store.
-        let submitted = self
-            .manager
-            .submit(req, request_id, caller, span)
-            .await
-            .map_err(|e| not_submitted(M, e))?;
-        if submitted.attached {
-            tracing::info!(deployment_id = %submitted.id, "request_id seen before: following that deployment");
-        }
-        metrics::grpc_request(M, "OK");
-        Ok(Response::new(self.follow(submitted.id, 0)))
+        let mut call = self.call("Deploy", &request);
+        let r = self.deploy_call(&mut call, request).await;
+        call.end(r.map(Response::new))
     }
 
     async fn get_deployment(
         &self,
         request: Request<proto::GetDeploymentRequest>,
     ) -> Result<Response<proto::Deployment>, Status> {
-        const M: &str = "GetDeployment";
+        let mut call = self.call("GetDeployment", &request);
         let id = request.into_inner().id;
-        valid_id(M, &id)?;
-        let rec = self
-            .manager
-            .get(&id)
-            .await
-            .map_err(|e| store_failed(M, e))?;
-        let rec = rec.ok_or_else(|| not_found(M, &id))?;
-        metrics::grpc_request(M, "OK");
-        Ok(Response::new(convert::deployment(rec)))
+        let r = self
+            .permitted_deployment(&mut call, Action::GetDeployment, &id)
+            .await;
+        call.end(r.map(|rec| Response::new(convert::deployment(rec))))
     }
 
     async fn list_deployments(
         &self,
         request: Request<proto::ListDeploymentsRequest>,
     ) -> Result<Response<proto::ListDeploymentsResponse>, Status> {
-        const M: &str = "ListDeployments";
-        let r = request.into_inner();
-        if r.page_size > MAX_PAGE_SIZE {
-            return Err(invalid(
-                M,
-                InvalidRequest::new("page_size", format!("must be at most {MAX_PAGE_SIZE}")),
-            ));
-        }
-        let after = match r.page_token.as_str() {
-            "" => None,
-            t => Some(parse_page_token(t).ok_or_else(|| {
-                invalid(
-                    M,
-                    InvalidRequest::new("page_token", "is not a token this API returned"),
-                )
-            })?),
-        };
-        let nonempty = |s: String| (!s.is_empty()).then_some(s);
-        let filter = Filter {
-            project: nonempty(r.project),
-            region: nonempty(r.region),
-            service: nonempty(r.service),
-            state: convert::state_filter(r.state).map_err(|e| invalid(M, e))?,
-        };
-        let limit = if r.page_size == 0 {
-            DEFAULT_PAGE_SIZE
-        } else {
-            r.page_size
-        };
-        let (records, next) = self
-            .manager
-            .list(&filter, after.as_ref(), limit)
-            .await
-            .map_err(|e| store_failed(M, e))?;
-        metrics::grpc_request(M, "OK");
-        Ok(Response::new(proto::ListDeploymentsResponse {
-            deployments: records.into_iter().map(convert::deployment).collect(),
-            next_page_token: next.as_ref().map(page_token).unwrap_or_default(),
-        }))
+        let mut call = self.call("ListDeployments", &request);
+        let r = self.list_call(&mut call, request.into_inner()).await;
+        call.end(r.map(Response::new))
     }
 
     async fn watch_deployment(
         &self,
         request: Request<proto::WatchDeploymentRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        const M: &str = "WatchDeployment";
+        let mut call = self.call("WatchDeployment", &request);
         let r = request.into_inner();
-        valid_id(M, &r.id)?;
-        if self
-            .manager
-            .get(&r.id)
-            .await
-            .map_err(|e| store_failed(M, e))?
-            .is_none()
-        {
-            return Err(not_found(M, &r.id));
-        }
-        metrics::grpc_request(M, "OK");
-        Ok(Response::new(self.follow(r.id, r.after_seq)))
+        let found = self
+            .permitted_deployment(&mut call, Action::WatchDeployment, &r.id)
+            .await;
+        call.end(found.map(|_| Response::new(self.follow(r.id, r.after_seq))))
     }
 
     async fn cancel_deployment(
         &self,
         request: Request<proto::CancelDeploymentRequest>,
     ) -> Result<Response<proto::Deployment>, Status> {
-        const M: &str = "CancelDeployment";
+        let mut call = self.call("CancelDeployment", &request);
         let id = request.into_inner().id;
-        valid_id(M, &id)?;
-        match self.manager.cancel(&id).await {
-            Ok(rec) => {
-                metrics::grpc_request(M, "OK");
-                tracing::info!(deployment_id = %id, owner = ?rec.owner, "cancel requested");
-                Ok(Response::new(convert::deployment(rec)))
-            }
-            Err(CancelError::NotFound(_)) => Err(not_found(M, &id)),
-            Err(e @ CancelError::Ended(_)) => {
-                metrics::grpc_request(M, "FAILED_PRECONDITION");
-                Err(Status::failed_precondition(e.to_string()))
-            }
-            Err(CancelError::Store(e)) => Err(store_failed(M, e)),
-        }
+        let r = match self
+            .permitted_deployment(&mut call, Action::CancelDeployment, &id)
+            .await
+        {
+            Err(s) => Err(s),
+            Ok(_) => match self.manager.cancel(&id).await {
+                Ok(rec) => {
+                    tracing::info!(deployment_id = %id, owner = ?rec.owner, "cancel requested");
+                    Ok(Response::new(convert::deployment(rec)))
+                }
+                Err(CancelError::NotFound(_)) => Err(not_found(&id)),
+                Err(e @ CancelError::Ended(_)) => Err(Status::failed_precondition(e.to_string())),
+                Err(CancelError::Store(e)) => Err(store_failed(e)),
+            },
+        };
+        call.end(r)
     }
 
     async fn verify(
         &self,
         request: Request<proto::VerifyRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        const M: &str = "Verify";
-        let parent = trace_parent(&request);
-        let req = convert::verify_request(request.into_inner(), self.health_base_delay)
-            .map_err(|e| invalid(M, e))?;
-        req.validate().map_err(|e| invalid(M, e))?;
-        // Refused by name or address before anything is streamed; a name
-        // that does not resolve yet is a failed attempt, not a refusal.
-        self.pipeline
-            .authorize_verify_url(&req.url)
-            .await
-            .map_err(|e| refused(M, e))?;
-        Ok(Response::new(self.start(
-            M,
-            parent,
-            deployment_id(),
-            move |p, r, c| async move {
-                p.verify(req, r, c).await;
-            },
-        )))
+        let mut call = self.call("Verify", &request);
+        let r = self.verify_call(&mut call, request).await;
+        call.end(r.map(Response::new))
     }
 }

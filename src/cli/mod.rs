@@ -3,6 +3,7 @@
 //! `--sandbox`, a client command starts its own daemon and sandbox on
 //! loopback first, so one process does the whole job.
 
+mod client;
 mod render;
 
 use std::collections::HashMap;
@@ -15,7 +16,8 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::proto::{self, deployer_client::DeployerClient};
+use crate::api::auth::oidc::{JwksSource, OidcConfig};
+use crate::api::proto;
 use crate::config::*;
 use crate::daemon;
 use crate::pipeline::source::SourcePolicy;
@@ -23,6 +25,7 @@ use crate::pipeline::verify::UrlPolicy;
 use crate::pipeline::PipelineConfig;
 use crate::sandbox::{SandboxConfig, DEFAULT_PROJECT};
 use crate::telemetry::{self, LogFormat};
+use client::{Client, ClientCreds};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -59,6 +62,25 @@ enum Command {
     /// Cancel a running deployment (its build is cancelled, traffic stays
     /// on a healthy revision).
     Cancel(IdArgs),
+    /// API tokens for --api-tokens-file.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Make a token for PRINCIPAL: the token on stdout (shown once), its
+    /// line for the tokens file on stderr, or appended with --append-to.
+    New(TokenNewArgs),
+}
+
+#[derive(Args, Debug)]
+struct TokenNewArgs {
+    /// The name the token authenticates as, as policies name it.
+    principal: String,
+    /// Append the token's line to this tokens file (created 0600).
+    #[arg(long)]
+    append_to: Option<PathBuf>,
 }
 
 /// A client of a running daemon (no --sandbox: its store is the daemon's).
@@ -69,6 +91,8 @@ struct Remote {
     /// JSON on stdout.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    creds: ClientCreds,
 }
 
 #[derive(Args, Debug)]
@@ -143,7 +167,74 @@ struct ServeArgs {
     #[arg(long = "local-source-root", env = ENV_LOCAL_SOURCE_ROOTS, value_delimiter = ',')]
     local_source_roots: Vec<PathBuf>,
     #[command(flatten)]
+    auth: ServeAuth,
+    #[command(flatten)]
     tuning: Tuning,
+}
+
+/// TLS, authentication and policy of `serve`.
+#[derive(Args, Debug, Clone)]
+struct ServeAuth {
+    /// PEM certificate chain: serve gRPC over TLS (with --tls-key).
+    #[arg(long, env = ENV_TLS_CERT, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = ENV_TLS_KEY, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM CA bundle: clients must present a certificate it signed (mTLS);
+    /// their identity is its URI or DNS SAN, or its CN.
+    #[arg(long, env = ENV_CLIENT_CA, requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
+    /// JWKS of the OIDC issuer whose ID tokens are accepted
+    /// (https://www.googleapis.com/oauth2/v3/certs for Google's).
+    #[arg(long, env = ENV_OIDC_JWKS_URL, conflicts_with = "oidc_jwks_file", requires_all = ["oidc_issuer", "oidc_audience"])]
+    oidc_jwks_url: Option<String>,
+    /// The issuer's JWKS as a file, re-read when a token names a key it lacks.
+    #[arg(long, env = ENV_OIDC_JWKS_FILE, requires_all = ["oidc_issuer", "oidc_audience"])]
+    oidc_jwks_file: Option<PathBuf>,
+    /// The `iss` ID tokens must carry (Google: https://accounts.google.com).
+    #[arg(long, env = ENV_OIDC_ISSUER)]
+    oidc_issuer: Option<String>,
+    /// The `aud` ID tokens must carry: what callers request their token for.
+    #[arg(long, env = ENV_OIDC_AUDIENCE)]
+    oidc_audience: Option<String>,
+    /// Static API tokens, hashed: `sha256:HEX PRINCIPAL` lines (`deployd
+    /// token new` makes them).
+    #[arg(long, env = ENV_API_TOKENS_FILE)]
+    api_tokens_file: Option<PathBuf>,
+    /// Who may call which RPCs for which projects and services (YAML or
+    /// TOML). With authentication on and no policy, every call is refused.
+    #[arg(long, env = ENV_POLICY)]
+    policy: Option<PathBuf>,
+    /// Serve a non-loopback address without authentication: anyone who
+    /// reaches it deploys with this daemon's Google credentials.
+    #[arg(long)]
+    insecure_allow_unauthenticated: bool,
+}
+
+impl ServeAuth {
+    fn config(&self) -> AuthConfig {
+        let jwks = match (&self.oidc_jwks_url, &self.oidc_jwks_file) {
+            (Some(u), _) => Some(JwksSource::Url(u.clone())),
+            (None, Some(f)) => Some(JwksSource::File(f.clone())),
+            (None, None) => None,
+        };
+        AuthConfig {
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            client_ca: self.client_ca.clone(),
+            oidc: jwks.map(|j| {
+                OidcConfig::new(
+                    j,
+                    self.oidc_issuer.clone().unwrap_or_default(),
+                    self.oidc_audience.clone().unwrap_or_default(),
+                )
+            }),
+            api_tokens_file: self.api_tokens_file.clone(),
+            policy_file: self.policy.clone(),
+            insecure_allow_unauthenticated: self.insecure_allow_unauthenticated,
+        }
+    }
 }
 
 /// Daemon settings shared by `serve` and the embedded mode.
@@ -180,6 +271,11 @@ struct Tuning {
     /// Hosts a Verify caller may have probed, comma-separated.
     #[arg(long, env = ENV_VERIFY_ALLOWED_HOSTS, value_delimiter = ',', default_value = "*.run.app")]
     verify_allowed_hosts: Vec<String>,
+    /// Hosts a Verify may reach on private or loopback addresses (Private
+    /// Service Connect, internal ingress, an emulator), comma-separated;
+    /// they are allowed hosts too. Link-local addresses never are.
+    #[arg(long, env = ENV_VERIFY_PRIVATE_HOSTS, value_delimiter = ',')]
+    verify_private_hosts: Vec<String>,
     /// Git hosts that may be reached on loopback or private addresses, and
     /// over plain http:// (comma-separated; `*.corp.example` for subdomains).
     #[arg(long, env = ENV_SOURCE_PRIVATE_HOSTS, value_delimiter = ',')]
@@ -227,6 +323,8 @@ struct Connect {
     /// One JSON object per event on stdout.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    creds: ClientCreds,
     #[command(flatten)]
     tuning: Tuning,
 }
@@ -439,13 +537,16 @@ impl Tuning {
                     allowed_hosts: self
                         .verify_allowed_hosts
                         .iter()
+                        .chain(&self.verify_private_hosts)
                         .cloned()
                         .chain(backend_is_sandbox.then(|| "127.0.0.1".to_string()))
                         .collect(),
                     // The sandbox's services listen on loopback.
-                    private_ok_hosts: backend_is_sandbox
-                        .then(|| "127.0.0.1".to_string())
-                        .into_iter()
+                    private_ok_hosts: self
+                        .verify_private_hosts
+                        .iter()
+                        .cloned()
+                        .chain(backend_is_sandbox.then(|| "127.0.0.1".to_string()))
                         .collect(),
                 },
                 sources: SourcePolicy {
@@ -636,6 +737,7 @@ async fn run(command: Command) -> anyhow::Result<i32> {
             }
         }
         Command::List(a) => list(a).await,
+        Command::Token(TokenCommand::New(a)) => token_new(a),
         Command::Status(a) => {
             let mut client = remote(&a.remote).await?;
             let req = proto::GetDeploymentRequest { id: a.id.clone() };
@@ -705,14 +807,40 @@ fn refused(s: &tonic::Status) -> i32 {
     2
 }
 
-async fn remote(r: &Remote) -> anyhow::Result<DeployerClient<tonic::transport::Channel>> {
+async fn remote(r: &Remote) -> anyhow::Result<Client> {
     let url = r
         .server
         .clone()
         .unwrap_or_else(|| format!("http://{DEFAULT_LISTEN}"));
-    DeployerClient::connect(url.clone())
-        .await
-        .with_context(|| format!("connecting to deployd at {url}"))
+    client::connect(&url, &r.creds).await
+}
+
+/// `deployd token new`: the secret goes to stdout once; only its hash is
+/// kept.
+fn token_new(a: TokenNewArgs) -> anyhow::Result<i32> {
+    crate::api::auth::tokens::valid_principal(&a.principal)
+        .map_err(|m| anyhow::anyhow!("the principal {:?}: {m}", a.principal))?;
+    let (token, line) = crate::api::auth::tokens::new_token(&a.principal);
+    match &a.append_to {
+        Some(path) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            writeln!(f, "{line}").with_context(|| format!("writing {}", path.display()))?;
+            eprintln!(
+                "added a token for {} to {} (the daemon reads it at start)",
+                a.principal,
+                path.display()
+            );
+        }
+        None => eprintln!("its line for --api-tokens-file:\n{line}"),
+    }
+    println!("{token}");
+    Ok(0)
 }
 
 async fn list(a: ListArgs) -> anyhow::Result<i32> {
@@ -806,6 +934,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<i32> {
     let mut config = DaemonConfig {
         listen: a.listen,
         metrics_listen: Some(a.metrics_listen),
+        auth: a.auth.config(),
         ..a.tuning.daemon_config(backend)
     };
     config.pipeline.sources.local_roots = a.local_source_roots.clone();
@@ -849,7 +978,7 @@ type Events = tonic::Streaming<proto::Event>;
 /// A client of a daemon: a remote one, or one embedded with its sandbox
 /// (and, unless told otherwise, a temporary store) for `--sandbox`.
 struct Session {
-    client: DeployerClient<tonic::transport::Channel>,
+    client: Client,
     json: bool,
     _embedded: Option<daemon::Running>,
     _state: Option<tempfile::TempDir>,
@@ -887,9 +1016,7 @@ impl Session {
                 .clone()
                 .unwrap_or_else(|| format!("http://{DEFAULT_LISTEN}"))
         };
-        let client = DeployerClient::connect(url.clone())
-            .await
-            .with_context(|| format!("connecting to deployd at {url}"))?;
+        let client = client::connect(&url, &c.creds).await?;
         Ok(Session {
             client,
             json: c.json,

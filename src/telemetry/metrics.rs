@@ -42,8 +42,15 @@ pub const FAILURES: &str = "deployd_failures_total";
 pub const HEALTH_CHECK_LATENCY_HDR: &str = super::hdr::NAME;
 pub const API_RETRIES: &str = "deployd_api_retries_total";
 pub const RESUMED: &str = "deployd_deployments_resumed_total";
+pub const AUTH_REFUSALS: &str = "deployd_auth_refusals_total";
 
 pub const SPEC: &[MetricSpec] = &[
+    MetricSpec {
+        name: AUTH_REFUSALS,
+        kind: Kind::Counter,
+        labels: &["rpc", "reason"],
+        help: "Calls refused by RPC and reason: a credential problem (missing, malformed, unknown_token, expired, wrong_audience, bad_signature, ...) or denied by the policy. Never labelled by principal.",
+    },
     MetricSpec {
         name: RESUMED,
         kind: Kind::Counter,
@@ -240,6 +247,12 @@ pub fn failure(stage: &'static str, code: &str) {
 
 pub fn rollback(result: &'static str) {
     counter!(ROLLBACKS, "result" => result).increment(1);
+}
+
+/// A call refused for its credential or by the policy (never labelled
+/// with the principal).
+pub fn auth_refused(rpc: &'static str, reason: &'static str) {
+    counter!(AUTH_REFUSALS, "rpc" => rpc, "reason" => reason).increment(1);
 }
 
 pub fn grpc_request(method: &'static str, code: &'static str) {

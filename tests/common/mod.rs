@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 mod git;
+pub mod pki;
 #[allow(unused_imports)]
 pub use git::{GitServer, Repo};
 
@@ -107,6 +108,7 @@ impl Harness {
             daemon_id: None,
             lease: Duration::from_secs(30),
             history_retention: Duration::from_secs(90 * 24 * 3600),
+            auth: Default::default(),
         };
         let mut config = config;
         f(&mut config);
