@@ -189,9 +189,9 @@ async fn main() {
         });
     }
     for _ in 0..rounds {
-        for i in 0..modes.len() {
-            let d = calls(&modes[i], n).await;
-            modes[i].per_call.push(d);
+        for m in modes.iter_mut() {
+            let d = calls(m, n).await;
+            m.per_call.push(d);
         }
     }
     let base = median(modes[0].per_call.clone());
