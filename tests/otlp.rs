@@ -227,6 +227,9 @@ async fn a_deploy_is_one_trace_with_stage_and_api_spans() {
     for k in ["deployment_id", "project", "region", "service"] {
         assert!(attr(deploy_span, k).is_some(), "deploy span lacks {k}");
     }
+    // The caller is on the trace (no authentication here: the peer).
+    let who = attr(roots[0], "enduser.id").expect("the rpc span names its caller");
+    assert!(who.contains("unauthenticated@127.0.0.1"), "{who}");
     let mut stages: Vec<&&Span> = run
         .iter()
         .filter(|s| s.parent_span_id == deploy_span.span_id && attr(s, "stage").is_some())

@@ -373,3 +373,50 @@ fn serve_refuses_a_network_address_without_authentication() {
         "{log}"
     );
 }
+
+/// A loopback HTTP server answering `200 ok` to every request.
+fn http_ok_server() -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    port
+}
+
+#[test]
+fn verify_private_hosts_lets_verify_reach_an_internal_address() {
+    let app_port = http_ok_server();
+    let url = format!("http://localhost:{app_port}/");
+    let run = |extra: &[&str]| {
+        // The backend is never called by Verify; an endpoint keeps it off Google.
+        let mut args = vec!["--gcp-endpoint", "http://127.0.0.1:9"];
+        args.extend_from_slice(extra);
+        let served = serve(bin(), &args);
+        let out = bin()
+            .args(["verify", &url, "--attempts", "1"])
+            .args(["--server", &format!("http://127.0.0.1:{}", served.grpc)])
+            .output()
+            .expect("verify");
+        drop(served);
+        out
+    };
+    // By default only public addresses of *.run.app are probed.
+    let refused = run(&[]);
+    assert_eq!(refused.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("PermissionDenied"), "{said}");
+    let allowed = run(&["--verify-private-hosts", "localhost"]);
+    assert!(
+        allowed.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&allowed.stdout),
+        String::from_utf8_lossy(&allowed.stderr)
+    );
+}
