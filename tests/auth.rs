@@ -136,6 +136,8 @@ async fn oidc_daemon(jwks: &Jwks, dir: &tempfile::TempDir) -> Harness {
     );
     // Unknown keys refetch at once, so the rotation test needs no sleep.
     oidc.min_refetch = Duration::ZERO;
+    // No skew allowed, so a token can expire within a test.
+    oidc.leeway = Duration::ZERO;
     Harness::start_config(move |c: &mut DaemonConfig| {
         c.auth.oidc = Some(oidc);
         c.auth.policy_file = Some(policy);
@@ -276,6 +278,31 @@ async fn a_rotated_key_is_accepted_once_the_jwks_has_it() {
         .list_deployments(bearer(list_request(), &old.sign(&claims(CI))))
         .await
         .expect("the old key still");
+}
+
+#[tokio::test]
+async fn a_token_accepted_before_is_refused_once_it_expires() {
+    let key = SigningKey::new("k1");
+    let jwks = jwks_server(vec![key.jwk.clone()]).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let h = oidc_daemon(&jwks, &dir).await;
+    let mut client = h.client().await;
+    let mut short = claims(CI);
+    short["exp"] = (now() + 1).into();
+    let token = key.sign(&short);
+    for _ in 0..3 {
+        client
+            .list_deployments(bearer(list_request(), &token))
+            .await
+            .expect("valid for a second");
+    }
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let e = client
+        .list_deployments(bearer(list_request(), &token))
+        .await
+        .expect_err("expired");
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(e.message().contains("expired"), "{}", e.message());
 }
 
 /// A daemon taking API tokens for `admin` (everything), `team-a` (read

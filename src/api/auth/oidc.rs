@@ -120,10 +120,25 @@ struct Keys {
     /// Keys without `kid`, tried for tokens without one.
     unnamed: Vec<Key>,
     fetched: Option<Instant>,
+    /// Tokens these keys verified (by SHA-256): identity and `exp`. A
+    /// client sends the same ID token for up to an hour; checking its
+    /// signature once is enough. New keys start a new cache.
+    verified: std::sync::Mutex<HashMap<[u8; 32], (String, u64)>>,
+}
+
+/// Verified tokens remembered at most; then the cache starts over.
+const MAX_VERIFIED: usize = 10_000;
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[derive(Deserialize)]
 struct Claims {
+    exp: u64,
     sub: Option<String>,
     email: Option<String>,
     email_verified: Option<serde_json::Value>,
@@ -260,6 +275,32 @@ impl OidcVerifier {
     /// The identity in a valid token: its email (unless marked
     /// unverified), else its subject.
     pub async fn verify(&self, token: &str) -> Result<String, OidcError> {
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        {
+            let keys = self.keys.read().await;
+            let fresh = keys
+                .fetched
+                .is_some_and(|f| f.elapsed() < self.config.refresh);
+            let cache = keys.verified.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((id, exp)) = cache.get(&digest).filter(|_| fresh) {
+                // Expired ones go the long way, to be refused as such.
+                if unix_now() <= exp + self.config.leeway.as_secs() {
+                    return Ok(id.clone());
+                }
+            }
+        }
+        let (id, exp) = self.verify_signed(token).await?;
+        let keys = self.keys.read().await;
+        let mut cache = keys.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= MAX_VERIFIED {
+            cache.clear();
+        }
+        cache.insert(digest, (id.clone(), exp));
+        Ok(id)
+    }
+
+    async fn verify_signed(&self, token: &str) -> Result<(String, u64), OidcError> {
         // `none` and algorithms this crate does not know fail to parse:
         // name the algorithm when there is one.
         let header = jsonwebtoken::decode_header(token).map_err(|_| match alg_name(token) {
@@ -301,7 +342,7 @@ impl OidcVerifier {
         token: &str,
         alg: Algorithm,
         kid: Option<&str>,
-    ) -> Result<String, OidcError> {
+    ) -> Result<(String, u64), OidcError> {
         let keys = self.keys.read().await;
         let candidates: Vec<&Key> = match kid {
             Some(k) => keys.by_id.get(k).into_iter().collect(),
@@ -328,7 +369,12 @@ impl OidcVerifier {
         Err(last)
     }
 
-    fn decode(&self, token: &str, alg: Algorithm, key: &DecodingKey) -> Result<String, OidcError> {
+    fn decode(
+        &self,
+        token: &str,
+        alg: Algorithm,
+        key: &DecodingKey,
+    ) -> Result<(String, u64), OidcError> {
         use jsonwebtoken::errors::ErrorKind as K;
         let mut v = Validation::new(alg);
         v.set_issuer(&[&self.config.issuer]);
@@ -357,8 +403,8 @@ impl OidcVerifier {
             Some(_) => false,
         };
         match (c.email, c.sub) {
-            (Some(email), _) if verified && !email.is_empty() => Ok(email),
-            (_, Some(sub)) if !sub.is_empty() => Ok(sub),
+            (Some(email), _) if verified && !email.is_empty() => Ok((email, c.exp)),
+            (_, Some(sub)) if !sub.is_empty() => Ok((sub, c.exp)),
             _ => Err(OidcError::MissingClaim("sub".into())),
         }
     }
