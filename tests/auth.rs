@@ -688,3 +688,40 @@ async fn mutual_tls_accepts_trusted_client_certificates_only() {
         .expect("tcp connects");
     assert!(plain.list_deployments(list_request()).await.is_err());
 }
+
+#[tokio::test]
+async fn reflection_needs_a_credential_and_no_rule() {
+    use futures::StreamExt;
+    use tonic_reflection::pb::v1::{
+        server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, ServerReflectionRequest,
+    };
+    let d = token_daemon().await;
+    let channel = Channel::from_shared(format!("http://{}", d.h.daemon.grpc))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let ask = || {
+        futures::stream::iter([ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        }])
+    };
+    let e = ServerReflectionClient::new(channel.clone())
+        .server_reflection_info(ask())
+        .await
+        .expect_err("no credential");
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let mut r = tonic::Request::new(ask());
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", d.team_b).parse().expect("header"),
+    );
+    let mut answers = ServerReflectionClient::new(channel)
+        .server_reflection_info(r)
+        .await
+        .expect("any principal may read the schema")
+        .into_inner();
+    assert!(answers.next().await.is_some_and(|a| a.is_ok()));
+}

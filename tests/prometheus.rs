@@ -125,19 +125,8 @@ async fn start_prometheus(target: &str) -> Prometheus {
 async fn workload(h: &Harness) {
     let (_, o) = deploy(h, deploy_request("steady", &example_app())).await;
     assert!(o.success);
-    // A daemon taking API tokens refuses a call without one (the same
-    // process, so the same metrics).
-    let dir = tempfile::tempdir().expect("dir");
-    let tokens = dir.path().join("tokens");
-    let (_, line) = deployd::api::auth::tokens::new_token("prometheus-test");
-    std::fs::write(&tokens, line).expect("tokens");
-    let guarded = Harness::start_quiet(|c| c.auth.api_tokens_file = Some(tokens)).await;
-    let refused = guarded
-        .client()
-        .await
-        .list_deployments(proto::ListDeploymentsRequest::default())
-        .await;
-    assert!(refused.is_err());
+    // A refused call (the same process, so the same metrics).
+    refuse_a_call_without_a_token().await;
     h.sandbox.inject(Fault {
         method: "cloudbuild.projects.locations.builds.create".into(),
         remaining: 1,

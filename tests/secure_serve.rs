@@ -252,6 +252,23 @@ projects = ["*"]
         "{}",
         String::from_utf8_lossy(&status.stderr)
     );
+    // The token from the environment, as scripts pass it.
+    let from_env = bin()
+        .args(["status", &dep_id, "--json", "--server", &server_url])
+        .arg("--tls-ca")
+        .arg(&ca_file)
+        .arg("--tls-cert")
+        .arg(&cli_cert.cert)
+        .arg("--tls-key")
+        .arg(&cli_cert.key)
+        .env("DEPLOYD_TOKEN", &token)
+        .output()
+        .expect("cli");
+    assert!(
+        from_env.status.success(),
+        "{}",
+        String::from_utf8_lossy(&from_env.stderr)
+    );
     // A token never travels in clear text off this machine.
     let clear = bin()
         .args(["list", "--server", "http://deployd.corp.test:50051"])
@@ -286,6 +303,8 @@ projects = ["*"]
         })
     };
     assert!(has("ci-bot", "Preflight", "OK"), "{audit:#?}");
+    // The CLI's status calls: the token's principal, not the certificate's.
+    assert!(has("ci-bot", "GetDeployment", "OK"), "{audit:#?}");
     assert!(has(CI, "Deploy", "OK"), "{audit:#?}");
     assert!(has("ci-bot", "ListDeployments", "PERMISSION_DENIED"));
     assert!(has("-", "ListDeployments", "UNAUTHENTICATED"));

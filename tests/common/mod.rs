@@ -625,3 +625,22 @@ pub fn built_archive(h: &Harness) -> Vec<u8> {
         )
         .expect("the built archive is in the bucket")
 }
+
+/// Starts a daemon taking API tokens and makes a call without one, which
+/// it refuses (for workloads that need a refusal in the metrics).
+pub async fn refuse_a_call_without_a_token() {
+    let dir = tempfile::tempdir().expect("dir");
+    let tokens = dir.path().join("tokens");
+    let (_, line) = deployd::api::auth::tokens::new_token("workload");
+    std::fs::write(&tokens, line).expect("tokens");
+    let guarded = Harness::start_quiet(|c| c.auth.api_tokens_file = Some(tokens)).await;
+    let refused = guarded
+        .client()
+        .await
+        .list_deployments(proto::ListDeploymentsRequest::default())
+        .await;
+    assert_eq!(
+        refused.map(|_| ()).map_err(|s| s.code()),
+        Err(tonic::Code::Unauthenticated)
+    );
+}
