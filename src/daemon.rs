@@ -60,6 +60,28 @@ pub struct Running {
     pub done: tokio::task::JoinHandle<Result<(), DaemonError>>,
 }
 
+/// Raises the soft limit of open files to the hard one, as servers do: a
+/// burst of deploys needs more descriptors than the common soft 1,024, and
+/// the hard limit is what the administrator allowed. Logs both.
+pub fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    // Linux refuses an infinite soft limit for files; 1 Mi is its default cap.
+    let target = limit.maximum.unwrap_or(1 << 20);
+    if limit.current.is_some_and(|soft| soft < target) {
+        let raised = Rlimit {
+            current: Some(target),
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!(soft = ?limit.current, hard = ?limit.maximum, error = %e, "could not raise the open-file limit");
+            return;
+        }
+    }
+    let now = getrlimit(Resource::Nofile);
+    tracing::info!(soft_before = ?limit.current, soft = ?now.current, hard = ?now.maximum, "open-file limit");
+}
+
 /// Builds the Cloud implementation for the configured backend.
 async fn cloud(
     config: &DaemonConfig,
@@ -105,6 +127,7 @@ pub async fn start(
     sandbox_config: SandboxConfig,
     shutdown: CancellationToken,
 ) -> Result<Running, DaemonError> {
+    raise_fd_limit();
     // Before anything listens: an open network port is refused here.
     let auth = Arc::new(Auth::load(&config.auth, config.listen).await?);
     let tls = server_tls(&config.auth)?;
@@ -132,9 +155,15 @@ pub async fn start(
     let metrics = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     let sandbox = match config.backend {
         Backend::EmbeddedSandbox => Some(
-            Sandbox::start(sandbox_config)
-                .await
-                .map_err(DaemonError::Sandbox)?,
+            Sandbox::start(SandboxConfig {
+                // It takes whatever source the daemon may send it.
+                max_body_bytes: usize::try_from(config.pipeline.max_source_bytes)
+                    .unwrap_or(usize::MAX)
+                    .max(sandbox_config.max_body_bytes),
+                ..sandbox_config
+            })
+            .await
+            .map_err(DaemonError::Sandbox)?,
         ),
         _ => None,
     };
@@ -264,7 +293,7 @@ pub async fn serve(
         builder = builder.tls_config(tls)?;
     }
     // Nagle would hold each short reply for the peer's delayed ACK (~40 ms).
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(config.tcp_nodelay));
     let server = builder
         .layer(AuthLayer::new(auth))
         .add_service(health_service)

@@ -362,3 +362,97 @@ fn deployments_from_the_command_line() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The sandbox once refused any request body over axum's default 2 MB, so
+/// an ordinary app with assets failed `deploy --sandbox`.
+#[test]
+fn a_twenty_megabyte_source_deploys_on_the_sandbox_with_default_settings() {
+    let app = tempfile::tempdir().expect("dir");
+    common::copy_dir(std::path::Path::new(&example()), app.path());
+    // Incompressible, so the archive is as large as the source.
+    let mut assets = vec![0u8; 20 * 1024 * 1024];
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for b in assets.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    std::fs::create_dir_all(app.path().join("static")).expect("mkdir");
+    std::fs::write(app.path().join("static/video.bin"), &assets).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_deployd"))
+        .env_remove("RUST_LOG")
+        .args(["deploy", "--sandbox"])
+        .arg(app.path())
+        .args(["--service", "big", "--json"])
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("\"success\":true"), "{stdout}");
+}
+
+/// `serve` raises its soft open-file limit to the hard one, so a burst of
+/// deploys does not run out at the common soft 1,024.
+#[test]
+fn serve_raises_its_open_file_limit_to_the_hard_limit() {
+    let state = tempfile::tempdir().expect("state");
+    let (grpc, metrics) = (common::free_port(), common::free_port());
+    let script = format!(
+        "ulimit -S -n 256 && exec \"$0\" serve --sandbox --listen 127.0.0.1:{grpc} --metrics-listen 127.0.0.1:{metrics}"
+    );
+    let child = Command::new("sh")
+        .args(["-c", &script, env!("CARGO_BIN_EXE_deployd")])
+        .env("XDG_STATE_HOME", state.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("serve");
+    let guard = common::ChildGuard::new(child);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", grpc)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "serve did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let limits =
+        std::fs::read_to_string(format!("/proc/{}/limits", guard.child.id())).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("open files line");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    // "Max open files  SOFT  HARD  files"
+    let (soft, hard) = (fields[3], fields[4]);
+    assert_eq!(soft, hard, "{line}");
+    assert_ne!(soft, "256", "{line}");
+}
+
+/// `--sandbox-listen` puts the embedded sandbox where it says (it used to
+/// take an ephemeral port whatever the flag said).
+#[test]
+fn the_sandbox_listens_where_sandbox_listen_says() {
+    let port = common::free_port();
+    let served = common::serve(
+        Command::new(env!("CARGO_BIN_EXE_deployd")),
+        &[
+            "--sandbox",
+            "--sandbox-listen",
+            &format!("127.0.0.1:{port}"),
+        ],
+    );
+    // An HTTP server answers there (the sandbox: the daemon's own ports
+    // are others).
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("the sandbox's port");
+    conn.write_all(b"GET /v1/projects/x HTTP/1.1\r\nhost: sandbox\r\nconnection: close\r\n\r\n")
+        .expect("write");
+    let mut answer = String::new();
+    let _ = conn.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 "), "{answer}");
+    assert_ne!(port, served.grpc);
+    drop(served);
+}

@@ -50,6 +50,9 @@ pub struct SandboxConfig {
     pub projects: Vec<String>,
     /// Added to every API answer, to model a realistic round trip.
     pub latency: Duration,
+    /// The largest request body accepted (uploads): the daemon's source
+    /// limit, as Cloud Storage takes objects far larger than any source.
+    pub max_body_bytes: usize,
 }
 
 impl Default for SandboxConfig {
@@ -61,6 +64,7 @@ impl Default for SandboxConfig {
             build_line_delay: Duration::from_millis(40),
             projects: vec![DEFAULT_PROJECT.into()],
             latency: Duration::ZERO,
+            max_body_bytes: crate::pipeline::archive::DEFAULT_MAX_SOURCE_BYTES as usize,
         }
     }
 }
@@ -113,18 +117,16 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// Binds 127.0.0.1 on an ephemeral port and starts serving.
+    /// Binds `config.listen` (default: an ephemeral loopback port) and
+    /// starts serving.
     pub async fn start(config: SandboxConfig) -> std::io::Result<Sandbox> {
-        Self::start_on(
-            "127.0.0.1:0".parse().map_err(std::io::Error::other)?,
-            config,
-        )
-        .await
+        Self::start_on(config.listen, config).await
     }
 
     pub async fn start_on(addr: SocketAddr, config: SandboxConfig) -> std::io::Result<Sandbox> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        let max_body = config.max_body_bytes;
         let mut world = World::default();
         for (i, p) in config.projects.iter().enumerate() {
             let number = format!("{}", 100000000001u64 + i as u64);
@@ -139,7 +141,8 @@ impl Sandbox {
             config,
             shutdown: CancellationToken::new(),
         });
-        let router = routes::router(shared.clone());
+        let router =
+            routes::router(shared.clone()).layer(axum::extract::DefaultBodyLimit::max(max_body));
         let stop = shared.shutdown.clone();
         tokio::spawn(async move {
             let served = axum::serve(listener, router)
