@@ -23,6 +23,11 @@ pub struct HttpProber {
 fn builder(extra_roots: &[reqwest::Certificate]) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .tls_certs_merge(extra_roots.iter().cloned())
+        // Probes of one verification come seconds apart and then stop: keep
+        // one idle connection per service, briefly, never one to every
+        // service ever probed.
+        .pool_max_idle_per_host(1)
+        .pool_idle_timeout(std::time::Duration::from_secs(5))
         // A redirect to another host is reported, not followed: a health
         // check answered by a login page elsewhere is not a healthy service.
         .redirect(Policy::custom(|attempt| {

@@ -75,6 +75,10 @@ pub struct Transport {
     credentials: Credentials,
 }
 
+/// Idle connections kept per API host, and for how long.
+const IDLE_CONNECTIONS_PER_HOST: usize = 16;
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(20);
+
 impl Transport {
     pub fn new(
         endpoints: Endpoints,
@@ -84,6 +88,12 @@ impl Transport {
         let client = reqwest::Client::builder()
             .timeout(request_timeout)
             .connect_timeout(Duration::from_secs(10))
+            // A burst of deploys opens many connections at once; keep only
+            // a few idle per host, and not for long, so descriptors return
+            // after the burst. (Google's front ends speak HTTP/2, where
+            // one connection carries many calls.)
+            .pool_max_idle_per_host(IDLE_CONNECTIONS_PER_HOST)
+            .pool_idle_timeout(IDLE_CONNECTION_TIMEOUT)
             .user_agent(concat!("deployd/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|source| GcpError::Transport {

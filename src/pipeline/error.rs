@@ -261,6 +261,7 @@ impl StageError {
                     A::NotRecognized { .. } => ("UNSUPPORTED_SOURCE", false, vec![
                         "Add a Dockerfile, or a Procfile with a 'web:' line, at the root of the source (or point source.subdirectory at the app).".into(),
                     ]),
+                    A::Io { source: e, .. } if out_of_descriptors(e) => daemon_out_of_descriptors(),
                     A::Io { .. } => ("SOURCE_UNAVAILABLE", false, vec![
                         "Check that every file under the source directory is readable.".into(),
                     ]),
@@ -285,6 +286,7 @@ impl StageError {
                     A::BadInclude { .. } => ("UNSAFE_SOURCE", false, vec![
                         "Include only files of the source tree, by a relative path without '..' (#!include:.gitignore).".into(),
                     ]),
+                    A::Io { source: e, .. } if out_of_descriptors(e) => daemon_out_of_descriptors(),
                     A::Io { .. } => ("ARCHIVE_FAILED", false, vec![
                         "Check that every file under the source directory is readable.".into(),
                     ]),
@@ -392,4 +394,47 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = inner.source();
     }
     s
+}
+
+/// EMFILE or ENFILE: the daemon (or the machine) has no file descriptor
+/// left. That is the daemon's resource problem, not the source's.
+fn out_of_descriptors(e: &std::io::Error) -> bool {
+    e.raw_os_error().is_some_and(|n| {
+        n == rustix::io::Errno::MFILE.raw_os_error() || n == rustix::io::Errno::NFILE.raw_os_error()
+    })
+}
+
+fn daemon_out_of_descriptors() -> (&'static str, bool, Vec<String>) {
+    (
+        "DAEMON_RESOURCES_EXHAUSTED",
+        true,
+        vec![
+            "deployd ran out of file descriptors under load; deploy again in a moment.".into(),
+            "If it recurs, raise the daemon's limit (systemd LimitNOFILE=, or ulimit -n before `deployd serve`); it raises its soft limit to the hard one at start.".into(),
+        ],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_out_of_descriptors_is_the_daemons_problem_and_retriable() {
+        let exhausted = |errno: rustix::io::Errno| StageError::Archive {
+            dir: "/src/app".into(),
+            source: super::super::archive::ArchiveError::Io {
+                path: "(archive)".into(),
+                source: std::io::Error::from_raw_os_error(errno.raw_os_error()),
+            },
+        };
+        for errno in [rustix::io::Errno::MFILE, rustix::io::Errno::NFILE] {
+            let f = exhausted(errno).to_failure("p");
+            assert_eq!(f.code, "DAEMON_RESOURCES_EXHAUSTED");
+            assert!(f.retriable);
+        }
+        let f = exhausted(rustix::io::Errno::ACCESS).to_failure("p");
+        assert_eq!(f.code, "ARCHIVE_FAILED");
+        assert!(!f.retriable);
+    }
 }
