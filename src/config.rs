@@ -113,6 +113,9 @@ pub struct DaemonConfig {
     pub history_retention: Duration,
     /// TLS, authentication and policy of the gRPC API.
     pub auth: AuthConfig,
+    /// TCP_NODELAY on accepted gRPC sockets. Off only to measure what
+    /// Nagle costs (benches/rpc_latency.rs).
+    pub tcp_nodelay: bool,
     pub pipeline: PipelineConfig,
 }
 
@@ -166,6 +169,7 @@ impl Default for DaemonConfig {
             lease: Duration::from_secs(30),
             history_retention: Duration::from_secs(90 * 24 * 3600),
             auth: AuthConfig::default(),
+            tcp_nodelay: true,
             pipeline: PipelineConfig::default(),
         }
     }

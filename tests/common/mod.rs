@@ -109,6 +109,7 @@ impl Harness {
             lease: Duration::from_secs(30),
             history_retention: Duration::from_secs(90 * 24 * 3600),
             auth: Default::default(),
+            tcp_nodelay: true,
         };
         let mut config = config;
         f(&mut config);
