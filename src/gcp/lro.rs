@@ -69,6 +69,9 @@ pub async fn wait(
     let started = Instant::now();
     let mut delay = policy.first;
     let mut failures = 0;
+    // Each poll is due `delay` after the previous one was sent, not after
+    // its answer: the round trip does not stretch the schedule.
+    let mut due = tokio::time::Instant::now() + delay;
     while !op.done {
         if started.elapsed() > policy.give_up_after {
             return Err(GcpError::OperationTimeout {
@@ -77,8 +80,9 @@ pub async fn wait(
                 waited: started.elapsed(),
             });
         }
-        tokio::time::sleep(delay).await;
+        tokio::time::sleep_until(due).await;
         delay = delay.mul_f64(policy.multiplier).min(policy.max);
+        due = tokio::time::Instant::now() + delay;
         let url = format!("{base}/{version}/{}", op.name);
         match t
             .json::<Operation>(method, t.request(Method::GET, url))

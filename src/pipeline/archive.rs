@@ -14,8 +14,6 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Component, Path, PathBuf};
 
-use flate2::write::GzEncoder;
-use flate2::Compression;
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use sha2::{Digest, Sha256};
 
@@ -279,6 +277,18 @@ pub fn pack(
     max_bytes: u64,
     extra: &[(String, String)],
 ) -> Result<SourceArchive, ArchiveError> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    pack_on(root, max_bytes, extra, threads)
+}
+
+/// `pack` compressing on `threads` threads: the bytes do not depend on
+/// how many (fixed-size blocks, in order).
+fn pack_on(
+    root: &Path,
+    max_bytes: u64,
+    extra: &[(String, String)],
+    threads: usize,
+) -> Result<SourceArchive, ArchiveError> {
     let (rules, ignore_file) = ignore_rules(root)?;
     let mut entries = Vec::new();
     collect(root, Path::new(""), &rules, &mut entries)?;
@@ -316,7 +326,15 @@ pub fn pack(
         });
     }
 
-    let gz = GzEncoder::new(Vec::new(), Compression::default());
+    let packed = SharedBuffer::default();
+    let gz = gzp::par::compress::ParCompressBuilder::<gzp::deflate::Gzip>::new()
+        .num_threads(threads)
+        .map_err(|e| ArchiveError::Io {
+            path: "(archive)".into(),
+            source: io::Error::other(e),
+        })?
+        .compression_level(gzp::Compression::default())
+        .from_writer(packed.clone());
     let mut tar = tar::Builder::new(gz);
     tar.mode(tar::HeaderMode::Deterministic);
     let tar_err = |source| ArchiveError::Io {
@@ -358,8 +376,9 @@ pub fn pack(
         }
     }
     let mut gz = tar.into_inner().map_err(tar_err)?;
-    gz.flush().map_err(tar_err)?;
-    let bytes = gz.finish().map_err(tar_err)?;
+    gzp::ZWriter::finish(&mut gz).map_err(|e| tar_err(io::Error::other(e)))?;
+    drop(gz);
+    let bytes = packed.take();
     let sha256 = hex(&Sha256::digest(&bytes));
     Ok(SourceArchive {
         bytes,
@@ -368,6 +387,31 @@ pub fn pack(
         source_bytes: total,
         ignore_file,
     })
+}
+
+/// Where the compressor's threads write the archive (it needs an owned,
+/// sendable writer).
+#[derive(Clone, Default)]
+struct SharedBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl SharedBuffer {
+    fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl Write for SharedBuffer {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 fn collect(
@@ -552,6 +596,40 @@ mod tests {
         write(dir.path(), "Dockerfile", "FROM busybox\n");
         let c = pack(dir.path(), NO_LIMIT, &[]).expect("pack");
         assert_ne!(a.sha256, c.sha256);
+    }
+
+    /// Compressed on 1 or 8 threads, over several compression blocks: the
+    /// same bytes, and one gzip stream a plain decoder reads whole.
+    #[test]
+    fn the_bytes_do_not_depend_on_the_number_of_threads() {
+        let dir = tree();
+        // Above gzp's 128 KiB block, several times, and not compressible.
+        let noise: String = (0..600_000u64)
+            .map(|i| char::from(b'a' + ((i * 2_654_435_761) % 26) as u8))
+            .collect();
+        write(dir.path(), "big.txt", &noise);
+        let one = pack_on(dir.path(), NO_LIMIT, &[], 1).expect("pack");
+        let many = pack_on(dir.path(), NO_LIMIT, &[], 8).expect("pack");
+        assert_eq!(one.bytes, many.bytes);
+        let mut tar = Vec::new();
+        std::io::Read::read_to_end(
+            &mut flate2::read::GzDecoder::new(one.bytes.as_slice()),
+            &mut tar,
+        )
+        .expect("gunzip");
+        let names: Vec<String> = tar::Archive::new(tar.as_slice())
+            .entries()
+            .expect("tar")
+            .map(|e| {
+                e.expect("entry")
+                    .path()
+                    .expect("path")
+                    .display()
+                    .to_string()
+            })
+            .collect();
+        assert!(names.contains(&"big.txt".to_string()), "{names:?}");
+        assert_eq!(names.len(), one.files, "every entry, to the end: {names:?}");
     }
 
     /// Table of ignore rules: (case, ignore files and their text, expected archive).

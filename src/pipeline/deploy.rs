@@ -233,6 +233,8 @@ impl Pipeline {
         cancel: &CancellationToken,
     ) -> Result<Rollout, StageError> {
         let deadline = tokio::time::Instant::now() + ROLLOUT_WAIT;
+        // A fixed schedule: the read's round trip does not stretch it.
+        let mut ticks = super::build::poll_ticks(self.config.poll_interval);
         loop {
             let service = self
                 .cloud_call(
@@ -272,7 +274,7 @@ impl Pipeline {
                 });
             }
             tokio::select! {
-                _ = tokio::time::sleep(self.config.poll_interval) => {}
+                _ = ticks.tick() => {}
                 _ = cancel.cancelled() => return Err(StageError::Cancelled { stage: "deploy" }),
             }
         }
