@@ -22,13 +22,6 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 const ISSUER: &str = "https://accounts.google.com";
 const AUDIENCE: &str = "deployd-bench";
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -125,14 +118,9 @@ async fn calls(m: &mut Mode, n: usize) -> Duration {
     start.elapsed() / n as u32
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 #[tokio::main]
 async fn main() {
-    let (rounds, n) = (env("ROUNDS", 5), env("CALLS", 1000));
+    let (rounds, n) = (env_or("ROUNDS", 5), env_or("CALLS", 1000));
     let dir = tempfile::tempdir().expect("dir");
     let (api_token, line) = tokens::new_token("ci-bot");
     let tokens_file = dir.path().join("tokens");

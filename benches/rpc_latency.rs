@@ -14,18 +14,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use deployd::api::proto;
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 #[derive(Clone, Copy)]
 enum Op {
     Preflight,
@@ -83,7 +71,7 @@ async fn once(
 
 #[tokio::main]
 async fn main() {
-    let (rounds, calls) = (env("ROUNDS", 5), env("CALLS", 40));
+    let (rounds, calls) = (env_or("ROUNDS", 5), env_or("CALLS", 40));
     let shipped = Harness::start_quiet(|_| {}).await;
     let nagle = Harness::start_quiet(|c| c.tcp_nodelay = false).await;
     let ops = [Op::Preflight, Op::RefusedDeploy, Op::UnknownDeployment];

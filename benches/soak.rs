@@ -27,17 +27,10 @@ struct Tally {
     failures: Vec<String>,
 }
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 #[tokio::main]
 async fn main() {
-    let deploys = env("DEPLOYS", 200);
-    let concurrency = env("CONCURRENCY", 20);
+    let deploys = env_or("DEPLOYS", 200);
+    let concurrency = env_or("CONCURRENCY", 20);
     let h = Harness::start_without_metrics().await;
     // Creates the repository and bucket once, outside the measurement.
     let (_, o) = deploy(&h, deploy_request("soak-warmup", &example_app())).await;

@@ -17,13 +17,6 @@ use std::time::Instant;
 use common::*;
 use futures::StreamExt;
 
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 struct Store {
     name: &'static str,
     url: String,
@@ -33,8 +26,11 @@ struct Store {
 
 #[tokio::main]
 async fn main() {
-    let (rounds, deploys, concurrency) =
-        (env("ROUNDS", 3), env("DEPLOYS", 40), env("CONCURRENCY", 8));
+    let (rounds, deploys, concurrency) = (
+        env_or("ROUNDS", 3),
+        env_or("DEPLOYS", 40),
+        env_or("CONCURRENCY", 8),
+    );
     let dir = tempfile::tempdir().expect("dir");
     let mut urls = vec![
         ("memory", deployd::store::MEMORY_URL.to_string()),

@@ -75,15 +75,6 @@ impl ClientCreds {
     }
 }
 
-fn is_loopback(host: Option<url::Host<&str>>) -> bool {
-    match host {
-        Some(url::Host::Ipv4(a)) => a.is_loopback(),
-        Some(url::Host::Ipv6(a)) => a.is_loopback(),
-        Some(url::Host::Domain(d)) => d == "localhost",
-        None => false,
-    }
-}
-
 /// A client of the daemon at `server`.
 pub async fn connect(server: &str, creds: &ClientCreds) -> anyhow::Result<Client> {
     let url = url::Url::parse(server).with_context(|| {
@@ -99,7 +90,7 @@ pub async fn connect(server: &str, creds: &ClientCreds) -> anyhow::Result<Client
         bail!("--tls-ca, --tls-cert and --tls-key need an https:// server URL");
     }
     // A bearer token is a password: never in clear text off this machine.
-    if !tls && token.is_some() && !is_loopback(url.host()) {
+    if !tls && token.is_some() && !crate::api::auth::is_loopback_host(url.host()) {
         bail!(
             "refusing to send a token in clear text to {}: use an https:// server URL",
             url.host_str().unwrap_or("?")

@@ -645,3 +645,17 @@ pub async fn refuse_a_call_without_a_token() {
         Err(tonic::Code::Unauthenticated)
     );
 }
+
+/// A bench setting from the environment (ROUNDS=5 ...), else `default`.
+pub fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The median of timings (benches).
+pub fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}

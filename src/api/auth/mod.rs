@@ -336,6 +336,17 @@ impl Auth {
     }
 }
 
+/// Whether a URL's host is this machine (where plain http:// carries no
+/// secret off it).
+pub fn is_loopback_host(host: Option<url::Host<&str>>) -> bool {
+    match host {
+        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    }
+}
+
 /// The bearer token, if the call sent one.
 fn bearer(headers: &http::HeaderMap) -> Result<Option<&str>, Refusal> {
     let Some(value) = headers.get(http::header::AUTHORIZATION) else {

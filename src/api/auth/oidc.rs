@@ -427,19 +427,10 @@ fn check_jwks_url(u: &str) -> Result<(), String> {
     let url = url::Url::parse(u).map_err(|e| format!("the JWKS URL {u:?} is not a URL: {e}"))?;
     match url.scheme() {
         "https" => Ok(()),
-        "http" if is_loopback_host(url.host()) => Ok(()),
+        "http" if super::is_loopback_host(url.host()) => Ok(()),
         _ => Err(format!(
             "the JWKS URL {u:?} must be https:// (http:// only on loopback)"
         )),
-    }
-}
-
-fn is_loopback_host(host: Option<url::Host<&str>>) -> bool {
-    match host {
-        Some(url::Host::Ipv4(a)) => a.is_loopback(),
-        Some(url::Host::Ipv6(a)) => a.is_loopback(),
-        Some(url::Host::Domain(d)) => d == "localhost",
-        None => false,
     }
 }
 
