@@ -441,15 +441,19 @@ pub fn advance(w: &mut World, now: Instant) {
         };
         let due = b.lines.iter().take_while(|(t, _)| *t <= now).count();
         let finish = b.finish_at.is_some_and(|t| t <= now);
-        let changed = due > b.written_lines;
+        // Only the lines that came due since the last call, appended: the
+        // whole log is never rebuilt (it was, for every build, on every
+        // API call).
+        let new_text: Option<Vec<u8>> = (due > b.written_lines).then(|| {
+            b.lines[b.written_lines..due]
+                .iter()
+                .flat_map(|(_, l)| l.bytes().chain(std::iter::once(b'\n')))
+                .collect()
+        });
         b.written_lines = due;
         if finish {
             b.finished = true;
         }
-        let text: String = b.lines[..due]
-            .iter()
-            .map(|(_, l)| format!("{l}\n"))
-            .collect();
         let (bucket, object, project) = (
             b.logs_bucket.clone(),
             b.log_object.clone(),
@@ -460,13 +464,27 @@ pub fn advance(w: &mut World, now: Instant) {
         } else {
             vec![]
         };
-        if changed {
-            if let Some(bk) = w.buckets.get_mut(&bucket) {
-                put_object(bk, &object, text.into_bytes(), "text/plain; charset=utf-8");
-            }
+        if let (Some(text), Some(bk)) = (new_text, w.buckets.get_mut(&bucket)) {
+            append_object(bk, &object, &text, "text/plain; charset=utf-8");
         }
         for (image, digest) in pushes {
             push(w, &project, &image, &digest);
+        }
+    }
+}
+
+/// Appends to an object (a build log), as a new generation.
+fn append_object(bucket: &mut Bucket, name: &str, more: &[u8], content_type: &str) {
+    match bucket.objects.get_mut(name) {
+        Some(o) => {
+            o.data.extend_from_slice(more);
+            o.generation = chrono::Utc::now()
+                .timestamp_micros()
+                .max(o.generation + 1);
+            o.updated = now_rfc3339();
+        }
+        None => {
+            put_object(bucket, name, more.to_vec(), content_type);
         }
     }
 }
