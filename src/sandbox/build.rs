@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::faults::BuildFault;
 use super::routes::{error, ok, put_object};
-use super::world::{now_rfc3339, Bucket, Build, World};
+use super::world::{now_rfc3339, Bucket, Build, Unpacked, World};
 use super::SandboxConfig;
 
 /// A build that names no service account runs as the project's default;
@@ -167,10 +167,19 @@ pub fn create(w: &mut World, cfg: &SandboxConfig, pk: &str, req: Value, now: Ins
                 "Operation completed over 1 objects/{} B.",
                 o.data.len()
             ));
-            let files = untar(&o.data);
+            // Unpacked outside the lock when the handler could (see
+            // `unpack_source`); here otherwise.
+            let key = (bucket.to_string(), object.to_string(), o.generation);
+            let unpacked = match w.unpacked.get(&key) {
+                Some(u) => u.clone(),
+                None => std::sync::Arc::new(unpack(&o.data)),
+            };
+            let files = &unpacked.files;
             digest = format!(
                 "sha256:{}",
-                hex(&Sha256::digest([o.data.as_slice(), id.as_bytes()].concat()))
+                hex(&Sha256::digest(
+                    [&unpacked.sha256[..], id.as_bytes()].concat()
+                ))
             );
             lines.push("BUILD".into());
             let steps = req
@@ -478,9 +487,7 @@ fn append_object(bucket: &mut Bucket, name: &str, more: &[u8], content_type: &st
     match bucket.objects.get_mut(name) {
         Some(o) => {
             o.data.extend_from_slice(more);
-            o.generation = chrono::Utc::now()
-                .timestamp_micros()
-                .max(o.generation + 1);
+            o.generation = chrono::Utc::now().timestamp_micros().max(o.generation + 1);
             o.updated = now_rfc3339();
         }
         None => {
@@ -610,6 +617,49 @@ fn split_gs(s: &str) -> (String, String) {
 }
 
 /// Regular files in a .tar.gz, by path.
+/// A source archive's files and digest (slow for a large one: no lock may
+/// be held).
+pub fn unpack(data: &[u8]) -> Unpacked {
+    Unpacked {
+        files: untar(data),
+        sha256: Sha256::digest(data).into(),
+    }
+}
+
+/// For a builds.create request: the source object's bytes, copied under
+/// the lock, then unpacked without it, and left where `create` finds them.
+pub fn unpack_source(shared: &super::Shared, req: &Value) -> Option<(String, String, i64)> {
+    let storage = req.pointer("/source/storageSource");
+    let (Some(bucket), Some(object)) = (
+        storage
+            .and_then(|s| s.get("bucket"))
+            .and_then(Value::as_str),
+        storage
+            .and_then(|s| s.get("object"))
+            .and_then(Value::as_str),
+    ) else {
+        return None;
+    };
+    let found = {
+        let w = shared.world();
+        w.buckets
+            .get(bucket)
+            .and_then(|b| b.objects.get(object))
+            .map(|o| (o.generation, o.data.clone()))
+    };
+    let (generation, data) = found?;
+    let unpacked = std::sync::Arc::new(unpack(&data));
+    let key = (bucket.to_string(), object.to_string(), generation);
+    let mut w = shared.world();
+    // Bounded: entries live while their create is in flight (the handler
+    // removes its own after), so only a flood of creates could pile up.
+    if w.unpacked.len() > 64 {
+        w.unpacked.clear();
+    }
+    w.unpacked.insert(key.clone(), unpacked);
+    Some(key)
+}
+
 fn untar(data: &[u8]) -> Vec<(String, Vec<u8>)> {
     let mut out = vec![];
     let mut archive = tar::Archive::new(GzDecoder::new(data));

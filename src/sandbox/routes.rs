@@ -444,6 +444,23 @@ async fn handle(
         w.requests.len() - 1
     };
     let fault = take_fault(&sh, route.id, &uri);
+    // A large source is unpacked without holding the world's lock, which
+    // every other call needs.
+    let create = match route.kind {
+        Kind::BuildCreate => serde_json::from_slice::<Value>(&body).ok(),
+        _ => None,
+    };
+    let unpacked = match create {
+        Some(req) => {
+            let shared = sh.clone();
+            // Decompression is CPU work: off the async workers too.
+            tokio::task::spawn_blocking(move || build::unpack_source(&shared, &req))
+                .await
+                .ok()
+                .flatten()
+        }
+        None => None,
+    };
     let apply = || {
         let mut w = sh.world();
         build::advance(&mut w, at);
@@ -475,6 +492,9 @@ async fn handle(
         }
         None => apply(),
     };
+    if let Some(key) = unpacked {
+        sh.world().unpacked.remove(&key);
+    }
     if !sh.config.latency.is_zero() {
         tokio::time::sleep(sh.config.latency).await;
     }

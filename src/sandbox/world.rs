@@ -118,6 +118,13 @@ pub struct Repository {
     pub digests: BTreeSet<String>,
 }
 
+/// A source archive's files and the SHA-256 of its bytes.
+#[derive(Debug)]
+pub struct Unpacked {
+    pub files: Vec<(String, Vec<u8>)>,
+    pub sha256: [u8; 32],
+}
+
 #[derive(Debug, Clone)]
 pub struct Object {
     pub generation: i64,
@@ -254,6 +261,9 @@ pub struct Upload {
 
 #[derive(Debug, Default)]
 pub struct World {
+    /// Source archives unpacked outside the lock for a build about to be
+    /// created, by (bucket, object, generation); taken by the create.
+    pub unpacked: BTreeMap<(String, String, i64), std::sync::Arc<Unpacked>>,
     pub projects: BTreeMap<String, ProjectState>,
     pub buckets: BTreeMap<String, Bucket>,
     pub operations: BTreeMap<String, Operation>,
