@@ -201,7 +201,7 @@ pub fn create(w: &mut World, cfg: &SandboxConfig, pk: &str, req: Value, now: Ins
                     .to_string();
                 let prefix = format!("Step #{i} - \"{sid}\": ");
                 lines.push(format!("Starting Step #{i} - \"{sid}\""));
-                let mut body = run_step(step, &files, project);
+                let mut body = run_step(step, files, project);
                 let injected = match &fault {
                     Some(BuildFault::StepFails { step, lines }) if *step == sid => {
                         Some(lines.clone())
