@@ -152,6 +152,38 @@ async fn get_list_and_watch_show_what_happened() {
                 .map(|_| ()),
             "page_token",
         ),
+        // Filters reach the policy, messages and audit lines: only names a
+        // deployment could have.
+        (
+            client
+                .list_deployments(proto::ListDeploymentsRequest {
+                    project: "demo\nresult=OK".into(),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ()),
+            "project",
+        ),
+        (
+            client
+                .list_deployments(proto::ListDeploymentsRequest {
+                    region: "mars".into(),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ()),
+            "region",
+        ),
+        (
+            client
+                .list_deployments(proto::ListDeploymentsRequest {
+                    service: "Web_App".into(),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ()),
+            "service",
+        ),
         (
             client
                 .get_deployment(proto::GetDeploymentRequest {

@@ -338,6 +338,12 @@ impl DeployerService {
             service: nonempty(r.service),
             state: convert::state_filter(r.state).map_err(invalid)?,
         };
+        crate::pipeline::model::validate_filters(
+            filter.project.as_deref(),
+            filter.region.as_deref(),
+            filter.service.as_deref(),
+        )
+        .map_err(invalid)?;
         call.permit_listing(filter.project.as_deref())?;
         let limit = if r.page_size == 0 {
             DEFAULT_PAGE_SIZE

@@ -41,36 +41,54 @@ impl Target {
     /// Validates the project id, region and (when `with_service`) the Cloud
     /// Run service name against Google's naming rules.
     pub fn validate(&self, with_service: bool) -> Result<(), InvalidRequest> {
-        validate_project(&self.project)?;
-        validate_region(&self.region)?;
+        validate_project("target.project", &self.project)?;
+        validate_region("target.region", &self.region)?;
         if with_service {
-            validate_service_name(&self.service)?;
+            validate_service_name("target.service", &self.service)?;
         }
         Ok(())
     }
 }
 
+/// A listing's filters, each (when set) held to the rules of the target
+/// field it matches, so only names a deployment could have reach the
+/// store, the policy, messages and audit lines.
+pub fn validate_filters(
+    project: Option<&str>,
+    region: Option<&str>,
+    service: Option<&str>,
+) -> Result<(), InvalidRequest> {
+    if let Some(p) = project {
+        validate_project("project", p)?;
+    }
+    if let Some(r) = region {
+        validate_region("region", r)?;
+    }
+    if let Some(s) = service {
+        validate_service_name("service", s)?;
+    }
+    Ok(())
+}
+
 /// Project ids (`rules::project`), domain-scoped ones included.
-fn validate_project(project: &str) -> Result<(), InvalidRequest> {
-    const FIELD: &str = "target.project";
+fn validate_project(field: &'static str, project: &str) -> Result<(), InvalidRequest> {
     if project.is_empty() {
-        return Err(InvalidRequest::new(FIELD, "must not be empty"));
+        return Err(InvalidRequest::new(field, "must not be empty"));
     }
     if rules::project(project) {
         Ok(())
     } else {
         Err(InvalidRequest::new(
-            FIELD,
+            field,
             format!("{} is not a project id (6-30 lowercase letters, digits or hyphens, starting with a letter; optionally DOMAIN: before it)", shown(project)),
         ))
     }
 }
 
 /// Regions look like `us-central1`, `europe-west4`, `northamerica-northeast2`.
-fn validate_region(region: &str) -> Result<(), InvalidRequest> {
-    const FIELD: &str = "target.region";
+fn validate_region(field: &'static str, region: &str) -> Result<(), InvalidRequest> {
     if region.is_empty() {
-        return Err(InvalidRequest::new(FIELD, "must not be empty"));
+        return Err(InvalidRequest::new(field, "must not be empty"));
     }
     let mut parts = region.split('-');
     let area = parts.next().unwrap_or_default();
@@ -88,7 +106,7 @@ fn validate_region(region: &str) -> Result<(), InvalidRequest> {
         Ok(())
     } else {
         Err(InvalidRequest::new(
-            FIELD,
+            field,
             format!(
                 "{} is not a region name like \"us-central1\"",
                 shown(region)
@@ -99,10 +117,9 @@ fn validate_region(region: &str) -> Result<(), InvalidRequest> {
 
 /// Cloud Run service ids: start with a letter, lowercase letters, digits and
 /// hyphens, no trailing hyphen, fewer than 50 characters.
-fn validate_service_name(service: &str) -> Result<(), InvalidRequest> {
-    const FIELD: &str = "target.service";
+fn validate_service_name(field: &'static str, service: &str) -> Result<(), InvalidRequest> {
     if service.is_empty() {
-        return Err(InvalidRequest::new(FIELD, "must not be empty"));
+        return Err(InvalidRequest::new(field, "must not be empty"));
     }
     let ok = service.len() < 50
         && service.starts_with(|c: char| c.is_ascii_lowercase())
@@ -114,7 +131,7 @@ fn validate_service_name(service: &str) -> Result<(), InvalidRequest> {
         Ok(())
     } else {
         Err(InvalidRequest::new(
-            FIELD,
+            field,
             format!("{} breaks Cloud Run's naming rules (lowercase letters, digits and '-', starting with a letter, not ending with '-', at most 49 characters)", shown(service)),
         ))
     }

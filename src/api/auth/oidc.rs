@@ -351,7 +351,7 @@ impl OidcVerifier {
         if candidates.is_empty() {
             // A kid is the issuer's public name for a key; bound it anyway.
             let name = kid.map_or("no kid".to_string(), |k| {
-                format!("kid {:?}", crate::pipeline::rules::truncate(k, 64))
+                format!("kid {}", crate::pipeline::rules::shown(k))
             });
             return Err(OidcError::UnknownKey(name));
         }
@@ -419,7 +419,8 @@ fn alg_name(token: &str) -> Option<String> {
         .ok()?;
     let v: serde_json::Value = serde_json::from_slice(&raw).ok()?;
     let alg = v.get("alg")?.as_str()?;
-    Some(crate::pipeline::rules::truncate(alg, 16).to_string())
+    // The caller's text: bounded and quoted, as it reaches logs.
+    Some(crate::pipeline::rules::shown(alg))
 }
 
 /// Keys must come over TLS, except from this machine.
@@ -452,6 +453,8 @@ mod tests {
         use base64::Engine;
         let e = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
         let token = format!("{}.{}.", e(r#"{"alg":"none"}"#), e(r#"{"sub":"x"}"#));
-        assert_eq!(alg_name(&token).as_deref(), Some("none"));
+        assert_eq!(alg_name(&token).as_deref(), Some("\"none\""));
+        let forged = format!("{}.{}.", e("{\"alg\":\"x\\nlevel=ERROR\"}"), e("{}"));
+        assert!(!alg_name(&forged).expect("alg").contains('\n'));
     }
 }
