@@ -412,12 +412,8 @@ fn serve_raises_its_open_file_limit_to_the_hard_limit() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("serve");
-    let guard = common::ChildGuard::new(child);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", grpc)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "serve did not start");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let mut guard = common::ChildGuard::new(child);
+    common::wait_for_port(grpc, &mut guard.child);
     let limits =
         std::fs::read_to_string(format!("/proc/{}/limits", guard.child.id())).expect("limits");
     let line = limits

@@ -30,17 +30,6 @@ fn now() -> u64 {
         .as_secs()
 }
 
-fn wait_for_port(port: u16, child: &mut std::process::Child) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("serve exited: {status}");
-        }
-        assert!(Instant::now() < deadline, "daemon did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Generates Python stubs for the proto into `dir`.
 fn python_stubs(dir: &Path) {
     let proto = Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");
@@ -138,7 +127,7 @@ projects = ["*"]
     let state = tempfile::tempdir().expect("state");
     let app = example_app();
     let source_root = app.parent().expect("fixtures dir").to_path_buf();
-    let mut child = bin()
+    let mut daemon = bin()
         .env("RUST_LOG", "debug")
         .env("XDG_STATE_HOME", state.path())
         .args(["--log-format", "json", "serve", "--sandbox"])
@@ -162,9 +151,9 @@ projects = ["*"]
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
         .spawn()
+        .map(ChildGuard::new)
         .expect("serve starts");
-    let guard_pid = child.id();
-    wait_for_port(port, &mut child);
+    wait_for_port(port, &mut daemon.child);
 
     // The outside client: TLS with its certificate, and bearer tokens.
     let stubs = dir.path().join("stubs");
@@ -215,7 +204,13 @@ projects = ["*"]
 
     // The CLI: https://, the CA, a client certificate (read-only principal).
     let server_url = format!("https://127.0.0.1:{port}");
-    let cli = |args: &[&str], with_token: bool| {
+    // How a CLI call passes the token, if at all.
+    enum Token {
+        None,
+        File,
+        Env,
+    }
+    let cli = |args: &[&str], token_by: Token| {
         let mut c = bin();
         c.args(args)
             .args(["--server", &server_url])
@@ -226,12 +221,18 @@ projects = ["*"]
             .arg("--tls-key")
             .arg(&cli_cert.key)
             .env_remove("DEPLOYD_TOKEN");
-        if with_token {
-            c.arg("--token-file").arg(&token_file);
+        match token_by {
+            Token::None => {}
+            Token::File => {
+                c.arg("--token-file").arg(&token_file);
+            }
+            Token::Env => {
+                c.env("DEPLOYD_TOKEN", &token);
+            }
         }
         c.output().expect("cli runs")
     };
-    let listed = cli(&["list", "--json"], false);
+    let listed = cli(&["list", "--json"], Token::None);
     assert!(
         listed.status.success(),
         "{}",
@@ -239,36 +240,22 @@ projects = ["*"]
     );
     assert!(String::from_utf8_lossy(&listed.stdout).contains(&dep_id));
     // The certificate's principal may read, not cancel; its token may.
-    let refused = cli(&["cancel", &dep_id], false);
+    let refused = cli(&["cancel", &dep_id], Token::None);
     assert_eq!(refused.status.code(), Some(2));
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(
         said.contains("PermissionDenied") && said.contains("spiffe://corp.test/cli"),
         "{said}"
     );
-    let status = cli(&["status", &dep_id, "--json"], true);
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
-    );
-    // The token from the environment, as scripts pass it.
-    let from_env = bin()
-        .args(["status", &dep_id, "--json", "--server", &server_url])
-        .arg("--tls-ca")
-        .arg(&ca_file)
-        .arg("--tls-cert")
-        .arg(&cli_cert.cert)
-        .arg("--tls-key")
-        .arg(&cli_cert.key)
-        .env("DEPLOYD_TOKEN", &token)
-        .output()
-        .expect("cli");
-    assert!(
-        from_env.status.success(),
-        "{}",
-        String::from_utf8_lossy(&from_env.stderr)
-    );
+    // The token from a file, and from the environment as scripts pass it.
+    for by in [Token::File, Token::Env] {
+        let status = cli(&["status", &dep_id, "--json"], by);
+        assert!(
+            status.status.success(),
+            "{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+    }
     // A token never travels in clear text off this machine.
     let clear = bin()
         .args(["list", "--server", "http://deployd.corp.test:50051"])
@@ -279,10 +266,10 @@ projects = ["*"]
     assert_eq!(clear.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&clear.stderr).contains("clear text"));
 
-    signal(&child, rustix::process::Signal::TERM, false).expect("SIGTERM");
+    signal(&daemon.child, rustix::process::Signal::TERM, false).expect("SIGTERM");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().expect("wait").is_none() {
-        assert!(Instant::now() < deadline, "serve {guard_pid} did not stop");
+    while daemon.child.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "serve did not stop");
         std::thread::sleep(Duration::from_millis(50));
     }
     let log = std::fs::read_to_string(&stderr_path).expect("stderr");
@@ -374,7 +361,7 @@ fn serve_refuses_a_network_address_without_authentication() {
 
     // With the opt-out it serves, and says so at start.
     let stderr_path = state.path().join("stderr.log");
-    let mut child = bin()
+    let mut daemon = bin()
         .env("XDG_STATE_HOME", state.path())
         .args(["serve", "--sandbox", "--insecure-allow-unauthenticated"])
         .args(["--listen", &format!("0.0.0.0:{port}")])
@@ -382,10 +369,10 @@ fn serve_refuses_a_network_address_without_authentication() {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&stderr_path).expect("stderr"))
         .spawn()
+        .map(ChildGuard::new)
         .expect("serve");
-    wait_for_port(port, &mut child);
-    let _ = child.kill();
-    let _ = child.wait();
+    wait_for_port(port, &mut daemon.child);
+    drop(daemon);
     let log = std::fs::read_to_string(&stderr_path).expect("log");
     assert!(
         log.contains("WARN") && log.contains("--insecure-allow-unauthenticated"),

@@ -539,7 +539,7 @@ pub fn serve(mut cmd: std::process::Command, args: &[&str]) -> Served {
     if !cmd.get_envs().any(|(k, _)| k == "XDG_STATE_HOME") {
         cmd.env("XDG_STATE_HOME", state.path());
     }
-    let guard = cmd
+    let mut guard = cmd
         .arg("serve")
         .args(args)
         .args(["--listen", &format!("127.0.0.1:{grpc}")])
@@ -549,16 +549,28 @@ pub fn serve(mut cmd: std::process::Command, args: &[&str]) -> Served {
         .spawn()
         .map(ChildGuard::new)
         .expect("serve starts");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", grpc)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "daemon did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_port(grpc, &mut guard.child);
     Served {
         guard,
         grpc,
         metrics,
         state,
+    }
+}
+
+/// Waits until `child` accepts connections on loopback `port`; fails at
+/// once if it exits first, and after 30 s.
+pub fn wait_for_port(port: u16, child: &mut std::process::Child) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the process exited before listening on {port}: {status}");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing listened on {port} within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
