@@ -205,7 +205,13 @@ impl Policy {
             if r.principals.is_empty() {
                 return Err(fail("`principals` is empty".into()));
             }
-            let actions = action_bits(&r.actions).map_err(fail)?;
+            let mut actions = action_bits(&r.actions).map_err(fail)?;
+            // `*` grants Verify only with `hosts` to verify; named, Verify
+            // needs them.
+            let named_verify = r.actions.iter().any(|a| a == "Verify");
+            if r.hosts.is_empty() && !named_verify {
+                actions &= !Action::Verify.bit();
+            }
             if actions == 0 {
                 return Err(fail("`actions` is empty".into()));
             }
@@ -332,6 +338,10 @@ rules:
                 "`hosts` is required",
             ),
             (
+                "rules: [{principals: [a], actions: [Verify, '*'], projects: ['*']}]",
+                "`hosts` is required",
+            ),
+            (
                 "rules: [{principals: [a], actions: [Deploy], project: [x]}]",
                 "unknown field",
             ),
@@ -343,6 +353,15 @@ rules:
             let e = Policy::from_yaml(text).expect_err(text);
             assert!(e.contains(says), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn everything_without_hosts_is_everything_but_verify() {
+        let p = Policy::from_yaml("rules: [{principals: [ops], actions: ['*'], projects: [p]}]")
+            .expect("policy");
+        assert!(p.allows("ops", Action::CancelDeployment, "p", "s"));
+        assert!(!p.allows_host("ops", "x.run.app"));
+        assert!(!p.allows_some("ops", Action::Verify, None));
     }
 
     #[test]
