@@ -487,7 +487,7 @@ impl Pipeline {
         // On a fixed schedule: the polls' own round trips do not stretch
         // the interval (they did, and detection lag was most of a deploy's
         // time above the critical path).
-        let mut ticks = poll_ticks(self.config.poll_interval);
+        let mut ticks = super::retry::poll_ticks(self.config.poll_interval);
         loop {
             tokio::select! {
                 _ = ticks.tick() => {}
@@ -522,7 +522,7 @@ impl Pipeline {
             };
             if !info.status.is_terminal() && log.says_finished() {
                 // The steps are done; the status follows within moments.
-                ticks.reset_after(soon(self.config.poll_interval));
+                ticks.reset_after(super::retry::soon(self.config.poll_interval));
             }
             if info.status.is_terminal() {
                 // Cloud Build writes the whole log before it reports the end.
@@ -610,20 +610,6 @@ impl LogTail {
             .back()
             .is_some_and(|l| matches!(l.trim(), "DONE" | "ERROR"))
     }
-}
-
-/// Ticks every `period` from now on (the first after one period), on a
-/// fixed schedule; a late tick delays the next rather than bunching up.
-pub(crate) fn poll_ticks(period: Duration) -> tokio::time::Interval {
-    let mut t = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    t
-}
-
-/// The early poll after a sign that something is about to finish: a
-/// tenth of the interval, at least 50 ms (at most a few extra calls).
-pub(crate) fn soon(period: Duration) -> Duration {
-    (period / 10).max(Duration::from_millis(50)).min(period)
 }
 
 fn attempt_summary(e: &AttemptError) -> String {
@@ -718,23 +704,6 @@ mod tests {
     use super::*;
     use crate::pipeline::cloud::{BuildInfo, BuildStatus};
 
-    /// Polls that take 300 ms each still come every second, not every
-    /// 1.3 s; a poll slower than the period delays the next, never bunches.
-    #[tokio::test(start_paused = true)]
-    async fn polls_keep_their_schedule_whatever_each_poll_takes() {
-        let start = tokio::time::Instant::now();
-        let mut ticks = poll_ticks(Duration::from_secs(1));
-        let mut at = vec![];
-        for work_ms in [300, 300, 300, 1500, 300] {
-            ticks.tick().await;
-            at.push(start.elapsed().as_millis());
-            tokio::time::sleep(Duration::from_millis(work_ms)).await;
-        }
-        assert_eq!(at, vec![1000, 2000, 3000, 4000, 5500]);
-        assert_eq!(soon(Duration::from_secs(1)), Duration::from_millis(100));
-        assert_eq!(soon(Duration::from_millis(100)), Duration::from_millis(50));
-        assert_eq!(soon(Duration::from_millis(10)), Duration::from_millis(10));
-    }
     use crate::pipeline::retry::Retriability::*;
 
     fn info(status: BuildStatus, failure_type: Option<&str>) -> BuildInfo {

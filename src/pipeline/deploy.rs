@@ -234,7 +234,7 @@ impl Pipeline {
     ) -> Result<Rollout, StageError> {
         let deadline = tokio::time::Instant::now() + ROLLOUT_WAIT;
         // A fixed schedule: the read's round trip does not stretch it.
-        let mut ticks = super::build::poll_ticks(self.config.poll_interval);
+        let mut ticks = super::retry::poll_ticks(self.config.poll_interval);
         loop {
             let service = self
                 .cloud_call(

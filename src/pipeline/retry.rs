@@ -1,6 +1,7 @@
 //! When to try again, and how long to wait. "Is this retriable?" lives in the
 //! `classify_*` functions, one per source of errors; "how do we back off?" in
-//! [`RetryPolicy`] and the one [`retry`] helper every stage uses.
+//! [`RetryPolicy`] and the one [`retry`] helper every stage uses; "when do
+//! we look again?" in [`poll_ticks`], the schedule of the pipeline's poll loops.
 
 use std::future::Future;
 use std::time::Duration;
@@ -165,9 +166,41 @@ where
     }
 }
 
+/// Ticks every `period` from now on (the first after one period), on a
+/// fixed schedule; a late tick delays the next rather than bunching up.
+pub fn poll_ticks(period: Duration) -> tokio::time::Interval {
+    let mut t = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    t
+}
+
+/// The early poll after a sign that something is about to finish: a
+/// tenth of the interval, at least 50 ms (at most a few extra calls).
+pub fn soon(period: Duration) -> Duration {
+    (period / 10).max(Duration::from_millis(50)).min(period)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Polls that take 300 ms each still come every second, not every
+    /// 1.3 s; a poll slower than the period delays the next, never bunches.
+    #[tokio::test(start_paused = true)]
+    async fn polls_keep_their_schedule_whatever_each_poll_takes() {
+        let start = tokio::time::Instant::now();
+        let mut ticks = poll_ticks(Duration::from_secs(1));
+        let mut at = vec![];
+        for work_ms in [300, 300, 300, 1500, 300] {
+            ticks.tick().await;
+            at.push(start.elapsed().as_millis());
+            tokio::time::sleep(Duration::from_millis(work_ms)).await;
+        }
+        assert_eq!(at, vec![1000, 2000, 3000, 4000, 5500]);
+        assert_eq!(soon(Duration::from_secs(1)), Duration::from_millis(100));
+        assert_eq!(soon(Duration::from_millis(100)), Duration::from_millis(50));
+        assert_eq!(soon(Duration::from_millis(10)), Duration::from_millis(10));
+    }
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::Mutex;
 

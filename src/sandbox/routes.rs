@@ -446,8 +446,13 @@ async fn handle(
     let fault = take_fault(&sh, route.id, &uri);
     // A large source is unpacked without holding the world's lock, which
     // every other call needs.
+    // (Not for a call a fault answers without applying it.)
+    let applies = !matches!(
+        fault,
+        Some(FaultAction::Hang | FaultAction::Reset | FaultAction::Error(_))
+    );
     let create = match route.kind {
-        Kind::BuildCreate => serde_json::from_slice::<Value>(&body).ok(),
+        Kind::BuildCreate if applies => serde_json::from_slice::<Value>(&body).ok(),
         _ => None,
     };
     let unpacked = match create {

@@ -189,16 +189,6 @@ pub fn server_tls(
 }
 
 impl Auth {
-    /// No authentication: every caller is anonymous and allowed.
-    pub fn open() -> Auth {
-        Auth {
-            tokens: None,
-            oidc: None,
-            certificates: false,
-            policy: None,
-        }
-    }
-
     /// Loads tokens, keys and policy; refuses settings that would leave a
     /// network listener open or a policy without callers to apply to.
     pub async fn load(config: &AuthConfig, listen: SocketAddr) -> Result<Auth, AuthSetupError> {
