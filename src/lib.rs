@@ -12,3 +12,4 @@ pub mod probe;
 pub mod sandbox;
 pub mod store;
 pub mod telemetry;
+pub mod tls;

@@ -4,10 +4,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
 use reqwest::redirect::Policy;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 
 use crate::pipeline::cloud::{ProbeErrorClass, ProbeRequest, ProbeResponse, Prober};
 
@@ -15,19 +18,17 @@ const MAX_REDIRECTS: usize = 10;
 
 pub struct HttpProber {
     client: reqwest::Client,
-    /// Certificate authorities trusted besides the system's (services
-    /// behind a private CA, e.g. internal load balancers).
-    extra_roots: Vec<reqwest::Certificate>,
+    /// The system's roots plus any CA trusted besides (services behind a
+    /// private CA, e.g. internal load balancers), shared by every client.
+    tls: Arc<rustls::ClientConfig>,
 }
 
-fn builder(extra_roots: &[reqwest::Certificate]) -> reqwest::ClientBuilder {
-    reqwest::Client::builder()
-        .tls_certs_merge(extra_roots.iter().cloned())
-        // Probes of one verification come seconds apart and then stop: keep
-        // one idle connection per service, briefly, never one to every
-        // service ever probed.
-        .pool_max_idle_per_host(1)
-        .pool_idle_timeout(std::time::Duration::from_secs(5))
+fn builder(tls: &rustls::ClientConfig) -> reqwest::ClientBuilder {
+    crate::tls::http_client(tls)
+        // Probes of one verification come seconds apart and then stop, and
+        // each should see the service as a new client would: no connection
+        // outlives its probe, so none is left to every service ever probed.
+        .pool_max_idle_per_host(0)
         // A redirect to another host is reported, not followed: a health
         // check answered by a login page elsewhere is not a healthy service.
         .redirect(Policy::custom(|attempt| {
@@ -54,13 +55,15 @@ fn builder(extra_roots: &[reqwest::Certificate]) -> reqwest::ClientBuilder {
 pub enum ProberError {
     #[error("building the HTTP client")]
     Client(#[from] reqwest::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("reading the CA bundle {path}: {reason}")]
     CaBundle { path: PathBuf, reason: String },
 }
 
 impl HttpProber {
     pub fn new() -> Result<Self, ProberError> {
-        Self::with_extra_roots(Vec::new())
+        Self::with_tls(crate::tls::system_client_config()?)
     }
 
     /// Also trusts the certificates of a PEM bundle.
@@ -74,15 +77,19 @@ impl HttpProber {
         if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
             return Err(bad("no PEM certificate in it".into()));
         }
-        let roots = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| bad(crate::pipeline::error::error_chain(&e)))?;
-        Self::with_extra_roots(roots)
+        let roots = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(e.to_string()))?;
+        Self::with_tls(
+            crate::tls::client_config(&roots)
+                .map_err(|e| bad(crate::pipeline::error::error_chain(&e)))?,
+        )
     }
 
-    fn with_extra_roots(extra_roots: Vec<reqwest::Certificate>) -> Result<Self, ProberError> {
+    fn with_tls(tls: Arc<rustls::ClientConfig>) -> Result<Self, ProberError> {
         Ok(Self {
-            client: builder(&extra_roots).build()?,
-            extra_roots,
+            client: builder(&tls).build()?,
+            tls,
         })
     }
 }
@@ -131,9 +138,7 @@ impl Prober for HttpProber {
         // clock starts: its setup is not the service's response time.
         let client = match (req.pinned, url::Url::parse(req.url)) {
             (Some(addrs), Ok(u)) => match u.host_str() {
-                Some(host) => builder(&self.extra_roots)
-                    .resolve_to_addrs(host, addrs)
-                    .build(),
+                Some(host) => builder(&self.tls).resolve_to_addrs(host, addrs).build(),
                 None => Ok(self.client.clone()),
             },
             _ => Ok(self.client.clone()),
@@ -236,5 +241,64 @@ impl Prober for HttpProber {
 
     async fn resolve(&self, host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
         Ok(tokio::net::lookup_host((host, port)).await?.collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A keep-alive HTTP/1.1 server: answers every request on a connection
+    /// and reports when the client closes it.
+    async fn keep_alive_server() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (closed, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let closed = closed.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) => {
+                                let answer = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: keep-alive\r\n\r\nok";
+                                if conn.write_all(answer.as_bytes()).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    let _ = closed.send(());
+                });
+            }
+        });
+        (addr, rx)
+    }
+
+    /// The server keeps the connection open; the prober must not.
+    #[tokio::test]
+    async fn no_connection_outlives_its_probe() {
+        let (addr, mut closed) = keep_alive_server().await;
+        let prober = HttpProber::new().expect("prober");
+        let url = format!("http://{addr}/healthz");
+        for _ in 0..2 {
+            let r = prober
+                .probe(&ProbeRequest {
+                    url: &url,
+                    timeout: std::time::Duration::from_secs(5),
+                    ..Default::default()
+                })
+                .await;
+            assert_eq!(r.status, Some(200), "{r:?}");
+            tokio::time::timeout(std::time::Duration::from_secs(5), closed.recv())
+                .await
+                .expect("the probe's connection is closed once it is answered")
+                .expect("server running");
+        }
     }
 }

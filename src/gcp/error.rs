@@ -34,6 +34,15 @@ pub enum GcpError {
         #[source]
         source: serde_json::Error,
     },
+    /// The bytes to send could not be read (the packed archive's file).
+    #[error("{method}: reading what to upload")]
+    Read {
+        method: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// A long-running operation finished with `error`.
     #[error("{method}: operation {name} failed: {} {message}", code.name())]
     Operation {
@@ -113,7 +122,10 @@ impl From<GcpError> for CloudError {
                 transport: true,
                 ..CloudError::new(method, Code::Unavailable, message)
             },
-            GcpError::Decode { method, .. } => CloudError::new(method, Code::Internal, message),
+            GcpError::Decode { method, .. } | GcpError::Read { method, .. } => {
+                CloudError::new(method, Code::Internal, message)
+            }
+            GcpError::Tls(_) => CloudError::new("client", Code::Internal, message),
             GcpError::Operation {
                 method,
                 code,

@@ -85,7 +85,7 @@ impl Transport {
         credentials: Credentials,
         request_timeout: Duration,
     ) -> Result<Self, GcpError> {
-        let client = reqwest::Client::builder()
+        let client = crate::tls::http_client(&*crate::tls::system_client_config()?)
             .timeout(request_timeout)
             .connect_timeout(Duration::from_secs(10))
             // A burst of deploys opens many connections at once; keep only

@@ -41,7 +41,7 @@ pub async fn generate_id_token(
 /// `host` is `host[:port]` (plain HTTP, as the metadata server speaks).
 pub async fn metadata_id_token(host: &str, audience: &str) -> Result<String, GcpError> {
     const METHOD: &str = "metadata.identity";
-    let client = reqwest::Client::builder()
+    let client = crate::tls::http_client(&*crate::tls::system_client_config()?)
         .timeout(Duration::from_secs(5))
         .build()
         .map_err(|source| GcpError::Transport {

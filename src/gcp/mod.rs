@@ -31,6 +31,7 @@ pub use error::GcpError;
 pub use http::{Credentials, Endpoints, Transport};
 pub use lro::PollPolicy;
 
+use crate::pipeline::archive::Blob;
 use crate::pipeline::cloud::{
     Bucket, BuildInfo, BuildSpec, BuildStatus, Cloud, ListPolicy, Project, ProjectState,
     Repository, Rollout, RunService, ServiceAccount, ServiceSpec, StoredObject, TrafficTarget,
@@ -266,12 +267,15 @@ impl Cloud for GcpClient {
         &self,
         bucket: &str,
         object: &str,
-        data: Bytes,
+        data: &Blob,
     ) -> Result<StoredObject, CloudError> {
-        let o = if data.len() > self.upload_chunk {
+        let o = if data.len() > self.upload_chunk as u64 {
             storage::upload_resumable(&self.t, bucket, object, data, self.upload_chunk).await?
         } else {
-            storage::upload(&self.t, bucket, object, data).await?
+            // At most one chunk: read whole for a simple upload.
+            let bytes =
+                storage::read_blob("storage.objects.insert", data, 0, data.len() as usize).await?;
+            storage::upload(&self.t, bucket, object, bytes).await?
         };
         Ok(StoredObject {
             size: o.size.parse().unwrap_or(0),

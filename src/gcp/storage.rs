@@ -1,6 +1,8 @@
 //! Cloud Storage JSON API v1: the bucket for sources and build logs.
 
 use bytes::Bytes;
+
+use crate::pipeline::archive::Blob;
 use reqwest::header::{CONTENT_TYPE, RANGE};
 use reqwest::Method;
 use serde::{Deserialize, Deserializer};
@@ -134,11 +136,11 @@ pub async fn upload_resumable(
     t: &Transport,
     bucket: &str,
     object: &str,
-    data: Bytes,
+    data: &Blob,
     chunk: usize,
 ) -> Result<Object, GcpError> {
     const METHOD: &str = "storage.objects.insert";
-    let total = data.len();
+    let total = data.len() as usize;
     let url = format!(
         "{}/upload/storage/v1/b/{}/o",
         t.endpoints.storage,
@@ -175,7 +177,7 @@ pub async fn upload_resumable(
         let put = t
             .request(Method::PUT, session.clone())
             .header(reqwest::header::CONTENT_RANGE, range)
-            .body(data.slice(offset..end));
+            .body(read_blob(METHOD, data, offset, end - offset).await?);
         let answer = match t.send_unchecked(METHOD, put).await {
             Ok(resp) => chunk_answer(METHOD, resp).await,
             Err(e) => Err(e),
@@ -205,6 +207,22 @@ pub async fn upload_resumable(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Bytes `offset..offset + len` of `data`, read off the async workers.
+pub async fn read_blob(
+    method: &'static str,
+    data: &Blob,
+    offset: usize,
+    len: usize,
+) -> Result<Bytes, GcpError> {
+    let blob = data.clone();
+    tokio::task::spawn_blocking(move || blob.read_at(offset as u64, len))
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|r| r)
+        .map(Bytes::from)
+        .map_err(|source| GcpError::Read { method, source })
 }
 
 enum ChunkAnswer {

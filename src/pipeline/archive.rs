@@ -22,8 +22,11 @@ use super::dockerignore::DockerIgnore;
 /// A packed source.
 #[derive(Debug, Clone)]
 pub struct SourceArchive {
-    pub bytes: Vec<u8>,
-    /// Hex SHA-256 of `bytes`.
+    /// The compressed bytes, in an unnamed temporary file: a large source
+    /// never sits in memory, and the file goes away with the last handle
+    /// (or the process).
+    pub blob: Blob,
+    /// Hex SHA-256 of the compressed bytes.
     pub sha256: String,
     pub files: usize,
     /// Uncompressed size of the regular files sent.
@@ -326,7 +329,11 @@ fn pack_on(
         });
     }
 
-    let packed = SharedBuffer::default();
+    let file = tempfile::tempfile().map_err(|source| ArchiveError::Io {
+        path: format!("(a temporary file in {})", std::env::temp_dir().display()),
+        source,
+    })?;
+    let packed = Sink::new(file);
     let gz = gzp::par::compress::ParCompressBuilder::<gzp::deflate::Gzip>::new()
         .num_threads(threads)
         .map_err(|e| ArchiveError::Io {
@@ -378,10 +385,12 @@ fn pack_on(
     let mut gz = tar.into_inner().map_err(tar_err)?;
     gzp::ZWriter::finish(&mut gz).map_err(|e| tar_err(io::Error::other(e)))?;
     drop(gz);
-    let bytes = packed.take();
-    let sha256 = hex(&Sha256::digest(&bytes));
+    let (file, len, sha256) = packed.finish().map_err(tar_err)?;
     Ok(SourceArchive {
-        bytes,
+        blob: Blob {
+            file: std::sync::Arc::new(file),
+            len,
+        },
         sha256,
         files: entries.len(),
         source_bytes: total,
@@ -390,27 +399,92 @@ fn pack_on(
 }
 
 /// Where the compressor's threads write the archive (it needs an owned,
-/// sendable writer).
-#[derive(Clone, Default)]
-struct SharedBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+/// sendable writer): a buffered file, hashed on the way.
+#[derive(Clone)]
+struct Sink(std::sync::Arc<std::sync::Mutex<SinkState>>);
 
-impl SharedBuffer {
-    fn take(&self) -> Vec<u8> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+struct SinkState {
+    /// `None` once finished.
+    out: Option<io::BufWriter<fs::File>>,
+    hash: Sha256,
+    len: u64,
+}
+
+impl Sink {
+    fn new(file: fs::File) -> Self {
+        Sink(std::sync::Arc::new(std::sync::Mutex::new(SinkState {
+            out: Some(io::BufWriter::with_capacity(256 * 1024, file)),
+            hash: Sha256::new(),
+            len: 0,
+        })))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SinkState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The file, its length and hex digest, once the compressor is done.
+    fn finish(&self) -> io::Result<(fs::File, u64, String)> {
+        let mut state = self.lock();
+        let len = state.len;
+        let sha256 = hex(&std::mem::take(&mut state.hash).finalize());
+        let out = state.out.take().ok_or_else(finished)?;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        Ok((file, len, sha256))
     }
 }
 
-impl Write for SharedBuffer {
+impl Write for Sink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(buf);
+        let mut state = self.lock();
+        state.out.as_mut().ok_or_else(finished)?.write_all(buf)?;
+        state.hash.update(buf);
+        state.len += buf.len() as u64;
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        match self.lock().out.as_mut() {
+            Some(out) => out.flush(),
+            None => Err(finished()),
+        }
+    }
+}
+
+fn finished() -> io::Error {
+    io::Error::other("the archive was already finished")
+}
+
+/// Bytes to upload that can be read again from any offset (a retried
+/// upload, a resumed chunk) without holding them in memory.
+#[derive(Debug, Clone)]
+pub struct Blob {
+    file: std::sync::Arc<fs::File>,
+    len: u64,
+}
+
+impl Blob {
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// `len` bytes from `offset` (fewer at the end). Blocking: call it
+    /// off the async workers.
+    pub fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let end = self.len.min(offset.saturating_add(len as u64));
+        let mut buf = vec![0; end.saturating_sub(offset) as usize];
+        self.file.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
+    }
+
+    /// All of it, for small blobs and tests.
+    pub fn to_vec(&self) -> io::Result<Vec<u8>> {
+        self.read_at(0, self.len as usize)
     }
 }
 
@@ -572,15 +646,25 @@ mod tests {
             .collect()
     }
 
+    fn bytes(a: &SourceArchive) -> Vec<u8> {
+        a.blob.to_vec().expect("read the archive")
+    }
+
     fn packed_names(root: &Path) -> Vec<String> {
-        names(&pack(root, NO_LIMIT, &[]).expect("pack").bytes)
+        names(
+            &pack(root, NO_LIMIT, &[])
+                .expect("pack")
+                .blob
+                .to_vec()
+                .expect("read"),
+        )
     }
 
     #[test]
     fn archive_is_sorted_and_skips_vcs() {
         let dir = tree();
         let a = pack(dir.path(), NO_LIMIT, &[]).expect("pack");
-        assert_eq!(names(&a.bytes), vec!["Dockerfile", "src/app/main.py"]);
+        assert_eq!(names(&bytes(&a)), vec!["Dockerfile", "src/app/main.py"]);
         assert_eq!(a.files, 2);
         assert_eq!(a.ignore_file, None);
     }
@@ -592,7 +676,7 @@ mod tests {
         // Rewriting a file with the same content changes its mtime only.
         write(dir.path(), "Dockerfile", "FROM scratch\n");
         let b = pack(dir.path(), NO_LIMIT, &[]).expect("pack");
-        assert_eq!(a.bytes, b.bytes);
+        assert_eq!(bytes(&a), bytes(&b));
         write(dir.path(), "Dockerfile", "FROM busybox\n");
         let c = pack(dir.path(), NO_LIMIT, &[]).expect("pack");
         assert_ne!(a.sha256, c.sha256);
@@ -610,9 +694,10 @@ mod tests {
         write(dir.path(), "big.txt", &noise);
         let one = pack_on(dir.path(), NO_LIMIT, &[], 1).expect("pack");
         let many = pack_on(dir.path(), NO_LIMIT, &[], 8).expect("pack");
-        assert_eq!(one.bytes, many.bytes);
+        assert_eq!(bytes(&one), bytes(&many));
+        assert_eq!(hex(&Sha256::digest(bytes(&one))), one.sha256);
         // The unit tests' `names` reads it with a plain GzDecoder.
-        let names = names(&one.bytes);
+        let names = names(&bytes(&one));
         assert!(names.contains(&"big.txt".to_string()), "{names:?}");
         assert_eq!(names.len(), one.files, "every entry, to the end: {names:?}");
     }

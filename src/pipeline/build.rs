@@ -7,7 +7,6 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::cloud::{BuildInfo, BuildSpec, BuildStatus, BuildStep};
@@ -315,7 +314,7 @@ impl Pipeline {
             .map_err(archive_err)?;
         let bucket = naming::source_bucket(&target.project, &target.region);
         let object = naming::source_object(&target.service, &packed.sha256);
-        let size = packed.bytes.len() as u64;
+        let size = packed.blob.len();
         events
             .progress(
                 Stage::Build,
@@ -355,7 +354,6 @@ impl Pipeline {
             _ => {
                 // The object is named by its digest, so a repeated upload
                 // writes the same bytes.
-                let data = Bytes::from(packed.bytes);
                 let o = self
                     .cloud_call(
                         Stage::Build,
@@ -363,7 +361,7 @@ impl Pipeline {
                         &mut d.retries,
                         events,
                         cancel,
-                        |_| self.cloud.upload_object(&bucket, &object, data.clone()),
+                        |_| self.cloud.upload_object(&bucket, &object, &packed.blob),
                     )
                     .await?;
                 events

@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use super::archive::Blob;
 use super::error::CloudError;
 use super::model::{RuntimeSettings, Target};
 
@@ -268,11 +269,13 @@ pub trait Cloud: Send + Sync + 'static {
         bucket: &str,
     ) -> Result<(), CloudError>;
     async fn object(&self, bucket: &str, object: &str) -> Result<Option<StoredObject>, CloudError>;
+    /// Uploads `data` (read from its file as it is sent, so a large
+    /// archive is never held in memory).
     async fn upload_object(
         &self,
         bucket: &str,
         object: &str,
-        data: Bytes,
+        data: &Blob,
     ) -> Result<StoredObject, CloudError>;
     /// Bytes of an object from `offset` on: `None` when the object does not
     /// exist yet, empty when nothing is new.

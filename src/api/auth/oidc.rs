@@ -186,7 +186,9 @@ impl OidcVerifier {
         if let JwksSource::Url(u) = &config.jwks {
             check_jwks_url(u).map_err(OidcError::KeysUnavailable)?;
         }
-        let http = reqwest::Client::builder()
+        let tls = crate::tls::system_client_config()
+            .map_err(|e| OidcError::KeysUnavailable(crate::pipeline::error::error_chain(&e)))?;
+        let http = crate::tls::http_client(&tls)
             .timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| OidcError::KeysUnavailable(e.to_string()))?;
