@@ -762,3 +762,54 @@ async fn a_client_that_disconnects_does_not_cancel_the_deploy() {
         0
     );
 }
+
+/// Cloud Run operations are long-polled with `:wait`: the answer comes as
+/// the operation finishes, not at the next poll tick, and no GET is sent.
+#[tokio::test]
+async fn cloud_run_operations_are_long_polled() {
+    let h = Harness::start().await;
+    let (_, o) = deploy(&h, deploy_request("long-poll", &example_app())).await;
+    assert!(o.success, "{o:?}");
+    let waits = h
+        .sandbox
+        .requests_of("run.projects.locations.operations.wait");
+    assert!(!waits.is_empty());
+    assert!(waits.iter().all(|r| r.status == 200), "{waits:?}");
+    let body: serde_json::Value = serde_json::from_slice(&waits[0].body).expect("json");
+    assert_eq!(body["timeout"], "30s");
+    let run_gets = h
+        .sandbox
+        .requests_of("operations.get")
+        .into_iter()
+        .filter(|r| r.path.starts_with("/v2/"))
+        .count();
+    assert_eq!(run_gets, 0, "no Cloud Run operation is polled");
+    // Held until the operation was done: about the sandbox's op delay.
+    let held = waits.iter().map(|r| r.duration).max().unwrap_or_default();
+    assert!(held >= Duration::from_millis(20), "{held:?}");
+}
+
+/// A server without `:wait` (UNIMPLEMENTED) is polled instead.
+#[tokio::test]
+async fn without_a_long_poll_cloud_run_operations_are_polled() {
+    let h = Harness::start().await;
+    h.sandbox.inject(Fault {
+        method: "run.projects.locations.operations.wait".into(),
+        remaining: 1,
+        action: FaultAction::Error(InjectedError::new(
+            501,
+            "UNIMPLEMENTED",
+            "Method not implemented.",
+        )),
+    });
+    let (_, o) = deploy(&h, deploy_request("no-long-poll", &example_app())).await;
+    assert!(o.success, "{o:?}");
+    assert_eq!(h.sandbox.count("run.projects.locations.operations.wait"), 1);
+    let run_gets = h
+        .sandbox
+        .requests_of("operations.get")
+        .into_iter()
+        .filter(|r| r.path.starts_with("/v2/"))
+        .count();
+    assert!(run_gets >= 1, "the operation was polled instead");
+}

@@ -466,3 +466,66 @@ async fn redirects_are_followed_within_the_host_only_and_headers_are_sent() {
     let (_, o) = run("/needs-header", vec![("x-probe", "deployd")]).await;
     assert!(o.success);
 }
+
+/// The sandbox's history stays within its limits over many deploys, the
+/// serving revision is never evicted, and a tag's listener stops when the
+/// tag is gone.
+#[tokio::test]
+async fn the_sandbox_keeps_bounded_state_and_stops_listeners_of_removed_tags() {
+    use deployd::sandbox::{Limits, SandboxConfig};
+    let limits = Limits {
+        requests: 100,
+        finished_builds: 2,
+        done_operations: 4,
+        revisions_per_service: 2,
+        ..Limits::default()
+    };
+    let h = Harness::start_with(SandboxConfig {
+        limits: limits.clone(),
+        ..SandboxConfig::fast()
+    })
+    .await;
+    let (_, first) = deploy(&h, deploy_request("bounded", &example_app())).await;
+    assert!(first.success, "{first:?}");
+    let mut tag_urls = Vec::new();
+    let mut last = first;
+    for v in 2..=6 {
+        let app = app_version(&v.to_string());
+        let mut req = deploy_request("bounded", app.path());
+        req.rollout_mode = proto::RolloutMode::Canary.into();
+        req.canary_percent = 10;
+        let (events, o) = deploy(&h, req).await;
+        assert!(o.success, "deploy {v}: {o:?}");
+        tag_urls.extend(
+            probes(&events)
+                .into_iter()
+                .map(|p| p.url)
+                .filter(|u| !u.starts_with(&o.url)),
+        );
+        last = o;
+    }
+    let sizes = h.sandbox.sizes();
+    assert!(sizes.builds <= limits.finished_builds, "{sizes:?}");
+    assert!(sizes.operations <= limits.done_operations, "{sizes:?}");
+    assert!(sizes.revisions <= limits.revisions_per_service, "{sizes:?}");
+    assert!(sizes.requests <= limits.requests, "{sizes:?}");
+    assert!(h.sandbox.requests_seen() > limits.requests as u64);
+    assert_eq!(
+        sizes.tag_listeners, 0,
+        "the canary's tag is gone: {sizes:?}"
+    );
+    // The serving revision survived eviction and answers.
+    assert!(body_of(&last.url).await.contains(&last.revision));
+    assert_eq!(
+        traffic(&h, "bounded")[0]["revision"],
+        last.revision.as_str()
+    );
+    // Each canary's candidate was probed on its tag URL; none still listens.
+    assert_eq!(tag_urls.len(), 5, "{tag_urls:?}");
+    for url in tag_urls {
+        let err = reqwest::get(&url)
+            .await
+            .expect_err("the tag's listener stopped");
+        assert!(err.is_connect(), "{url}: {err}");
+    }
+}

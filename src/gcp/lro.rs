@@ -99,6 +99,71 @@ pub async fn wait(
             Err(e) => return Err(e),
         }
     }
+    finished(method, op)
+}
+
+/// How long one `:wait` call may hold: well under the client's 60 s
+/// request timeout, and what gcloud asks for.
+const LONG_POLL: Duration = Duration::from_secs(30);
+
+/// Waits for `op` with the API's long poll, `POST {base}/{version}/{name}:wait`
+/// (Cloud Run v2 has it): the server answers as soon as the operation is
+/// done, so nothing waits for a poll tick and one call replaces many.
+/// `:wait` is best effort and may answer early; then the next call is
+/// sent no sooner than `policy.first` after the previous one, so it never
+/// calls more often than polling would. A server without the method
+/// (UNIMPLEMENTED, or 404 from an emulator) is polled instead.
+pub async fn wait_long(
+    t: &Transport,
+    method: &'static str,
+    base: &str,
+    version: &str,
+    mut op: Operation,
+    policy: &PollPolicy,
+) -> Result<Value, GcpError> {
+    let started = Instant::now();
+    let mut failures = 0;
+    while !op.done {
+        let waited = started.elapsed();
+        if waited > policy.give_up_after {
+            return Err(GcpError::OperationTimeout {
+                method,
+                name: op.name,
+                waited,
+            });
+        }
+        let hold = LONG_POLL
+            .min(policy.give_up_after - waited)
+            .max(Duration::from_secs(1));
+        let sent = tokio::time::Instant::now();
+        let url = format!("{base}/{version}/{}:wait", op.name);
+        let body = serde_json::json!({"timeout": format!("{}s", hold.as_secs())});
+        match t
+            .json::<Operation>(method, t.request(Method::POST, url).json(&body))
+            .await
+        {
+            Ok(next) => {
+                failures = 0;
+                op = next;
+            }
+            Err(e) if e.is(Code::Unimplemented) || e.is(Code::NotFound) => {
+                tracing::debug!(operation = %op.name, error = %e, "no long poll here; polling");
+                return wait(t, method, base, version, op, policy).await;
+            }
+            Err(e) if e.is_transient() && failures < MAX_POLL_FAILURES => {
+                failures += 1;
+                tracing::debug!(operation = %op.name, error = %e, "operation wait failed; waiting again");
+            }
+            Err(e) => return Err(e),
+        }
+        if !op.done {
+            tokio::time::sleep_until(sent + policy.first).await;
+        }
+    }
+    finished(method, op)
+}
+
+fn finished(method: &'static str, op: Operation) -> Result<Value, GcpError> {
     if let Some(err) = op.error {
         return Err(GcpError::Operation {
             method,

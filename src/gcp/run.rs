@@ -337,7 +337,7 @@ async fn rollout(
     op: Operation,
     poll: &PollPolicy,
 ) -> Result<Rollout, GcpError> {
-    match lro::wait(t, method, &t.endpoints.run, "v2", op, poll).await {
+    match lro::wait_long(t, method, &t.endpoints.run, "v2", op, poll).await {
         Ok(response) => {
             let s: Service = serde_json::from_value(response)
                 .map_err(|source| GcpError::Decode { method, source })?;

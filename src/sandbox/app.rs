@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use rand::Rng;
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
 use super::world::{Request, Service};
 use super::Shared;
@@ -31,19 +32,20 @@ struct AppState {
 }
 
 /// Binds a loopback port for the service (or one tagged revision) and
-/// serves it; returns its URL.
+/// serves it until `stop` (or the sandbox's shutdown); returns its URL.
 pub fn spawn(
     shared: Arc<Shared>,
     project: String,
     location: String,
     service: String,
     revision: Option<String>,
+    stop: CancellationToken,
 ) -> std::io::Result<String> {
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     std_listener.set_nonblocking(true)?;
     let addr = std_listener.local_addr()?;
     let listener = tokio::net::TcpListener::from_std(std_listener)?;
-    let stop = shared.shutdown.clone();
+    let shutdown = shared.shutdown.clone();
     let state = AppState {
         shared,
         project,
@@ -54,7 +56,12 @@ pub fn spawn(
     let router = Router::new().fallback(serve).with_state(state);
     tokio::spawn(async move {
         let _ = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .with_graceful_shutdown(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = shutdown.cancelled() => {}
+                }
+            })
             .await;
     });
     Ok(format!("http://{addr}"))
@@ -140,7 +147,7 @@ async fn serve(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         let audiences: Vec<&str> = std::iter::once(svc.uri.as_str())
-            .chain(svc.tags.values().map(|(u, _)| u.as_str()))
+            .chain(svc.tags.values().map(|t| t.uri.as_str()))
             .collect();
         let token_ok = token
             .and_then(|t| w.id_tokens.get(t))
@@ -174,20 +181,24 @@ async fn serve(
             )
         }
     };
-    st.shared.world().requests.push(Request {
-        method: "app.request".into(),
-        http_method: method.to_string(),
-        path: format!("{}{}", st.service, uri.path()),
-        query: uri.query().unwrap_or_default().to_string(),
-        status,
-        at,
-        duration: delay,
-        body: vec![],
-        headers: headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
-            .collect(),
-    });
+    let limits = &st.shared.config.limits;
+    st.shared.world().record(
+        Request {
+            method: "app.request".into(),
+            http_method: method.to_string(),
+            path: format!("{}{}", st.service, uri.path()),
+            query: uri.query().unwrap_or_default().to_string(),
+            status,
+            at,
+            duration: delay,
+            body: vec![],
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
+                .collect(),
+        },
+        limits,
+    );
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }

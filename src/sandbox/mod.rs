@@ -25,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use faults::{AppResponse, BuildFault, Fault};
+pub use world::{Limits, Sizes};
 use world::{ProjectState, Request, World};
 
 /// The project a fresh sandbox has, ready for deploys.
@@ -53,6 +54,8 @@ pub struct SandboxConfig {
     /// The largest request body accepted (uploads): the daemon's source
     /// limit, as Cloud Storage takes objects far larger than any source.
     pub max_body_bytes: usize,
+    /// How much history is kept.
+    pub limits: Limits,
 }
 
 impl Default for SandboxConfig {
@@ -65,6 +68,7 @@ impl Default for SandboxConfig {
             projects: vec![DEFAULT_PROJECT.into()],
             latency: Duration::ZERO,
             max_body_bytes: crate::pipeline::archive::DEFAULT_MAX_SOURCE_BYTES as usize,
+            limits: Limits::default(),
         }
     }
 }
@@ -283,9 +287,19 @@ impl Sandbox {
             .insert((project.into(), service.into()), answer);
     }
 
-    /// Every request received so far.
+    /// The requests received so far (the most recent `Limits::requests`).
     pub fn requests(&self) -> Vec<Request> {
-        self.shared.world().requests.clone()
+        self.shared.world().requests.iter().cloned().collect()
+    }
+
+    /// How many requests were received in all, also those no longer kept.
+    pub fn requests_seen(&self) -> u64 {
+        self.shared.world().requests_seen
+    }
+
+    /// How much state the sandbox holds.
+    pub fn sizes(&self) -> Sizes {
+        self.shared.world().sizes()
     }
 
     /// The requests of one discovery method id, in arrival order.

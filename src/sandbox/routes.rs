@@ -73,6 +73,9 @@ enum Kind {
     RunSetIam(String, String),
     RunRevisions(String, String),
     OpGet(String),
+    /// Cloud Run's long poll: answered once the operation is done, or when
+    /// the asked timeout (at most 30 s here) passes.
+    OpWait(String),
     NotFound,
 }
 
@@ -225,6 +228,13 @@ fn route(m: &Method, segs: &[&str]) -> Route {
             let name = format!("projects/{p}/locations/{l}/operations/{id}");
             let _ = v;
             global("operations.get", None, OpGet(name))
+        }
+        ("POST", ["v2", "projects", p, "locations", l, "operations", id])
+            if id.ends_with(":wait") =>
+        {
+            let id = id.trim_end_matches(":wait");
+            let name = format!("projects/{p}/locations/{l}/operations/{id}");
+            global("run.projects.locations.operations.wait", None, OpWait(name))
         }
         // Cloud Storage
         ("GET", ["storage", "v1", "b", b]) => global(
@@ -438,11 +448,7 @@ async fn handle(
             .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
             .collect(),
     };
-    let index = {
-        let mut w = sh.world();
-        w.requests.push(recorded);
-        w.requests.len() - 1
-    };
+    let index = sh.world().record(recorded, &sh.config.limits);
     let fault = take_fault(&sh, route.id, &uri);
     // A large source is unpacked without holding the world's lock, which
     // every other call needs.
@@ -466,6 +472,9 @@ async fn handle(
         }
         None => None,
     };
+    if let (Kind::OpWait(name), true) = (&route.kind, applies) {
+        hold_until_done(&sh, name, &body).await;
+    }
     let apply = || {
         let mut w = sh.world();
         build::advance(&mut w, at);
@@ -503,11 +512,45 @@ async fn handle(
     if !sh.config.latency.is_zero() {
         tokio::time::sleep(sh.config.latency).await;
     }
-    if let Some(r) = sh.world().requests.get_mut(index) {
+    let mut w = sh.world();
+    if let Some(r) = w.request_mut(index) {
         r.status = response.status().as_u16();
         r.duration = at.elapsed();
     }
+    // Cheap: the scans are over what the limits already bound.
+    w.evict(&sh.config.limits);
+    drop(w);
     response
+}
+
+/// Holds a `:wait` until its operation is due to finish, the request's
+/// `timeout` passes (30 s at most, Google's cap for one call) or the
+/// sandbox stops. Nothing is locked while it waits.
+async fn hold_until_done(sh: &Shared, name: &str, body: &[u8]) {
+    const MAX_HOLD: Duration = Duration::from_secs(30);
+    let asked = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|b| {
+            b.get("timeout")
+                .and_then(Value::as_str)
+                .and_then(|t| t.strip_suffix('s'))
+                .and_then(|t| t.parse::<f64>().ok())
+        })
+        .filter(|secs| secs.is_finite() && *secs >= 0.0)
+        .map_or(MAX_HOLD, |secs| Duration::from_secs_f64(secs.min(30.0)));
+    let done_at = sh
+        .world()
+        .operations
+        .get(name)
+        .filter(|op| !op.done)
+        .map(|op| op.done_at);
+    if let Some(done_at) = done_at {
+        let until = done_at.min(Instant::now() + asked);
+        tokio::select! {
+            _ = tokio::time::sleep_until(until.into()) => {}
+            _ = sh.shutdown.cancelled() => {}
+        }
+    }
 }
 
 /// A scripted fault for this call, or else (in chaos mode) maybe a random
@@ -1014,7 +1057,7 @@ fn dispatch(
                 None => run_not_found(s, l, &pid),
             }
         }
-        Kind::OpGet(name) => match w.operations.get(name) {
+        Kind::OpGet(name) | Kind::OpWait(name) => match w.operations.get(name) {
             Some(op) => ok(render_op(op)),
             None => error(404, "NOT_FOUND", &format!("Operation {name} not found")),
         },
@@ -1258,12 +1301,13 @@ fn upload_chunk(
 }
 
 /// Writes an object with a fresh, increasing generation (µs since epoch).
-pub(crate) fn put_object(
-    bucket: &mut Bucket,
+pub(crate) fn put_object<'b>(
+    bucket: &'b mut Bucket,
     name: &str,
     data: Vec<u8>,
     content_type: &str,
-) -> Object {
+) -> &'b Object {
+    use std::collections::btree_map::Entry;
     let micros = chrono::Utc::now().timestamp_micros();
     let prev = bucket.objects.get(name).map(|o| o.generation).unwrap_or(0);
     let o = Object {
@@ -1272,8 +1316,14 @@ pub(crate) fn put_object(
         content_type: content_type.into(),
         updated: now_rfc3339(),
     };
-    bucket.objects.insert(name.to_string(), o.clone());
-    o
+    // Returned by reference: a large source is not copied to be described.
+    match bucket.objects.entry(name.to_string()) {
+        Entry::Occupied(mut e) => {
+            e.insert(o);
+            e.into_mut()
+        }
+        Entry::Vacant(e) => e.insert(o),
+    }
 }
 
 fn test_permissions(body: &Value, holds: impl Fn(&str) -> bool) -> Response {

@@ -10,8 +10,11 @@ use axum::response::Response;
 use serde_json::{json, Value};
 
 use super::routes::{error, ok};
-use super::world::{now_rfc3339, Effect, Operation, ProjectState, Revision, Service, World};
+use super::world::{
+    now_rfc3339, Effect, Operation, ProjectState, Revision, Service, TagRoute, World,
+};
 use super::{app, Shared};
+use tokio_util::sync::CancellationToken;
 
 pub(crate) fn run_not_found(s: &str, l: &str, p: &str) -> Response {
     error(
@@ -283,8 +286,14 @@ pub(crate) fn run_apply(
         }
         (false, false) => return run_not_found(s, l, &p.id),
         (true, false) => {
-            let uri = match app::spawn(sh.clone(), p.id.clone(), l.to_string(), s.to_string(), None)
-            {
+            let uri = match app::spawn(
+                sh.clone(),
+                p.id.clone(),
+                l.to_string(),
+                s.to_string(),
+                None,
+                CancellationToken::new(),
+            ) {
                 Ok(uri) => uri,
                 Err(e) => {
                     return error(
@@ -602,26 +611,38 @@ fn ensure_tags(sh: &Arc<Shared>, pk: &str, l: &str, s: &str, svc: &mut Service) 
             ))
         })
         .collect();
-    svc.tags
-        .retain(|tag, _| wanted.iter().any(|(t, _)| t == tag));
+    // A tag that is gone, or now routes elsewhere, stops its listener.
+    svc.tags.retain(|tag, route| {
+        let kept = wanted.iter().any(|(t, r)| t == tag && *r == route.revision);
+        if !kept {
+            route.stop.cancel();
+        }
+        kept
+    });
     for (tag, revision) in wanted {
-        let current = svc.tags.get(&tag).cloned();
-        match current {
-            Some((uri, r)) if r == revision => {
-                let _ = uri;
+        if svc.tags.contains_key(&tag) {
+            continue;
+        }
+        let stop = CancellationToken::new();
+        match app::spawn(
+            sh.clone(),
+            pk.to_string(),
+            l.to_string(),
+            s.to_string(),
+            Some(revision.clone()),
+            stop.clone(),
+        ) {
+            Ok(uri) => {
+                svc.tags.insert(
+                    tag,
+                    TagRoute {
+                        uri,
+                        revision,
+                        stop,
+                    },
+                );
             }
-            _ => match app::spawn(
-                sh.clone(),
-                pk.to_string(),
-                l.to_string(),
-                s.to_string(),
-                Some(revision.clone()),
-            ) {
-                Ok(uri) => {
-                    svc.tags.insert(tag, (uri, revision));
-                }
-                Err(e) => tracing::error!(error = %e, "sandbox could not start a tag listener"),
-            },
+            Err(e) => tracing::error!(error = %e, "sandbox could not start a tag listener"),
         }
     }
 }
@@ -716,8 +737,8 @@ pub(crate) fn render_service(p: &ProjectState, l: &str, s: &str, svc: &Service) 
         if let Some(entries) = statuses.as_array_mut() {
             for t in entries {
                 let tag = t.get("tag").and_then(Value::as_str).map(str::to_string);
-                if let Some((uri, _)) = tag.and_then(|tag| svc.tags.get(&tag)) {
-                    t["uri"] = json!(uri);
+                if let Some(route) = tag.and_then(|tag| svc.tags.get(&tag)) {
+                    t["uri"] = json!(route.uri);
                 }
             }
         }

@@ -227,8 +227,17 @@ pub struct Service {
     pub update_time: String,
     /// Scripted answers of the running app; default 200 when empty.
     pub app_script: VecDeque<AppResponse>,
-    /// Tag -> (its URL, the revision it routes to).
-    pub tags: BTreeMap<String, (String, String)>,
+    /// Tag -> its listener.
+    pub tags: BTreeMap<String, TagRoute>,
+}
+
+/// A tagged traffic target's own URL, and how to stop its listener once
+/// the tag is gone.
+#[derive(Debug, Clone)]
+pub struct TagRoute {
+    pub uri: String,
+    pub revision: String,
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 /// One request the emulator received.
@@ -269,7 +278,10 @@ pub struct World {
     pub operations: BTreeMap<String, Operation>,
     pub builds: BTreeMap<String, Build>,
     pub uploads: BTreeMap<String, Upload>,
-    pub requests: Vec<Request>,
+    /// The most recent requests (at most `Limits::requests`), oldest first.
+    pub requests: VecDeque<Request>,
+    /// Requests received in all, including those no longer kept.
+    pub requests_seen: u64,
     pub build_faults: VecDeque<BuildFault>,
     pub not_ready_revisions: BTreeMap<(String, String), u32>,
     /// (project, service) whose next rollout operation reports success
@@ -282,7 +294,174 @@ pub struct World {
     pub counter: u64,
 }
 
+/// How much history the sandbox keeps. Google keeps more (Cloud Run up to
+/// 1,000 revisions per service, deleting the oldest that serve nothing),
+/// but an emulator that runs for days must not grow with every deploy.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Requests recorded for tests and benches to inspect.
+    pub requests: usize,
+    /// Bytes of each recorded request body kept (uploads: none).
+    pub request_body_bytes: usize,
+    pub finished_builds: usize,
+    pub done_operations: usize,
+    /// As Cloud Run: beyond this, the oldest revisions that neither get
+    /// traffic nor carry a tag are deleted.
+    pub revisions_per_service: usize,
+    /// Bytes of stored objects (sources, build logs); the oldest go first.
+    pub object_bytes: u64,
+    pub id_tokens: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            requests: 20_000,
+            request_body_bytes: 16 * 1024,
+            finished_builds: 1_000,
+            done_operations: 2_000,
+            revisions_per_service: 1_000,
+            object_bytes: 1024 * 1024 * 1024,
+            id_tokens: 10_000,
+        }
+    }
+}
+
+/// What the sandbox holds, for tests and benches to check it is bounded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sizes {
+    pub requests: usize,
+    pub builds: usize,
+    pub operations: usize,
+    pub revisions: usize,
+    pub objects: usize,
+    pub object_bytes: u64,
+    pub tag_listeners: usize,
+    pub id_tokens: usize,
+}
+
 impl World {
+    /// Records a request; returns its sequence number.
+    pub fn record(&mut self, mut r: Request, limits: &Limits) -> u64 {
+        r.body.truncate(limits.request_body_bytes);
+        self.requests.push_back(r);
+        while self.requests.len() > limits.requests {
+            self.requests.pop_front();
+        }
+        self.requests_seen += 1;
+        self.requests_seen - 1
+    }
+
+    /// The request of sequence number `seq`, while it is kept.
+    pub fn request_mut(&mut self, seq: u64) -> Option<&mut Request> {
+        let first = self.requests_seen - self.requests.len() as u64;
+        let i = seq.checked_sub(first)?;
+        self.requests.get_mut(usize::try_from(i).ok()?)
+    }
+
+    /// Drops what is beyond `limits`, oldest first; never a running build,
+    /// a pending operation, or a revision that serves traffic or a tag.
+    pub fn evict(&mut self, limits: &Limits) {
+        let finished = self.builds.values().filter(|b| b.finished).count();
+        if finished > limits.finished_builds {
+            let mut old: Vec<(Instant, String)> = self
+                .builds
+                .values()
+                .filter(|b| b.finished)
+                .map(|b| (b.start_at, b.id.clone()))
+                .collect();
+            old.sort();
+            for (_, id) in old.into_iter().take(finished - limits.finished_builds) {
+                if let Some(b) = self.builds.remove(&id) {
+                    if let Some(bk) = self.buckets.get_mut(&b.logs_bucket) {
+                        bk.objects.remove(&b.log_object);
+                    }
+                }
+            }
+        }
+        let done = self.operations.values().filter(|o| o.done).count();
+        if done > limits.done_operations {
+            let mut old: Vec<(Instant, String)> = self
+                .operations
+                .values()
+                .filter(|o| o.done)
+                .map(|o| (o.done_at, o.name.clone()))
+                .collect();
+            old.sort();
+            for (_, name) in old.into_iter().take(done - limits.done_operations) {
+                self.operations.remove(&name);
+            }
+        }
+        for p in self.projects.values_mut() {
+            for svc in p.services.values_mut() {
+                if svc.revisions.len() > limits.revisions_per_service {
+                    evict_revisions(svc, limits.revisions_per_service);
+                }
+            }
+        }
+        let total: u64 = self
+            .buckets
+            .values()
+            .flat_map(|b| b.objects.values())
+            .map(|o| o.data.len() as u64)
+            .sum();
+        if total > limits.object_bytes {
+            let writing: BTreeSet<(&str, &str)> = self
+                .builds
+                .values()
+                .filter(|b| !b.finished)
+                .map(|b| (b.logs_bucket.as_str(), b.log_object.as_str()))
+                .collect();
+            let mut old: Vec<(i64, String, String, u64)> = self
+                .buckets
+                .iter()
+                .flat_map(|(bn, b)| {
+                    b.objects.iter().map(move |(on, o)| {
+                        (o.generation, bn.clone(), on.clone(), o.data.len() as u64)
+                    })
+                })
+                .filter(|(_, b, o, _)| !writing.contains(&(b.as_str(), o.as_str())))
+                .collect();
+            old.sort();
+            let mut over = total - limits.object_bytes;
+            for (_, b, o, len) in old {
+                if over == 0 {
+                    break;
+                }
+                if let Some(bk) = self.buckets.get_mut(&b) {
+                    bk.objects.remove(&o);
+                }
+                over = over.saturating_sub(len);
+            }
+        }
+        if self.id_tokens.len() > limits.id_tokens {
+            let extra: Vec<String> = self
+                .id_tokens
+                .keys()
+                .take(self.id_tokens.len() - limits.id_tokens)
+                .cloned()
+                .collect();
+            for t in extra {
+                self.id_tokens.remove(&t);
+            }
+        }
+    }
+
+    pub fn sizes(&self) -> Sizes {
+        let services = self.projects.values().flat_map(|p| p.services.values());
+        let objects = self.buckets.values().flat_map(|b| b.objects.values());
+        Sizes {
+            requests: self.requests.len(),
+            builds: self.builds.len(),
+            operations: self.operations.len(),
+            revisions: services.clone().map(|s| s.revisions.len()).sum(),
+            objects: objects.clone().count(),
+            object_bytes: objects.map(|o| o.data.len() as u64).sum(),
+            tag_listeners: services.map(|s| s.tags.len()).sum(),
+            id_tokens: self.id_tokens.len(),
+        }
+    }
+
     pub fn next_id(&mut self) -> u64 {
         self.counter += 1;
         self.counter
@@ -298,6 +477,35 @@ impl World {
             .find(|s| s.number == p)
             .map(|s| s.id.clone())
     }
+}
+
+/// Deletes a service's oldest revisions down to `keep`, sparing those named
+/// by its traffic or a tag and the latest created and ready.
+fn evict_revisions(svc: &mut Service, keep: usize) {
+    let mut in_use: BTreeSet<String> = svc
+        .spec
+        .get("traffic")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|t| {
+            t.get("revision")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .collect();
+    in_use.extend(svc.tags.values().map(|t| t.revision.clone()));
+    in_use.extend(svc.latest_ready.clone());
+    in_use.extend(svc.latest_created.clone());
+    let mut over = svc.revisions.len().saturating_sub(keep);
+    svc.revisions.retain(|r| {
+        if over > 0 && !in_use.contains(&r.name) {
+            over -= 1;
+            false
+        } else {
+            true
+        }
+    });
 }
 
 pub fn now_rfc3339() -> String {
