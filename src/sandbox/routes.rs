@@ -1122,7 +1122,7 @@ fn upload(
         );
     }
     let o = put_object(bucket, name, data.to_vec(), &content_type);
-    ok(render_object(b, name, &o))
+    ok(render_object(b, name, o))
 }
 
 /// A `multipart/related` upload: a JSON metadata part, then the media part.
@@ -1286,7 +1286,7 @@ fn upload_chunk(
             return gcs_error(404, "notFound", "The specified bucket does not exist.");
         };
         let o = put_object(bk, &name, data, &ct);
-        let rendered = render_object(&bucket, &name, &o);
+        let rendered = render_object(&bucket, &name, o);
         if let Some(up) = w.uploads.get_mut(id) {
             up.done = Some(rendered.clone());
         }
