@@ -784,6 +784,10 @@ async fn cloud_run_operations_are_long_polled() {
         .filter(|r| r.path.starts_with("/v2/"))
         .count();
     assert_eq!(run_gets, 0, "no Cloud Run operation is polled");
+    // One call per operation: each was held until it was done.
+    let rollouts = h.sandbox.count("run.projects.locations.services.create")
+        + h.sandbox.count("run.projects.locations.services.patch");
+    assert_eq!(waits.len(), rollouts, "{waits:?}");
     // Held until the operation was done: about the sandbox's op delay.
     let held = waits.iter().map(|r| r.duration).max().unwrap_or_default();
     assert!(held >= Duration::from_millis(20), "{held:?}");

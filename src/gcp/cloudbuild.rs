@@ -54,6 +54,9 @@ pub struct Build {
     pub results: Option<Results>,
     pub steps: Vec<StepStatus>,
     pub tags: Vec<String>,
+    /// RFC 3339.
+    pub create_time: Option<String>,
+    pub finish_time: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

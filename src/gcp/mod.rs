@@ -102,6 +102,15 @@ impl GcpClient {
 }
 
 fn build_info(b: cloudbuild::Build) -> BuildInfo {
+    let time = |t: &Option<String>| {
+        t.as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+    };
+    // Both by Cloud Build's clock, so no skew between it and ours.
+    let took = match (time(&b.create_time), time(&b.finish_time)) {
+        (Some(c), Some(f)) => (f - c).to_std().ok(),
+        _ => None,
+    };
     let status = match b.status.as_str() {
         "PENDING" => BuildStatus::Pending,
         "QUEUED" => BuildStatus::Queued,
@@ -115,6 +124,7 @@ fn build_info(b: cloudbuild::Build) -> BuildInfo {
         _ => BuildStatus::Unknown,
     };
     BuildInfo {
+        took,
         id: b.id,
         status,
         status_name: b.status,

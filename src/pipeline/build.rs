@@ -475,6 +475,7 @@ impl Pipeline {
         events: &Reporter,
         cancel: &CancellationToken,
     ) -> Result<BuildInfo, AttemptError> {
+        let service = attempt.2.request.target.service.clone();
         let created = self.start_build(project, spec, attempt, events).await?;
         let id = created.id.clone();
         let log_object = naming::log_object(&id);
@@ -486,6 +487,18 @@ impl Pipeline {
         // the interval (they did, and detection lag was most of a deploy's
         // time above the critical path).
         let mut ticks = super::retry::poll_ticks(self.config.poll_interval);
+        let created_at = tokio::time::Instant::now();
+        let mut expected = self.build_times.expect(project, &service);
+        let mut poll_at_expected_end = |ticks: &mut tokio::time::Interval| {
+            let now = tokio::time::Instant::now();
+            let next = now + self.config.poll_interval;
+            if let Some(at) = expected.and_then(|e| expected_end_poll(created_at, e, now, next)) {
+                ticks.reset_at(at);
+                // Once: a build that runs longer is polled as usual.
+                expected = None;
+            }
+        };
+        poll_at_expected_end(&mut ticks);
         loop {
             tokio::select! {
                 _ = ticks.tick() => {}
@@ -521,8 +534,13 @@ impl Pipeline {
             if !info.status.is_terminal() && log.says_finished() {
                 // The steps are done; the status follows within moments.
                 ticks.reset_after(super::retry::soon(self.config.poll_interval));
+            } else if !info.status.is_terminal() {
+                poll_at_expected_end(&mut ticks);
             }
             if info.status.is_terminal() {
+                if let (BuildStatus::Success, Some(took)) = (info.status, info.took) {
+                    self.build_times.record(project, &service, took);
+                }
                 // Cloud Build writes the whole log before it reports the end.
                 self.stream_log(&spec.source_bucket, &log_object, &mut log, events)
                     .await;
@@ -697,6 +715,78 @@ fn looks_like_error(l: &str) -> bool {
     .any(|m| t.contains(m))
 }
 
+/// How long recent successful builds took (Cloud Build's own create and
+/// finish times), by service and by project, to expect the next one's end.
+#[derive(Default)]
+pub struct BuildTimes {
+    inner: std::sync::Mutex<BuildTimesInner>,
+}
+
+#[derive(Default)]
+struct BuildTimesInner {
+    by_service: std::collections::HashMap<(String, String), Duration>,
+    /// The project's most recent durations, newest last.
+    by_project: std::collections::HashMap<String, std::collections::VecDeque<Duration>>,
+}
+
+/// Services and projects remembered; past this the memory starts over.
+const BUILD_TIMES_KEPT: usize = 10_000;
+/// Durations kept per project for its median.
+const BUILD_TIMES_PER_PROJECT: usize = 16;
+
+impl BuildTimes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BuildTimesInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn record(&self, project: &str, service: &str, took: Duration) {
+        let mut t = self.lock();
+        if t.by_service.len() >= BUILD_TIMES_KEPT {
+            t.by_service.clear();
+        }
+        if t.by_project.len() >= BUILD_TIMES_KEPT {
+            t.by_project.clear();
+        }
+        t.by_service
+            .insert((project.to_string(), service.to_string()), took);
+        let recent = t.by_project.entry(project.to_string()).or_default();
+        recent.push_back(took);
+        if recent.len() > BUILD_TIMES_PER_PROJECT {
+            recent.pop_front();
+        }
+    }
+
+    /// The service's last build time, else the median of the project's
+    /// recent ones.
+    pub fn expect(&self, project: &str, service: &str) -> Option<Duration> {
+        let t = self.lock();
+        if let Some(d) = t
+            .by_service
+            .get(&(project.to_string(), service.to_string()))
+        {
+            return Some(*d);
+        }
+        let mut recent: Vec<Duration> = t.by_project.get(project)?.iter().copied().collect();
+        recent.sort();
+        recent.get(recent.len() / 2).copied()
+    }
+}
+
+/// When to poll for a build expected to take `expected` from `created`:
+/// just after that, if it falls before the next regular poll, so the end
+/// is seen within moments instead of up to an interval late. Moving a poll
+/// earlier adds none (at most one per build when the guess is early).
+fn expected_end_poll(
+    created: tokio::time::Instant,
+    expected: Duration,
+    now: tokio::time::Instant,
+    next_regular: tokio::time::Instant,
+) -> Option<tokio::time::Instant> {
+    // A margin for builds that run a little longer than the last.
+    let at = created + expected + expected / 50 + Duration::from_millis(20);
+    (at > now && at < next_regular).then_some(at)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -716,7 +806,41 @@ mod tests {
             images: vec![],
             failed_steps: vec![],
             tags: vec![],
+            took: None,
         }
+    }
+
+    #[test]
+    fn the_expected_end_is_a_service_s_last_build_else_the_project_s_median() {
+        let t = BuildTimes::default();
+        assert_eq!(t.expect("p", "web"), None);
+        for s in [3, 1, 2] {
+            t.record("p", &format!("svc-{s}"), Duration::from_secs(s));
+        }
+        assert_eq!(t.expect("p", "svc-3"), Some(Duration::from_secs(3)));
+        assert_eq!(t.expect("p", "web"), Some(Duration::from_secs(2)));
+        assert_eq!(t.expect("other", "web"), None);
+    }
+
+    /// The poll moves to just after the expected end only when that comes
+    /// before the next regular poll.
+    #[test]
+    fn a_poll_is_moved_to_the_expected_end_only_when_it_comes_first() {
+        let created = tokio::time::Instant::now();
+        let s = Duration::from_secs;
+        let at = expected_end_poll(created, s(10), created + s(9), created + s(10) + s(1))
+            .expect("before the next poll");
+        assert!(at > created + s(10) && at < created + s(10) + Duration::from_millis(300));
+        // Next regular poll comes first: unchanged.
+        assert_eq!(
+            expected_end_poll(created, s(10), created + s(1), created + s(2)),
+            None
+        );
+        // Already past: unchanged.
+        assert_eq!(
+            expected_end_poll(created, s(1), created + s(5), created + s(6)),
+            None
+        );
     }
 
     /// Every terminal build result and failure type, and its verdict.

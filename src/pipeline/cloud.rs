@@ -141,6 +141,8 @@ pub struct BuildInfo {
     /// Ids of the steps whose status is FAILURE.
     pub failed_steps: Vec<String>,
     pub tags: Vec<String>,
+    /// From creation to the end, once ended.
+    pub took: Option<Duration>,
 }
 
 /// What a Cloud Run service should run.

@@ -322,9 +322,11 @@ pub struct Pipeline {
     cloud: Arc<dyn Cloud>,
     prober: Arc<dyn Prober>,
     config: PipelineConfig,
-    /// Source archives are held in memory from packing to the end of their
-    /// upload; this bounds how many at once (each up to the source limit).
+    /// Packing uses every core and an archive's temporary file lives until
+    /// its upload ends; this bounds how many at once.
     archives: tokio::sync::Semaphore,
+    /// How long recent builds took, to poll when the next is due to end.
+    build_times: build::BuildTimes,
 }
 
 /// Archives packed or uploading at once, daemon-wide.
@@ -337,6 +339,7 @@ impl Pipeline {
             prober,
             config,
             archives: tokio::sync::Semaphore::new(MAX_CONCURRENT_ARCHIVES),
+            build_times: build::BuildTimes::default(),
         }
     }
 

@@ -293,6 +293,7 @@ pub fn create(w: &mut World, cfg: &SandboxConfig, pk: &str, req: Value, now: Ins
         vec![]
     };
     let build = Build {
+        seen_done: None,
         id: id.clone(),
         project: pk.to_string(),
         request: req,
@@ -572,10 +573,10 @@ pub fn render(w: &World, b: &Build, now: Instant) -> Value {
     }
     v["queueTtl"] = json!("3600s");
     if now >= b.start_at {
-        v["startTime"] = json!(b.create_time);
+        v["startTime"] = json!(wall_time(b.start_at));
     }
-    if b.finished {
-        v["finishTime"] = json!(now_rfc3339());
+    if let (true, Some(finish)) = (b.finished, b.finish_at) {
+        v["finishTime"] = json!(wall_time(finish));
         if !b.status_detail.is_empty() {
             v["statusDetail"] = json!(b.status_detail);
         }
@@ -688,4 +689,15 @@ fn hex(b: &[u8]) -> String {
 fn base64_id(id: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(id)
+}
+
+/// An instant as RFC 3339 wall-clock time.
+fn wall_time(t: Instant) -> String {
+    let now = Instant::now();
+    let wall = if t <= now {
+        chrono::Utc::now() - chrono::TimeDelta::from_std(now - t).unwrap_or_default()
+    } else {
+        chrono::Utc::now() + chrono::TimeDelta::from_std(t - now).unwrap_or_default()
+    };
+    wall.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }

@@ -18,7 +18,7 @@ pub mod world;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -295,6 +295,11 @@ impl Sandbox {
     /// How many requests were received in all, also those no longer kept.
     pub fn requests_seen(&self) -> u64 {
         self.shared.world().requests_seen
+    }
+
+    /// Detection lag of every build and operation finished since `since`.
+    pub fn detection_lags(&self, since: Instant) -> Vec<(&'static str, Duration)> {
+        self.shared.world().detection_lags(since)
     }
 
     /// How much state the sandbox holds.

@@ -476,12 +476,15 @@ async fn handle(
         hold_until_done(&sh, name, &body).await;
     }
     let apply = || {
+        // Answered as of now: a held call (or a slow fault) sees what
+        // happened while it waited.
+        let now = Instant::now();
         let mut w = sh.world();
-        build::advance(&mut w, at);
-        finish_operations(&sh, &mut w, at);
+        build::advance(&mut w, now);
+        finish_operations(&sh, &mut w, now);
         match guard(&w, &route) {
             Some(denied) => denied,
-            None => dispatch(&sh, &mut w, &route, &q, &body, &headers, at),
+            None => dispatch(&sh, &mut w, &route, &q, &body, &headers, now),
         }
     };
     let response = match fault {
@@ -982,7 +985,15 @@ fn dispatch(
             ok(json!({"builds": builds}))
         }
         Kind::BuildGet(id) => match w.builds.get(id) {
-            Some(b) if Some(&b.project) == key.as_ref() => ok(build::render(w, b, now)),
+            Some(b) if Some(&b.project) == key.as_ref() => {
+                let answer = ok(build::render(w, b, now));
+                if let Some(b) = w.builds.get_mut(id) {
+                    if b.finished && b.seen_done.is_none() {
+                        b.seen_done = Some(now);
+                    }
+                }
+                answer
+            }
             _ => error(404, "NOT_FOUND", "Requested entity was not found."),
         },
         Kind::BuildCancel(id) => build::cancel(w, key.as_deref().unwrap_or_default(), id, now),
@@ -1057,8 +1068,13 @@ fn dispatch(
                 None => run_not_found(s, l, &pid),
             }
         }
-        Kind::OpGet(name) | Kind::OpWait(name) => match w.operations.get(name) {
-            Some(op) => ok(render_op(op)),
+        Kind::OpGet(name) | Kind::OpWait(name) => match w.operations.get_mut(name) {
+            Some(op) => {
+                if op.done && op.seen_done.is_none() {
+                    op.seen_done = Some(now);
+                }
+                ok(render_op(op))
+            }
             None => error(404, "NOT_FOUND", &format!("Operation {name} not found")),
         },
         Kind::NotFound => error(404, "NOT_FOUND", "Requested entity was not found."),

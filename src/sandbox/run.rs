@@ -423,6 +423,7 @@ pub(crate) fn start_op(
         response,
         error: None,
         effect,
+        seen_done: None,
     };
     let out = render_op(&op);
     w.operations.insert(name, op);

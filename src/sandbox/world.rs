@@ -170,6 +170,8 @@ pub struct Operation {
     /// gRPC code and message.
     pub error: Option<(i32, String)>,
     pub effect: Effect,
+    /// When a caller first saw it done (the end of its detection lag).
+    pub seen_done: Option<Instant>,
 }
 
 /// A scheduled build: its log lines appear over time, then it ends.
@@ -193,6 +195,8 @@ pub struct Build {
     pub pushes: Vec<(String, String)>,
     pub logs_bucket: String,
     pub log_object: String,
+    /// When a `builds.get` first reported it finished.
+    pub seen_done: Option<Instant>,
 }
 
 #[derive(Debug, Clone)]
@@ -460,6 +464,28 @@ impl World {
             tag_listeners: services.map(|s| s.tags.len()).sum(),
             id_tokens: self.id_tokens.len(),
         }
+    }
+
+    /// For each build and operation finished since `since`: how long after
+    /// it finished a caller first saw it (time a poller added to a deploy).
+    /// Not yet seen: until now.
+    pub fn detection_lags(&self, since: Instant) -> Vec<(&'static str, std::time::Duration)> {
+        let now = Instant::now();
+        let builds = self.builds.values().filter_map(|b| {
+            let done = b.finish_at.filter(|t| *t >= since && *t <= now)?;
+            Some((
+                "build",
+                b.seen_done.unwrap_or(now).saturating_duration_since(done),
+            ))
+        });
+        let ops = self.operations.values().filter_map(|o| {
+            let done = Some(o.done_at).filter(|t| *t >= since && *t <= now)?;
+            Some((
+                "operation",
+                o.seen_done.unwrap_or(now).saturating_duration_since(done),
+            ))
+        });
+        builds.chain(ops).collect()
     }
 
     pub fn next_id(&mut self) -> u64 {

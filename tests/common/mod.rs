@@ -59,6 +59,14 @@ impl Harness {
         Self::build_with(SandboxConfig::fast(), true, f).await
     }
 
+    /// Quiet, with this sandbox and the daemon's config adjusted by `f`.
+    pub async fn start_full(
+        sandbox_config: SandboxConfig,
+        f: impl FnOnce(&mut DaemonConfig),
+    ) -> Harness {
+        Self::build_with(sandbox_config, false, f).await
+    }
+
     async fn build(sandbox_config: SandboxConfig, with_metrics: bool) -> Harness {
         Self::build_with(sandbox_config, with_metrics, |_| {}).await
     }
