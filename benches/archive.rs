@@ -1,5 +1,7 @@
 //! Archive throughput on a generated tree of 50,000 files, against
-//! `tar --exclude-vcs -czf` on the same tree, in the same run.
+//! `tar --exclude-vcs -czf` on the same tree, in the same run. Then a
+//! 200 MiB tree (BIG_MIB): time against tar's, and the peak RSS packing it
+//! adds (the archive goes to a temporary file, not memory).
 //!
 //!     cargo bench --bench archive
 
@@ -67,6 +69,78 @@ fn main() {
         "ratio deployd/tar wall time: {:.2} (median of {RUNS})",
         o.as_secs_f64() / t.as_secs_f64()
     );
+    big(std::env::var("BIG_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200));
+}
+
+/// Half incompressible, half text: 1 MiB files.
+fn big(mib_total: usize) {
+    if mib_total == 0 {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut seed: u64 = 7;
+    for i in 0..mib_total {
+        let data: Vec<u8> = if i % 2 == 0 {
+            (0..1 << 20)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    (seed >> 33) as u8
+                })
+                .collect()
+        } else {
+            (0..1u32 << 20)
+                .map(|j| b"some text, repeated\n"[(j % 20) as usize])
+                .collect()
+        };
+        std::fs::write(dir.path().join(format!("blob{i:04}.bin")), data).expect("write");
+    }
+    let rss_before = status_kib("VmRSS:");
+    // Peak RSS from here on (Linux: "5" resets VmHWM).
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let t = Instant::now();
+    let a = archive::pack(dir.path(), u64::MAX, &[]).expect("pack");
+    let ours = t.elapsed();
+    let peak = status_kib("VmHWM:");
+    let out = dir.path().with_extension("tgz");
+    let t = Instant::now();
+    let status = Command::new("tar")
+        .arg("-czf")
+        .arg(&out)
+        .arg("-C")
+        .arg(dir.path())
+        .arg(".")
+        .status()
+        .expect("tar runs");
+    let tar = t.elapsed();
+    assert!(status.success());
+    let _ = std::fs::remove_file(&out);
+    println!(
+        "{mib_total} MiB tree: archive::pack {:.0} ms vs tar -czf {:.0} ms (ratio {:.2}); {:.1} MiB out; RSS {:.1} MiB before, peak {:.1} MiB while packing (+{:.1} MiB = {:.3} of the tree)",
+        ms(ours),
+        ms(tar),
+        ours.as_secs_f64() / tar.as_secs_f64(),
+        mib(a.blob.len()),
+        rss_before as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        (peak.saturating_sub(rss_before)) as f64 / 1024.0,
+        (peak.saturating_sub(rss_before)) as f64 / 1024.0 / mib_total as f64
+    );
+}
+
+/// A `/proc/self/status` field in KiB.
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// Source-like text files; returns their total size.

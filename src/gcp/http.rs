@@ -73,7 +73,19 @@ pub struct Transport {
     pub client: reqwest::Client,
     pub endpoints: Endpoints,
     credentials: Credentials,
+    /// Calls sent at once; the rest wait their turn. Over HTTP/1.1 (an
+    /// emulator) each is a connection, so this bounds the daemon's sockets
+    /// under a burst; Google's HTTP/2 front ends multiplex them anyway.
+    in_flight: Arc<tokio::sync::Semaphore>,
+    /// Long polls held at once, out of `in_flight`: beyond this a waiter
+    /// polls instead, so held calls never crowd out short ones.
+    long_polls: Arc<tokio::sync::Semaphore>,
 }
+
+/// Google API calls in flight at once, daemon-wide.
+pub const MAX_CALLS_IN_FLIGHT: usize = 256;
+/// Of those, long polls (`:wait`) held at once.
+pub const MAX_LONG_POLLS: usize = 64;
 
 /// Idle connections kept per API host, and for how long.
 const IDLE_CONNECTIONS_PER_HOST: usize = 16;
@@ -104,7 +116,14 @@ impl Transport {
             client,
             endpoints,
             credentials,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_CALLS_IN_FLIGHT)),
+            long_polls: Arc::new(tokio::sync::Semaphore::new(MAX_LONG_POLLS)),
         })
+    }
+
+    /// A slot for one long poll, if one is free now.
+    pub fn try_long_poll(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.long_polls.clone().try_acquire_owned().ok()
     }
 
     pub fn request(&self, method: Method, url: String) -> RequestBuilder {
@@ -149,6 +168,8 @@ impl Transport {
             }
             Credentials::None => rb,
         };
+        // Until the answer's headers; the semaphore is never closed.
+        let _slot = self.in_flight.acquire().await.ok();
         let result = rb.send().instrument(span.clone()).await;
         match &result {
             Ok(r) => {

@@ -136,12 +136,19 @@ pub async fn wait_long(
             .min(policy.give_up_after - waited)
             .max(Duration::from_secs(1));
         let sent = tokio::time::Instant::now();
-        let url = format!("{base}/{version}/{}:wait", op.name);
-        let body = serde_json::json!({"timeout": format!("{}s", hold.as_secs())});
-        match t
-            .json::<Operation>(method, t.request(Method::POST, url).json(&body))
-            .await
-        {
+        // Every long-poll slot taken (a burst of rollouts): poll this time.
+        let slot = t.try_long_poll();
+        let rb = match &slot {
+            Some(_) => {
+                let url = format!("{base}/{version}/{}:wait", op.name);
+                let body = serde_json::json!({"timeout": format!("{}s", hold.as_secs())});
+                t.request(Method::POST, url).json(&body)
+            }
+            None => t.request(Method::GET, format!("{base}/{version}/{}", op.name)),
+        };
+        let answer = t.json::<Operation>(method, rb).await;
+        drop(slot);
+        match answer {
             Ok(next) => {
                 failures = 0;
                 op = next;
