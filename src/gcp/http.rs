@@ -246,3 +246,80 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod burst_tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A burst larger than the bound never has more calls open at the
+    /// server than `MAX_CALLS_IN_FLIGHT`, and every call is answered.
+    #[tokio::test]
+    async fn a_burst_keeps_at_most_the_bound_in_flight() {
+        let open = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let app = {
+            let (open, peak) = (open.clone(), peak.clone());
+            axum::Router::new().fallback(move || {
+                let (open, peak) = (open.clone(), peak.clone());
+                async move {
+                    let now = open.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    open.fetch_sub(1, Ordering::SeqCst);
+                    "{}"
+                }
+            })
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let t = Transport::new(
+            Endpoints::single(&base),
+            Credentials::None,
+            Duration::from_secs(30),
+        )
+        .expect("transport");
+        let calls = MAX_CALLS_IN_FLIGHT + 100;
+        let answers = futures::future::join_all((0..calls).map(|_| {
+            let t = t.clone();
+            let url = format!("{base}/x");
+            async move {
+                t.json::<serde_json::Value>("test.get", t.request(Method::GET, url))
+                    .await
+            }
+        }))
+        .await;
+        assert!(answers.iter().all(Result::is_ok));
+        let peak = peak.load(Ordering::SeqCst);
+        assert!(peak <= MAX_CALLS_IN_FLIGHT, "{peak} calls open at once");
+        assert!(
+            peak >= MAX_CALLS_IN_FLIGHT / 2,
+            "the calls did run concurrently: {peak}"
+        );
+    }
+
+    #[test]
+    fn long_polls_beyond_their_bound_are_refused_a_slot() {
+        let t = Transport::new(
+            Endpoints::single("http://127.0.0.1:9"),
+            Credentials::None,
+            Duration::from_secs(1),
+        )
+        .expect("transport");
+        let held: Vec<_> = (0..MAX_LONG_POLLS)
+            .filter_map(|_| t.try_long_poll())
+            .collect();
+        assert_eq!(held.len(), MAX_LONG_POLLS);
+        assert!(t.try_long_poll().is_none());
+        drop(held);
+        assert!(t.try_long_poll().is_some());
+    }
+}
