@@ -298,9 +298,9 @@ pub struct World {
     pub counter: u64,
 }
 
-/// How much history the sandbox keeps. Google keeps more (Cloud Run up to
-/// 1,000 revisions per service, deleting the oldest that serve nothing),
-/// but an emulator that runs for days must not grow with every deploy.
+/// How much history the sandbox keeps. Google keeps more, but an emulator
+/// that runs for days must not grow with every deploy. (Cloud Run keeps
+/// 1,000 revisions per service and deletes older ones automatically.)
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Requests recorded for tests and benches to inspect.
@@ -309,8 +309,8 @@ pub struct Limits {
     pub request_body_bytes: usize,
     pub finished_builds: usize,
     pub done_operations: usize,
-    /// As Cloud Run: beyond this, the oldest revisions that neither get
-    /// traffic nor carry a tag are deleted.
+    /// As Cloud Run: beyond this, the oldest revisions are deleted (here
+    /// never one that gets traffic or carries a tag).
     pub revisions_per_service: usize,
     /// Bytes of stored objects (sources, build logs); the oldest go first.
     pub object_bytes: u64,
