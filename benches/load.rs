@@ -35,13 +35,32 @@ struct Daemon {
     grpc: u16,
     _state: tempfile::TempDir,
     /// The split-out sandbox process.
-    _sandbox: Option<ChildGuard>,
+    sandbox: Option<ChildGuard>,
 }
 
 impl Daemon {
     fn pid(&self) -> u32 {
         self.guard.child.id()
     }
+
+    fn sandbox_pid(&self) -> Option<u32> {
+        self.sandbox.as_ref().map(|s| s.child.id())
+    }
+}
+
+/// CPU time (user + system) a process has used.
+fn cpu(pid: u32) -> Duration {
+    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name, which is in parentheses.
+            let rest = s.rsplit_once(')')?.1.to_string();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0);
+    // USER_HZ is 100 on Linux.
+    Duration::from_millis(ticks * 10)
 }
 
 /// `serve` under `ulimit -S -n 1024`, started through sh so the limit is
@@ -99,7 +118,7 @@ fn start(mode: &str, source_root: &Path) -> Daemon {
         guard: ChildGuard::new(child),
         grpc,
         _state: state,
-        _sandbox: sandbox,
+        sandbox,
     }
 }
 
@@ -209,6 +228,7 @@ async fn level(d: &Daemon, mode: &str, n: usize, dir: &Path, baseline_fds: usize
             }
         })
     };
+    let cpu_before = (cpu(pid), d.sandbox_pid().map(cpu));
     let t = Instant::now();
     let runs: Vec<_> = (0..n)
         .map(|i| {
@@ -226,6 +246,14 @@ async fn level(d: &Daemon, mode: &str, n: usize, dir: &Path, baseline_fds: usize
         }
     }
     let wall = t.elapsed();
+    let per_deploy = |before: Duration, after: Duration| {
+        (after.saturating_sub(before)).as_secs_f64() * 1000.0 / n as f64
+    };
+    let daemon_cpu = per_deploy(cpu_before.0, cpu(pid));
+    let sandbox_cpu = match (cpu_before.1, d.sandbox_pid()) {
+        (Some(b), Some(p)) => format!("{:.0}", per_deploy(b, cpu(p))),
+        _ => "-".into(),
+    };
     running.store(false, Ordering::Relaxed);
     let _ = sampler.await;
     let peak_rss = status_kib(pid, "VmHWM:");
@@ -234,7 +262,7 @@ async fn level(d: &Daemon, mode: &str, n: usize, dir: &Path, baseline_fds: usize
     let after = fds(pid);
     took.sort();
     println!(
-        "{mode:>8} {n:>5} {:>4}/{n:<5} {:>8.1} {:>8.0} {:>8.0} {:>8.1} {:>7} {:>9} {:>+9}",
+        "{mode:>8} {n:>5} {:>4}/{n:<5} {:>8.1} {:>8.0} {:>8.0} {:>8.1} {:>7} {:>9} {:>+9} {daemon_cpu:>7.0} {sandbox_cpu:>7}",
         n - failures.len(),
         n as f64 / wall.as_secs_f64(),
         percentile(&took, 0.50).as_secs_f64() * 1000.0,
@@ -333,7 +361,7 @@ async fn main() {
     let dir = example_app();
     let root = dir.parent().expect("examples dir").to_path_buf();
     println!(
-        "{:>8} {:>5} {:>10} {:>8} {:>8} {:>8} {:>8} {:>7} {:>9} {:>9}",
+        "{:>8} {:>5} {:>10} {:>8} {:>8} {:>8} {:>8} {:>7} {:>9} {:>9} {:>7} {:>7}",
         "mode",
         "n",
         "ok",
@@ -343,7 +371,12 @@ async fn main() {
         "peak MiB",
         "peak fd",
         "fd +10s",
-        "vs start"
+        "vs start",
+        "cpu ms",
+        "sbx ms"
+    );
+    println!(
+        "(cpu ms: the daemon's CPU per deploy, the sandbox's included when embedded; sbx ms: the split-out sandbox's)"
     );
     for mode in list("MODES", "split,embedded") {
         let d = start(&mode, &root);
