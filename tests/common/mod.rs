@@ -541,29 +541,71 @@ pub struct Served {
 }
 
 pub fn serve(mut cmd: std::process::Command, args: &[&str]) -> Served {
-    let (grpc, metrics) = (free_port(), free_port());
     // The default store location, under a directory of this test's own.
     let state = tempfile::tempdir().expect("state dir");
     if !cmd.get_envs().any(|(k, _)| k == "XDG_STATE_HOME") {
         cmd.env("XDG_STATE_HOME", state.path());
     }
-    let mut guard = cmd
-        .arg("serve")
-        .args(args)
-        .args(["--listen", &format!("127.0.0.1:{grpc}")])
-        .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map(ChildGuard::new)
-        .expect("serve starts");
-    wait_for_port(grpc, &mut guard.child);
-    Served {
-        guard,
-        grpc,
-        metrics,
-        state,
+    let log = state.path().join("serve.stderr");
+    // A port picked free can be taken by a parallel test before serve binds
+    // it: then pick again (and otherwise show what serve said).
+    for _ in 0..3 {
+        let (grpc, metrics) = (free_port(), free_port());
+        let stderr = std::fs::File::create(&log).expect("stderr file");
+        let mut attempt = std::process::Command::new(cmd.get_program());
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => attempt.env(k, v),
+                None => attempt.env_remove(k),
+            };
+        }
+        attempt
+            .args(cmd.get_args())
+            .arg("serve")
+            .args(args)
+            .args(["--listen", &format!("127.0.0.1:{grpc}")])
+            .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr);
+        if let Some(dir) = cmd.get_current_dir() {
+            attempt.current_dir(dir);
+        }
+        let mut guard = attempt.spawn().map(ChildGuard::new).expect("serve starts");
+        match listening(grpc, &mut guard.child) {
+            Ok(()) => {
+                return Served {
+                    guard,
+                    grpc,
+                    metrics,
+                    state,
+                }
+            }
+            Err(status) => {
+                let said = std::fs::read_to_string(&log).unwrap_or_default();
+                if !said.contains("in use") {
+                    panic!("serve exited before listening on {grpc}: {status}\n{said}");
+                }
+            }
+        }
     }
+    panic!("serve found no free port in 3 tries")
+}
+
+/// Waits until `child` listens on loopback `port`; its exit status if it
+/// exits first; fails after 30 s.
+fn listening(port: u16, child: &mut std::process::Child) -> Result<(), std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(status);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing listened on {port} within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 /// Waits until `child` accepts connections on loopback `port`; fails at
