@@ -299,6 +299,13 @@ async fn lease_rules(store: &dyn Store) {
         .await
         .expect("the owner writes");
     tokio::time::sleep(Duration::from_millis(400)).await;
+    // Expired, but a takeover by its own daemon (which may be running it
+    // on a lapsed lease) leaves it alone, and counts no resume.
+    assert!(store
+        .claim("a", false, until, 10)
+        .await
+        .expect("claim")
+        .is_empty());
     let claimed = store.claim("b", false, until, 10).await.expect("claim");
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].1.as_deref(), Some("a"));

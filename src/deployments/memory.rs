@@ -236,7 +236,12 @@ impl Store for MemoryStore {
                 break;
             }
             let takeable = r.state == State::Running
-                && (r.lease_until < now || (own && r.owner.as_deref() == Some(owner)));
+                && if own {
+                    r.lease_until < now || r.owner.as_deref() == Some(owner)
+                } else {
+                    // Never its own: it may still be running them.
+                    r.lease_until < now && r.owner.as_deref() != Some(owner)
+                };
             if takeable {
                 let previous = r.owner.replace(owner.to_string());
                 r.lease_until = until;

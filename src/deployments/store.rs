@@ -169,9 +169,10 @@ pub trait Store: Send + Sync + 'static {
         ids: &[String],
         until: SystemTime,
     ) -> Result<Vec<(String, bool)>, StoreError>;
-    /// Takes over running deployments whose lease has expired (and, with
-    /// `own`, those `owner` held before it restarted); returns them, each
-    /// with the owner it had.
+    /// Takes over running deployments whose lease has expired, never
+    /// `owner`'s own (it may be running them on a lapsed lease), or with
+    /// `own` (at start) also those `owner` held before it restarted;
+    /// returns them, each with the owner it had.
     async fn claim(
         &self,
         owner: &str,

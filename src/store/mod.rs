@@ -530,10 +530,13 @@ impl Store for SqlStore {
         limit: u32,
     ) -> Result<Vec<(Record, Option<String>)>, StoreError> {
         let now = to_ms(SystemTime::now());
+        // A takeover never claims this daemon's own deployments: it may be
+        // running them with a lease a late heartbeat let lapse (claiming
+        // one counted it resumed while it ran on). They are resumed at start.
         let takeable = if own {
             "(lease_until_ms < $1 OR owner = $2)"
         } else {
-            "(lease_until_ms < $1 AND $2 = $2)"
+            "(lease_until_ms < $1 AND (owner IS NULL OR owner <> $2))"
         };
         let rows = sqlx::query(&format!(
             "SELECT id, owner FROM deployments WHERE state = 'RUNNING' AND {takeable} ORDER BY created_ms LIMIT {limit}"
