@@ -80,6 +80,12 @@ fn json_lines_end_with_the_outcome() {
     assert_eq!(last["data"]["verified"], true);
     let id = &lines[0]["deployment_id"];
     assert!(lines.iter().all(|l| &l["deployment_id"] == id));
+    // The shipped default: an HTTP startup probe on the health path.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("HTTP startup probe: GET / every 2 s (1 s timeout)"),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -307,6 +307,7 @@ async fn unhealthy_revision_is_rolled_back_automatically() {
     let app = app_version("2");
     let mut req = deploy_request("flaky-app", app.path());
     req.health_check = Some(proto::HealthCheck {
+        startup_probe: no_startup_probe(),
         attempts: 5,
         timeout_ms: 2000,
         ..Default::default()

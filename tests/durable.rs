@@ -373,6 +373,7 @@ async fn kill_during_verification_verifies_again() {
     );
     let mut req = deploy_request("verify-kill", &example_app());
     req.health_check = Some(proto::HealthCheck {
+        startup_probe: no_startup_probe(),
         timeout_ms: 5000,
         ..Default::default()
     });
@@ -410,6 +411,7 @@ async fn kill_during_rollback_completes_the_rollback() {
     let app = app_version("2");
     let mut req = deploy_request("rb-kill", app.path());
     req.health_check = Some(proto::HealthCheck {
+        startup_probe: no_startup_probe(),
         attempts: 2,
         ..Default::default()
     });

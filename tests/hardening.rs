@@ -272,6 +272,44 @@ fn deploy_cases() -> Vec<(&'static str, Edit)> {
         ),
         ("runtime.ingress", runtime(|rt| rt.ingress = 99)),
         (
+            "health_check.startup_probe.timeout_seconds",
+            health(|h| {
+                h.startup_probe = Some(proto::StartupProbe {
+                    period_seconds: 2,
+                    timeout_seconds: 5,
+                    ..Default::default()
+                })
+            }),
+        ),
+        (
+            "health_check.startup_probe.failure_threshold",
+            health(|h| {
+                h.startup_probe = Some(proto::StartupProbe {
+                    period_seconds: 10,
+                    failure_threshold: 30,
+                    ..Default::default()
+                })
+            }),
+        ),
+        (
+            "health_check.startup_probe.period_seconds",
+            health(|h| {
+                h.startup_probe = Some(proto::StartupProbe {
+                    period_seconds: 300,
+                    ..Default::default()
+                })
+            }),
+        ),
+        (
+            "health_check.startup_probe.path",
+            health(|h| {
+                h.startup_probe = Some(proto::StartupProbe {
+                    path: "healthz?x=\n".into(),
+                    ..Default::default()
+                })
+            }),
+        ),
+        (
             "build.service_account",
             edit(|r| {
                 r.build = Some(proto::BuildOptions {
@@ -739,6 +777,7 @@ async fn cancelling_while_a_broken_revision_is_verified_rolls_back_first() {
     let mut req = deploy_request("cancel-rb", app.path());
     // Slow attempts, so the client leaves mid-verification.
     req.health_check = Some(proto::HealthCheck {
+        startup_probe: no_startup_probe(),
         attempts: 10,
         base_delay_ms: 2000,
         timeout_ms: 2000,
@@ -810,7 +849,8 @@ async fn cancelling_while_a_broken_revision_is_verified_rolls_back_first() {
 
 /// A first deploy whose revision is unhealthy has nothing to roll back
 /// to; the outcome says that this revision serves all traffic, unverified,
-/// and how to delete it or take it off the internet.
+/// and how to delete it or take it off the internet. (Without a startup
+/// probe: with one, such a revision never becomes ready, below.)
 #[tokio::test]
 async fn a_failed_first_deploy_says_its_revision_serves_unverified() {
     let h = Harness::start().await;
@@ -819,6 +859,10 @@ async fn a_failed_first_deploy_says_its_revision_serves_unverified() {
     req.health_check = Some(proto::HealthCheck {
         attempts: 2,
         timeout_ms: 2000,
+        startup_probe: Some(proto::StartupProbe {
+            disabled: true,
+            ..Default::default()
+        }),
         ..Default::default()
     });
     let (_, o) = deploy(&h, req).await;
@@ -942,4 +986,21 @@ async fn the_sandbox_enforces_cloud_runs_limits() {
         let v: serde_json::Value = resp.json().await.expect("json");
         assert_eq!(v["error"]["status"], "INVALID_ARGUMENT", "{what}");
     }
+}
+
+/// With the default startup probe, a broken first revision never becomes
+/// ready, so nothing serves it: the failure says so.
+#[tokio::test]
+async fn a_broken_first_revision_never_serves_behind_its_startup_probe() {
+    let h = Harness::start().await;
+    broken_next_revision(&h, "first-gated");
+    let (_, o) = deploy(&h, deploy_request("first-gated", &example_app())).await;
+    let f = o.error.expect("failure");
+    assert_eq!(f.code, "REVISION_NOT_READY", "{f:?}");
+    assert!(f.message.contains("startup probe"), "{}", f.message);
+    let service = h
+        .sandbox
+        .service(PROJECT, REGION, "first-gated")
+        .expect("service");
+    assert!(service.get("latestReadyRevision").is_none(), "{service}");
 }

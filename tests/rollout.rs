@@ -68,6 +68,7 @@ async fn verify_before_traffic_never_moves_traffic_to_a_broken_revision() {
     let mut req = deploy_request("vbt", app.path());
     req.rollout_mode = proto::RolloutMode::VerifyBeforeTraffic.into();
     req.health_check = Some(proto::HealthCheck {
+        startup_probe: no_startup_probe(),
         attempts: 3,
         ..Default::default()
     });
@@ -528,4 +529,90 @@ async fn the_sandbox_keeps_bounded_state_and_stops_listeners_of_removed_tags() {
             .expect_err("the tag's listener stopped");
         assert!(err.is_connect(), "{url}: {err}");
     }
+}
+
+/// By default the revision carries an HTTP startup probe on the health
+/// path, with settings Cloud Run accepts.
+#[tokio::test]
+async fn the_revision_gets_an_http_startup_probe_on_the_health_path() {
+    let h = Harness::start().await;
+    let mut req = deploy_request("probed", &example_app());
+    if let Some(hc) = req.health_check.as_mut() {
+        hc.path = "/healthz".into();
+    }
+    let (events, o) = deploy(&h, req).await;
+    assert!(o.success, "{o:?}");
+    let create = h
+        .sandbox
+        .requests_of("run.projects.locations.services.create")
+        .pop()
+        .expect("create");
+    let body: serde_json::Value = serde_json::from_slice(&create.body).expect("json");
+    let probe = &body["template"]["containers"][0]["startupProbe"];
+    assert_eq!(probe["httpGet"]["path"], "/healthz", "{body}");
+    assert_eq!(probe["periodSeconds"], 2);
+    assert_eq!(probe["timeoutSeconds"], 1);
+    assert_eq!(probe["failureThreshold"], 120);
+    assert_eq!(probe["initialDelaySeconds"], 0);
+    assert!(
+        events.iter().any(|e| matches!(&e.kind,
+            Some(proto::event::Kind::Progress(p)) if p.message.contains("HTTP startup probe: GET /healthz every 2 s"))),
+        "{events:?}"
+    );
+}
+
+/// A revision that fails its startup probe never becomes ready: the deploy
+/// fails at the deploy stage and traffic never leaves the old revision.
+/// Without the probe the same revision becomes ready and is caught only
+/// by verification.
+#[tokio::test]
+async fn a_revision_that_fails_its_startup_probe_never_becomes_ready() {
+    let h = Harness::start().await;
+    let (_, first) = deploy(&h, deploy_request("gated", &example_app())).await;
+    assert!(first.success, "{first:?}");
+    h.sandbox.next_revision_answers(PROJECT, "gated", broken());
+    let app = app_version("2");
+    let (_, o) = deploy(&h, deploy_request("gated", app.path())).await;
+    assert!(!o.success, "{o:?}");
+    assert_eq!(o.failed_stage, i32::from(Stage::Deploy), "{o:?}");
+    let e = o.error.clone().expect("error");
+    assert!(e.message.contains("startup probe"), "{e:?}");
+    assert_eq!(traffic(&h, "gated")[0]["revision"], first.revision.as_str());
+    let service = h
+        .sandbox
+        .service(PROJECT, REGION, "gated")
+        .expect("service");
+    assert!(
+        service["latestReadyRevision"]
+            .as_str()
+            .is_some_and(|r| r.ends_with(&first.revision)),
+        "{service}"
+    );
+
+    h.sandbox.next_revision_answers(PROJECT, "gated", broken());
+    let app = app_version("3");
+    let mut req = deploy_request("gated", app.path());
+    if let Some(hc) = req.health_check.as_mut() {
+        hc.attempts = 2;
+        hc.startup_probe = Some(proto::StartupProbe {
+            disabled: true,
+            ..Default::default()
+        });
+    }
+    let (_, o) = deploy(&h, req).await;
+    assert!(!o.success, "{o:?}");
+    assert_eq!(o.failed_stage, i32::from(Stage::Verify), "{o:?}");
+    let create = h
+        .sandbox
+        .requests_of("run.projects.locations.services.patch")
+        .into_iter()
+        .rfind(|r| r.query.is_empty())
+        .expect("patch");
+    let body: serde_json::Value = serde_json::from_slice(&create.body).expect("json");
+    assert!(
+        body["template"]["containers"][0]
+            .get("startupProbe")
+            .is_none(),
+        "{body}"
+    );
 }

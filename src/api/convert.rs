@@ -13,8 +13,8 @@ use crate::pipeline::event::{
 };
 use crate::pipeline::model::{
     BuildOptions, DeployRequest, HealthCheckSpec, Ingress, InvalidRequest, PreflightRequest,
-    RollbackPolicy, RolloutMode, RuntimeSettings, SecretEnv, SourceSpec, Target, VerifyRequest,
-    VpcEgress,
+    RollbackPolicy, RolloutMode, RuntimeSettings, SecretEnv, SourceSpec, StartupProbe, Target,
+    VerifyRequest, VpcEgress,
 };
 
 fn target(t: Option<proto::Target>) -> Result<Target, InvalidRequest> {
@@ -153,8 +153,11 @@ pub fn deploy_request(
         allow_unauthenticated: rt.allow_unauthenticated,
         container_port: u16::try_from(rt.container_port)
             .map_err(|_| InvalidRequest::new("runtime.container_port", "must be a TCP port"))?,
+        startup_probe: None,
     };
+    let mut runtime = runtime;
     let h = r.health_check.unwrap_or_default();
+    let probe = h.startup_probe.clone().unwrap_or_default();
     let health = health(
         HealthFields {
             path: h.path,
@@ -169,6 +172,16 @@ pub fn deploy_request(
         default_health_delay,
         "health_check",
     )?;
+    // On by default, on the health check's path.
+    runtime.startup_probe = (!probe.disabled).then(|| {
+        StartupProbe::with_defaults(
+            nonempty(probe.path).unwrap_or_else(|| health.path.clone()),
+            probe.initial_delay_seconds,
+            probe.period_seconds,
+            probe.timeout_seconds,
+            probe.failure_threshold,
+        )
+    });
     let rollback = match proto::RollbackPolicy::try_from(r.rollback_policy) {
         Ok(proto::RollbackPolicy::Recommend) => RollbackPolicy::Recommend,
         Ok(proto::RollbackPolicy::Unspecified | proto::RollbackPolicy::Automatic) => {
@@ -542,6 +555,20 @@ pub fn deploy_request_proto(r: &DeployRequest, request_id: String) -> proto::Dep
             expect_body: r.health.expect_body.clone().unwrap_or_default(),
             headers: r.health.headers.clone().into_iter().collect(),
             max_delay_ms: r.health.max_delay.map(millis).unwrap_or(0),
+            startup_probe: Some(match &r.runtime.startup_probe {
+                Some(p) => proto::StartupProbe {
+                    disabled: false,
+                    path: p.path.clone(),
+                    initial_delay_seconds: p.initial_delay_seconds,
+                    period_seconds: p.period_seconds,
+                    timeout_seconds: p.timeout_seconds,
+                    failure_threshold: p.failure_threshold,
+                },
+                None => proto::StartupProbe {
+                    disabled: true,
+                    ..Default::default()
+                },
+            }),
         }),
         rollback_policy: match r.rollback {
             RollbackPolicy::Automatic => proto::RollbackPolicy::Automatic,

@@ -428,6 +428,13 @@ struct DeployArgs {
     health_path: String,
     #[arg(long)]
     health_attempts: Option<u32>,
+    /// Path of the revision's HTTP startup probe (default: --health-path).
+    #[arg(long)]
+    startup_probe_path: Option<String>,
+    /// Leave Cloud Run's default TCP startup check, which calls the revision
+    /// ready as soon as its port is open.
+    #[arg(long, conflicts_with = "startup_probe_path")]
+    no_startup_probe: bool,
     /// How the new revision receives traffic.
     #[arg(long, value_enum, default_value = "direct")]
     rollout: RolloutArg,
@@ -673,6 +680,11 @@ async fn run(command: Command) -> anyhow::Result<i32> {
                 health_check: Some(proto::HealthCheck {
                     path: a.health_path.clone(),
                     attempts: a.health_attempts.unwrap_or(0),
+                    startup_probe: Some(proto::StartupProbe {
+                        disabled: a.no_startup_probe,
+                        path: a.startup_probe_path.clone().unwrap_or_default(),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 }),
                 rollback_policy: match a.rollback {

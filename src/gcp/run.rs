@@ -75,6 +75,16 @@ pub fn service_body(spec: &ServiceSpec) -> Value {
     if !env.is_empty() {
         container["env"] = Value::Array(env);
     }
+    if let Some(p) = &r.startup_probe {
+        // The port defaults to the container's.
+        container["startupProbe"] = json!({
+            "initialDelaySeconds": p.initial_delay_seconds,
+            "periodSeconds": p.period_seconds,
+            "timeoutSeconds": p.timeout_seconds,
+            "failureThreshold": p.failure_threshold,
+            "httpGet": {"path": p.path},
+        });
+    }
     if r.cpu.is_some() || r.memory.is_some() {
         let mut limits = serde_json::Map::new();
         if let Some(cpu) = &r.cpu {

@@ -92,6 +92,20 @@ impl Pipeline {
                 ],
                 _ => vec![],
             };
+            if let Some(p) = &d.request.runtime.startup_probe {
+                events
+                    .progress(
+                        Stage::Deploy,
+                        format!(
+                            "revision {name} has an HTTP startup probe: GET {} every {} s ({} s timeout), ready within {} s or not at all",
+                            p.path,
+                            p.period_seconds,
+                            p.timeout_seconds,
+                            p.initial_delay_seconds + p.period_seconds * p.failure_threshold
+                        ),
+                    )
+                    .await;
+            }
             let spec = ServiceSpec {
                 target: target.clone(),
                 image,

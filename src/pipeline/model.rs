@@ -204,6 +204,96 @@ pub struct RuntimeSettings {
     pub vpc_connector: Option<String>,
     pub allow_unauthenticated: bool,
     pub container_port: u16,
+    /// An HTTP startup probe on the revision; `None` leaves Cloud Run's
+    /// TCP default.
+    pub startup_probe: Option<StartupProbe>,
+}
+
+/// Cloud Run's HTTP startup probe: the revision is not ready, and gets no
+/// traffic, until `path` answers 2xx or 3xx.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartupProbe {
+    pub path: String,
+    pub initial_delay_seconds: u32,
+    pub period_seconds: u32,
+    pub timeout_seconds: u32,
+    pub failure_threshold: u32,
+}
+
+/// Cloud Run's bounds on a startup probe, in seconds.
+pub const STARTUP_PROBE_MAX_SECONDS: u32 = 240;
+pub const DEFAULT_STARTUP_PERIOD_SECONDS: u32 = 2;
+pub const DEFAULT_STARTUP_TIMEOUT_SECONDS: u32 = 1;
+
+impl StartupProbe {
+    /// Zero values are the defaults; the threshold fills the window.
+    pub fn with_defaults(
+        path: String,
+        initial_delay_seconds: u32,
+        period_seconds: u32,
+        timeout_seconds: u32,
+        failure_threshold: u32,
+    ) -> Self {
+        let period = nonzero_or(period_seconds, DEFAULT_STARTUP_PERIOD_SECONDS);
+        Self {
+            path,
+            initial_delay_seconds,
+            period_seconds: period,
+            timeout_seconds: nonzero_or(
+                timeout_seconds,
+                DEFAULT_STARTUP_TIMEOUT_SECONDS.min(period),
+            ),
+            failure_threshold: nonzero_or(
+                failure_threshold,
+                (STARTUP_PROBE_MAX_SECONDS / period).max(1),
+            ),
+        }
+    }
+
+    /// Cloud Run's rules, so a revision it would refuse is refused before a
+    /// build is spent on it.
+    pub fn validate(&self, prefix: &str) -> Result<(), InvalidRequest> {
+        let field = |name: &str| format!("{prefix}{name}");
+        let max = STARTUP_PROBE_MAX_SECONDS;
+        rules::url_path(&self.path).map_err(|r| InvalidRequest::new(field("path"), r))?;
+        if self.initial_delay_seconds > max {
+            return Err(InvalidRequest::new(
+                field("initial_delay_seconds"),
+                format!("at most {max}"),
+            ));
+        }
+        if !(1..=max).contains(&self.period_seconds) {
+            return Err(InvalidRequest::new(
+                field("period_seconds"),
+                format!("must be between 1 and {max}"),
+            ));
+        }
+        if !(1..=self.period_seconds).contains(&self.timeout_seconds) {
+            return Err(InvalidRequest::new(
+                field("timeout_seconds"),
+                "must be at least 1 and at most period_seconds",
+            ));
+        }
+        if self.failure_threshold == 0
+            || u64::from(self.failure_threshold) * u64::from(self.period_seconds) > u64::from(max)
+        {
+            return Err(InvalidRequest::new(
+                field("failure_threshold"),
+                format!(
+                    "failure_threshold x period_seconds must be between 1 and {max} s (Cloud Run's startup window)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn nonzero_or(v: u32, default: u32) -> u32 {
+    if v == 0 {
+        default
+    } else {
+        v
+    }
 }
 
 /// Instance counts above this are refused: Cloud Run's per-service
@@ -214,6 +304,10 @@ impl RuntimeSettings {
     /// Cloud Run's own limits, checked before a build is spent on a
     /// revision Cloud Run would refuse.
     pub fn validate(&self) -> Result<(), InvalidRequest> {
+        if let Some(p) = &self.startup_probe {
+            // Set through the request's health check.
+            p.validate("health_check.startup_probe.")?;
+        }
         if self.env.len() + self.secrets.len() > rules::MAX_ENV_VARS {
             return Err(InvalidRequest::new(
                 "runtime.env",
@@ -597,6 +691,8 @@ impl DeployRequest {
                 ));
             }
         }
+        // The health check first: the startup probe takes its path.
+        self.health.validate("health_check.", "health_check.path")?;
         self.runtime.validate()?;
         self.build.validate()?;
         if let RolloutMode::Canary { percent } = self.rollout {
@@ -607,7 +703,7 @@ impl DeployRequest {
                 ));
             }
         }
-        self.health.validate("health_check.", "health_check.path")
+        Ok(())
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::response::Response;
 use serde_json::{json, Value};
@@ -127,6 +127,37 @@ fn check_container(body: &Value) -> Result<(), String> {
         {
             return Err(format!(
                 "spec.template.containers[0].resources.limits.memory: {mem:?} is invalid"
+            ));
+        }
+    }
+    if let Some(probe) = container.get("startupProbe") {
+        let secs = |name: &str| probe.get(name).and_then(Value::as_u64);
+        let field = |name: &str| format!("spec.template.containers[0].startupProbe.{name}");
+        let period = secs("periodSeconds").unwrap_or(10);
+        let timeout = secs("timeoutSeconds").unwrap_or(1);
+        let threshold = secs("failureThreshold").unwrap_or(3);
+        if !(1..=240).contains(&period) {
+            return Err(format!(
+                "{}: must be between 1 and 240",
+                field("periodSeconds")
+            ));
+        }
+        if timeout < 1 || timeout > period {
+            return Err(format!(
+                "{}: must be at least 1 and not above periodSeconds",
+                field("timeoutSeconds")
+            ));
+        }
+        if secs("initialDelaySeconds").unwrap_or(0) > 240 {
+            return Err(format!(
+                "{}: must be at most 240",
+                field("initialDelaySeconds")
+            ));
+        }
+        if threshold < 1 || threshold * period > 240 {
+            return Err(format!(
+                "{}: failureThreshold x periodSeconds must not exceed 240 seconds",
+                field("failureThreshold")
             ));
         }
     }
@@ -556,8 +587,24 @@ fn rollout(
         .and_then(Value::as_str)
         .map(str::to_string)
         .unwrap_or_else(|| format!("{s}-{gen:05}-{suffix}"));
+    // An HTTP startup probe is asked of the revision as its app answers
+    // (its scripted behaviour; 200 otherwise): a failure or an answer slower
+    // than the probe's timeout, every time, and it never becomes ready.
+    let probe_fails = svc
+        .spec
+        .pointer("/template/containers/0/startupProbe")
+        .filter(|p| p.get("httpGet").is_some())
+        .zip(behavior.as_ref())
+        .is_some_and(|(p, b)| {
+            let timeout = p.get("timeoutSeconds").and_then(Value::as_u64).unwrap_or(1);
+            !(200..400).contains(&b.status) || b.delay > Duration::from_secs(timeout)
+        });
     let (ready, reason, message) = if !image_present {
         (false, "CONTAINER_MISSING", format!("Revision '{name}' is not ready and cannot serve traffic. Image '{image}' not found."))
+    } else if probe_fails {
+        (false, "HEALTH_CHECK_CONTAINER_ERROR", format!(
+            "Revision '{name}' is not ready and cannot serve traffic. The user-provided container failed the configured startup probe checks."
+        ))
     } else if forced_failure {
         (false, "HEALTH_CHECK_CONTAINER_ERROR", format!(
             "Revision '{name}' is not ready and cannot serve traffic. The user-provided container failed to start and listen on the port defined provided by the PORT=8080 environment variable within the allocated timeout."

@@ -721,3 +721,13 @@ pub fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
 }
+
+/// For tests of what verification catches: without a startup probe, a
+/// revision that answers badly still becomes ready (with one, Cloud Run and
+/// the sandbox hold it back before verification).
+pub fn no_startup_probe() -> Option<proto::StartupProbe> {
+    Some(proto::StartupProbe {
+        disabled: true,
+        ..Default::default()
+    })
+}
