@@ -764,6 +764,15 @@ async fn a_client_that_disconnects_does_not_cancel_the_deploy() {
     );
 }
 
+/// GETs of Cloud Run (v2) operations the sandbox received.
+fn cloud_run_operation_gets(h: &Harness) -> usize {
+    h.sandbox
+        .requests_of("operations.get")
+        .into_iter()
+        .filter(|r| r.path.starts_with("/v2/"))
+        .count()
+}
+
 /// Cloud Run operations are long-polled with `:wait`: the answer comes as
 /// the operation finishes, not at the next poll tick, and no GET is sent.
 #[tokio::test]
@@ -778,12 +787,7 @@ async fn cloud_run_operations_are_long_polled() {
     assert!(waits.iter().all(|r| r.status == 200), "{waits:?}");
     let body: serde_json::Value = serde_json::from_slice(&waits[0].body).expect("json");
     assert_eq!(body["timeout"], "30s");
-    let run_gets = h
-        .sandbox
-        .requests_of("operations.get")
-        .into_iter()
-        .filter(|r| r.path.starts_with("/v2/"))
-        .count();
+    let run_gets = cloud_run_operation_gets(&h);
     assert_eq!(run_gets, 0, "no Cloud Run operation is polled");
     // One call per operation: each was held until it was done.
     let rollouts = h.sandbox.count("run.projects.locations.services.create")
@@ -810,11 +814,6 @@ async fn without_a_long_poll_cloud_run_operations_are_polled() {
     let (_, o) = deploy(&h, deploy_request("no-long-poll", &example_app())).await;
     assert!(o.success, "{o:?}");
     assert_eq!(h.sandbox.count("run.projects.locations.operations.wait"), 1);
-    let run_gets = h
-        .sandbox
-        .requests_of("operations.get")
-        .into_iter()
-        .filter(|r| r.path.starts_with("/v2/"))
-        .count();
+    let run_gets = cloud_run_operation_gets(&h);
     assert!(run_gets >= 1, "the operation was polled instead");
 }

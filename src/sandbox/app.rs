@@ -88,11 +88,7 @@ fn pick_revision(svc: &Service, pinned: Option<&str>) -> Option<String> {
         return Some(r.to_string());
     }
     let targets: Vec<(Option<String>, u64)> = svc
-        .spec
-        .get("traffic")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
+        .traffic_targets()
         .filter_map(|t| {
             let percent = t.get("percent").and_then(Value::as_u64)?;
             let revision = t

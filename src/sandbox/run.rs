@@ -647,11 +647,7 @@ fn rollout(
 /// that routes to that revision only.
 fn ensure_tags(sh: &Arc<Shared>, pk: &str, l: &str, s: &str, svc: &mut Service) {
     let wanted: Vec<(String, String)> = svc
-        .spec
-        .get("traffic")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
+        .traffic_targets()
         .filter_map(|t| {
             Some((
                 t.get("tag")?.as_str()?.to_string(),

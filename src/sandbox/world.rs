@@ -235,6 +235,17 @@ pub struct Service {
     pub tags: BTreeMap<String, TagRoute>,
 }
 
+impl Service {
+    /// The traffic targets of the last accepted request, as sent.
+    pub fn traffic_targets(&self) -> impl Iterator<Item = &Value> {
+        self.spec
+            .get("traffic")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+    }
+}
+
 /// A tagged traffic target's own URL, and how to stop its listener once
 /// the tag is gone.
 #[derive(Debug, Clone)]
@@ -509,11 +520,7 @@ impl World {
 /// by its traffic or a tag and the latest created and ready.
 fn evict_revisions(svc: &mut Service, keep: usize) {
     let mut in_use: BTreeSet<String> = svc
-        .spec
-        .get("traffic")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
+        .traffic_targets()
         .filter_map(|t| {
             t.get("revision")
                 .and_then(Value::as_str)
