@@ -189,7 +189,7 @@ pub async fn start(
         },
     );
     tracing::info!(store = ?crate::store::backend_of(&store_url).ok(), owner = manager.owner(), "deployment store open");
-    manager.start_background();
+    manager.start_background().await;
     // No metrics endpoint, no recorder: metrics calls are then no-ops.
     if let Some(listener) = metrics_listener {
         let handle = telemetry::prometheus()?;

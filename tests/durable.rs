@@ -211,7 +211,7 @@ async fn kill_restart_and_finish(
     assert!(o.success, "{o:?}\n{:#?}\n{}", progress(&events), rig.log());
     let d = state_of(rig, id).await;
     assert_eq!(d.state, i32::from(proto::DeploymentState::Succeeded));
-    assert_eq!(d.resumed, 1, "{d:?}");
+    assert_eq!(d.resumed, 1, "{d:?}\n{}", rig.log());
     assert_eq!(
         rig.sandbox
             .count("cloudbuild.projects.locations.builds.create"),

@@ -632,11 +632,13 @@ impl Manager {
 
     /// Resumes this daemon's own unfinished deployments and those whose
     /// daemon's lease expired, then keeps leases, cancels and history in
-    /// order until the daemon drains.
-    pub fn start_background(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+    /// order until the daemon drains. Awaited before the daemon serves:
+    /// claiming "its own" deployments while requests already arrive would
+    /// take (and count resumed) one this process just created.
+    pub async fn start_background(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        self.claim_and_resume(true).await;
         let this = self.clone();
         tokio::spawn(async move {
-            this.claim_and_resume(true).await;
             let beat =
                 (this.config.lease / 3).clamp(Duration::from_millis(50), Duration::from_secs(5));
             let mut heartbeat = tokio::time::interval(beat);
