@@ -272,6 +272,10 @@ fn deploy_cases() -> Vec<(&'static str, Edit)> {
         ),
         ("runtime.ingress", runtime(|rt| rt.ingress = 99)),
         (
+            "health_check.consecutive_successes",
+            health(|h| h.consecutive_successes = 50),
+        ),
+        (
             "health_check.startup_probe.timeout_seconds",
             health(|h| {
                 h.startup_probe = Some(proto::StartupProbe {

@@ -521,7 +521,9 @@ async fn the_sandbox_keeps_bounded_state_and_stops_listeners_of_removed_tags() {
         traffic(&h, "bounded")[0]["revision"],
         last.revision.as_str()
     );
-    // Each canary's candidate was probed on its tag URL; none still listens.
+    // Each canary's candidate was probed on its tag URL (3 times: the
+    // health gate); none still listens.
+    tag_urls.dedup();
     assert_eq!(tag_urls.len(), 5, "{tag_urls:?}");
     for url in tag_urls {
         let err = reqwest::get(&url)
@@ -615,4 +617,35 @@ async fn a_revision_that_fails_its_startup_probe_never_becomes_ready() {
             .is_none(),
         "{body}"
     );
+}
+
+/// In a verify-first rollout the candidate needs 3 healthy answers in a
+/// row before it gets traffic: a failure after one starts the streak over.
+#[tokio::test]
+async fn a_candidate_needs_three_healthy_answers_in_a_row() {
+    let h = Harness::start().await;
+    let (_, first) = deploy(&h, deploy_request("gate", &example_app())).await;
+    assert!(first.success, "{first:?}");
+    let ok = AppResponse {
+        status: 200,
+        delay: Duration::ZERO,
+        body: "ok".into(),
+    };
+    assert!(h
+        .sandbox
+        .script_app(PROJECT, REGION, "gate", vec![ok.clone(), broken()]));
+    let app = app_version("2");
+    let mut req = deploy_request("gate", app.path());
+    req.rollout_mode = proto::RolloutMode::VerifyBeforeTraffic.into();
+    let (events, o) = deploy(&h, req).await;
+    assert!(o.success, "{o:?}");
+    let p = probes(&events);
+    let healthy: Vec<bool> = p.iter().map(|p| p.healthy).collect();
+    assert_eq!(healthy, vec![true, false, true, true, true], "{p:?}");
+    assert!(
+        p.iter()
+            .all(|p| p.url.contains("candidate") || !p.url.starts_with(&o.url)),
+        "{p:?}"
+    );
+    assert_eq!(traffic(&h, "gate")[0]["revision"], o.revision.as_str());
 }

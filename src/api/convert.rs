@@ -80,6 +80,8 @@ pub struct HealthFields {
     pub max_delay_ms: u32,
     pub expect_body: String,
     pub headers: HashMap<String, String>,
+    /// 0: the default gate; Verify sends 1.
+    pub consecutive_successes: u32,
 }
 
 pub fn health(
@@ -109,6 +111,7 @@ pub fn health(
         max_delay: nonzero(h.max_delay_ms).map(ms),
         expect_body: nonempty(h.expect_body),
         headers: h.headers.into_iter().collect(),
+        consecutive_successes: nonzero(h.consecutive_successes).unwrap_or(d.consecutive_successes),
     })
 }
 
@@ -168,6 +171,7 @@ pub fn deploy_request(
             max_delay_ms: h.max_delay_ms,
             expect_body: h.expect_body,
             headers: h.headers,
+            consecutive_successes: h.consecutive_successes,
         },
         default_health_delay,
         "health_check",
@@ -249,6 +253,8 @@ pub fn verify_request(
                 max_delay_ms: r.max_delay_ms,
                 expect_body: r.expect_body,
                 headers: r.headers,
+                // A Verify judges a URL by one healthy answer.
+                consecutive_successes: 1,
             },
             default_delay,
             "health_path",
@@ -555,6 +561,7 @@ pub fn deploy_request_proto(r: &DeployRequest, request_id: String) -> proto::Dep
             expect_body: r.health.expect_body.clone().unwrap_or_default(),
             headers: r.health.headers.clone().into_iter().collect(),
             max_delay_ms: r.health.max_delay.map(millis).unwrap_or(0),
+            consecutive_successes: r.health.consecutive_successes,
             startup_probe: Some(match &r.runtime.startup_probe {
                 Some(p) => proto::StartupProbe {
                     disabled: false,

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use super::cloud::{Rollout, RunService, ServiceSpec, TrafficTarget};
 use super::error::StageError;
 use super::event::{Reporter, Stage};
-use super::model::{RolloutMode, Target};
+use super::model::{HealthCheckSpec, RolloutMode, Target};
 use super::verify::{self, ProbeContext};
 use super::{Deployment, Pipeline};
 use crate::telemetry::metrics;
@@ -411,10 +411,15 @@ impl Pipeline {
                 .await
                 .ok()
             };
+            // The stable revision serves again: one healthy answer, no gate.
+            let spec = HealthCheckSpec {
+                consecutive_successes: 1,
+                ..d.request.health.clone()
+            };
             let v = verify::verify(
                 self.prober.as_ref(),
                 &service.uri,
-                &d.request.health,
+                &spec,
                 ProbeContext {
                     id_token: token,
                     policy: None,

@@ -720,15 +720,14 @@ impl Pipeline {
                     id_token,
                     policy: None,
                 };
-                let v = verify::verify(
-                    self.prober.as_ref(),
-                    &url,
-                    &d.request.health,
-                    ctx,
-                    events,
-                    cancel,
-                )
-                .await;
+                // The gate of consecutive answers is for a candidate that
+                // has no traffic yet; a Direct revision already serves.
+                let mut spec = d.request.health.clone();
+                if d.effective_rollout == RolloutMode::Direct {
+                    spec.consecutive_successes = 1;
+                }
+                let v =
+                    verify::verify(self.prober.as_ref(), &url, &spec, ctx, events, cancel).await;
                 d.retries += v.attempts.saturating_sub(1);
                 let healthy = v.healthy;
                 // Stopped by cancellation, not judged unhealthy.

@@ -516,7 +516,19 @@ pub struct HealthCheckSpec {
     pub expect_body: Option<String>,
     /// Sent with every probe.
     pub headers: BTreeMap<String, String>,
+    /// Healthy answers in a row that pass a candidate before it gets
+    /// traffic (the verify-first rollouts); other verifications take one.
+    #[serde(default = "one")]
+    pub consecutive_successes: u32,
 }
+
+fn one() -> u32 {
+    1
+}
+
+/// The health gate of a candidate, by default.
+pub const DEFAULT_CONSECUTIVE_SUCCESSES: u32 = 3;
+pub const MAX_CONSECUTIVE_SUCCESSES: u32 = 20;
 
 impl Default for HealthCheckSpec {
     fn default() -> Self {
@@ -529,6 +541,7 @@ impl Default for HealthCheckSpec {
             max_delay: None,
             expect_body: None,
             headers: BTreeMap::new(),
+            consecutive_successes: DEFAULT_CONSECUTIVE_SUCCESSES,
         }
     }
 }
@@ -547,6 +560,12 @@ impl HealthCheckSpec {
     pub fn validate(&self, prefix: &str, path_field: &str) -> Result<(), InvalidRequest> {
         let field = |name: &str| format!("{prefix}{name}");
         rules::url_path(&self.path).map_err(|r| InvalidRequest::new(path_field, r))?;
+        if !(1..=MAX_CONSECUTIVE_SUCCESSES).contains(&self.consecutive_successes) {
+            return Err(InvalidRequest::new(
+                field("consecutive_successes"),
+                format!("must be between 1 and {MAX_CONSECUTIVE_SUCCESSES}"),
+            ));
+        }
         if !(1..=20).contains(&self.attempts) {
             return Err(InvalidRequest::new(
                 field("attempts"),

@@ -182,6 +182,12 @@ fn no_answer(
     }
 }
 
+/// Between two answers of a health gate: the backoff's first wait, at
+/// most a second (the gate asks for a streak, not for patience).
+fn gate_interval(spec: &HealthCheckSpec) -> std::time::Duration {
+    spec.base_delay.min(std::time::Duration::from_secs(1))
+}
+
 /// A failed attempt; a refusal by the policy ends the verification.
 struct AttemptFailed {
     message: String,
@@ -221,6 +227,10 @@ pub async fn verify(
         |attempt| {
             let (target, headers, times, last_status) = (&target, &headers, &times, &last_status);
             async move {
+              // A gate of N consecutive healthy answers: one failure ends
+              // the attempt (and the streak); the next attempt starts over.
+              let mut streak = 0;
+              loop {
                 let started = std::time::Instant::now();
                 // A resolver that never answers must not outlast the attempt.
                 let approval =
@@ -293,12 +303,25 @@ pub async fn verify(
                     .emit(Some(Stage::Verify), EventKind::Probe(probe))
                     .await;
                 match error {
-                    None => Ok((r.body_after, r.final_url)),
-                    Some(e) => Err(AttemptFailed {
+                    None => {
+                        streak += 1;
+                        if streak >= spec.consecutive_successes.max(1) {
+                            return Ok((r.body_after, r.final_url));
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(gate_interval(spec)) => {}
+                            _ = cancel.cancelled() => return Err(AttemptFailed {
+                                message: "cancelled".into(),
+                                refused: false,
+                            }),
+                        }
+                    }
+                    Some(e) => return Err(AttemptFailed {
                         message: format!("{}: {e}", class.map(|c| c.as_str()).unwrap_or("other")),
                         refused: class == Some(ProbeErrorClass::Refused),
                     }),
                 }
+              }
             }
         },
         |f: &AttemptFailed| {
