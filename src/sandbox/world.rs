@@ -377,35 +377,25 @@ impl World {
     /// Drops what is beyond `limits`, oldest first; never a running build,
     /// a pending operation, or a revision that serves traffic or a tag.
     pub fn evict(&mut self, limits: &Limits) {
-        let finished = self.builds.values().filter(|b| b.finished).count();
-        if finished > limits.finished_builds {
-            let mut old: Vec<(Instant, String)> = self
-                .builds
-                .values()
-                .filter(|b| b.finished)
-                .map(|b| (b.start_at, b.id.clone()))
-                .collect();
-            old.sort();
-            for (_, id) in old.into_iter().take(finished - limits.finished_builds) {
-                if let Some(b) = self.builds.remove(&id) {
-                    if let Some(bk) = self.buckets.get_mut(&b.logs_bucket) {
-                        bk.objects.remove(&b.log_object);
-                    }
+        let finished = self
+            .builds
+            .values()
+            .filter(|b| b.finished)
+            .map(|b| (b.start_at, b.id.clone()));
+        for id in beyond(finished, limits.finished_builds) {
+            if let Some(b) = self.builds.remove(&id) {
+                if let Some(bk) = self.buckets.get_mut(&b.logs_bucket) {
+                    bk.objects.remove(&b.log_object);
                 }
             }
         }
-        let done = self.operations.values().filter(|o| o.done).count();
-        if done > limits.done_operations {
-            let mut old: Vec<(Instant, String)> = self
-                .operations
-                .values()
-                .filter(|o| o.done)
-                .map(|o| (o.done_at, o.name.clone()))
-                .collect();
-            old.sort();
-            for (_, name) in old.into_iter().take(done - limits.done_operations) {
-                self.operations.remove(&name);
-            }
+        let done = self
+            .operations
+            .values()
+            .filter(|o| o.done)
+            .map(|o| (o.done_at, o.name.clone()));
+        for name in beyond(done, limits.done_operations) {
+            self.operations.remove(&name);
         }
         for p in self.projects.values_mut() {
             for svc in p.services.values_mut() {
@@ -514,6 +504,17 @@ impl World {
             .find(|s| s.number == p)
             .map(|s| s.id.clone())
     }
+}
+
+/// The keys of the oldest of `items` (by time) beyond the newest `keep`.
+fn beyond(items: impl Iterator<Item = (Instant, String)>, keep: usize) -> Vec<String> {
+    let mut all: Vec<(Instant, String)> = items.collect();
+    if all.len() <= keep {
+        return Vec::new();
+    }
+    all.sort();
+    let over = all.len() - keep;
+    all.into_iter().take(over).map(|(_, k)| k).collect()
 }
 
 /// Deletes a service's oldest revisions down to `keep`, sparing those named
