@@ -18,7 +18,7 @@ use rand::Rng;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::world::{Request, Service};
+use super::world::{Request, Served, Service};
 use super::Shared;
 
 #[derive(Clone)]
@@ -125,6 +125,7 @@ async fn serve(
     headers: HeaderMap,
 ) -> Response {
     let at = Instant::now();
+    let mut served = None;
     let (status, delay, body) = {
         let mut guard = st.shared.world();
         let w = &mut *guard;
@@ -149,10 +150,11 @@ async fn serve(
             .and_then(|t| w.id_tokens.get(t))
             .is_some_and(|(aud, _)| audiences.contains(&aud.trim_end_matches('/')));
         let revision = pick_revision(svc, st.revision.as_deref());
-        let behavior = revision
+        let rev = revision
             .as_ref()
-            .and_then(|r| svc.revisions.iter().find(|x| &x.name == r))
-            .and_then(|r| r.behavior.clone());
+            .and_then(|r| svc.revisions.iter().find(|x| &x.name == r));
+        let behavior = rev.and_then(|r| r.behavior.clone());
+        let misbehaviour = rev.map(|r| r.misbehaviour.clone()).unwrap_or_default();
         if !is_public(svc) && token.is_none() {
             (403, Duration::ZERO, "Error: Forbidden\nYour client does not have permission to get URL from this server.\n".to_string())
         } else if !is_public(svc) && !token_ok {
@@ -164,19 +166,44 @@ async fn serve(
             )
         } else if !is_public(svc) && !invoke_allowed {
             (403, Duration::ZERO, "Error: Forbidden\nYour client does not have permission to get URL from this server.\n".to_string())
-        } else if let Some(b) = behavior {
-            (b.status, b.delay, b.body)
-        } else if let Some(a) = svc.app_script.pop_front() {
-            (a.status, a.delay, a.body)
         } else {
-            let r = revision.unwrap_or_else(|| "no-revision".into());
-            (
-                200,
-                Duration::ZERO,
-                format!("Hello from {} ({r})\n", st.service),
-            )
+            let (status, delay, body) = if let Some(b) = behavior {
+                (b.status, b.delay, b.body)
+            } else if let Some(a) = svc.app_script.pop_front() {
+                (a.status, a.delay, a.body)
+            } else {
+                let r = revision.clone().unwrap_or_else(|| "no-revision".into());
+                (
+                    200,
+                    Duration::ZERO,
+                    format!("Hello from {} ({r})\n", st.service),
+                )
+            };
+            let delay = delay + misbehaviour.added_latency;
+            let fails = misbehaviour.error_rate > 0.0
+                && rand::rng().random_bool(misbehaviour.error_rate.clamp(0.0, 1.0));
+            let (status, body) = if fails {
+                (misbehaviour.error_status, "injected error\n".to_string())
+            } else {
+                (status, body)
+            };
+            if let Some(r) = &revision {
+                served = Some(Served {
+                    project: st.project.clone(),
+                    location: st.location.clone(),
+                    service: st.service.clone(),
+                    revision: r.clone(),
+                    at: std::time::SystemTime::now(),
+                    status,
+                    latency: delay,
+                });
+            }
+            (status, delay, body)
         }
     };
+    if let Some(s) = served {
+        st.shared.world().serve(s, &st.shared.config.limits);
+    }
     let limits = &st.shared.config.limits;
     st.shared.world().record(
         Request {

@@ -11,7 +11,9 @@
 
 mod app;
 mod build;
+mod control;
 pub mod faults;
+mod monitoring;
 mod routes;
 mod run;
 pub mod world;
@@ -97,6 +99,9 @@ pub(crate) struct ChaosState {
 pub(crate) struct Shared {
     pub world: Mutex<World>,
     pub faults: Mutex<Vec<Fault>>,
+    /// Faults armed only after this many calls of their method went
+    /// through untouched.
+    pub deferred: Mutex<Vec<(u32, Fault)>>,
     pub chaos: Mutex<Option<ChaosState>>,
     pub config: SandboxConfig,
     pub shutdown: CancellationToken,
@@ -141,6 +146,7 @@ impl Sandbox {
         let shared = Arc::new(Shared {
             world: Mutex::new(world),
             faults: Mutex::new(vec![]),
+            deferred: Mutex::new(vec![]),
             chaos: Mutex::new(None),
             config,
             shutdown: CancellationToken::new(),
@@ -210,6 +216,19 @@ impl Sandbox {
     }
 
     /// From now on, calls fail at random as `chaos` says.
+    /// Like [`Sandbox::inject`], once `skip` calls of the fault's method
+    /// went through untouched.
+    pub fn inject_after(&self, skip: u32, fault: Fault) {
+        if skip == 0 {
+            return self.inject(fault);
+        }
+        self.shared
+            .deferred
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((skip, fault));
+    }
+
     pub fn chaos(&self, chaos: faults::Chaos) {
         use rand::SeedableRng;
         let rng = rand::rngs::StdRng::seed_from_u64(chaos.seed);
@@ -285,6 +304,45 @@ impl Sandbox {
             .world()
             .next_revision_behavior
             .insert((project.into(), service.into()), answer);
+    }
+
+    /// From now on, `revision` of the service fails `error_rate` of its
+    /// requests with `error_status` and answers `added_latency` slower;
+    /// false when there is no such revision.
+    pub fn revision_misbehaves(
+        &self,
+        project: &str,
+        region: &str,
+        service: &str,
+        revision: &str,
+        m: world::Misbehaviour,
+    ) -> bool {
+        let mut w = self.shared.world();
+        let Some(r) = w
+            .projects
+            .get_mut(project)
+            .and_then(|p| {
+                p.services
+                    .get_mut(&(region.to_string(), service.to_string()))
+            })
+            .and_then(|s| s.revisions.iter_mut().find(|r| r.name == revision))
+        else {
+            return false;
+        };
+        r.misbehaviour = m;
+        true
+    }
+
+    /// The requests the service's revisions served (the most recent
+    /// `Limits::requests` of all services).
+    pub fn served(&self, project: &str, service: &str) -> Vec<world::Served> {
+        self.shared
+            .world()
+            .served
+            .iter()
+            .filter(|s| s.project == project && s.service == service)
+            .cloned()
+            .collect()
     }
 
     /// The requests received so far (the most recent `Limits::requests`).

@@ -76,6 +76,9 @@ enum Kind {
     /// Cloud Run's long poll: answered once the operation is done, or when
     /// the asked timeout (at most 30 s here) passes.
     OpWait(String),
+    MonitoringTimeSeries,
+    /// The sandbox's own control endpoint: faults set from outside.
+    SandboxFaults,
     NotFound,
 }
 
@@ -106,7 +109,17 @@ fn route(m: &Method, segs: &[&str]) -> Route {
     const AR: Option<&str> = Some("artifactregistry.googleapis.com");
     const CB: Option<&str> = Some("cloudbuild.googleapis.com");
     const RUN: Option<&str> = Some("run.googleapis.com");
+    const MON: Option<&str> = Some("monitoring.googleapis.com");
     match (m.as_str(), segs) {
+        ("POST", ["__sandbox", "faults"]) => global("sandbox.faults", None, SandboxFaults),
+        // Cloud Monitoring v3
+        ("GET", ["v3", "projects", p, "timeSeries"]) => r(
+            "monitoring.projects.timeSeries.list",
+            MON,
+            Some("monitoring.timeSeries.list"),
+            p,
+            MonitoringTimeSeries,
+        ),
         // Service Usage
         ("GET", ["v1", "projects", p, "services:batchGet"]) => r(
             "serviceusage.services.batchGet",
@@ -580,6 +593,17 @@ fn chaos_fault(sh: &Shared, method: &str, uri: &Uri) -> Option<FaultAction> {
 }
 
 fn scripted_fault(sh: &Shared, method: &str) -> Option<FaultAction> {
+    {
+        let mut deferred = sh.deferred.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(pos) = deferred.iter().position(|(_, f)| f.method == method) {
+            deferred[pos].0 -= 1;
+            if deferred[pos].0 == 0 {
+                let (_, f) = deferred.remove(pos);
+                sh.faults().push(f);
+            }
+            return None;
+        }
+    }
     let mut faults = sh.faults();
     let pos = faults
         .iter()
@@ -1004,6 +1028,14 @@ fn dispatch(
                 None => run_not_found(s, l, &p.id),
             }
         }
+        Kind::SandboxFaults => match super::control::apply(w, &body) {
+            Ok(v) => ok(v),
+            Err((http, status, message)) => error(http, status, &message),
+        },
+        Kind::MonitoringTimeSeries => {
+            let id = w.projects[&key.unwrap_or_default()].id.clone();
+            super::monitoring::time_series(w, &id, q)
+        }
         Kind::RunRevisions(l, s) => {
             let p = &w.projects[&key.unwrap_or_default()];
             match p.services.get(&(l.clone(), s.clone())) {
@@ -1027,11 +1059,10 @@ fn dispatch(
                 sh,
                 w,
                 &key.unwrap_or_default(),
-                l,
-                &s,
+                (l, &s),
                 body,
                 true,
-                None,
+                (None, param(q, "validateOnly") == Some("true")),
                 now,
             )
         }
@@ -1039,11 +1070,13 @@ fn dispatch(
             sh,
             w,
             &key.unwrap_or_default(),
-            l,
-            s,
+            (l, s),
             body,
             false,
-            param(q, "updateMask"),
+            (
+                param(q, "updateMask"),
+                param(q, "validateOnly") == Some("true"),
+            ),
             now,
         ),
         Kind::RunGetIam(l, s) => {

@@ -107,6 +107,22 @@ fn check_container(body: &Value) -> Result<(), String> {
         }
     }
     let limits = container.pointer("/resources/limits");
+    let cpu_millis = limits
+        .and_then(|l| l.get("cpu"))
+        .and_then(Value::as_str)
+        .and_then(|c| match c.strip_suffix('m') {
+            Some(m) => m.parse::<u64>().ok(),
+            None => c.parse::<f64>().ok().map(|f| (f * 1000.0).round() as u64),
+        })
+        .unwrap_or(1000);
+    let memory_mib = limits
+        .and_then(|l| l.get("memory"))
+        .and_then(Value::as_str)
+        .and_then(mebibytes)
+        .unwrap_or(512);
+    if let Some(m) = cpu_memory_mismatch(cpu_millis, memory_mib) {
+        return Err(m);
+    }
     if let Some(cpu) = limits.and_then(|l| l.get("cpu")).and_then(Value::as_str) {
         let ok = ["1", "2", "4", "6", "8"].contains(&cpu)
             || cpu
@@ -176,18 +192,124 @@ fn check_container(body: &Value) -> Result<(), String> {
     Ok(())
 }
 
+/// Regions Cloud Run serves (2026).
+const REGIONS: &[&str] = &[
+    "africa-south1",
+    "asia-east1",
+    "asia-east2",
+    "asia-northeast1",
+    "asia-northeast2",
+    "asia-northeast3",
+    "asia-south1",
+    "asia-south2",
+    "asia-southeast1",
+    "asia-southeast2",
+    "australia-southeast1",
+    "australia-southeast2",
+    "europe-central2",
+    "europe-north1",
+    "europe-north2",
+    "europe-southwest1",
+    "europe-west1",
+    "europe-west2",
+    "europe-west3",
+    "europe-west4",
+    "europe-west6",
+    "europe-west8",
+    "europe-west9",
+    "europe-west10",
+    "europe-west12",
+    "me-central1",
+    "me-central2",
+    "me-west1",
+    "northamerica-northeast1",
+    "northamerica-northeast2",
+    "northamerica-south1",
+    "southamerica-east1",
+    "southamerica-west1",
+    "us-central1",
+    "us-east1",
+    "us-east4",
+    "us-east5",
+    "us-south1",
+    "us-west1",
+    "us-west2",
+    "us-west3",
+    "us-west4",
+];
+
+/// A memory limit in MiB (`512Mi`, `2Gi`, `1G`, bytes).
+fn mebibytes(m: &str) -> Option<u64> {
+    let digits = m.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let n: u64 = digits.parse().ok()?;
+    let bytes = match &m[digits.len()..] {
+        "" => n,
+        "k" => n * 1_000,
+        "Ki" => n << 10,
+        "M" => n * 1_000_000,
+        "Mi" => n << 20,
+        "G" => n * 1_000_000_000,
+        "Gi" => n << 30,
+        _ => return None,
+    };
+    Some(bytes >> 20)
+}
+
+/// Cloud Run's documented pairings of CPU and memory: under one CPU at
+/// most 512 MiB; 4, 6 and 8 CPUs need 2, 4 and 4 GiB at least; more than
+/// 4, 8, 16 and 24 GiB need 2, 4, 6 and 8 CPUs.
+fn cpu_memory_mismatch(cpu_millis: u64, memory_mib: u64) -> Option<String> {
+    let field = "spec.template.containers[0].resources.limits";
+    let cpus = cpu_millis as f64 / 1000.0;
+    if cpu_millis < 1000 && memory_mib > 512 {
+        return Some(format!(
+            "{field}.cpu: a CPU limit below 1 ({cpus}) allows at most 512Mi of memory, not {memory_mib}Mi"
+        ));
+    }
+    let min_memory = match cpu_millis {
+        8000 | 6000 => 4096,
+        4000 => 2048,
+        _ => 0,
+    };
+    if memory_mib < min_memory {
+        return Some(format!(
+            "{field}.memory: {cpus} CPUs need at least {min_memory}Mi of memory, not {memory_mib}Mi"
+        ));
+    }
+    let min_cpu = match memory_mib {
+        m if m > 24 << 10 => 8000,
+        m if m > 16 << 10 => 6000,
+        m if m > 8 << 10 => 4000,
+        m if m > 4 << 10 => 2000,
+        _ => 0,
+    };
+    if cpu_millis < min_cpu {
+        return Some(format!(
+            "{field}.cpu: {memory_mib}Mi of memory needs at least {} CPUs, not {cpus}",
+            min_cpu / 1000
+        ));
+    }
+    None
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run_apply(
     sh: &Arc<Shared>,
     w: &mut World,
     pk: &str,
-    l: &str,
-    s: &str,
+    (l, s): (&str, &str),
     body: Value,
     create: bool,
-    update_mask: Option<&str>,
+    (update_mask, validate_only): (Option<&str>, bool),
     now: Instant,
 ) -> Response {
+    if !REGIONS.contains(&l) {
+        return error(
+            400,
+            "INVALID_ARGUMENT",
+            &format!("Location '{l}' is not a Cloud Run region."),
+        );
+    }
     let id = w.next_id();
     let Some(p) = w.projects.get_mut(pk) else {
         return error(404, "NOT_FOUND", "project");
@@ -305,6 +427,26 @@ pub(crate) fn run_apply(
         byo.as_deref(),
     ) {
         return error(400, "INVALID_ARGUMENT", &m);
+    }
+    if validate_only {
+        // Validated; nothing is persisted and nothing runs.
+        return match (create, p.services.contains_key(&k)) {
+            (true, true) => error(
+                409,
+                "ALREADY_EXISTS",
+                &format!("Resource '{s}' already exists."),
+            ),
+            (false, false) => run_not_found(s, l, &p.id),
+            _ => ok(json!({
+                "name": format!("projects/{}/locations/{l}/operations/validate-{id:08x}", p.id),
+                "done": true,
+                "response": {
+                    "@type": "type.googleapis.com/google.cloud.run.v2.Service",
+                    "name": format!("projects/{}/locations/{l}/services/{s}", p.id),
+                    "template": body.get("template").cloned().unwrap_or(Value::Null),
+                },
+            })),
+        };
     }
     let now_s = now_rfc3339();
     match (create, p.services.contains_key(&k)) {
@@ -614,6 +756,7 @@ fn rollout(
     };
     svc.revisions.push(Revision {
         behavior,
+        misbehaviour: Default::default(),
         name: name.clone(),
         generation: gen,
         template: svc.spec.get("template").cloned().unwrap_or(Value::Null),

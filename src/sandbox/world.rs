@@ -19,6 +19,7 @@ pub const ALL_APIS: &[&str] = &[
     "orgpolicy.googleapis.com",
     "storage.googleapis.com",
     "serviceusage.googleapis.com",
+    "monitoring.googleapis.com",
 ];
 
 /// Every permission the emulator checks; a new project's caller holds all.
@@ -55,6 +56,7 @@ pub const ALL_PERMISSIONS: &[&str] = &[
     "run.routes.invoke",
     "iam.serviceAccounts.get",
     "orgpolicy.policy.get",
+    "monitoring.timeSeries.list",
 ];
 
 #[derive(Debug, Clone)]
@@ -199,11 +201,33 @@ pub struct Build {
     pub seen_done: Option<Instant>,
 }
 
+/// How a revision's answers go wrong, on top of what it answers: a share
+/// of its requests fail with `error_status`, and every one is slower.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Misbehaviour {
+    pub error_rate: f64,
+    pub error_status: u16,
+    pub added_latency: std::time::Duration,
+}
+
+/// One request a revision served, as Cloud Monitoring would count it.
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub project: String,
+    pub location: String,
+    pub service: String,
+    pub revision: String,
+    pub at: std::time::SystemTime,
+    pub status: u16,
+    pub latency: std::time::Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct Revision {
     /// How this revision's instances answer, always; `None` means the
     /// service's script, then 200.
     pub behavior: Option<AppResponse>,
+    pub misbehaviour: Misbehaviour,
     pub name: String,
     pub generation: i64,
     pub template: Value,
@@ -297,6 +321,9 @@ pub struct World {
     pub requests: VecDeque<Request>,
     /// Requests received in all, including those no longer kept.
     pub requests_seen: u64,
+    /// Requests the deployed services served, newest last (at most
+    /// `Limits::requests`): what Monitoring's time series are made of.
+    pub served: VecDeque<Served>,
     pub build_faults: VecDeque<BuildFault>,
     pub not_ready_revisions: BTreeMap<(String, String), u32>,
     /// (project, service) whose next rollout operation reports success
@@ -356,6 +383,14 @@ pub struct Sizes {
 }
 
 impl World {
+    /// Records a request a revision served.
+    pub fn serve(&mut self, s: Served, limits: &Limits) {
+        self.served.push_back(s);
+        while self.served.len() > limits.requests {
+            self.served.pop_front();
+        }
+    }
+
     /// Records a request; returns its sequence number.
     pub fn record(&mut self, mut r: Request, limits: &Limits) -> u64 {
         r.body.truncate(limits.request_body_bytes);
