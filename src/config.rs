@@ -65,6 +65,8 @@ pub const ENV_API_TOKENS_FILE: &str = "DEPLOYD_API_TOKENS_FILE";
 pub const ENV_POLICY: &str = "DEPLOYD_POLICY";
 /// Hosts a Verify may reach on private or loopback addresses.
 pub const ENV_VERIFY_PRIVATE_HOSTS: &str = "DEPLOYD_VERIFY_PRIVATE_HOSTS";
+pub const ENV_PROMETHEUS_HOSTS: &str = "DEPLOYD_PROMETHEUS_HOSTS";
+pub const ENV_CANARY_TIME_SCALE: &str = "DEPLOYD_CANARY_TIME_SCALE";
 /// The bearer token client commands send.
 pub const ENV_TOKEN: &str = "DEPLOYD_TOKEN";
 pub const ENV_SERVER: &str = "DEPLOYD_SERVER";

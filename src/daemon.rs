@@ -35,6 +35,8 @@ pub enum DaemonError {
     Gcp(#[from] GcpError),
     #[error("setting up the health prober")]
     Prober(#[from] ProberError),
+    #[error("setting up the Prometheus client of canary analysis")]
+    PromQl(#[from] crate::promql::PromQlError),
     #[error("starting the sandbox")]
     Sandbox(#[source] std::io::Error),
     #[error("serving reflection")]
@@ -172,7 +174,13 @@ pub async fn start(
         Some(path) => HttpProber::with_ca_file(path)?,
         None => HttpProber::new()?,
     });
-    let pipeline = Arc::new(Pipeline::new(cloud, prober, config.pipeline.clone()));
+    let promql = Arc::new(crate::promql::HttpPromQl::new()?);
+    let pipeline = Arc::new(Pipeline::new(
+        cloud,
+        prober,
+        promql,
+        config.pipeline.clone(),
+    ));
     let store_url = config.store_url();
     let store = crate::store::open(&store_url).await?;
     let manager = Manager::new(

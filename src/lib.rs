@@ -9,6 +9,7 @@ pub mod deployments;
 pub mod gcp;
 pub mod pipeline;
 pub mod probe;
+pub mod promql;
 pub mod sandbox;
 pub mod store;
 pub mod telemetry;

@@ -175,6 +175,23 @@ fn serve_and_deploy_as_two_processes() {
 }
 
 mod reqwest {
+    /// A one-shot JSON POST; the status and body.
+    pub fn blocking_post(url: &str, body: serde_json::Value) -> (u16, String) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let r = ::reqwest::Client::new()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .expect("post");
+            (r.status().as_u16(), r.text().await.expect("body"))
+        })
+    }
+
     /// A one-shot HTTP GET without a runtime of the test's own.
     pub fn blocking_get(url: &str) -> String {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -457,4 +474,197 @@ fn the_sandbox_listens_where_sandbox_listen_says() {
     assert!(answer.starts_with("HTTP/1.1 "), "{answer}");
     assert_ne!(port, served.grpc);
     drop(served);
+}
+
+/// A canary from the command line, as the issue writes it, against a
+/// daemon with its shipped settings but for the canary time scale (so a
+/// 1-minute bake takes 0.6 s).
+#[test]
+fn canary_steps_from_the_command_line() {
+    let served = common::serve(
+        deployd(),
+        &[
+            "--sandbox",
+            "--local-source-root",
+            env!("CARGO_MANIFEST_DIR"),
+            "--canary-time-scale",
+            "0.01",
+        ],
+    );
+    let server_url = format!("http://127.0.0.1:{}", served.grpc);
+    let deploy = |extra: &[&str]| {
+        deployd()
+            .args([
+                "deploy",
+                "--server",
+                &server_url,
+                "--project",
+                "demo-project",
+                &example(),
+                "--service",
+                "cli-canary",
+                "--allow-unauthenticated",
+            ])
+            .args(extra)
+            .output()
+            .expect("client runs")
+    };
+    let first = deploy(&[]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    // The analysis flags judge steps: without steps they are refused.
+    let refused = deploy(&["--min-samples", "5"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--canary-steps"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    // A second version: every change to the tree makes a new revision.
+    let out = deploy(&[
+        "--canary-steps",
+        "10:1m,50:1m,100",
+        "--probe-interval",
+        "1s",
+        "--json",
+        "--env",
+        "VERSION=2",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    let steps: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["kind"] == "canary_step")
+        .map(|l| &l["data"])
+        .collect();
+    assert_eq!(steps.len(), 2, "{stdout}");
+    assert_eq!(steps[0]["percent"], 10);
+    assert_eq!(steps[0]["action"], "next");
+    assert_eq!(steps[1]["percent"], 50);
+    assert_eq!(steps[1]["action"], "promote");
+    for s in &steps {
+        assert_eq!(s["verdict"], "pass", "{s}");
+        let probes = s["measurements"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["name"] == "error_ratio").cloned())
+            .expect("error ratio");
+        // A 1 s interval scaled 100x: a probe every 10 ms for 0.6 s.
+        assert!(probes["samples"].as_u64().unwrap_or(0) >= 10, "{probes}");
+    }
+    let outcome = &lines.last().expect("outcome")["data"];
+    assert_eq!(outcome["success"], true);
+    assert_eq!(outcome["canary_steps"].as_array().map(Vec::len), Some(2));
+}
+
+/// A fault set from outside, through the sandbox's control endpoint, while
+/// a canary runs: the candidate starts failing half its requests at the
+/// second step, and the canary is aborted there and rolled back.
+#[test]
+fn a_fault_set_from_outside_aborts_a_canary() {
+    use std::io::BufRead;
+    let port = common::free_port();
+    let sandbox_listen = format!("127.0.0.1:{port}");
+    let served = common::serve(
+        deployd(),
+        &[
+            "--sandbox",
+            "--sandbox-listen",
+            &sandbox_listen,
+            "--local-source-root",
+            env!("CARGO_MANIFEST_DIR"),
+            "--canary-time-scale",
+            "0.01",
+        ],
+    );
+    let server_url = format!("http://127.0.0.1:{}", served.grpc);
+    let deploy = |extra: &[&str]| {
+        let mut c = deployd();
+        c.args([
+            "deploy",
+            "--server",
+            &server_url,
+            "--project",
+            "demo-project",
+            &example(),
+            "--service",
+            "cli-abort",
+            "--allow-unauthenticated",
+        ])
+        .args(extra);
+        c
+    };
+    let first = deploy(&[]).output().expect("client runs");
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let faults = format!("http://{sandbox_listen}/__sandbox/faults");
+    // An unknown service is refused, naming it.
+    let (status, body) = reqwest::blocking_post(
+        &faults,
+        serde_json::json!({"revisions": [{"service": "nope"}]}),
+    );
+    assert_eq!(status, 404, "{body}");
+    let mut child = deploy(&[
+        "--canary-steps",
+        "10:2m,50:2m,100",
+        "--probe-interval",
+        "1s",
+        "--json",
+        "--env",
+        "VERSION=2",
+    ])
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .expect("client runs");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = vec![];
+    let mut armed = false;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line: serde_json::Value = serde_json::from_str(&line.expect("line")).expect("json");
+        let step_two = line["kind"] == "progress"
+            && line["data"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("canary step 2/3"));
+        if step_two && !armed {
+            // The candidate is the service's latest revision.
+            let (status, body) = reqwest::blocking_post(
+                &faults,
+                serde_json::json!({"revisions": [{"service": "cli-abort", "error_rate": 0.5}]}),
+            );
+            assert_eq!(status, 200, "{body}");
+            armed = true;
+        }
+        lines.push(line);
+    }
+    let status = child.wait().expect("client exits");
+    assert!(armed, "{lines:#?}");
+    assert!(!status.success());
+    let steps: Vec<(u64, String)> = lines
+        .iter()
+        .filter(|l| l["kind"] == "canary_step")
+        .map(|l| {
+            (
+                l["data"]["percent"].as_u64().unwrap_or(0),
+                l["data"]["action"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(steps, [(10, "next".to_string()), (50, "abort".to_string())]);
+    let outcome = &lines.last().expect("outcome")["data"];
+    assert_eq!(outcome["canary_aborted"], true, "{outcome}");
+    assert_eq!(outcome["rolled_back"], true, "{outcome}");
+    assert_eq!(outcome["error"]["code"], "CANARY_ABORTED");
 }

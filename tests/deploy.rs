@@ -42,8 +42,10 @@ async fn happy_deploy_runs_every_stage_and_verifies() {
     assert!(events
         .iter()
         .all(|e| !e.deployment_id.is_empty() && e.deployment_id == events[0].deployment_id));
-    // Every preflight check passed, and each was reported.
-    assert_eq!(o.checks.len(), 8);
+    // Every preflight check passed, and each was reported: the project's
+    // eight, and Cloud Run's verdict on the revision.
+    assert_eq!(o.checks.len(), 9);
+    assert_eq!(o.checks[8].name, "revision_spec");
     assert!(o.checks.iter().all(|c| c.ok), "{:?}", o.checks);
     // The build log was streamed, Dockerfile steps included.
     let logs = logs(&events);
@@ -62,7 +64,12 @@ async fn happy_deploy_runs_every_stage_and_verifies() {
             .count("cloudbuild.projects.locations.builds.create"),
         1
     );
-    assert_eq!(h.sandbox.count("run.projects.locations.services.create"), 1);
+    assert_eq!(
+        changes(&h.sandbox, "run.projects.locations.services.create"),
+        1
+    );
+    // And preflight's validateOnly create before all of them.
+    assert_eq!(h.sandbox.count("run.projects.locations.services.create"), 2);
     assert!(h.sandbox.count("app.request") >= 1);
     let build = &h.sandbox.builds()[0];
     assert_eq!(build["options"]["machineType"], "E2_HIGHCPU_8");
@@ -114,10 +121,12 @@ async fn runtime_settings_reach_the_run_api() {
         .headers
         .iter()
         .any(|(k, v)| k == "authorization" && v.starts_with("Bearer ")));
+    // One token for preflight's check that the daemon can mint, one for
+    // the probe.
     assert_eq!(
         h.sandbox
             .count("iamcredentials.projects.serviceAccounts.generateIdToken"),
-        1
+        2
     );
 
     let svc = h
@@ -188,7 +197,10 @@ async fn second_deploy_reuses_the_source_and_reports_the_previous_revision() {
     assert_deployd_named(&second.revision, "twice");
     // Same tree, same archive digest: uploaded once.
     assert_eq!(h.sandbox.count("storage.objects.insert"), 1);
-    assert_eq!(h.sandbox.count("run.projects.locations.services.patch"), 1);
+    assert_eq!(
+        changes(&h.sandbox, "run.projects.locations.services.patch"),
+        1
+    );
     // The second build pulled the first build's image as its cache.
     assert!(
         logs(&events)
@@ -228,7 +240,10 @@ async fn failing_dockerfile_step_is_permanent_and_quoted() {
             .count("cloudbuild.projects.locations.builds.create"),
         1
     );
-    assert_eq!(h.sandbox.count("run.projects.locations.services.create"), 0);
+    assert_eq!(
+        changes(&h.sandbox, "run.projects.locations.services.create"),
+        0
+    );
 }
 
 #[tokio::test]
@@ -470,10 +485,8 @@ async fn an_operation_that_succeeds_before_the_revision_is_ready_is_not_trusted(
     assert!(err.message.contains(&first.revision), "{}", err.message);
     assert_deployd_named(&o.revision, "eager");
     // The operation did say done, successfully.
-    let ops = h
-        .sandbox
-        .requests_of("run.projects.locations.services.patch");
-    assert_eq!(ops.len(), 1 + usize::from(o.rolled_back));
+    let ops = changes(&h.sandbox, "run.projects.locations.services.patch");
+    assert_eq!(ops, 1 + usize::from(o.rolled_back));
     // Nothing probed the revision that is not serving; the rollback's
     // check of the previous one is the only probe.
     assert!(o.rolled_back);
@@ -790,8 +803,8 @@ async fn cloud_run_operations_are_long_polled() {
     let run_gets = cloud_run_operation_gets(&h);
     assert_eq!(run_gets, 0, "no Cloud Run operation is polled");
     // One call per operation: each was held until it was done.
-    let rollouts = h.sandbox.count("run.projects.locations.services.create")
-        + h.sandbox.count("run.projects.locations.services.patch");
+    let rollouts = changes(&h.sandbox, "run.projects.locations.services.create")
+        + changes(&h.sandbox, "run.projects.locations.services.patch");
     assert_eq!(waits.len(), rollouts, "{waits:?}");
     // Held until the operation was done: about the sandbox's op delay.
     let held = waits.iter().map(|r| r.duration).max().unwrap_or_default();

@@ -84,7 +84,7 @@ impl Rig {
 /// Returns once the sandbox has received `method`.
 async fn called(sandbox: &Sandbox, method: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while sandbox.count(method) == 0 {
+    while changes(sandbox, method) == 0 {
         assert!(Instant::now() < deadline, "{method} was never called");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -99,11 +99,16 @@ async fn kill_once_applied(
     service: &str,
     stage: Stage,
 ) -> Vec<proto::Event> {
-    rig.sandbox.inject(Fault {
-        method: method.into(),
-        remaining: 1,
-        action: FaultAction::SlowAfterApply(Duration::from_secs(5)),
-    });
+    // Preflight validates the revision with a create of its own first.
+    let preflight_calls = u32::from(method == "run.projects.locations.services.create");
+    rig.sandbox.inject_after(
+        preflight_calls,
+        Fault {
+            method: method.into(),
+            remaining: 1,
+            action: FaultAction::SlowAfterApply(Duration::from_secs(5)),
+        },
+    );
     let first = rig.daemon();
     let (_stream, id) =
         deploy_until(rig, deploy_request(service, &example_app()), started(stage)).await;
@@ -345,7 +350,7 @@ async fn kill_during_the_deploy_operation_finds_the_revision_by_name() {
     )
     .await;
     assert_eq!(
-        rig.sandbox.count("run.projects.locations.services.create"),
+        changes(&rig.sandbox, "run.projects.locations.services.create"),
         1,
         "the create is not sent twice"
     );

@@ -636,6 +636,25 @@ fn transient(method: &str, action: FaultAction) -> Fault {
 /// One transient failure on each Google call a deploy makes (beyond
 /// preflight and the build, retried before): the deploy succeeds, and each
 /// call was made twice.
+/// Calls preflight makes first of these methods, each once: the Run read
+/// and validateOnly create of its revision check, and the identity token of
+/// its probe check. A fault meant for the deploy stages skips them.
+fn preflight_calls(method: &str) -> u32 {
+    match method {
+        "run.projects.locations.services.get"
+        | "run.projects.locations.services.create"
+        | "run.projects.locations.services.patch"
+        | "iamcredentials.projects.serviceAccounts.generateIdToken" => 1,
+        _ => 0,
+    }
+}
+
+/// Arms `fault` for the first call after preflight's own.
+fn after_preflight(h: &Harness, fault: Fault) {
+    h.sandbox
+        .inject_after(preflight_calls(&fault.method), fault);
+}
+
 #[tokio::test]
 async fn every_google_call_of_a_deploy_is_retried() {
     let h = Harness::start().await;
@@ -667,7 +686,7 @@ async fn every_google_call_of_a_deploy_is_retried() {
         ),
     ];
     for (method, action) in calls.clone() {
-        h.sandbox.inject(transient(method, action));
+        after_preflight(&h, transient(method, action));
     }
     let mut req = deploy_request("retried", &example_app());
     req.runtime.as_mut().expect("runtime").allow_unauthenticated = false;
@@ -681,7 +700,7 @@ async fn every_google_call_of_a_deploy_is_retried() {
             .iter()
             .filter(|r| !r.query.contains("alt=media"))
             .count();
-        assert_eq!(made, 2, "{method}");
+        assert_eq!(made, 2 + preflight_calls(method) as usize, "{method}");
     }
     let retried: Vec<String> = events
         .iter()
@@ -691,17 +710,20 @@ async fn every_google_call_of_a_deploy_is_retried() {
         })
         .collect();
     assert_eq!(retried.len(), 6, "{retried:?}");
-    // The patch of a second deploy, too.
-    h.sandbox.inject(transient(
-        "run.projects.locations.services.patch",
-        FaultAction::Error(InjectedError::unavailable()),
-    ));
+    // The patch of a second deploy, too (its preflight validates a patch).
+    after_preflight(
+        &h,
+        transient(
+            "run.projects.locations.services.patch",
+            FaultAction::Error(InjectedError::unavailable()),
+        ),
+    );
     let app = app_version("2");
     let mut req = deploy_request("retried", app.path());
     req.runtime.as_mut().expect("runtime").allow_unauthenticated = false;
     let (_, o) = deploy(&h, req).await;
     assert!(o.success, "{o:?}");
-    assert_eq!(h.sandbox.count("run.projects.locations.services.patch"), 2);
+    assert_eq!(h.sandbox.count("run.projects.locations.services.patch"), 3);
     let metrics = h.metrics().await;
     assert!(
         counter(
@@ -719,13 +741,21 @@ async fn every_google_call_of_a_deploy_is_retried() {
 #[tokio::test]
 async fn a_create_whose_answer_was_lost_is_not_repeated() {
     let h = Harness::start().await;
-    h.sandbox.inject(transient(
-        "run.projects.locations.services.create",
-        FaultAction::ResetAfterApply,
-    ));
+    after_preflight(
+        &h,
+        transient(
+            "run.projects.locations.services.create",
+            FaultAction::ResetAfterApply,
+        ),
+    );
     let (_, o) = deploy(&h, deploy_request("lost-create", &example_app())).await;
     assert!(o.success, "{o:?}");
-    assert_eq!(h.sandbox.count("run.projects.locations.services.create"), 2);
+    let creates = h
+        .sandbox
+        .requests_of("run.projects.locations.services.create");
+    // Preflight's validateOnly, the lost create, and its retry.
+    assert_eq!(creates.len(), 3);
+    assert!(creates[0].query.contains("validateOnly=true"));
     assert_eq!(h.sandbox.count("run.projects.locations.services.patch"), 1);
     assert_eq!(
         h.sandbox.revisions(PROJECT, REGION, "lost-create").len(),

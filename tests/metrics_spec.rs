@@ -28,12 +28,16 @@ async fn every_documented_metric_is_exported_after_a_workload() {
         remaining: 1,
         action: FaultAction::Error(InjectedError::rate_limited("cloudbuild.googleapis.com")),
     });
-    // ... and a retried API call of the deploy stage.
-    h.sandbox.inject(Fault {
-        method: "run.projects.locations.services.get".into(),
-        remaining: 1,
-        action: FaultAction::Error(InjectedError::unavailable()),
-    });
+    // ... and a retried API call of the deploy stage (after preflight's
+    // own read of the service).
+    h.sandbox.inject_after(
+        1,
+        Fault {
+            method: "run.projects.locations.services.get".into(),
+            remaining: 1,
+            action: FaultAction::Error(InjectedError::unavailable()),
+        },
+    );
     let (_, o) = deploy(&h, deploy_request("spec", &example_app())).await;
     assert!(o.success);
     h.sandbox.next_revision_answers(

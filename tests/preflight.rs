@@ -723,3 +723,118 @@ async fn legacy_default_build_service_account_needs_no_lookup() {
     // The build named no account: Cloud Build used the default.
     assert!(h.sandbox.builds()[0].get("serviceAccount").is_none());
 }
+
+/// A deploy whose preflight passes but for Cloud Run's verdict on the
+/// revision: the project is fine, the settings are not.
+async fn refused_revision(
+    tweak: impl FnOnce(&mut proto::DeployRequest),
+) -> (Harness, proto::Outcome) {
+    let h = Harness::start().await;
+    let mut req = deploy_request("api", &example_app());
+    tweak(&mut req);
+    let (_, o) = deploy(&h, req).await;
+    assert_eq!(o.failed_stage, i32::from(Stage::Preflight), "{o:?}");
+    let failed: Vec<&str> = o
+        .checks
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(failed, ["revision_spec"], "{:#?}", o.checks);
+    // Asked with validateOnly; nothing uploaded, built or created.
+    let asked = h
+        .sandbox
+        .requests_of("run.projects.locations.services.create");
+    assert_eq!(asked.len(), 1);
+    assert!(
+        asked[0].query.contains("validateOnly=true"),
+        "{}",
+        asked[0].query
+    );
+    assert_eq!(h.sandbox.count("storage.objects.insert"), 0);
+    assert_eq!(
+        h.sandbox
+            .count("cloudbuild.projects.locations.builds.create"),
+        0
+    );
+    assert!(h.sandbox.service(PROJECT, &o_region(&o), "api").is_none());
+    (h, o)
+}
+
+fn o_region(o: &proto::Outcome) -> String {
+    o.checks
+        .iter()
+        .find(|c| c.name == "revision_spec")
+        .map(|c| {
+            if c.detail.contains("mars-north1") {
+                "mars-north1".to_string()
+            } else {
+                REGION.to_string()
+            }
+        })
+        .unwrap_or_else(|| REGION.to_string())
+}
+
+#[tokio::test]
+async fn cloud_run_refuses_a_cpu_its_memory_does_not_allow_before_any_upload() {
+    let (_, o) = refused_revision(|r| {
+        let rt = r.runtime.get_or_insert_with(Default::default);
+        // Each is valid alone; under one CPU Cloud Run allows 512Mi at most.
+        rt.cpu = "0.5".into();
+        rt.memory = "1Gi".into();
+    })
+    .await;
+    let c = check(&o, "revision_spec");
+    assert!(c.detail.contains("resources.limits.cpu"), "{c:?}");
+    assert!(c.remediation[0].contains("runtime.cpu"), "{c:?}");
+}
+
+#[tokio::test]
+async fn cloud_run_refuses_an_unknown_region_before_any_upload() {
+    let (_, o) = refused_revision(|r| {
+        r.target.as_mut().expect("target").region = "mars-north1".into();
+    })
+    .await;
+    let c = check(&o, "revision_spec");
+    assert!(c.detail.contains("not a Cloud Run region"), "{c:?}");
+}
+
+/// The sandbox refuses what Cloud Run refuses, whoever asks (gcloud too).
+#[tokio::test]
+async fn the_sandbox_validates_revisions_as_cloud_run_does() {
+    let h = Harness::start().await;
+    let client = reqwest::Client::new();
+    let create = |cpu: &str, memory: &str, validate_only: bool| {
+        let url = format!(
+            "{}/v2/projects/{PROJECT}/locations/{REGION}/services?serviceId=direct{}",
+            h.sandbox.base_url(),
+            if validate_only {
+                "&validateOnly=true"
+            } else {
+                ""
+            }
+        );
+        client.post(url).json(&json!({"template": {"containers": [{
+            "image": "us-docker.pkg.dev/cloudrun/container/hello",
+            "resources": {"limits": {"cpu": cpu, "memory": memory}}}]}}))
+    };
+    for (cpu, memory) in [
+        ("lots", "512Mi"),
+        ("1", "1 gig"),
+        ("4", "512Mi"),
+        ("1", "8Gi"),
+    ] {
+        let r = create(cpu, memory, false).send().await.expect("send");
+        assert_eq!(r.status(), 400, "{cpu} {memory}");
+        let body: serde_json::Value = r.json().await.expect("json");
+        assert_eq!(body["error"]["status"], "INVALID_ARGUMENT", "{body}");
+    }
+    // validateOnly accepts a good spec and keeps nothing.
+    let r = create("2", "8Gi", true).send().await.expect("send");
+    assert!(
+        r.status().is_success(),
+        "{}",
+        r.text().await.unwrap_or_default()
+    );
+    assert!(h.sandbox.service(PROJECT, REGION, "direct").is_none());
+}

@@ -10,7 +10,7 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -55,69 +55,22 @@ fn rules_pass_promtool_checks_and_unit_tests() {
     assert!(out.contains("SUCCESS"), "{out}");
 }
 
-struct Prometheus {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 async fn start_prometheus(target: &str) -> Prometheus {
-    let dir = tempfile::tempdir().expect("tempdir");
     // The rules as shipped, evaluated every second instead of every 30.
     let rules = std::fs::read_to_string(root().join("dashboards/prometheus/deployd.rules.yml"))
         .expect("rules");
-    std::fs::write(
-        dir.path().join("rules.yml"),
-        rules.replace("interval: 30s", "interval: 1s"),
-    )
-    .expect("write");
-    let config = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: deployd\n    static_configs:\n      - targets: ['{target}']\n",
-        dir.path().join("rules.yml").display()
-    );
-    std::fs::write(dir.path().join("prometheus.yml"), config).expect("write");
-    let port = free_port();
-    let child = Command::new("prometheus")
-        .arg(format!(
-            "--config.file={}",
-            dir.path().join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("prometheus starts");
-    let url = format!("http://127.0.0.1:{port}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if reqwest::get(format!("{url}/-/ready"))
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "prometheus did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Prometheus {
-        child,
-        url,
-        _dir: dir,
-    }
+    Prometheus::start(|dir| {
+        std::fs::write(
+            dir.join("rules.yml"),
+            rules.replace("interval: 30s", "interval: 1s"),
+        )
+        .expect("write");
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: deployd\n    static_configs:\n      - targets: ['{target}']\n",
+            dir.join("rules.yml").display()
+        )
+    })
+    .await
 }
 
 /// Successes, a retried build, a failed build, a rollback, a preflight
@@ -158,6 +111,19 @@ async fn workload(h: &Harness) {
     });
     let (_, o) = deploy(h, req).await;
     assert!(o.rolled_back, "{o:?}");
+    // A canary of two steps, judged by probes and promoted.
+    let app = app_version("3");
+    let mut req = deploy_request("steady", app.path());
+    req.rollout_mode = proto::RolloutMode::Canary.into();
+    req.canary_steps = [(10, 60), (100, 0)]
+        .into_iter()
+        .map(|(percent, seconds)| proto::CanaryStep {
+            percent,
+            bake: Some(prost_types::Duration { seconds, nanos: 0 }),
+        })
+        .collect();
+    let (_, o) = deploy(h, req).await;
+    assert!(o.success && o.canary_steps.len() == 1, "{o:?}");
     h.sandbox
         .with_project(PROJECT, |p| p.enabled_apis.remove("run.googleapis.com"));
     let (_, o) = deploy(h, deploy_request("noapi", &example_app())).await;

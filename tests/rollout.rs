@@ -264,13 +264,15 @@ async fn private_service_is_probed_with_the_metadata_servers_token() {
     let (events, o) = deploy(&h, private("meta")).await;
     assert!(o.verified, "{o:?}");
     let asked = h.sandbox.requests_of("metadata.identity");
-    assert_eq!(asked.len(), probes(&events).len());
-    assert!(asked[0]
+    // Preflight's check that a token can be had, then one per probe.
+    assert_eq!(asked.len(), 1 + probes(&events).len());
+    assert!(asked.iter().all(|a| a
         .headers
         .iter()
-        .any(|(k, v)| k == "metadata-flavor" && v == "Google"));
+        .any(|(k, v)| k == "metadata-flavor" && v == "Google")));
+    // The probes' tokens are for the service's URL.
     let audience = format!("audience={}", urlencode(&o.url));
-    assert!(asked[0].query.contains(&audience), "{}", asked[0].query);
+    assert!(asked[1].query.contains(&audience), "{}", asked[1].query);
     assert_eq!(
         h.sandbox
             .count("iamcredentials.projects.serviceAccounts.generateIdToken"),
@@ -288,13 +290,27 @@ async fn private_service_with_no_identity_to_probe_with_says_so() {
     let h = Harness::start_config(|c| c.invoker_service_account = None).await;
     let (_, o) = deploy(&h, private("noid")).await;
     assert!(!o.success && !o.verified);
+    // Found by preflight, before anything was uploaded or built.
+    assert_eq!(o.failed_stage, i32::from(Stage::Preflight), "{o:?}");
+    let c = o
+        .checks
+        .iter()
+        .find(|c| c.name == "probe_identity")
+        .expect("the check");
+    assert!(!c.ok, "{c:?}");
+    assert!(c.detail.contains("noid"), "{c:?}");
     let err = o.error.expect("failure");
-    assert_eq!(err.code, "NO_PROBE_IDENTITY");
+    assert_eq!(err.code, "PREFLIGHT_FAILED");
     assert!(!err.retriable);
-    assert!(err.message.contains("noid"), "{err:?}");
     assert!(
         err.remediation[0].contains("DEPLOYD_INVOKER_SERVICE_ACCOUNT"),
         "{err:?}"
+    );
+    assert_eq!(h.sandbox.count("storage.objects.insert"), 0);
+    assert_eq!(
+        h.sandbox
+            .count("cloudbuild.projects.locations.builds.create"),
+        0
     );
     assert_eq!(
         h.sandbox.count("app.request"),

@@ -202,7 +202,16 @@ pub fn deploy_request(
         Ok(proto::RolloutMode::Direct) => RolloutMode::Direct,
         Ok(proto::RolloutMode::VerifyBeforeTraffic) => RolloutMode::VerifyBeforeTraffic,
         Ok(proto::RolloutMode::Canary) => RolloutMode::Canary {
-            percent: nonzero(r.canary_percent).unwrap_or(10),
+            percent: match r.canary_steps.first() {
+                Some(first) if r.canary_percent == 0 => first.percent,
+                Some(_) => {
+                    return Err(InvalidRequest::new(
+                        "canary_percent",
+                        "set canary_steps or canary_percent, not both",
+                    ))
+                }
+                None => nonzero(r.canary_percent).unwrap_or(10),
+            },
         },
         Err(_) => {
             return Err(InvalidRequest::new(
@@ -220,6 +229,8 @@ pub fn deploy_request(
         health,
         rollback,
         rollout,
+        canary_steps: super::canary::steps(r.canary_steps)?,
+        analysis: r.analysis.map(super::canary::analysis).transpose()?,
     })
 }
 
@@ -368,6 +379,12 @@ fn outcome(o: Outcome) -> proto::Outcome {
         rolled_back: o.rolled_back,
         probe_stats: o.probe_stats.map(probe_stats),
         final_url: o.final_url,
+        canary_steps: o
+            .canary_steps
+            .iter()
+            .map(super::canary::step_result)
+            .collect(),
+        canary_aborted: o.canary_aborted,
     }
 }
 
@@ -398,6 +415,7 @@ pub fn event(e: Event) -> proto::Event {
             plan: p,
             dockerfile,
         } => Kind::Plan(plan(&p, dockerfile.as_deref())),
+        EventKind::CanaryStep(r) => Kind::CanaryStep(super::canary::step_result(&r)),
         EventKind::Outcome(o) => Kind::Outcome(outcome(*o)),
     };
     proto::Event {
@@ -495,6 +513,7 @@ pub fn deploy_request_proto(r: &DeployRequest, request_id: String) -> proto::Dep
     let (rollout_mode, canary_percent) = match r.rollout {
         RolloutMode::Direct => (proto::RolloutMode::Direct, 0),
         RolloutMode::VerifyBeforeTraffic => (proto::RolloutMode::VerifyBeforeTraffic, 0),
+        RolloutMode::Canary { .. } if !r.canary_steps.is_empty() => (proto::RolloutMode::Canary, 0),
         RolloutMode::Canary { percent } => (proto::RolloutMode::Canary, percent),
     };
     proto::DeployRequest {
@@ -585,5 +604,7 @@ pub fn deploy_request_proto(r: &DeployRequest, request_id: String) -> proto::Dep
         rollout_mode: rollout_mode.into(),
         canary_percent,
         request_id,
+        canary_steps: super::canary::steps_proto(&r.canary_steps),
+        analysis: r.analysis.as_ref().map(super::canary::analysis_proto),
     }
 }

@@ -4,6 +4,7 @@
 //! the pipeline, stream its events back.
 
 pub mod auth;
+pub mod canary;
 pub mod convert;
 
 pub mod proto {
@@ -267,6 +268,7 @@ impl DeployerService {
         }
         let req = convert::deploy_request(inner, self.health_base_delay).map_err(invalid)?;
         req.validate().map_err(invalid)?;
+        self.pipeline.admit(&req).map_err(invalid)?;
         call.permit(Action::Deploy, &req.target.project, &req.target.service)?;
         // The run's spans continue the caller's trace when it sent one.
         let span = tracing::info_span!(

@@ -3,6 +3,7 @@
 //! `--sandbox`, a client command starts its own daemon and sandbox on
 //! loopback first, so one process does the whole job.
 
+mod canary;
 mod client;
 mod render;
 
@@ -276,6 +277,14 @@ struct Tuning {
     /// they are allowed hosts too. Link-local addresses never are.
     #[arg(long, env = ENV_VERIFY_PRIVATE_HOSTS, value_delimiter = ',')]
     verify_private_hosts: Vec<String>,
+    /// Prometheus hosts a deploy's canary analysis may query
+    /// (comma-separated; `*.corp.example` for subdomains).
+    #[arg(long, env = ENV_PROMETHEUS_HOSTS, value_delimiter = ',')]
+    prometheus_hosts: Vec<String>,
+    /// Multiplies every canary duration (bakes, probe intervals,
+    /// Monitoring's delay): 0.01 rehearses a 2-minute step in 1.2 s.
+    #[arg(long, env = ENV_CANARY_TIME_SCALE, default_value_t = 1.0)]
+    canary_time_scale: f64,
     /// Git hosts that may be reached on loopback or private addresses, and
     /// over plain http:// (comma-separated; `*.corp.example` for subdomains).
     #[arg(long, env = ENV_SOURCE_PRIVATE_HOSTS, value_delimiter = ',')]
@@ -438,9 +447,12 @@ struct DeployArgs {
     /// How the new revision receives traffic.
     #[arg(long, value_enum, default_value = "direct")]
     rollout: RolloutArg,
-    /// With --rollout canary: the new revision's share while it is verified.
-    #[arg(long)]
+    /// With --rollout canary: the new revision's share while it is verified
+    /// (one step, no bake; --canary-steps for more).
+    #[arg(long, conflicts_with = "canary_steps")]
     canary_percent: Option<u32>,
+    #[command(flatten)]
+    canary: canary::CanaryArgs,
     /// What to do when the new revision is not healthy.
     #[arg(long, value_enum, default_value = "automatic")]
     rollback: RollbackArg,
@@ -556,6 +568,10 @@ impl Tuning {
                         .chain(backend_is_sandbox.then(|| "127.0.0.1".to_string()))
                         .collect(),
                 },
+                canary: crate::pipeline::CanaryConfig {
+                    time_scale: self.canary_time_scale.clamp(0.0001, 1.0),
+                    prometheus_hosts: self.prometheus_hosts.clone(),
+                },
                 sources: SourcePolicy {
                     private_hosts: self.source_private_hosts.clone(),
                     allow_ssh: self.source_allow_ssh,
@@ -642,6 +658,15 @@ async fn run(command: Command) -> anyhow::Result<i32> {
                     }
                 })
                 .collect();
+            let canary = a.canary.request()?;
+            let rollout = match (a.rollout, &canary) {
+                (RolloutArg::VerifyBeforeTraffic, Some(_)) => {
+                    bail!("--canary-steps need --rollout canary, not verify-before-traffic")
+                }
+                (_, Some(_)) => RolloutArg::Canary,
+                (r, None) => r,
+            };
+            let (canary_steps, analysis) = canary.unwrap_or_default();
             let req = proto::DeployRequest {
                 target: Some(proto::Target {
                     project: project(&a.target, &a.connect)?,
@@ -692,7 +717,7 @@ async fn run(command: Command) -> anyhow::Result<i32> {
                     RollbackArg::Recommend => proto::RollbackPolicy::Recommend,
                 }
                 .into(),
-                rollout_mode: match a.rollout {
+                rollout_mode: match rollout {
                     RolloutArg::Direct => proto::RolloutMode::Direct,
                     RolloutArg::VerifyBeforeTraffic => proto::RolloutMode::VerifyBeforeTraffic,
                     RolloutArg::Canary => proto::RolloutMode::Canary,
@@ -700,6 +725,8 @@ async fn run(command: Command) -> anyhow::Result<i32> {
                 .into(),
                 canary_percent: a.canary_percent.unwrap_or(0),
                 request_id: a.request_id.clone().unwrap_or_default(),
+                canary_steps,
+                analysis,
             };
             let mut s = Session::connect(&a.connect).await?;
             let stream = match s.client.deploy(req).await {

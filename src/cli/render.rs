@@ -163,9 +163,12 @@ pub fn to_json(e: &proto::Event) -> Value {
                    "evidence": p.evidence.iter().map(|e| json!({"file": e.file, "line": e.line, "note": e.note})).collect::<Vec<_>>(),
                    "dockerfile": p.dockerfile}),
         ),
+        Some(Kind::CanaryStep(c)) => ("canary_step", canary_json(c)),
         Some(Kind::Outcome(o)) => (
             "outcome",
             json!({
+                "canary_steps": o.canary_steps.iter().map(canary_json).collect::<Vec<_>>(),
+                "canary_aborted": o.canary_aborted, "rolled_back": o.rolled_back,
                 "success": o.success, "url": o.url, "verified": o.verified, "response_time_ms": o.response_time_ms,
                 "should_rollback": o.should_rollback, "revision": o.revision, "previous_revision": o.previous_revision,
                 "image": o.image, "build_id": o.build_id, "failed_stage": stage_name(o.failed_stage),
@@ -177,6 +180,69 @@ pub fn to_json(e: &proto::Event) -> Value {
         None => ("unknown", json!({})),
     };
     json!({"deployment_id": e.deployment_id, "seq": e.seq, "stage": stage_name(e.stage), "time": time, "kind": kind, "data": data})
+}
+
+fn verdict_name(v: i32) -> &'static str {
+    match proto::Verdict::try_from(v) {
+        Ok(proto::Verdict::Pass) => "pass",
+        Ok(proto::Verdict::Fail) => "fail",
+        Ok(proto::Verdict::Inconclusive) => "inconclusive",
+        _ => "unspecified",
+    }
+}
+
+fn canary_json(c: &proto::CanaryStepResult) -> Value {
+    json!({
+        "step": c.step, "steps": c.steps, "percent": c.percent,
+        "baked_ms": c.baked.as_ref().map(|d| d.seconds as f64 * 1e3 + f64::from(d.nanos) / 1e6).unwrap_or(0.0),
+        "verdict": verdict_name(c.verdict), "action": c.action, "reason": c.reason,
+        "measurements": c.measurements.iter().map(|m| json!({
+            "source": m.source, "name": m.name, "value": m.value, "threshold": m.threshold,
+            "comparison": m.comparison, "samples": m.samples, "min_samples": m.min_samples,
+            "verdict": verdict_name(m.verdict), "baseline": m.baseline, "detail": m.detail,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn canary_human(out: &mut impl Write, c: &proto::CanaryStepResult) -> std::io::Result<()> {
+    let baked = c
+        .baked
+        .as_ref()
+        .map(|d| d.seconds as f64 + f64::from(d.nanos) / 1e9)
+        .unwrap_or(0.0);
+    writeln!(
+        out,
+        "    canary step {}/{} at {}%: {} after {:.1}s -> {}",
+        c.step,
+        c.steps,
+        c.percent,
+        verdict_name(c.verdict).to_uppercase(),
+        baked,
+        c.action
+    )?;
+    for m in &c.measurements {
+        let mut line = format!(
+            "      [{}] {} {}",
+            verdict_name(m.verdict),
+            m.source,
+            m.name
+        );
+        if !m.comparison.is_empty() && m.samples > 0 {
+            line.push_str(&format!(
+                " {:.4} {} {:.4}",
+                m.value, m.comparison, m.threshold
+            ));
+        }
+        if m.baseline != 0.0 {
+            line.push_str(&format!(" (stable {:.4})", m.baseline));
+        }
+        line.push_str(&format!(", {} samples", m.samples));
+        if !m.detail.is_empty() {
+            line.push_str(&format!(": {}", m.detail));
+        }
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
 }
 
 /// Writes one event for a person.
@@ -226,6 +292,7 @@ pub fn human(out: &mut impl Write, e: &proto::Event) -> std::io::Result<()> {
             r.reason
         ),
         Some(Kind::Plan(p)) => plan(out, p),
+        Some(Kind::CanaryStep(c)) => canary_human(out, c),
         Some(Kind::Outcome(o)) => outcome(out, o),
         None => Ok(()),
     }

@@ -25,6 +25,7 @@ pub struct Endpoints {
     pub storage: String,
     pub cloud_build: String,
     pub run: String,
+    pub monitoring: String,
 }
 
 impl Endpoints {
@@ -39,6 +40,7 @@ impl Endpoints {
             storage: "https://storage.googleapis.com".into(),
             cloud_build: "https://cloudbuild.googleapis.com".into(),
             run: "https://run.googleapis.com".into(),
+            monitoring: "https://monitoring.googleapis.com".into(),
         }
     }
 
@@ -54,7 +56,8 @@ impl Endpoints {
             artifact_registry: b.clone(),
             storage: b.clone(),
             cloud_build: b.clone(),
-            run: b,
+            run: b.clone(),
+            monitoring: b,
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod http;
 pub mod iam;
 pub mod iamcredentials;
 pub mod lro;
+pub mod monitoring;
 pub mod orgpolicy;
 pub mod resourcemanager;
 pub mod run;
@@ -34,7 +35,8 @@ pub use lro::PollPolicy;
 use crate::pipeline::archive::Blob;
 use crate::pipeline::cloud::{
     Bucket, BuildInfo, BuildSpec, BuildStatus, Cloud, ListPolicy, Project, ProjectState,
-    Repository, Rollout, RunService, ServiceAccount, ServiceSpec, StoredObject, TrafficTarget,
+    Repository, RevisionRequests, Rollout, RunService, ServiceAccount, ServiceSpec, StoredObject,
+    TrafficTarget,
 };
 use crate::pipeline::error::{CloudError, Code};
 use crate::pipeline::model::Target;
@@ -344,6 +346,10 @@ impl Cloud for GcpClient {
         Ok(run::apply(&self.t, spec, exists, &self.poll).await?)
     }
 
+    async fn validate_service(&self, spec: &ServiceSpec, exists: bool) -> Result<(), CloudError> {
+        Ok(run::validate(&self.t, spec, exists).await?)
+    }
+
     async fn set_public_invoker(&self, target: &Target, public: bool) -> Result<(), CloudError> {
         Ok(run::set_public_invoker(&self.t, target, public).await?)
     }
@@ -370,5 +376,15 @@ impl Cloud for GcpClient {
                 Err(e)
             }
         }
+    }
+
+    async fn revision_requests(
+        &self,
+        target: &Target,
+        revision: &str,
+        start: std::time::SystemTime,
+        end: std::time::SystemTime,
+    ) -> Result<RevisionRequests, CloudError> {
+        Ok(monitoring::revision_requests(&self.t, target, revision, start, end).await?)
     }
 }

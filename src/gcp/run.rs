@@ -295,6 +295,46 @@ pub async fn apply(
     rollout(t, method, target, op, poll).await
 }
 
+/// `validateOnly=true` on the create (or patch): Cloud Run validates the
+/// request, fills defaults, persists nothing. A create of a service that
+/// exists meanwhile is validated as a patch.
+pub async fn validate(t: &Transport, spec: &ServiceSpec, exists: bool) -> Result<(), GcpError> {
+    let mut body = service_body(spec);
+    // The revision is what is judged; the split names revisions that do
+    // not exist yet.
+    if let Some(o) = body.as_object_mut() {
+        o.remove("traffic");
+    }
+    let target = &spec.target;
+    let (method, rb) = if exists {
+        let url = format!("{}/v2/{}", t.endpoints.run, service_name(target));
+        (
+            "run.projects.locations.services.patch",
+            t.request(Method::PATCH, url)
+                .query(&[("validateOnly", "true")]),
+        )
+    } else {
+        let url = format!(
+            "{}/v2/projects/{}/locations/{}/services",
+            t.endpoints.run,
+            segment(&target.project),
+            segment(&target.region)
+        );
+        (
+            "run.projects.locations.services.create",
+            t.request(Method::POST, url).query(&[
+                ("serviceId", target.service.as_str()),
+                ("validateOnly", "true"),
+            ]),
+        )
+    };
+    match t.json::<Operation>(method, rb.json(&body)).await {
+        Ok(_) => Ok(()),
+        Err(e) if !exists && e.is(Code::AlreadyExists) => Box::pin(validate(t, spec, true)).await,
+        Err(e) => Err(e),
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize, Default, Clone)]
 #[serde(default)]
 struct Policy {

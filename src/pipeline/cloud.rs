@@ -306,6 +306,9 @@ pub trait Cloud: Send + Sync + 'static {
     /// Creates or replaces the service and waits for the rollout.
     async fn deploy_service(&self, spec: &ServiceSpec, exists: bool)
         -> Result<Rollout, CloudError>;
+    /// Asks Cloud Run whether it would accept `spec` (`validateOnly`):
+    /// nothing is created or changed. An invalid spec is INVALID_ARGUMENT.
+    async fn validate_service(&self, spec: &ServiceSpec, exists: bool) -> Result<(), CloudError>;
     /// Grants or revokes roles/run.invoker for allUsers.
     async fn set_public_invoker(&self, target: &Target, public: bool) -> Result<(), CloudError>;
     /// Changes only the traffic split (no new revision) and waits for it.
@@ -319,6 +322,44 @@ pub trait Cloud: Send + Sync + 'static {
     /// A Google-signed identity token whose audience is `audience`, for
     /// probing services that refuse unauthenticated requests.
     async fn id_token(&self, audience: &str) -> Result<String, CloudError>;
+
+    // Cloud Monitoring
+    /// The requests `revision` served between `start` and `end`, as Cloud
+    /// Monitoring counted them (`run.googleapis.com/request_count` and
+    /// `request_latencies`).
+    async fn revision_requests(
+        &self,
+        target: &Target,
+        revision: &str,
+        start: std::time::SystemTime,
+        end: std::time::SystemTime,
+    ) -> Result<RevisionRequests, CloudError>;
+}
+
+/// What users' requests to one revision looked like over a window.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RevisionRequests {
+    /// Requests by response class: "2xx", "3xx", "4xx", "5xx".
+    pub by_class: BTreeMap<String, u64>,
+    /// Their latency histogram in ms: `latency_bounds_ms[i]` is the upper
+    /// bound of bucket `i` (bucket 0 starts at 0, the last has no end).
+    pub latency_bounds_ms: Vec<f64>,
+    pub latency_counts: Vec<u64>,
+}
+
+impl RevisionRequests {
+    pub fn total(&self) -> u64 {
+        self.by_class.values().sum()
+    }
+}
+
+/// PromQL instant queries against a Prometheus HTTP API.
+#[async_trait]
+pub trait PromQl: Send + Sync + 'static {
+    /// The one number `query` evaluates to now; `None` when it returned no
+    /// series. An error says why there is no answer (unreachable, a bad
+    /// query, several series).
+    async fn instant(&self, base_url: &str, query: &str) -> Result<Option<f64>, String>;
 }
 
 /// Why a probe got no acceptable answer.

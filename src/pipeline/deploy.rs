@@ -82,14 +82,10 @@ impl Pipeline {
                         tag: Some(CANDIDATE_TAG.into()),
                     },
                 ],
-                (RolloutMode::Canary { percent }, Some(prev)) => vec![
-                    pinned(prev, 100 - percent),
-                    TrafficTarget {
-                        revision: Some(name.clone()),
-                        percent: *percent,
-                        tag: Some(CANDIDATE_TAG.into()),
-                    },
-                ],
+                (RolloutMode::Canary { .. }, Some(prev)) => {
+                    let first = d.request.steps().first().map_or(10, |s| s.percent);
+                    super::canary::run::canary_split(prev, &name, first)
+                }
                 _ => vec![],
             };
             if let Some(p) = &d.request.runtime.startup_probe {
@@ -165,6 +161,9 @@ impl Pipeline {
         d.candidate_url = (mode != RolloutMode::Direct)
             .then(|| tag_url(&service))
             .flatten();
+        d.stable_url = matches!(mode, RolloutMode::Canary { .. })
+            .then(|| super::canary::run::tag_url(&service, super::canary::STABLE_TAG))
+            .flatten();
         let public = d.request.runtime.allow_unauthenticated;
         self.cloud_call(
             Stage::Deploy,
@@ -180,8 +179,9 @@ impl Pipeline {
             (RolloutMode::VerifyBeforeTraffic, Some(u)) => {
                 format!("revision {revision} is ready with no traffic, to be verified at {u}")
             }
-            (RolloutMode::Canary { percent }, Some(u)) => format!(
-                "revision {revision} is ready with {percent}% of traffic, to be verified at {u}"
+            (RolloutMode::Canary { .. }, Some(u)) => format!(
+                "revision {revision} is ready with {}% of traffic, to be verified at {u}",
+                d.request.steps().first().map_or(10, |s| s.percent)
             ),
             _ => format!("revision {revision} is ready at {}", service.uri),
         };

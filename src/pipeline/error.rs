@@ -231,6 +231,15 @@ pub enum StageError {
     #[error("cannot probe the private service {service}: {reason}")]
     NoProbeIdentity { service: String, reason: String },
 
+    #[error("the canary was aborted at step {step} of {steps} ({percent}% of traffic on {revision}): {reason}")]
+    CanaryAborted {
+        revision: String,
+        step: u32,
+        steps: u32,
+        percent: u32,
+        reason: String,
+    },
+
     #[error("cancelled before {stage} finished")]
     Cancelled { stage: &'static str },
 
@@ -325,6 +334,10 @@ impl StageError {
             StageError::NoProbeIdentity { .. } => ("NO_PROBE_IDENTITY", false, vec![
                 "Give the daemon an identity: DEPLOYD_INVOKER_SERVICE_ACCOUNT (--invoker-service-account) naming an account with roles/run.invoker that the daemon may mint tokens for (roles/iam.serviceAccountTokenCreator), or run it on Google Cloud, where the metadata server provides one (GCE_METADATA_HOST elsewhere).".into(),
                 "Or make the service public, if it is meant to be (allow_unauthenticated).".into(),
+            ]),
+            StageError::CanaryAborted { .. } => ("CANARY_ABORTED", false, vec![
+                "The candidate served worse than its limits allow (see the canary step results and their measurements); fix it and deploy again.".into(),
+                "If the limits are too strict for this service, loosen them in the request's analysis settings.".into(),
             ]),
             StageError::Cancelled { .. } => ("CANCELLED", true, vec![
                 "Nothing is left running (a build in progress was cancelled); deploy again when ready.".into(),

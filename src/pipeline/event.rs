@@ -152,6 +152,10 @@ pub struct Outcome {
     pub rolled_back: bool,
     pub probe_stats: Option<ProbeStats>,
     pub final_url: String,
+    #[serde(default)]
+    pub canary_steps: Vec<super::canary::StepResult>,
+    #[serde(default)]
+    pub canary_aborted: bool,
 }
 
 impl Outcome {
@@ -160,6 +164,7 @@ impl Outcome {
         match &self.error {
             _ if self.success => "success",
             Some(f) if f.code == "CANCELLED" => "cancelled",
+            _ if self.canary_aborted => "canary_aborted",
             _ if self.rolled_back => "rolled_back",
             _ => "failure",
         }
@@ -188,6 +193,8 @@ pub enum EventKind {
         plan: Box<super::analyze::BuildPlan>,
         dockerfile: Option<String>,
     },
+    /// A canary step judged.
+    CanaryStep(Box<super::canary::StepResult>),
     Outcome(Box<Outcome>),
 }
 

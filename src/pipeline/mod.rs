@@ -14,8 +14,10 @@ pub mod analyze;
 pub mod archive;
 mod build;
 mod calls;
+pub mod canary;
 pub mod cloud;
 mod deploy;
+mod deploy_checks;
 pub mod dockerfile;
 pub mod dockerignore;
 pub mod error;
@@ -41,7 +43,7 @@ pub use build::{classify_build, relevant_lines};
 pub use deploy::CANDIDATE_TAG;
 pub use preflight::{CHECK_ORDER, REQUIRED_APIS, REQUIRED_PERMISSIONS};
 
-use cloud::{Cloud, Prober};
+use cloud::{Cloud, Prober, PromQl};
 use error::StageError;
 use event::{EventKind, Failure, Outcome, Reporter, Stage};
 use model::{DeployRequest, PreflightRequest, RollbackPolicy, RolloutMode, VerifyRequest};
@@ -70,6 +72,27 @@ pub struct PipelineConfig {
     pub url_policy: UrlPolicy,
     /// Where sources may come from.
     pub sources: source::SourcePolicy,
+    pub canary: CanaryConfig,
+}
+
+/// Daemon-wide settings of canary analysis.
+#[derive(Debug, Clone)]
+pub struct CanaryConfig {
+    /// Multiplies every canary duration (bakes, extensions, probe
+    /// intervals, Monitoring's delay): below 1 a rehearsal or a test runs
+    /// the same steps in less time. 1 in production.
+    pub time_scale: f64,
+    /// Prometheus hosts a request's analysis may query.
+    pub prometheus_hosts: Vec<String>,
+}
+
+impl Default for CanaryConfig {
+    fn default() -> Self {
+        Self {
+            time_scale: 1.0,
+            prometheus_hosts: vec![],
+        }
+    }
 }
 
 impl Default for PipelineConfig {
@@ -84,6 +107,7 @@ impl Default for PipelineConfig {
             max_source_bytes: archive::DEFAULT_MAX_SOURCE_BYTES,
             url_policy: UrlPolicy::default(),
             sources: source::SourcePolicy::default(),
+            canary: CanaryConfig::default(),
         }
     }
 }
@@ -145,6 +169,12 @@ pub struct Deployment {
     pub effective_rollout: RolloutMode,
     /// The candidate's tag URL, in the verify-first rollout modes.
     pub candidate_url: Option<String>,
+    /// The stable revision's tag URL during a canary.
+    #[serde(default)]
+    pub stable_url: Option<String>,
+    /// The canary's steps done and judged.
+    #[serde(default)]
+    pub canary: canary::CanaryProgress,
     pub verification: Option<Verification>,
     pub rolled_back: bool,
     /// What analysis found.
@@ -208,6 +238,8 @@ impl Deployment {
             revision: None,
             url: None,
             candidate_url: None,
+            stable_url: None,
+            canary: canary::CanaryProgress::default(),
             verification: None,
             rolled_back: false,
             plan: None,
@@ -313,6 +345,8 @@ impl Deployment {
             final_url: verification
                 .and_then(|v| v.final_url.clone())
                 .unwrap_or_default(),
+            canary_steps: self.canary.results.clone(),
+            canary_aborted: self.canary.aborted,
         }
     }
 }
@@ -321,6 +355,7 @@ impl Deployment {
 pub struct Pipeline {
     cloud: Arc<dyn Cloud>,
     prober: Arc<dyn Prober>,
+    promql: Arc<dyn PromQl>,
     config: PipelineConfig,
     /// Packing uses every core and an archive's temporary file lives until
     /// its upload ends; this bounds how many at once.
@@ -333,10 +368,16 @@ pub struct Pipeline {
 pub const MAX_CONCURRENT_ARCHIVES: usize = 8;
 
 impl Pipeline {
-    pub fn new(cloud: Arc<dyn Cloud>, prober: Arc<dyn Prober>, config: PipelineConfig) -> Self {
+    pub fn new(
+        cloud: Arc<dyn Cloud>,
+        prober: Arc<dyn Prober>,
+        promql: Arc<dyn PromQl>,
+        config: PipelineConfig,
+    ) -> Self {
         Self {
             cloud,
             prober,
+            promql,
             config,
             archives: tokio::sync::Semaphore::new(MAX_CONCURRENT_ARCHIVES),
             build_times: build::BuildTimes::default(),
@@ -672,7 +713,16 @@ impl Pipeline {
             }
             Stage::Preflight => {
                 let req = preflight::request_for_deploy(&d.request);
-                d.checks = self.run_checks(&req, events, cancel).await;
+                let (mut checks, own) = tokio::join!(
+                    self.run_checks(&req, events, cancel),
+                    self.verification_checks(d, events, cancel)
+                );
+                if checks.iter().all(|c| c.ok) {
+                    checks.push(self.revision_check(d, events, cancel).await);
+                }
+                checks.extend(own);
+                checks.sort_by_key(|c| CHECK_ORDER.iter().position(|n| *n == c.name));
+                d.checks = checks;
                 preflight_verdict(&d.checks)
             }
             Stage::Build => {
@@ -726,6 +776,7 @@ impl Pipeline {
                 if d.effective_rollout == RolloutMode::Direct {
                     spec.consecutive_successes = 1;
                 }
+                let token = ctx.id_token.clone();
                 let v =
                     verify::verify(self.prober.as_ref(), &url, &spec, ctx, events, cancel).await;
                 d.retries += v.attempts.saturating_sub(1);
@@ -743,6 +794,9 @@ impl Pipeline {
                 d.verification = Some(v);
                 if !healthy {
                     return Err(unhealthy);
+                }
+                if let RolloutMode::Canary { .. } = d.effective_rollout {
+                    self.run_canary(d, token, events, cancel).await?;
                 }
                 if d.effective_rollout != RolloutMode::Direct {
                     self.promote(d, events, cancel).await?;
@@ -793,6 +847,14 @@ impl Pipeline {
             .emit(None, EventKind::Outcome(Box::new(outcome.clone())))
             .await;
         outcome
+    }
+
+    /// What only the daemon's settings can refuse in a valid request.
+    pub fn admit(&self, req: &DeployRequest) -> Result<(), model::InvalidRequest> {
+        if let Some(a) = &req.analysis {
+            a.check_prometheus_host(&self.config.canary.prometheus_hosts)?;
+        }
+        Ok(())
     }
 
     /// Checks a caller-supplied URL against the policy before anything is

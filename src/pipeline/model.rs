@@ -7,6 +7,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::canary::spec as canary;
+pub use super::canary::spec::{
+    CanaryAnalysis, CanaryStep, Comparison, InconclusivePolicy, MonitoringAnalysis, ProbeAnalysis,
+    PromQuery, PrometheusAnalysis,
+};
+
 use super::rules::{self, shown};
 
 /// Where a deploy lands.
@@ -643,7 +649,7 @@ pub enum RolloutMode {
     Canary { percent: u32 },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeployRequest {
     pub target: Target,
     pub source: SourceSpec,
@@ -654,6 +660,13 @@ pub struct DeployRequest {
     pub health: HealthCheckSpec,
     pub rollback: RollbackPolicy,
     pub rollout: RolloutMode,
+    /// The canary's steps when the caller gave them; empty for a one-step
+    /// canary of `RolloutMode::Canary { percent }`, with no bake.
+    #[serde(default)]
+    pub canary_steps: Vec<CanaryStep>,
+    /// How canary steps are judged; `None`: deployd's own probes.
+    #[serde(default)]
+    pub analysis: Option<CanaryAnalysis>,
 }
 
 impl DeployRequest {
@@ -714,7 +727,9 @@ impl DeployRequest {
         self.health.validate("health_check.", "health_check.path")?;
         self.runtime.validate()?;
         self.build.validate()?;
-        if let RolloutMode::Canary { percent } = self.rollout {
+        if let (RolloutMode::Canary { percent }, true) =
+            (self.rollout, self.canary_steps.is_empty())
+        {
             if !(1..=99).contains(&percent) {
                 return Err(InvalidRequest::new(
                     "canary_percent",
@@ -722,7 +737,38 @@ impl DeployRequest {
                 ));
             }
         }
+        if !self.canary_steps.is_empty() {
+            if !matches!(self.rollout, RolloutMode::Canary { .. }) {
+                return Err(InvalidRequest::new(
+                    "canary_steps",
+                    "need rollout_mode ROLLOUT_MODE_CANARY",
+                ));
+            }
+            canary::validate_steps(&self.canary_steps)?;
+        }
+        if let Some(a) = &self.analysis {
+            if self.canary_steps.is_empty() {
+                return Err(InvalidRequest::new(
+                    "analysis",
+                    "judges canary steps: give canary_steps (with ROLLOUT_MODE_CANARY)",
+                ));
+            }
+            a.validate()?;
+        }
         Ok(())
+    }
+
+    /// The canary's steps: the caller's, or one step of `canary_percent`
+    /// with no bake. Empty outside the canary mode.
+    pub fn steps(&self) -> Vec<CanaryStep> {
+        match self.rollout {
+            RolloutMode::Canary { percent } if self.canary_steps.is_empty() => vec![CanaryStep {
+                percent,
+                bake: Duration::ZERO,
+            }],
+            RolloutMode::Canary { .. } => self.canary_steps.clone(),
+            _ => vec![],
+        }
     }
 }
 

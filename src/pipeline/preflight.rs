@@ -61,6 +61,11 @@ pub const CHECK_ORDER: &[&str] = &[
     "build_bucket",
     "cloud_build",
     "network_policies",
+    // A deploy's own (deploy_checks.rs).
+    "revision_spec",
+    "probe_identity",
+    "monitoring_access",
+    "prometheus",
 ];
 
 /// How far the project could be looked at.
@@ -72,7 +77,7 @@ enum Reach {
 }
 
 /// A check call that failed for good (or not at all conclusively).
-enum CallError {
+pub(super) enum CallError {
     Failed(CloudError),
     Inconclusive(String),
 }
@@ -141,7 +146,7 @@ impl Pipeline {
         results
     }
 
-    async fn report_check(&self, c: &CheckResult, events: &Reporter) {
+    pub(super) async fn report_check(&self, c: &CheckResult, events: &Reporter) {
         crate::telemetry::metrics::preflight_check(&c.name, c.result_label());
         events
             .emit(Some(Stage::Preflight), EventKind::Check(c.clone()))
@@ -149,7 +154,11 @@ impl Pipeline {
     }
 
     /// One check call with a deadline, retried on transient errors.
-    async fn call<T, F, Fut>(&self, cancel: &CancellationToken, mut op: F) -> Result<T, CallError>
+    pub(super) async fn call<T, F, Fut>(
+        &self,
+        cancel: &CancellationToken,
+        mut op: F,
+    ) -> Result<T, CallError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, CloudError>>,
@@ -747,7 +756,12 @@ fn check_build_config(req: &PreflightRequest) -> CheckResult {
 }
 
 /// A check whose API call failed: names what was being done and why.
-fn call_error_check(name: &'static str, doing: &str, e: CallError, project: &str) -> CheckResult {
+pub(super) fn call_error_check(
+    name: &'static str,
+    doing: &str,
+    e: CallError,
+    project: &str,
+) -> CheckResult {
     match e {
         CallError::Inconclusive(why) => CheckResult::inconclusive(name, format!("{doing}: {why}")),
         CallError::Failed(e) => {

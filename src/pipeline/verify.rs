@@ -188,6 +188,68 @@ fn gate_interval(spec: &HealthCheckSpec) -> std::time::Duration {
     spec.base_delay.min(std::time::Duration::from_secs(1))
 }
 
+/// One probe of `target` as the health check asks it, and why it failed
+/// (`None` when it passed): the address approved, the request sent within
+/// the timeout, status and body judged.
+pub(crate) async fn probe_once(
+    prober: &dyn Prober,
+    target: &str,
+    spec: &HealthCheckSpec,
+    headers: &[(String, String)],
+    policy: Option<&UrlPolicy>,
+    cancel: &CancellationToken,
+) -> (ProbeResponse, Option<ProbeErrorClass>, Option<String>) {
+    let started = std::time::Instant::now();
+    // A resolver that never answers must not outlast the attempt.
+    let approval = tokio::time::timeout(spec.timeout, approve(target, policy, prober))
+        .await
+        .unwrap_or_else(|_| {
+            Err((
+                ProbeErrorClass::Dns,
+                format!("no address for {target} within {:?}", spec.timeout),
+            ))
+        });
+    let r = match approval {
+        Ok(pinned) => {
+            let req = ProbeRequest {
+                url: target,
+                // One budget for the whole attempt.
+                timeout: spec.timeout.saturating_sub(started.elapsed()),
+                expect_body: spec.expect_body.as_deref(),
+                headers: headers.to_vec(),
+                pinned: pinned.as_deref(),
+            };
+            let probe = prober.probe(&req);
+            // A cancelled run drops the probe, and with it its
+            // connection, instead of waiting out its timeout.
+            tokio::select! {
+                r = probe => r,
+                _ = cancel.cancelled() => {
+                    no_answer(target, started, (ProbeErrorClass::Other, "cancelled".into()))
+                }
+            }
+        }
+        // Nothing was sent: the attempt is what resolving took.
+        Err(failure) => no_answer(target, started, failure),
+    };
+    let status_ok = r
+        .status
+        .is_some_and(|s| spec.accepted_statuses.contains(&s));
+    let (class, error) = match (&r.error, status_ok, r.body_contains_expected) {
+        (Some((class, msg)), _, _) => (Some(*class), Some(msg.clone())),
+        (None, false, _) => (
+            Some(ProbeErrorClass::HttpStatus),
+            Some(format!("status {} is not accepted", r.status.unwrap_or(0))),
+        ),
+        (None, true, false) => (
+            Some(ProbeErrorClass::BodyMismatch),
+            Some("the body lacks the expected text".into()),
+        ),
+        (None, true, true) => (None, None),
+    };
+    (r, class, error)
+}
+
 /// A failed attempt; a refusal by the policy ends the verification.
 struct AttemptFailed {
     message: String,
@@ -227,101 +289,62 @@ pub async fn verify(
         |attempt| {
             let (target, headers, times, last_status) = (&target, &headers, &times, &last_status);
             async move {
-              // A gate of N consecutive healthy answers: one failure ends
-              // the attempt (and the streak); the next attempt starts over.
-              let mut streak = 0;
-              loop {
-                let started = std::time::Instant::now();
-                // A resolver that never answers must not outlast the attempt.
-                let approval =
-                    tokio::time::timeout(spec.timeout, approve(target, ctx.policy, prober))
-                        .await
-                        .unwrap_or_else(|_| {
-                            Err((
-                                ProbeErrorClass::Dns,
-                                format!("no address for {target} within {:?}", spec.timeout),
-                            ))
-                        });
-                let r = match approval {
-                    Ok(pinned) => {
-                        let req = ProbeRequest {
-                            url: target,
-                            // One budget for the whole attempt.
-                            timeout: spec.timeout.saturating_sub(started.elapsed()),
-                            expect_body: spec.expect_body.as_deref(),
-                            headers: headers.clone(),
-                            pinned: pinned.as_deref(),
-                        };
-                        let probe = prober.probe(&req);
-                        // A cancelled run drops the probe, and with it its
-                        // connection, instead of waiting out its timeout.
-                        tokio::select! {
-                            r = probe => r,
-                            _ = cancel.cancelled() => {
-                                no_answer(target, started, (ProbeErrorClass::Other, "cancelled".into()))
+                // A gate of N consecutive healthy answers: one failure ends
+                // the attempt (and the streak); the next attempt starts over.
+                let mut streak = 0;
+                loop {
+                    let (r, class, error) =
+                        probe_once(prober, target, spec, headers, ctx.policy, cancel).await;
+                    let healthy = error.is_none();
+                    metrics::health_check(
+                        if healthy { "healthy" } else { "unhealthy" },
+                        r.body_after,
+                    );
+                    if let Ok(mut t) = times.lock() {
+                        t.push(r.body_after);
+                    }
+                    if let Ok(mut s) = last_status.lock() {
+                        *s = r.status;
+                    }
+                    let probe = ProbeResult {
+                        attempt,
+                        url: target.clone(),
+                        status: r.status,
+                        response_time: r.body_after,
+                        headers_time: r.headers_after,
+                        healthy,
+                        error: error.clone(),
+                        error_class: class,
+                        final_url: r.final_url.clone(),
+                    };
+                    events
+                        .emit(Some(Stage::Verify), EventKind::Probe(probe))
+                        .await;
+                    match error {
+                        None => {
+                            streak += 1;
+                            if streak >= spec.consecutive_successes.max(1) {
+                                return Ok((r.body_after, r.final_url));
+                            }
+                            tokio::select! {
+                                _ = tokio::time::sleep(gate_interval(spec)) => {}
+                                _ = cancel.cancelled() => return Err(AttemptFailed {
+                                    message: "cancelled".into(),
+                                    refused: false,
+                                }),
                             }
                         }
-                    }
-                    // Nothing was sent: the attempt is what resolving took.
-                    Err(failure) => no_answer(target, started, failure),
-                };
-                let status_ok = r
-                    .status
-                    .is_some_and(|s| spec.accepted_statuses.contains(&s));
-                let (class, error) = match (&r.error, status_ok, r.body_contains_expected) {
-                    (Some((class, msg)), _, _) => (Some(*class), Some(msg.clone())),
-                    (None, false, _) => (
-                        Some(ProbeErrorClass::HttpStatus),
-                        Some(format!("status {} is not accepted", r.status.unwrap_or(0))),
-                    ),
-                    (None, true, false) => (
-                        Some(ProbeErrorClass::BodyMismatch),
-                        Some("the body lacks the expected text".into()),
-                    ),
-                    (None, true, true) => (None, None),
-                };
-                let healthy = error.is_none();
-                metrics::health_check(if healthy { "healthy" } else { "unhealthy" }, r.body_after);
-                if let Ok(mut t) = times.lock() {
-                    t.push(r.body_after);
-                }
-                if let Ok(mut s) = last_status.lock() {
-                    *s = r.status;
-                }
-                let probe = ProbeResult {
-                    attempt,
-                    url: target.clone(),
-                    status: r.status,
-                    response_time: r.body_after,
-                    headers_time: r.headers_after,
-                    healthy,
-                    error: error.clone(),
-                    error_class: class,
-                    final_url: r.final_url.clone(),
-                };
-                events
-                    .emit(Some(Stage::Verify), EventKind::Probe(probe))
-                    .await;
-                match error {
-                    None => {
-                        streak += 1;
-                        if streak >= spec.consecutive_successes.max(1) {
-                            return Ok((r.body_after, r.final_url));
-                        }
-                        tokio::select! {
-                            _ = tokio::time::sleep(gate_interval(spec)) => {}
-                            _ = cancel.cancelled() => return Err(AttemptFailed {
-                                message: "cancelled".into(),
-                                refused: false,
-                            }),
+                        Some(e) => {
+                            return Err(AttemptFailed {
+                                message: format!(
+                                    "{}: {e}",
+                                    class.map(|c| c.as_str()).unwrap_or("other")
+                                ),
+                                refused: class == Some(ProbeErrorClass::Refused),
+                            })
                         }
                     }
-                    Some(e) => return Err(AttemptFailed {
-                        message: format!("{}: {e}", class.map(|c| c.as_str()).unwrap_or("other")),
-                        refused: class == Some(ProbeErrorClass::Refused),
-                    }),
                 }
-              }
             }
         },
         |f: &AttemptFailed| {

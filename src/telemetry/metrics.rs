@@ -43,8 +43,29 @@ pub const HEALTH_CHECK_LATENCY_HDR: &str = super::hdr::NAME;
 pub const API_RETRIES: &str = "deployd_api_retries_total";
 pub const RESUMED: &str = "deployd_deployments_resumed_total";
 pub const AUTH_REFUSALS: &str = "deployd_auth_refusals_total";
+pub const CANARY_ANALYSES: &str = "deployd_canary_analyses_total";
+pub const CANARY_STEPS: &str = "deployd_canary_steps_total";
+pub const CANARY_ABORTS: &str = "deployd_canary_aborts_total";
 
 pub const SPEC: &[MetricSpec] = &[
+    MetricSpec {
+        name: CANARY_ANALYSES,
+        kind: Kind::Counter,
+        labels: &["source", "result"],
+        help: "Canary step analyses by signal (probes, monitoring, prometheus) and result (pass, fail, inconclusive); an extended step counts once per bake.",
+    },
+    MetricSpec {
+        name: CANARY_STEPS,
+        kind: Kind::Counter,
+        labels: &["verdict", "action"],
+        help: "Canary steps judged, by verdict (pass, fail, inconclusive) and what the rollout did (next, promote, extend, abort, pass_inconclusive).",
+    },
+    MetricSpec {
+        name: CANARY_ABORTS,
+        kind: Kind::Counter,
+        labels: &[],
+        help: "Canaries aborted by their analysis: traffic went back to the stable revision.",
+    },
     MetricSpec {
         name: AUTH_REFUSALS,
         kind: Kind::Counter,
@@ -92,7 +113,7 @@ pub const SPEC: &[MetricSpec] = &[
         name: DEPLOYMENTS,
         kind: Kind::Counter,
         labels: &["result"],
-        help: "Deploy runs by result (success, failure, rolled_back, cancelled).",
+        help: "Deploy runs by result (success, failure, rolled_back, canary_aborted, cancelled).",
     },
     MetricSpec {
         name: FIRST_TIME_SUCCESS,
@@ -183,8 +204,30 @@ pub fn describe() {
 /// Exports the known series at zero from the start, so success ratios and
 /// alerts have data before the first failure (or first clean deploy).
 pub fn register_defaults() {
-    for result in ["success", "failure", "rolled_back", "cancelled"] {
+    for result in [
+        "success",
+        "failure",
+        "rolled_back",
+        "canary_aborted",
+        "cancelled",
+    ] {
         counter!(DEPLOYMENTS, "result" => result).increment(0);
+    }
+    counter!(CANARY_ABORTS).increment(0);
+    for source in ["probes", "monitoring", "prometheus"] {
+        for result in ["pass", "fail", "inconclusive"] {
+            counter!(CANARY_ANALYSES, "source" => source, "result" => result).increment(0);
+        }
+    }
+    for (verdict, action) in [
+        ("pass", "next"),
+        ("pass", "promote"),
+        ("fail", "abort"),
+        ("inconclusive", "extend"),
+        ("inconclusive", "abort"),
+        ("inconclusive", "pass_inconclusive"),
+    ] {
+        counter!(CANARY_STEPS, "verdict" => verdict, "action" => action).increment(0);
     }
     for result in ["success", "failure", "cancelled"] {
         counter!(BUILDS, "result" => result).increment(0);
@@ -243,6 +286,18 @@ pub fn health_check(result: &'static str, duration: Duration) {
 
 pub fn failure(stage: &'static str, code: &str) {
     counter!(FAILURES, "stage" => stage, "code" => code.to_string()).increment(1);
+}
+
+pub fn canary_analysis(source: &str, result: &'static str) {
+    counter!(CANARY_ANALYSES, "source" => source.to_string(), "result" => result).increment(1);
+}
+
+pub fn canary_step(verdict: &'static str, action: &'static str) {
+    counter!(CANARY_STEPS, "verdict" => verdict, "action" => action).increment(1);
+}
+
+pub fn canary_abort() {
+    counter!(CANARY_ABORTS).increment(1);
 }
 
 pub fn rollback(result: &'static str) {
