@@ -268,7 +268,7 @@ impl Pipeline {
                 .measure(
                     d,
                     analysis,
-                    (&candidate, &stable),
+                    (&candidate, &stable, targets.stable.is_some()),
                     window_start,
                     started,
                     events,
@@ -428,7 +428,7 @@ impl Pipeline {
         &self,
         d: &mut Deployment,
         analysis: &CanaryAnalysis,
-        (candidate, stable): (&Samples, &Samples),
+        (candidate, stable, has_stable): (&Samples, &Samples, bool),
         window_start: SystemTime,
         started: Instant,
         events: &Reporter,
@@ -453,13 +453,17 @@ impl Pipeline {
                     max,
                 ));
             }
-            out.push(verdict::latency_vs_stable(
-                (candidate.p95_ms(), candidate.n()),
-                (stable.p95_ms(), stable.n()),
-                min,
-                p.max_p95_ratio,
-                p.latency_slack_ms,
-            ));
+            // Without the stable revision's tag there is no baseline to
+            // hold the candidate to (the absolute limit above still holds).
+            if has_stable {
+                out.push(verdict::latency_vs_stable(
+                    (candidate.p95_ms(), candidate.n()),
+                    (stable.p95_ms(), stable.n()),
+                    min,
+                    p.max_p95_ratio,
+                    p.latency_slack_ms,
+                ));
+            }
         }
         if let Some(m) = &analysis.monitoring {
             let end = SystemTime::now()
