@@ -52,6 +52,7 @@ impl Rig {
                 "127.0.0.1",
             ])
             .args(["--retry-base-delay-ms", "20", "--poll-interval-ms", "20"])
+            .args(["--canary-time-scale", "0.01"])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -389,6 +390,72 @@ async fn kill_during_verification_verifies_again() {
     assert!(progress(&events)
         .iter()
         .any(|m| m.contains("continuing at the verify stage")));
+}
+
+/// Killed while a canary bakes its second step: the next daemon continues
+/// at that step (the first is not judged again) and promotes the canary.
+#[tokio::test]
+async fn kill_during_a_canary_continues_at_its_step() {
+    let rig = Rig::new(SandboxConfig::fast()).await;
+    let mut first = rig.daemon();
+    let (_, good) = deploy(
+        &rig.client().await,
+        deploy_request("canary-kill", &example_app()),
+    )
+    .await;
+    assert!(good.success);
+    let app = app_version("2");
+    let mut req = deploy_request("canary-kill", app.path());
+    req.rollout_mode = proto::RolloutMode::Canary.into();
+    // 1.2 s bakes at the daemon's time scale.
+    req.canary_steps = [(10, 120), (30, 120), (60, 120), (100, 0)]
+        .into_iter()
+        .map(|(percent, seconds)| proto::CanaryStep {
+            percent,
+            bake: Some(prost_types::Duration { seconds, nanos: 0 }),
+        })
+        .collect();
+    let (_stream, id) = deploy_until(
+        &rig,
+        req,
+        |e| matches!(&e.kind, Some(Kind::Progress(p)) if p.message.starts_with("canary step 2/4")),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    kill9(&mut first);
+    let _second = rig.daemon();
+    let (events, o) = history(&rig, &id).await;
+    assert!(o.success, "{o:?}\n{}", rig.log());
+    let judged: Vec<(u32, String)> = o
+        .canary_steps
+        .iter()
+        .map(|r| (r.percent, r.action.clone()))
+        .collect();
+    assert_eq!(
+        judged,
+        [
+            (10, "next".to_string()),
+            (30, "next".to_string()),
+            (60, "promote".to_string())
+        ],
+        "{:#?}",
+        progress(&events)
+    );
+    assert!(progress(&events)
+        .iter()
+        .any(|m| m.contains("continuing at the verify stage")));
+    let d = state_of(&rig, &id).await;
+    assert_eq!(d.resumed, 1);
+    let service = rig
+        .sandbox
+        .service(PROJECT, REGION, "canary-kill")
+        .expect("service");
+    assert_eq!(
+        service["traffic"][0]["revision"],
+        o.revision.as_str(),
+        "{service}"
+    );
+    assert_eq!(service["traffic"][0]["percent"], 100);
 }
 
 /// Killed while traffic moves back to the previous revision: the next
