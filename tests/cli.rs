@@ -476,6 +476,24 @@ fn the_sandbox_listens_where_sandbox_listen_says() {
     drop(served);
 }
 
+/// `deployd deploy` of the example, public, to a running daemon.
+fn deploy_to(server_url: &str, service: &str, extra: &[&str]) -> Command {
+    let mut c = deployd();
+    c.args([
+        "deploy",
+        "--server",
+        server_url,
+        "--project",
+        "demo-project",
+        &example(),
+        "--service",
+        service,
+        "--allow-unauthenticated",
+    ])
+    .args(extra);
+    c
+}
+
 /// A canary from the command line, as the issue writes it, against a
 /// daemon with its shipped settings but for the canary time scale (so a
 /// 1-minute bake takes 0.6 s).
@@ -493,19 +511,7 @@ fn canary_steps_from_the_command_line() {
     );
     let server_url = format!("http://127.0.0.1:{}", served.grpc);
     let deploy = |extra: &[&str]| {
-        deployd()
-            .args([
-                "deploy",
-                "--server",
-                &server_url,
-                "--project",
-                "demo-project",
-                &example(),
-                "--service",
-                "cli-canary",
-                "--allow-unauthenticated",
-            ])
-            .args(extra)
+        deploy_to(&server_url, "cli-canary", extra)
             .output()
             .expect("client runs")
     };
@@ -588,22 +594,7 @@ fn a_fault_set_from_outside_aborts_a_canary() {
         ],
     );
     let server_url = format!("http://127.0.0.1:{}", served.grpc);
-    let deploy = |extra: &[&str]| {
-        let mut c = deployd();
-        c.args([
-            "deploy",
-            "--server",
-            &server_url,
-            "--project",
-            "demo-project",
-            &example(),
-            "--service",
-            "cli-abort",
-            "--allow-unauthenticated",
-        ])
-        .args(extra);
-        c
-    };
+    let deploy = |extra: &[&str]| deploy_to(&server_url, "cli-abort", extra);
     let first = deploy(&[]).output().expect("client runs");
     assert!(
         first.status.success(),

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use reqwest::Method;
+use reqwest::{Method, RequestBuilder};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -253,21 +253,21 @@ pub async fn get(t: &Transport, target: &Target) -> Result<Option<RunService>, G
     }
 }
 
-/// Creates (`exists == false`) or replaces the service; waits for the
-/// operation. `Ok(Err(message))` is a rollout the API reported as failed.
-pub async fn apply(
+/// The create (`exists == false`) or full patch of `target` carrying
+/// `body`, and its method id; `validate_only` asks Cloud Run to judge it
+/// without keeping anything.
+fn service_write(
     t: &Transport,
-    spec: &ServiceSpec,
+    target: &Target,
     exists: bool,
-    poll: &PollPolicy,
-) -> Result<Rollout, GcpError> {
-    let body = service_body(spec);
-    let target = &spec.target;
+    validate_only: bool,
+    body: &Value,
+) -> (&'static str, RequestBuilder) {
     let (method, rb) = if exists {
         let url = format!("{}/v2/{}", t.endpoints.run, service_name(target));
         (
             "run.projects.locations.services.patch",
-            t.request(Method::PATCH, url).json(&body),
+            t.request(Method::PATCH, url),
         )
     } else {
         let url = format!(
@@ -279,10 +279,28 @@ pub async fn apply(
         (
             "run.projects.locations.services.create",
             t.request(Method::POST, url)
-                .query(&[("serviceId", target.service.as_str())])
-                .json(&body),
+                .query(&[("serviceId", target.service.as_str())]),
         )
     };
+    let rb = if validate_only {
+        rb.query(&[("validateOnly", "true")])
+    } else {
+        rb
+    };
+    (method, rb.json(body))
+}
+
+/// Creates (`exists == false`) or replaces the service; waits for the
+/// operation. `Ok(Err(message))` is a rollout the API reported as failed.
+pub async fn apply(
+    t: &Transport,
+    spec: &ServiceSpec,
+    exists: bool,
+    poll: &PollPolicy,
+) -> Result<Rollout, GcpError> {
+    let body = service_body(spec);
+    let target = &spec.target;
+    let (method, rb) = service_write(t, target, exists, false, &body);
     let op: Operation = match t.json(method, rb).await {
         Ok(op) => op,
         // A create whose answer was lost (or a service made meanwhile):
@@ -305,30 +323,8 @@ pub async fn validate(t: &Transport, spec: &ServiceSpec, exists: bool) -> Result
     if let Some(o) = body.as_object_mut() {
         o.remove("traffic");
     }
-    let target = &spec.target;
-    let (method, rb) = if exists {
-        let url = format!("{}/v2/{}", t.endpoints.run, service_name(target));
-        (
-            "run.projects.locations.services.patch",
-            t.request(Method::PATCH, url)
-                .query(&[("validateOnly", "true")]),
-        )
-    } else {
-        let url = format!(
-            "{}/v2/projects/{}/locations/{}/services",
-            t.endpoints.run,
-            segment(&target.project),
-            segment(&target.region)
-        );
-        (
-            "run.projects.locations.services.create",
-            t.request(Method::POST, url).query(&[
-                ("serviceId", target.service.as_str()),
-                ("validateOnly", "true"),
-            ]),
-        )
-    };
-    match t.json::<Operation>(method, rb.json(&body)).await {
+    let (method, rb) = service_write(t, &spec.target, exists, true, &body);
+    match t.json::<Operation>(method, rb).await {
         Ok(_) => Ok(()),
         Err(e) if !exists && e.is(Code::AlreadyExists) => Box::pin(validate(t, spec, true)).await,
         Err(e) => Err(e),

@@ -286,31 +286,20 @@ mod tests {
 
     #[test]
     fn few_errors_among_few_samples_are_inconclusive_many_fail() {
-        assert_eq!(
-            error_ratio("probes", 0, 5, 10, 0.01).verdict,
-            Verdict::Inconclusive
-        );
-        assert_eq!(
-            error_ratio("probes", 0, 10, 10, 0.01).verdict,
-            Verdict::Pass
-        );
-        assert_eq!(
-            error_ratio("probes", 1, 30, 10, 0.01).verdict,
-            Verdict::Inconclusive
-        );
-        assert_eq!(
-            error_ratio("probes", 6, 30, 10, 0.01).verdict,
-            Verdict::Fail
-        );
-        // A 20% failure rate is found within 25 samples.
-        assert_eq!(
-            error_ratio("probes", 5, 25, 10, 0.01).verdict,
-            Verdict::Fail
-        );
-        assert_eq!(
-            error_ratio("probes", 1, 1000, 10, 0.01).verdict,
-            Verdict::Pass
-        );
+        use Verdict::*;
+        // (failures, samples, verdict) against a 1% limit, 10 samples needed.
+        for (failures, n, want) in [
+            (0, 5, Inconclusive),
+            (0, 10, Pass),
+            (1, 30, Inconclusive),
+            (6, 30, Fail),
+            // A 20% failure rate is found within 25 samples.
+            (5, 25, Fail),
+            (1, 1000, Pass),
+        ] {
+            let m = error_ratio("probes", failures, n, 10, 0.01);
+            assert_eq!(m.verdict, want, "{failures} of {n}: {m:?}");
+        }
     }
 
     #[test]
