@@ -7,8 +7,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use deployd::pipeline::analyze::analyze;
-use deployd::pipeline::dockerfile::render;
+use deployd::analysis::analyze;
+use deployd::analysis::dockerfile::render;
 
 const SERVICES: usize = 100;
 const FILES_PER_SERVICE: usize = 1000;

@@ -1,6 +1,7 @@
 //! deployd: takes an application's source to a running, verified Cloud Run
 //! service. See ARCHITECTURE.md for the map.
 
+pub mod analysis;
 pub mod api;
 pub mod cli;
 pub mod config;

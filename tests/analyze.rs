@@ -8,8 +8,8 @@ use std::process::{Command, Stdio};
 
 mod common;
 
-use deployd::pipeline::analyze::{analyze, AnalyzeError, Language};
-use deployd::pipeline::dockerfile::render;
+use deployd::analysis::dockerfile::render;
+use deployd::analysis::{analyze, AnalyzeError, Language};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

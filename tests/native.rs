@@ -9,8 +9,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use deployd::pipeline::analyze::analyze;
-use deployd::pipeline::dockerfile::render;
+use deployd::analysis::analyze;
+use deployd::analysis::dockerfile::render;
 
 mod common;
 use common::{copy_dir, free_port, ChildGuard};

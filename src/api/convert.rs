@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::proto;
+use crate::analysis::BuildPlan;
 use crate::deployments::{Record, State};
-use crate::pipeline::analyze::BuildPlan;
 use crate::pipeline::event::{
     CheckResult, Event, EventKind, Failure, Outcome, ProbeResult, ProbeStats, Stage,
 };

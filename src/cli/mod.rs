@@ -937,7 +937,7 @@ async fn detach(mut stream: Events) -> anyhow::Result<i32> {
 
 /// Local analysis: the same code the Analyze stage runs.
 fn analyze(a: AnalyzeArgs) -> anyhow::Result<i32> {
-    use crate::pipeline::{analyze, dockerfile};
+    use crate::analysis::{self as analyze, dockerfile};
     let plan = match analyze::analyze(&a.path) {
         Ok(p) => p,
         Err(e) => {

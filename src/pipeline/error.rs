@@ -169,7 +169,7 @@ pub enum StageError {
     Analyze {
         dir: String,
         #[source]
-        source: super::analyze::AnalyzeError,
+        source: crate::analysis::AnalyzeError,
     },
 
     #[error("could not pack the source in {dir}")]
@@ -262,7 +262,7 @@ impl StageError {
                 "Deploy from a git URL, or from a path under a root the daemon allows (deployd serve --local-source-root DIR).".into(),
             ]),
             StageError::Analyze { source, .. } => {
-                use super::analyze::AnalyzeError as A;
+                use crate::analysis::AnalyzeError as A;
                 match source {
                     A::UnsafeValue { .. } => ("UNSAFE_SOURCE", false, vec![
                         "Rename the value so it uses only letters, digits and ._/-:@, or add your own Dockerfile.".into(),

@@ -190,7 +190,7 @@ pub enum EventKind {
     },
     /// What analysis found; `dockerfile` is the generated one, if any.
     Plan {
-        plan: Box<super::analyze::BuildPlan>,
+        plan: Box<crate::analysis::BuildPlan>,
         dockerfile: Option<String>,
     },
     /// A canary step judged.

@@ -10,7 +10,6 @@
 #![allow(clippy::result_large_err)]
 
 pub mod addr;
-pub mod analyze;
 pub mod archive;
 mod build;
 mod calls;
@@ -18,7 +17,6 @@ pub mod canary;
 pub mod cloud;
 mod deploy;
 mod deploy_checks;
-pub mod dockerfile;
 pub mod dockerignore;
 pub mod error;
 pub mod event;
@@ -178,7 +176,7 @@ pub struct Deployment {
     pub verification: Option<Verification>,
     pub rolled_back: bool,
     /// What analysis found.
-    pub plan: Option<analyze::BuildPlan>,
+    pub plan: Option<crate::analysis::BuildPlan>,
     /// Files added to the build context (a generated Dockerfile...).
     pub generated: Vec<(String, String)>,
     /// Retries anywhere in the run; zero on a first-time success.
@@ -672,7 +670,7 @@ impl Pipeline {
             Stage::Analyze => {
                 let dir = workspace_dir(workspace)?;
                 let owned = dir.clone();
-                let plan = tokio::task::spawn_blocking(move || analyze::analyze(&owned))
+                let plan = tokio::task::spawn_blocking(move || crate::analysis::analyze(&owned))
                     .await
                     .map_err(|e| StageError::Source {
                         location: dir.display().to_string(),
@@ -682,7 +680,8 @@ impl Pipeline {
                         dir: dir.display().to_string(),
                         source,
                     })?;
-                let generated = dockerfile::render(&plan, dir.join(".dockerignore").is_file());
+                let generated =
+                    crate::analysis::dockerfile::render(&plan, dir.join(".dockerignore").is_file());
                 let text = generated
                     .as_ref()
                     .and_then(|g| g.dockerfile().map(str::to_string));

@@ -4,9 +4,9 @@
 //! user, the app on $PORT. Commands go in JSON exec form, whose escaping
 //! keeps anything read from the repository inside one argument; no
 //! repository text goes into comments or shell-form instructions unless
-//! [`super::analyze::safe_name`] vetted it.
+//! [`super::safe_name`] vetted it.
 
-use super::analyze::{BuildPlan, Language};
+use super::{BuildPlan, Language};
 
 /// Files to add to the build context: the Dockerfile and what it needs.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,312 @@
+//! Source analysis: what the app is (language, version, framework, package
+//! manager), how to install, build and start it, and on which port, with the
+//! evidence for each choice. A Procfile `web:` line and an existing
+//! Dockerfile take precedence. The result is a typed [`BuildPlan`]; when the
+//! app has no Dockerfile, [`dockerfile`] renders one from it. One module per
+//! stack detects it.
+//!
+//! Everything read from the repository is untrusted: names that end up in a
+//! Dockerfile are checked against a safe character set, and commands are
+//! only ever emitted as JSON exec-form arguments.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub mod dockerfile;
+mod dotnet;
+mod go;
+mod java;
+mod node;
+mod php;
+mod python;
+mod ruby;
+mod rust;
+
+use dotnet::dotnet;
+use go::go;
+use java::java;
+use node::node;
+use php::php;
+use python::python;
+use ruby::ruby;
+use rust::rust;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Language {
+    Python,
+    Node,
+    Go,
+    Java,
+    Ruby,
+    Php,
+    Rust,
+    Dotnet,
+    Static,
+    /// The app's own Dockerfile decides.
+    Dockerfile,
+}
+
+impl Language {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Language::Python => "python",
+            Language::Node => "node",
+            Language::Go => "go",
+            Language::Java => "java",
+            Language::Ruby => "ruby",
+            Language::Php => "php",
+            Language::Rust => "rust",
+            Language::Dotnet => "dotnet",
+            Language::Static => "static",
+            Language::Dockerfile => "dockerfile",
+        }
+    }
+}
+
+/// Why the analysis chose what it chose: a file, maybe a line, a note.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evidence {
+    pub file: String,
+    pub line: Option<usize>,
+    pub note: String,
+}
+
+/// How to turn the source into a container that listens on $PORT.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildPlan {
+    pub language: Language,
+    /// Major (or major.minor) version of the runtime.
+    pub version: Option<String>,
+    pub framework: Option<String>,
+    pub package_manager: Option<String>,
+    /// Shell command lines, for people and for running natively.
+    pub install: Vec<String>,
+    pub build: Vec<String>,
+    /// The start command as a shell line; it reads $PORT.
+    pub start: String,
+    /// Cloud Run's contract: the app listens on $PORT, 8080 by default.
+    pub port: u16,
+    pub evidence: Vec<Evidence>,
+    /// Files the Dockerfile needs: what to copy first for layer caching.
+    pub dependency_files: Vec<String>,
+    /// Language-specific names the Dockerfile uses (binary, jar, dll...).
+    pub artifact: Option<String>,
+    /// Build output directory for static sites.
+    pub static_dir: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AnalyzeError {
+    #[error("no supported app found in {dir} (looked for Dockerfile, Procfile, requirements.txt, pyproject.toml, Pipfile, package.json, go.mod, pom.xml, build.gradle, Gemfile, composer.json, Cargo.toml, *.csproj, index.html)")]
+    NotRecognized { dir: String },
+    #[error("{file}: {value:?} cannot be used in a Dockerfile (only letters, digits and ._/-:@ are allowed)")]
+    UnsafeValue { file: String, value: String },
+    #[error("reading {file}")]
+    Io {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Characters a repository-derived name may contain before it is written
+/// into a Dockerfile outside JSON exec form.
+pub fn safe_name(file: &str, value: &str) -> Result<String, AnalyzeError> {
+    let ok = !value.is_empty()
+        && value.len() <= 200
+        && !value.starts_with('-')
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._/-:@".contains(c))
+        && !value.split('/').any(|p| p == "..");
+    if ok {
+        Ok(value.to_string())
+    } else {
+        Err(AnalyzeError::UnsafeValue {
+            file: file.into(),
+            value: value.into(),
+        })
+    }
+}
+
+struct Src<'a> {
+    dir: &'a Path,
+    evidence: Vec<Evidence>,
+}
+
+impl Src<'_> {
+    fn has(&self, f: &str) -> bool {
+        self.dir.join(f).is_file()
+    }
+
+    fn read(&self, f: &str) -> Option<String> {
+        fs::read_to_string(self.dir.join(f)).ok()
+    }
+
+    fn note(&mut self, file: &str, line: Option<usize>, note: impl Into<String>) {
+        self.evidence.push(Evidence {
+            file: file.into(),
+            line,
+            note: note.into(),
+        });
+    }
+
+    /// The first line of `file` containing `needle` (case-insensitive).
+    fn find_line(&self, file: &str, needle: &str) -> Option<usize> {
+        let text = self.read(file)?;
+        let n = needle.to_ascii_lowercase();
+        text.lines()
+            .position(|l| l.to_ascii_lowercase().contains(&n))
+            .map(|i| i + 1)
+    }
+
+    /// Files directly in `dir` (relative), sorted, by extension.
+    fn files_with_ext(&self, sub: &str, ext: &str) -> Vec<String> {
+        let mut out: Vec<String> = fs::read_dir(self.dir.join(sub))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.ends_with(ext))
+            .map(|n| {
+                if sub.is_empty() {
+                    n
+                } else {
+                    format!("{sub}/{n}")
+                }
+            })
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+impl BuildPlan {
+    /// A plan with nothing decided yet but the language and Cloud Run's
+    /// default port; detectors fill in what they find.
+    fn new(language: Language) -> Self {
+        Self {
+            language,
+            version: None,
+            framework: None,
+            package_manager: None,
+            install: vec![],
+            build: vec![],
+            start: String::new(),
+            port: 8080,
+            evidence: vec![],
+            dependency_files: vec![],
+            artifact: None,
+            static_dir: None,
+        }
+    }
+}
+
+pub fn analyze(dir: &Path) -> Result<BuildPlan, AnalyzeError> {
+    let mut s = Src {
+        dir,
+        evidence: vec![],
+    };
+    let procfile_web = procfile_web(&mut s);
+    if s.has("Dockerfile") {
+        let port = s
+            .read("Dockerfile")
+            .and_then(|t| {
+                t.lines().find_map(|l| {
+                    l.trim()
+                        .strip_prefix("EXPOSE ")
+                        .and_then(|p| p.split(['/', ' ']).next()?.parse().ok())
+                })
+            })
+            .unwrap_or(8080);
+        s.note("Dockerfile", None, "the app's own Dockerfile is used as is");
+        return Ok(BuildPlan {
+            start: procfile_web.unwrap_or_else(|| "(the Dockerfile's CMD)".into()),
+            port,
+            evidence: s.evidence,
+            ..BuildPlan::new(Language::Dockerfile)
+        });
+    }
+    let mut plan = if s.has("requirements.txt") || s.has("pyproject.toml") || s.has("Pipfile") {
+        python(&mut s)?
+    } else if s.has("package.json") {
+        node(&mut s)?
+    } else if s.has("go.mod") {
+        go(&mut s)?
+    } else if s.has("pom.xml") || s.has("build.gradle") || s.has("build.gradle.kts") {
+        java(&mut s)?
+    } else if s.has("Gemfile") {
+        ruby(&mut s)?
+    } else if s.has("composer.json") {
+        php(&mut s)?
+    } else if s.has("Cargo.toml") {
+        rust(&mut s)?
+    } else if !s.files_with_ext("", ".csproj").is_empty() {
+        dotnet(&mut s)?
+    } else if let Some(d) = ["", "public", "dist", "build", "site"]
+        .into_iter()
+        .find(|d| s.has(&join(d, "index.html")))
+    {
+        let shown = if d.is_empty() { "." } else { d };
+        s.note(
+            &join(d, "index.html"),
+            None,
+            format!("a static site served from {shown}"),
+        );
+        BuildPlan {
+            version: Some("1".into()),
+            start: "nginx -g 'daemon off;'".into(),
+            static_dir: Some(shown.into()),
+            ..BuildPlan::new(Language::Static)
+        }
+    } else {
+        return Err(AnalyzeError::NotRecognized {
+            dir: dir.display().to_string(),
+        });
+    };
+    if let Some(web) = procfile_web {
+        plan.start = web;
+    }
+    plan.evidence = s.evidence;
+    Ok(plan)
+}
+
+fn join(d: &str, f: &str) -> String {
+    if d.is_empty() {
+        f.to_string()
+    } else {
+        format!("{d}/{f}")
+    }
+}
+
+/// `web: <command>` from a Procfile takes precedence over any detection.
+fn procfile_web(s: &mut Src) -> Option<String> {
+    let text = s.read("Procfile")?;
+    let (i, cmd) = text
+        .lines()
+        .enumerate()
+        .find_map(|(i, l)| l.strip_prefix("web:").map(|c| (i, c.trim().to_string())))?;
+    if cmd.is_empty() {
+        return None;
+    }
+    s.note(
+        "Procfile",
+        Some(i + 1),
+        "the web process type decides the start command",
+    );
+    Some(cmd)
+}
+
+/// A bare major.minor from a version constraint (">=3.11,<4" -> "3.11").
+fn version_from(constraint: &str, parts: usize) -> Option<String> {
+    let start = constraint.find(|c: char| c.is_ascii_digit())?;
+    let v: String = constraint[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    let v: Vec<&str> = v.split('.').filter(|p| !p.is_empty()).take(parts).collect();
+    (!v.is_empty()).then(|| v.join("."))
+}
