@@ -192,6 +192,74 @@ const CASES: &[Expect] = &[
         None,
         "nginx -g 'daemon off;'",
     ),
+    // Issue 14, class 2: a package.json that only builds assets does not
+    // make these Node apps.
+    e(
+        "php-laravel-vite",
+        Php,
+        Some("8.2"),
+        Some("laravel"),
+        Some("composer"),
+        "php artisan serve --host=0.0.0.0 --port=$PORT",
+    ),
+    e(
+        "ruby-rails-jsbundling",
+        Ruby,
+        Some("3.2"),
+        Some("rails"),
+        Some("bundler"),
+        "bundle exec rails server -b 0.0.0.0 -p $PORT",
+    ),
+    e(
+        "java-maven-vite",
+        Java,
+        Some("17"),
+        Some("spring-boot"),
+        Some("maven"),
+        "java -Dserver.port=$PORT -jar /app/app.jar",
+    ),
+    // Class 3: bundler builds with no server are static sites.
+    e(
+        "sveltekit-static",
+        Static,
+        Some("1"),
+        Some("sveltekit"),
+        Some("npm"),
+        "nginx -g 'daemon off;'",
+    ),
+    e(
+        "vite-spa",
+        Static,
+        Some("1"),
+        Some("vite"),
+        Some("npm"),
+        "nginx -g 'daemon off;'",
+    ),
+    e(
+        "cra-app",
+        Static,
+        Some("1"),
+        Some("create-react-app"),
+        Some("npm"),
+        "nginx -g 'daemon off;'",
+    ),
+    e(
+        "astro-site",
+        Static,
+        Some("1"),
+        Some("astro"),
+        Some("npm"),
+        "nginx -g 'daemon off;'",
+    ),
+    // Class 11: extras bring the server along.
+    e(
+        "python-fastapi-extras",
+        Python,
+        Some("3.12"),
+        Some("fastapi"),
+        Some("pip"),
+        "uvicorn main:app --host 0.0.0.0 --port $PORT",
+    ),
     e(
         "static-dist",
         Static,
@@ -391,4 +459,97 @@ fn unknown_sources_say_what_was_looked_for() {
             .contains("looked for Dockerfile, Procfile, requirements.txt"),
         "{e}"
     );
+}
+
+/// Issue 14, class 2: the asset build becomes a stage of the app whose
+/// server another manifest provides, writing where that framework reads.
+#[test]
+fn asset_builds_go_where_the_server_reads_them() {
+    for (name, output) in [
+        ("php-laravel-vite", "public/build"),
+        ("ruby-rails-jsbundling", "app/assets/builds"),
+        ("java-maven-vite", "src/main/resources/static"),
+    ] {
+        let plan = analyze(&fixture(name)).expect("plan");
+        let assets = plan
+            .assets
+            .as_ref()
+            .unwrap_or_else(|| panic!("{name}: no asset build"));
+        assert_eq!(assets.output, output, "{name}");
+        assert_eq!(assets.build, ["npm run build"], "{name}");
+        let text = render(&plan, false)
+            .expect("generated")
+            .dockerfile()
+            .expect("Dockerfile")
+            .to_string();
+        assert!(text.contains("AS assets"), "{name}: {text}");
+        assert!(
+            text.contains(&format!("COPY --from=assets /app/{output} ./{output}")),
+            "{name}: {text}"
+        );
+    }
+}
+
+/// Class 3: a static build is served from the bundler's output, with
+/// prerendered routes (`/about` -> `about.html`), and a package.json
+/// with nothing to start fails clearly instead of naming a missing file.
+#[test]
+fn static_builds_serve_their_output_and_nothing_invents_a_start_file() {
+    for (name, dir) in [
+        ("sveltekit-static", "public_html"),
+        ("vite-spa", "dist"),
+        ("cra-app", "build"),
+        ("astro-site", "dist"),
+    ] {
+        let plan = analyze(&fixture(name)).expect("plan");
+        assert_eq!(plan.static_dir.as_deref(), Some(dir), "{name}");
+        let g = render(&plan, false).expect("generated");
+        let text = g.dockerfile().expect("Dockerfile");
+        assert!(
+            text.contains(&format!(
+                "COPY --from=assets /app/{dir}/ /usr/share/nginx/html/"
+            )),
+            "{name}: {text}"
+        );
+        let conf = &g
+            .files
+            .iter()
+            .find(|(n, _)| n == ".deployd/nginx.conf.template")
+            .expect("nginx config")
+            .1;
+        assert!(
+            conf.contains("try_files $uri $uri.html $uri/ /index.html"),
+            "{conf}"
+        );
+    }
+    let e = analyze(&fixture("node-no-start")).expect_err("nothing to start");
+    assert!(matches!(e, AnalyzeError::NoStart { .. }), "{e:?}");
+    assert!(e.to_string().contains("index.js"), "{e}");
+}
+
+/// Class 11: `fastapi[standard]` installs uvicorn, so none is added.
+#[test]
+fn extras_that_bring_the_server_are_read() {
+    let plan = analyze(&fixture("python-fastapi-extras")).expect("plan");
+    assert!(
+        plan.install.iter().all(|l| !l.contains("uvicorn")),
+        "{:?}",
+        plan.install
+    );
+}
+
+/// Class 11: a path that is not there says so; a monorepo root lists the
+/// apps below it.
+#[test]
+fn missing_paths_and_monorepo_roots_say_what_is_there() {
+    let e = analyze(Path::new("/nonexistent/app")).expect_err("no such dir");
+    assert!(matches!(e, AnalyzeError::NoSuchDirectory { .. }), "{e:?}");
+    assert!(e.to_string().contains("does not exist"), "{e}");
+    let e = analyze(&fixture("monorepo")).expect_err("nothing at the root");
+    let text = e.to_string();
+    assert!(
+        text.contains("services/api (requirements.txt)") && text.contains("web (package.json)"),
+        "{text}"
+    );
+    assert!(text.contains("source.subdirectory"), "{text}");
 }

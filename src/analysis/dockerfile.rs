@@ -214,6 +214,12 @@ pub fn render(plan: &BuildPlan, has_dockerignore: bool) -> Option<Generated> {
         ),
         Language::Static => {
             let dir = plan.static_dir.as_deref().unwrap_or(".");
+            // A bundler's output comes from the assets stage.
+            let from = if plan.assets.is_some() {
+                "--from=assets /app/"
+            } else {
+                ""
+            };
             extra.push((
                 ".deployd/nginx.conf.template".to_string(),
                 NGINX_CONF.to_string(),
@@ -224,7 +230,7 @@ pub fn render(plan: &BuildPlan, has_dockerignore: bool) -> Option<Generated> {
                 "FROM nginx:{v}-alpine\n\
                  ENV PORT=8080\n\
                  COPY .deployd/nginx.conf.template /etc/nginx/nginx.conf.template\n\
-                 COPY {}/ /usr/share/nginx/html/\n\
+                 COPY {from}{}/ /usr/share/nginx/html/\n\
                  USER nginx\n\
                  EXPOSE 8080\n\
                  CMD [\"sh\", \"-c\", {}]\n",
@@ -234,12 +240,50 @@ pub fn render(plan: &BuildPlan, has_dockerignore: bool) -> Option<Generated> {
             )
         }
     };
+    let body = match &plan.assets {
+        None => body,
+        Some(a) => {
+            let stage = assets_stage(a, &and);
+            if plan.language == Language::Static {
+                format!("{stage}\n{body}")
+            } else {
+                // Into the stage that gets the source, right after it.
+                let out = &a.output;
+                let body = body.replacen(
+                    "COPY . .\n",
+                    &format!("COPY . .\nCOPY --from=assets /app/{out} ./{out}\n"),
+                    1,
+                );
+                format!("{stage}\n{body}")
+            }
+        }
+    };
     let mut files = vec![("Dockerfile".to_string(), header + &body)];
     if !has_dockerignore {
-        files.push((".dockerignore".into(), dockerignore(plan.language)));
+        let mut ignore = dockerignore(plan.language);
+        if plan.assets.is_some() && !ignore.contains("node_modules") {
+            ignore.push_str("node_modules\n");
+        }
+        files.push((".dockerignore".into(), ignore));
     }
     files.extend(extra);
     Some(Generated { files })
+}
+
+/// The Node stage that builds front-end assets.
+fn assets_stage(a: &super::AssetBuild, and: &dyn Fn(&[String]) -> String) -> String {
+    format!(
+        "FROM node:{}-slim AS assets\n\
+         WORKDIR /app\n\
+         {}\n\
+         RUN {}\n\
+         COPY . .\n\
+         RUN {}\n",
+        a.node_version,
+        copy_deps(&a.dependency_files),
+        and(&a.install),
+        and(&a.build)
+    )
 }
 
 fn dockerignore(lang: Language) -> String {
@@ -281,7 +325,7 @@ http {
     server {
         listen __PORT__;
         root /usr/share/nginx/html;
-        location / { try_files $uri $uri/ /index.html; }
+        location / { try_files $uri $uri.html $uri/ /index.html; }
     }
 }
 ";

@@ -95,12 +95,32 @@ pub struct BuildPlan {
     pub artifact: Option<String>,
     /// Build output directory for static sites.
     pub static_dir: Option<String>,
+    /// A front-end build in a Node stage of its own: a static site's whole
+    /// output, or the assets another stack's server serves.
+    #[serde(default)]
+    pub assets: Option<AssetBuild>,
+}
+
+/// A package.json build run in a stage of its own, before the app's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssetBuild {
+    pub package_manager: String,
+    pub node_version: String,
+    pub install: Vec<String>,
+    pub build: Vec<String>,
+    pub dependency_files: Vec<String>,
+    /// Where the build writes, relative to the source root (vetted).
+    pub output: String,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum AnalyzeError {
-    #[error("no supported app found in {dir} (looked for Dockerfile, Procfile, requirements.txt, pyproject.toml, Pipfile, package.json, go.mod, pom.xml, build.gradle, Gemfile, composer.json, Cargo.toml, *.csproj, index.html)")]
-    NotRecognized { dir: String },
+    #[error("no supported app found in {dir} (looked for Dockerfile, Procfile, requirements.txt, pyproject.toml, Pipfile, package.json, go.mod, pom.xml, build.gradle, Gemfile, composer.json, Cargo.toml, *.csproj, index.html){}", apps_hint(.apps))]
+    NotRecognized { dir: String, apps: Vec<String> },
+    #[error("{dir} does not exist or is not a directory")]
+    NoSuchDirectory { dir: String },
+    #[error("{file}: cannot tell how to start the app: {reason}")]
+    NoStart { file: String, reason: String },
     #[error("{file}: {value:?} cannot be used in a Dockerfile (only letters, digits and ._/-:@ are allowed)")]
     UnsafeValue { file: String, value: String },
     #[error("reading {file}")]
@@ -109,6 +129,68 @@ pub enum AnalyzeError {
         #[source]
         source: std::io::Error,
     },
+}
+
+fn apps_hint(apps: &[String]) -> String {
+    if apps.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; apps found below it: {} (deploy one with source.subdirectory, or `deployd analyze DIR/SUB`)",
+            apps.join(", ")
+        )
+    }
+}
+
+/// Manifests that mark a directory as an app, for the monorepo hint.
+const MANIFESTS: &[&str] = &[
+    "Dockerfile",
+    "package.json",
+    "requirements.txt",
+    "pyproject.toml",
+    "Pipfile",
+    "go.mod",
+    "pom.xml",
+    "build.gradle",
+    "build.gradle.kts",
+    "Gemfile",
+    "composer.json",
+    "Cargo.toml",
+];
+
+/// Subdirectories (two levels down at most) holding an app: "sub
+/// (manifest)", sorted; dependency and hidden directories are skipped.
+fn apps_below(dir: &Path) -> Vec<String> {
+    let mut out = vec![];
+    let mut walk = vec![(dir.to_path_buf(), 0)];
+    while let Some((d, depth)) = walk.pop() {
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let skip = name.starts_with('.')
+                || ["node_modules", "vendor", "target", "dist", "build", "venv"]
+                    .contains(&name.as_str());
+            if skip || !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let path = e.path();
+            if let Some(m) = MANIFESTS.iter().find(|m| path.join(m).is_file()) {
+                let rel = path
+                    .strip_prefix(dir)
+                    .unwrap_or(&path)
+                    .display()
+                    .to_string();
+                out.push(format!("{rel} ({m})"));
+            } else if depth < 1 {
+                walk.push((path, depth + 1));
+            }
+        }
+    }
+    out.sort();
+    out.truncate(20);
+    out
 }
 
 /// Characters a repository-derived name may contain before it is written
@@ -201,11 +283,17 @@ impl BuildPlan {
             dependency_files: vec![],
             artifact: None,
             static_dir: None,
+            assets: None,
         }
     }
 }
 
 pub fn analyze(dir: &Path) -> Result<BuildPlan, AnalyzeError> {
+    if !dir.is_dir() {
+        return Err(AnalyzeError::NoSuchDirectory {
+            dir: dir.display().to_string(),
+        });
+    }
     let mut s = Src {
         dir,
         evidence: vec![],
@@ -230,10 +318,36 @@ pub fn analyze(dir: &Path) -> Result<BuildPlan, AnalyzeError> {
             ..BuildPlan::new(Language::Dockerfile)
         });
     }
+    // The server-providing manifest decides the language: a package.json
+    // that only builds assets does not make a Laravel or Rails app a Node
+    // one, it becomes a build stage of that app.
+    let node_role = s.has("package.json").then(|| node::role(&s));
+    let other_server = [
+        "requirements.txt",
+        "pyproject.toml",
+        "Pipfile",
+        "go.mod",
+        "pom.xml",
+    ]
+    .iter()
+    .chain(&[
+        "build.gradle",
+        "build.gradle.kts",
+        "Gemfile",
+        "composer.json",
+        "Cargo.toml",
+    ])
+    .any(|m| s.has(m))
+        || !s.files_with_ext("", ".csproj").is_empty();
     let mut plan = if s.has("requirements.txt") || s.has("pyproject.toml") || s.has("Pipfile") {
         python(&mut s)?
-    } else if s.has("package.json") {
-        node(&mut s)?
+    } else if node_role == Some(node::Role::Server) || (node_role.is_some() && !other_server) {
+        match node_role {
+            Some(node::Role::StaticSite(framework, out)) => {
+                node::static_site(&mut s, framework, &out)?
+            }
+            _ => node(&mut s)?,
+        }
     } else if s.has("go.mod") {
         go(&mut s)?
     } else if s.has("pom.xml") || s.has("build.gradle") || s.has("build.gradle.kts") {
@@ -265,8 +379,12 @@ pub fn analyze(dir: &Path) -> Result<BuildPlan, AnalyzeError> {
     } else {
         return Err(AnalyzeError::NotRecognized {
             dir: dir.display().to_string(),
+            apps: apps_below(dir),
         });
     };
+    if plan.assets.is_none() && !matches!(plan.language, Language::Node | Language::Static) {
+        plan.assets = node::assets_for(&mut s, plan.language)?;
+    }
     if let Some(web) = procfile_web {
         plan.start = web;
     }

@@ -78,6 +78,16 @@ pub(super) fn python(s: &mut Src) -> Result<BuildPlan, AnalyzeError> {
         .filter(|t| !t.is_empty())
         .collect();
     let has_dep = |name: &str| tokens.contains(&name);
+    // Extras that bring a server along: `fastapi[standard]` and
+    // `fastapi[all]` install uvicorn.
+    let compact: String = deps.chars().filter(|c| !c.is_whitespace()).collect();
+    let provided = |server: &str| {
+        has_dep(server)
+            || (server == "uvicorn"
+                && ["fastapi[standard", "fastapi[all"]
+                    .iter()
+                    .any(|e| compact.contains(e)))
+    };
     let version = s
         .read(".python-version")
         .and_then(|v| version_from(v.trim(), 2))
@@ -114,7 +124,7 @@ pub(super) fn python(s: &mut Src) -> Result<BuildPlan, AnalyzeError> {
             safe_name("app module", &module)?,
             safe_name("app variable", &var)?
         );
-        if !has_dep(server) {
+        if !provided(server) {
             install.push(format!("pip install --no-cache-dir {pin}"));
         }
         (*dep, template.replace("{target}", &target))

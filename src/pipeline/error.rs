@@ -270,6 +270,12 @@ impl StageError {
                     A::NotRecognized { .. } => ("UNSUPPORTED_SOURCE", false, vec![
                         "Add a Dockerfile, or a Procfile with a 'web:' line, at the root of the source (or point source.subdirectory at the app).".into(),
                     ]),
+                    A::NoSuchDirectory { .. } => ("SOURCE_UNAVAILABLE", false, vec![
+                        "Check source.subdirectory: it must name a directory of the source.".into(),
+                    ]),
+                    A::NoStart { .. } => ("NO_START_COMMAND", false, vec![
+                        "Add a start script to package.json (scripts.start), a Procfile with a 'web:' line, or your own Dockerfile.".into(),
+                    ]),
                     A::Io { source: e, .. } if out_of_descriptors(e) => daemon_out_of_descriptors(),
                     A::Io { .. } => ("SOURCE_UNAVAILABLE", false, vec![
                         "Check that every file under the source directory is readable.".into(),
