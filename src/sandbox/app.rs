@@ -201,27 +201,31 @@ async fn serve(
             (status, delay, body)
         }
     };
-    if let Some(s) = served {
-        st.shared.world().serve(s, &st.shared.config.limits);
-    }
     let limits = &st.shared.config.limits;
-    st.shared.world().record(
-        Request {
-            method: "app.request".into(),
-            http_method: method.to_string(),
-            path: format!("{}{}", st.service, uri.path()),
-            query: uri.query().unwrap_or_default().to_string(),
-            status,
-            at,
-            duration: delay,
-            body: vec![],
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
-                .collect(),
-        },
-        limits,
-    );
+    // One lock for both records: this is every request a service serves.
+    {
+        let mut w = st.shared.world();
+        if let Some(s) = served {
+            w.serve(s, limits);
+        }
+        w.record(
+            Request {
+                method: "app.request".into(),
+                http_method: method.to_string(),
+                path: format!("{}{}", st.service, uri.path()),
+                query: uri.query().unwrap_or_default().to_string(),
+                status,
+                at,
+                duration: delay,
+                body: vec![],
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
+                    .collect(),
+            },
+            limits,
+        );
+    }
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
