@@ -123,6 +123,22 @@ pub fn revision_filter(metric: &str, target: &Target, revision: &str) -> String 
     )
 }
 
+/// The window's start rounded up to the millisecond the API's times carry,
+/// so nothing from before the window (the health gate's probes, a moment
+/// earlier) falls into it.
+fn rfc3339_ceil(t: SystemTime) -> String {
+    let sub_ms = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() % 1_000_000)
+        .unwrap_or(0);
+    let up = if sub_ms == 0 {
+        Duration::ZERO
+    } else {
+        Duration::from_nanos(u64::from(1_000_000 - sub_ms))
+    };
+    rfc3339(t + up)
+}
+
 fn rfc3339(t: SystemTime) -> String {
     chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
@@ -182,7 +198,7 @@ pub async fn revision_requests(
     end: SystemTime,
 ) -> Result<RevisionRequests, GcpError> {
     let window = [
-        ("interval.startTime", rfc3339(start)),
+        ("interval.startTime", rfc3339_ceil(start)),
         ("interval.endTime", rfc3339(end)),
         ("aggregation.alignmentPeriod", alignment_period(start, end)),
         ("aggregation.perSeriesAligner", "ALIGN_DELTA".to_string()),
