@@ -58,7 +58,7 @@ const CASES: &[Expect] = &[
     e(
         "python-fastapi-poetry",
         Python,
-        Some("3.11"),
+        Some("3.14"),
         Some("fastapi"),
         Some("poetry"),
         "uvicorn main:api --host 0.0.0.0 --port $PORT",
@@ -66,7 +66,7 @@ const CASES: &[Expect] = &[
     e(
         "python-django-pipenv",
         Python,
-        Some("3.12"),
+        Some("3.11"),
         Some("django"),
         Some("pipenv"),
         "gunicorn --bind 0.0.0.0:$PORT --workers 2 mysite.wsgi:application",
@@ -74,7 +74,7 @@ const CASES: &[Expect] = &[
     e(
         "python-uv",
         Python,
-        Some("3.13"),
+        Some("3.14"),
         Some("flask"),
         Some("uv"),
         "gunicorn --bind 0.0.0.0:$PORT --workers 2 server:server",
@@ -90,7 +90,7 @@ const CASES: &[Expect] = &[
     e(
         "node-express-npm",
         Node,
-        Some("20"),
+        Some("24"),
         Some("express"),
         Some("npm"),
         "npm run start",
@@ -114,7 +114,7 @@ const CASES: &[Expect] = &[
     e(
         "node-plain",
         Node,
-        Some("18"),
+        Some("22"),
         None,
         Some("npm"),
         "npm run start",
@@ -146,7 +146,7 @@ const CASES: &[Expect] = &[
     e(
         "ruby-rails",
         Ruby,
-        Some("3.2"),
+        Some("3.3"),
         Some("rails"),
         Some("bundler"),
         "bundle exec rails server -b 0.0.0.0 -p $PORT",
@@ -162,7 +162,7 @@ const CASES: &[Expect] = &[
     e(
         "php-laravel",
         Php,
-        Some("8.2"),
+        Some("8.4"),
         Some("laravel"),
         Some("composer"),
         "php artisan serve --host=0.0.0.0 --port=$PORT",
@@ -170,7 +170,7 @@ const CASES: &[Expect] = &[
     e(
         "php-plain",
         Php,
-        Some("8.1"),
+        Some("8.4"),
         None,
         Some("composer"),
         "php -S 0.0.0.0:$PORT -t public",
@@ -197,7 +197,7 @@ const CASES: &[Expect] = &[
     e(
         "php-laravel-vite",
         Php,
-        Some("8.2"),
+        Some("8.4"),
         Some("laravel"),
         Some("composer"),
         "php artisan serve --host=0.0.0.0 --port=$PORT",
@@ -205,7 +205,7 @@ const CASES: &[Expect] = &[
     e(
         "ruby-rails-jsbundling",
         Ruby,
-        Some("3.2"),
+        Some("3.3"),
         Some("rails"),
         Some("bundler"),
         "bundle exec rails server -b 0.0.0.0 -p $PORT",
@@ -282,10 +282,211 @@ const CASES: &[Expect] = &[
         None,
         None,
         None,
-        "(the Dockerfile's CMD)",
+        "httpd -f -p 9000",
+    ),
+    // One fixture per class of mistake found on real repositories; each
+    // was planned wrongly before (see the comment on each).
+    // Procfile: target/*.jar is not in the image (was kept verbatim).
+    e(
+        "java-procfile-jar",
+        Java,
+        Some("17"),
+        Some("spring-boot"),
+        Some("maven"),
+        "java -Dserver.port=$PORT $JAVA_OPTS -jar /app/app.jar",
+    ),
+    // Procfile: heroku-php-apache2 exists only on Heroku.
+    e(
+        "php-heroku-procfile",
+        Php,
+        Some("8.4"),
+        Some("slim"),
+        Some("composer"),
+        "php -S 0.0.0.0:$PORT -t public",
+    ),
+    // Procfile: puma without RACK_ENV binds to localhost (env checked below).
+    e(
+        "ruby-procfile-puma",
+        Ruby,
+        Some("3.3"),
+        Some("sinatra"),
+        Some("bundler"),
+        "bundle exec puma -p $PORT -t 5:5",
+    ),
+    // Ports: a literal listen(3000) (was 8080).
+    e(
+        "node-literal-port",
+        Node,
+        Some("22"),
+        None,
+        Some("npm"),
+        "npm run start",
+    ),
+    e(
+        "node-fly-port",
+        Node,
+        Some("22"),
+        None,
+        Some("npm"),
+        "npm run start",
+    ),
+    // Ports: httpd's 80 with no EXPOSE (was 8080).
+    e(
+        "httpd-dockerfile",
+        Dockerfile,
+        None,
+        None,
+        None,
+        "(the base image's command)",
+    ),
+    // Versions: engines 4.0.0 (was node:4-slim).
+    e(
+        "node-eol-engines",
+        Node,
+        Some("22"),
+        None,
+        Some("npm"),
+        "npm run start",
+    ),
+    // Versions: gunicorn 20 needs pkg_resources (was 3.12).
+    e(
+        "python-old-gunicorn",
+        Python,
+        Some("3.11"),
+        Some("flask"),
+        Some("pip"),
+        "gunicorn --bind 0.0.0.0:$PORT --workers 2 app:app",
+    ),
+    // Versions: java.sourceCompatibility in Kotlin DSL (was 21).
+    e(
+        "java-gradle-kts",
+        Java,
+        Some("17"),
+        None,
+        Some("gradle"),
+        "java -Dserver.port=$PORT -jar /app/app.jar",
+    ),
+    // Build steps: collectstatic, psycopg2 from source, settings warnings.
+    e(
+        "python-django-whitenoise",
+        Python,
+        Some("3.12"),
+        Some("django"),
+        Some("pip"),
+        "gunicorn --bind 0.0.0.0:$PORT --workers 2 shop.wsgi:application",
+    ),
+    // Build steps: assets:precompile, pg and puma compiled; lock's Ruby.
+    e(
+        "ruby-rails-assets",
+        Ruby,
+        Some("3.4"),
+        Some("rails"),
+        Some("bundler"),
+        "bundle exec rails server -b 0.0.0.0 -p $PORT",
+    ),
+    e(
+        "node-required-env",
+        Node,
+        Some("22"),
+        Some("express"),
+        Some("npm"),
+        "npm run start",
+    ),
+    // Own Dockerfile: what it really runs, not the Procfile (was python app.py).
+    e(
+        "dockerfile-procfile-mismatch",
+        Dockerfile,
+        Some("3.12"),
+        Some("flask"),
+        Some("pip"),
+        "gunicorn --bind 0.0.0.0:8000 app:app",
+    ),
+    e(
+        "dockerfile-heroku-base",
+        Dockerfile,
+        Some("22"),
+        None,
+        Some("npm"),
+        "node /app/index.js",
+    ),
+    // Frameworks: gin, main package in server.go, templates/ at run time.
+    e(
+        "go-gin-templates",
+        Go,
+        Some("1.23"),
+        Some("gin"),
+        Some("go modules"),
+        "/out/server",
+    ),
+    // Frameworks: Rocket reads ROCKET_PORT, static/ at run time.
+    e(
+        "rust-rocket-static",
+        Rust,
+        Some("1"),
+        Some("rocket"),
+        Some("cargo"),
+        "env ROCKET_PORT=$PORT /app/site",
+    ),
+    e(
+        "php-symfony",
+        Php,
+        Some("8.4"),
+        Some("symfony"),
+        Some("composer"),
+        "php -S 0.0.0.0:$PORT -t public",
+    ),
+    // Locks: berry's lock needs --immutable (was --frozen-lockfile, yarn 1).
+    e(
+        "node-yarn-berry",
+        Node,
+        Some("22"),
+        None,
+        Some("yarn"),
+        "yarn run start",
+    ),
+    e(
+        "node-yarn-classic",
+        Node,
+        Some("22"),
+        None,
+        Some("yarn"),
+        "yarn run start",
+    ),
+    // Locks: a v6 lock needs pnpm 8 (was any pnpm through corepack).
+    e(
+        "node-pnpm-v6",
+        Node,
+        Some("22"),
+        None,
+        Some("pnpm"),
+        "pnpm run start",
+    ),
+    // Locks: copied and installed from (were ignored).
+    e(
+        "python-poetry-lock",
+        Python,
+        Some("3.14"),
+        Some("flask"),
+        Some("poetry"),
+        "gunicorn --bind 0.0.0.0:$PORT --workers 2 app:app",
+    ),
+    e(
+        "python-uv-lock",
+        Python,
+        Some("3.14"),
+        Some("flask"),
+        Some("uv"),
+        "gunicorn --bind 0.0.0.0:$PORT --workers 2 app:app",
+    ),
+    e(
+        "python-pipenv-lock",
+        Python,
+        Some("3.11"),
+        Some("flask"),
+        Some("pipenv"),
+        "gunicorn --bind 0.0.0.0:$PORT --workers 2 app:app",
     ),
 ];
-
 #[test]
 fn every_fixture_gets_the_right_plan() {
     for c in CASES {
@@ -552,4 +753,267 @@ fn missing_paths_and_monorepo_roots_say_what_is_there() {
         "{text}"
     );
     assert!(text.contains("source.subdirectory"), "{text}");
+}
+
+fn plan_of(name: &str) -> deployd::analysis::BuildPlan {
+    analyze(&fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn dockerfile_of(name: &str) -> String {
+    render(&plan_of(name), false)
+        .and_then(|g| g.dockerfile().map(str::to_string))
+        .unwrap_or_else(|| panic!("{name}: no Dockerfile"))
+}
+
+fn warned(p: &deployd::analysis::BuildPlan, file: &str, line: Option<usize>, words: &str) -> bool {
+    p.warnings
+        .iter()
+        .any(|w| w.file == file && w.line == line && w.message.contains(words))
+}
+
+#[test]
+fn procfile_lines_are_translated_to_the_image() {
+    // Heroku's PHP script became PHP's server on the same docroot.
+    let p = plan_of("php-heroku-procfile");
+    assert_eq!(p.static_dir.as_deref(), Some("public"));
+    // Ruby servers run in production, so they bind beyond localhost.
+    let p = plan_of("ruby-procfile-puma");
+    for name in ["RACK_ENV", "RAILS_ENV"] {
+        assert!(
+            p.env
+                .contains(&(name.to_string(), "production".to_string())),
+            "{:?}",
+            p.env
+        );
+    }
+    let d = dockerfile_of("ruby-procfile-puma");
+    assert!(d.contains("RACK_ENV=\"production\""), "{d}");
+    // The jar is where the Procfile's command now looks for it.
+    assert!(dockerfile_of("java-procfile-jar").contains("COPY --from=build /app.jar /app/app.jar"));
+}
+
+#[test]
+fn ports_come_from_the_app_and_its_platform_files() {
+    let p = plan_of("node-literal-port");
+    assert_eq!(p.port, 3000);
+    assert!(
+        warned(
+            &p,
+            "server.js",
+            Some(6),
+            "listens on 3000 whatever $PORT says"
+        ),
+        "{:?}",
+        p.warnings
+    );
+    let d = dockerfile_of("node-literal-port");
+    assert!(
+        d.contains("ENV PORT=3000") && d.contains("EXPOSE 3000"),
+        "{d}"
+    );
+    assert_eq!(plan_of("node-fly-port").port, 3000);
+    assert!(
+        plan_of("node-fly-port").warnings.is_empty(),
+        "it reads PORT"
+    );
+    assert_eq!(plan_of("httpd-dockerfile").port, 80);
+    // An app that reads PORT keeps Cloud Run's default.
+    assert_eq!(plan_of("node-express-npm").port, 8080);
+}
+
+#[test]
+fn runtime_versions_honour_pins_and_clamp_what_is_past_its_end() {
+    let p = plan_of("node-eol-engines");
+    assert!(
+        warned(&p, "package.json", None, "past its end of life"),
+        "{:?}",
+        p.warnings
+    );
+    assert!(dockerfile_of("node-eol-engines").contains("FROM node:22-slim"));
+    let p = plan_of("python-old-gunicorn");
+    assert!(warned(
+        &p,
+        "requirements.txt",
+        None,
+        "gunicorn 20.1.0 imports pkg_resources"
+    ));
+    // The lock's Ruby beats the Gemfile's "~> 3.3" (which would be 3.4).
+    assert_eq!(
+        plan_of("ruby-procfile-puma").version.as_deref(),
+        Some("3.3")
+    );
+    // Pipfile [requires] and system.properties are read.
+    assert_eq!(
+        plan_of("python-django-pipenv").version.as_deref(),
+        Some("3.11")
+    );
+    assert_eq!(plan_of("java-procfile-jar").version.as_deref(), Some("17"));
+}
+
+#[test]
+fn lockfiles_are_copied_and_installed_from() {
+    let cases = [
+        ("python-poetry-lock", "poetry.lock", "poetry==2.*"),
+        ("python-uv-lock", "uv.lock", "uv export --frozen"),
+        (
+            "python-pipenv-lock",
+            "Pipfile.lock",
+            "pipenv install --system --deploy",
+        ),
+        ("node-pnpm-v6", "pnpm-lock.yaml", "pnpm@8"),
+        ("node-yarn-berry", "yarn.lock", "yarn install --immutable"),
+        (
+            "node-yarn-classic",
+            "yarn.lock",
+            "yarn install --frozen-lockfile",
+        ),
+    ];
+    for (name, lock, install) in cases {
+        let p = plan_of(name);
+        assert!(
+            p.dependency_files.iter().any(|f| f == lock),
+            "{name}: {:?}",
+            p.dependency_files
+        );
+        assert!(
+            p.install.iter().any(|l| l.contains(install)),
+            "{name}: {:?}",
+            p.install
+        );
+        assert!(
+            !p.install.iter().any(|l| l.contains("--skip-lock")),
+            "{name}"
+        );
+    }
+    assert!(plan_of("node-yarn-berry")
+        .dependency_files
+        .contains(&".yarnrc.yml".to_string()));
+}
+
+#[test]
+fn framework_build_steps_and_compiled_dependencies_get_their_stage() {
+    let p = plan_of("python-django-whitenoise");
+    assert_eq!(
+        p.build,
+        ["DJANGO_SECRET_KEY=collectstatic-only python manage.py collectstatic --noinput"]
+    );
+    let d = dockerfile_of("python-django-whitenoise");
+    assert!(
+        d.contains("AS build") && d.contains("libpq-dev") && d.contains("libpq5"),
+        "{d}"
+    );
+    assert!(d.contains("COPY --from=build /opt/venv /opt/venv"), "{d}");
+    let d = dockerfile_of("ruby-rails-assets");
+    assert!(
+        d.contains("SECRET_KEY_BASE_DUMMY=1 bundle exec rails assets:precompile"),
+        "{d}"
+    );
+    assert!(
+        d.contains("AS gems") && d.contains("build-essential libpq-dev"),
+        "{d}"
+    );
+    // Every stage on one Debian release.
+    for name in ["python-django-whitenoise", "ruby-rails-assets", "rust-bin"] {
+        let d = dockerfile_of(name);
+        let froms: Vec<&str> = d.lines().filter(|l| l.starts_with("FROM ")).collect();
+        assert!(
+            froms.iter().all(|f| f.contains("bookworm")),
+            "{name}: {froms:?}"
+        );
+    }
+}
+
+#[test]
+fn an_own_dockerfile_is_reported_as_it_runs() {
+    let p = plan_of("dockerfile-procfile-mismatch");
+    assert_eq!(p.detected, Some(Python));
+    assert_eq!((p.port, p.user.as_deref()), (8000, Some("10001")));
+    assert!(
+        warned(&p, "Procfile", Some(1), "is not what the image runs"),
+        "{:?}",
+        p.warnings
+    );
+    let p = plan_of("dockerfile-heroku-base");
+    assert!(warned(&p, "Dockerfile", Some(1), "Heroku stack image"));
+    assert!(warned(&p, "Dockerfile", Some(4), "downloads a buildpack"));
+}
+
+#[test]
+fn compiled_apps_keep_the_directories_they_read() {
+    let p = plan_of("go-gin-templates");
+    assert_eq!(p.runtime_dirs, ["templates"]);
+    assert!(
+        p.evidence.iter().any(|e| e.file == "server.go"),
+        "{:?}",
+        p.evidence
+    );
+    assert!(dockerfile_of("go-gin-templates")
+        .contains("COPY --from=build /src/templates /app/templates"));
+    let d = dockerfile_of("rust-rocket-static");
+    assert!(
+        d.contains("COPY --from=build /src/static /app/static"),
+        "{d}"
+    );
+    assert!(d.contains("ROCKET_ADDRESS=\"0.0.0.0\""), "{d}");
+}
+
+#[test]
+fn settings_the_app_needs_are_warned_with_the_env_to_set() {
+    let p = plan_of("python-django-whitenoise");
+    let envs: Vec<&str> = p.warnings.iter().filter_map(|w| w.env.as_deref()).collect();
+    assert_eq!(
+        envs,
+        [
+            "DJANGO_SECRET_KEY=VALUE",
+            "DJANGO_DEBUG=False",
+            "DJANGO_ALLOWED_HOSTS=.run.app"
+        ]
+    );
+    let p = plan_of("node-required-env");
+    let envs: Vec<&str> = p.warnings.iter().filter_map(|w| w.env.as_deref()).collect();
+    // LOG_LEVEL has a default; PORT is Cloud Run's.
+    assert_eq!(envs, ["DATABASE_URL=VALUE", "CORS_ORIGIN=VALUE"]);
+    let p = plan_of("ruby-rails-assets");
+    let envs: Vec<&str> = p.warnings.iter().filter_map(|w| w.env.as_deref()).collect();
+    assert_eq!(envs, ["DATABASE_URL=VALUE", "SECRET_KEY_BASE=VALUE"]);
+    let p = plan_of("php-laravel");
+    assert!(p
+        .warnings
+        .iter()
+        .any(|w| w.env.as_deref() == Some("APP_KEY=base64:VALUE")));
+    // An app that needs nothing gets no warning.
+    assert!(plan_of("python-flask").warnings.is_empty());
+}
+
+#[test]
+fn render_yaml_and_app_json_state_the_port() {
+    let cases = [
+        (
+            "render.yaml",
+            "services:\n  - type: web\n    name: api\n    envVars:\n      - key: PORT\n        value: 10000\n",
+        ),
+        ("app.json", r#"{"name": "api", "env": {"PORT": {"value": "5000"}}}"#),
+    ];
+    for (file, text) in cases {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join(file), text).expect("write");
+        std::fs::write(
+            dir.path().join("package.json"),
+            r#"{"name": "api", "scripts": {"start": "node index.js"}}"#,
+        )
+        .expect("write");
+        std::fs::write(
+            dir.path().join("index.js"),
+            "require('http').createServer((q, r) => r.end('ok')).listen(process.env.PORT);\n",
+        )
+        .expect("write");
+        let p = analyze(dir.path()).expect("plan");
+        let want = if file == "render.yaml" { 10000 } else { 5000 };
+        assert_eq!(p.port, want, "{file}");
+        assert!(
+            p.evidence.iter().any(|e| e.file == file),
+            "{:?}",
+            p.evidence
+        );
+    }
 }

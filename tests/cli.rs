@@ -659,3 +659,43 @@ fn a_fault_set_from_outside_aborts_a_canary() {
     assert_eq!(outcome["rolled_back"], true, "{outcome}");
     assert_eq!(outcome["error"]["code"], "CANARY_ABORTED");
 }
+
+#[test]
+fn analyze_reports_warnings_with_the_env_to_set() {
+    let dir = format!(
+        "{}/tests/fixtures/python-django-whitenoise",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let out = deployd().args(["analyze", &dir]).output().expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout
+            .contains("warning  shop/settings.py:7: ALLOWED_HOSTS comes from DJANGO_ALLOWED_HOSTS")
+            && stdout.contains("set it with --env DJANGO_ALLOWED_HOSTS=.run.app"),
+        "{stdout}"
+    );
+    let out = deployd()
+        .args(["analyze", "--json", &dir])
+        .output()
+        .expect("runs");
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON plan");
+    let envs: Vec<&str> = plan["warnings"]
+        .as_array()
+        .expect("warnings")
+        .iter()
+        .filter_map(|w| w["env"].as_str())
+        .collect();
+    assert_eq!(
+        envs,
+        [
+            "DJANGO_SECRET_KEY=VALUE",
+            "DJANGO_DEBUG=False",
+            "DJANGO_ALLOWED_HOSTS=.run.app"
+        ]
+    );
+    assert_eq!(
+        plan["build"][0],
+        "DJANGO_SECRET_KEY=collectstatic-only python manage.py collectstatic --noinput"
+    );
+}

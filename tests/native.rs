@@ -18,26 +18,40 @@ use common::{copy_dir, free_port, ChildGuard};
 /// Installs with the plan's commands, starts with its start command, and
 /// returns the body of `GET /`.
 fn run_natively(fixture: &str, bin: Option<&Path>) -> String {
+    let dirs: Vec<&Path> = bin.into_iter().collect();
+    run_natively_with(fixture, &dirs, &[], true)
+}
+
+/// The same with `dirs` first on PATH (a virtualenv, a global npm prefix
+/// standing in for the image's), extra environment, and optionally without
+/// the install commands (when they need a registry this machine cannot
+/// reach).
+fn run_natively_with(
+    fixture: &str,
+    dirs: &[&Path],
+    env: &[(&str, String)],
+    install: bool,
+) -> String {
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(fixture);
     let work = tempfile::tempdir().expect("tempdir");
     copy_dir(&src, work.path());
     let plan = analyze(work.path()).expect("plan");
-    // Tools installed for this run (a virtualenv) come first.
-    let path = match bin {
-        Some(b) => format!(
-            "{}:{}",
-            b.display(),
-            std::env::var("PATH").unwrap_or_default()
-        ),
-        None => std::env::var("PATH").unwrap_or_default(),
+    let mut path: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    path.push(std::env::var("PATH").unwrap_or_default());
+    let path = path.join(":");
+    let steps: Vec<&String> = if install {
+        plan.install.iter().chain(&plan.build).collect()
+    } else {
+        vec![]
     };
-    for line in plan.install.iter().chain(&plan.build) {
+    for line in steps {
         let out = Command::new("sh")
             .args(["-c", line])
             .current_dir(work.path())
             .env("PATH", &path)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .output()
             .expect("sh");
         assert!(
@@ -53,6 +67,8 @@ fn run_natively(fixture: &str, bin: Option<&Path>) -> String {
         .stdin(Stdio::null())
         .current_dir(work.path())
         .env("PATH", &path)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .envs(plan.env.iter().map(|(k, v)| (k, v)))
         .env("PORT", port.to_string())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -103,6 +119,147 @@ fn the_python_flask_plan_starts_the_app() {
     assert!(made.success());
     let body = run_natively("python-flask", Some(&venv.path().join("bin")));
     assert_eq!(body, "hello from flask\n");
+}
+
+/// A fresh virtualenv: the image's site-packages.
+fn venv() -> tempfile::TempDir {
+    let venv = tempfile::tempdir().expect("tempdir");
+    let made = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(venv.path())
+        .status()
+        .expect("python3");
+    assert!(made.success());
+    venv
+}
+
+/// The versions the lock pins are the ones running: the fixtures' apps
+/// answer with the Flask version they imported.
+fn locked_flask(lock: &str) -> String {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(lock),
+    )
+    .expect("lock");
+    let at = text.find("flask").expect("flask in the lock");
+    let v = text[at..]
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .find(|p| p.matches('.').count() == 2)
+        .expect("a version after flask");
+    v.to_string()
+}
+
+#[test]
+fn the_poetry_plan_installs_from_its_lock() {
+    let v = venv();
+    // With virtualenvs.create off Poetry installs into the active
+    // environment: the virtualenv here, the image's Python there.
+    let env = [("VIRTUAL_ENV", v.path().display().to_string())];
+    let body = run_natively_with("python-poetry-lock", &[&v.path().join("bin")], &env, true);
+    let want = locked_flask("python-poetry-lock/poetry.lock");
+    assert_eq!(body, format!("flask {want} from poetry.lock\n"));
+}
+
+#[test]
+fn the_uv_plan_installs_from_its_lock() {
+    let v = venv();
+    let body = run_natively("python-uv-lock", Some(&v.path().join("bin")));
+    let want = locked_flask("python-uv-lock/uv.lock");
+    assert_eq!(body, format!("flask {want} from uv.lock\n"));
+}
+
+#[test]
+fn the_pipenv_plan_installs_from_its_lock() {
+    let v = venv();
+    let bin = v.path().join("bin");
+    // `--system` installs into the interpreter on PATH: the virtualenv's,
+    // as in the image it is the image's.
+    let env = [
+        ("PIPENV_IGNORE_VIRTUALENVS", "1".to_string()),
+        ("VIRTUAL_ENV", v.path().display().to_string()),
+    ];
+    let body = run_natively_with("python-pipenv-lock", &[&bin], &env, true);
+    assert_eq!(body, "flask 3.0.3 from Pipfile.lock\n");
+}
+
+/// A global npm prefix of the test's own, on PATH first: where the plan's
+/// `npm install -g` puts pnpm, and where yarn 1 stands in for the one
+/// Node's images ship.
+fn npm_prefix() -> (tempfile::TempDir, Vec<(&'static str, String)>) {
+    let prefix = tempfile::tempdir().expect("tempdir");
+    let env = vec![("npm_config_prefix", prefix.path().display().to_string())];
+    (prefix, env)
+}
+
+#[test]
+fn the_pnpm_plan_installs_with_the_major_its_lock_needs() {
+    let (prefix, env) = npm_prefix();
+    let bin = prefix.path().join("bin");
+    let body = run_natively_with("node-pnpm-v6", &[&bin], &env, true);
+    assert_eq!(body, "hello from pnpm 8 (1m)\n");
+    let out = Command::new(bin.join("pnpm"))
+        .arg("--version")
+        .output()
+        .expect("pnpm");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("8."));
+}
+
+#[test]
+fn the_yarn_classic_plan_installs_from_its_lock() {
+    let (prefix, env) = npm_prefix();
+    let got = Command::new("npm")
+        .args(["install", "-g", "--silent", "yarn@1"])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .status()
+        .expect("npm");
+    assert!(got.success());
+    let bin = prefix.path().join("bin");
+    let body = run_natively_with("node-yarn-classic", &[&bin], &env, true);
+    assert_eq!(body, "hello from yarn 1 (1m)\n");
+}
+
+#[test]
+fn a_literal_port_is_where_the_app_is_reached() {
+    // The plan's port is what Cloud Run would send traffic to; the app
+    // ignores $PORT, so the test probes the plan's port.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/node-literal-port");
+    let plan = analyze(&src).expect("plan");
+    assert_eq!(plan.port, 3000);
+    if get(3000, "/").is_some() {
+        eprintln!("port 3000 is taken on this machine: the run is skipped");
+        return;
+    }
+    let child = Command::new("sh")
+        .args(["-c", &format!("exec {}", plan.start)])
+        .process_group(0)
+        .current_dir(&src)
+        .env("PORT", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start");
+    let _running = ChildGuard::group(child);
+    assert_eq!(
+        get_when_up(3000, "/", "node-literal-port"),
+        "hello on a fixed port\n"
+    );
+}
+
+#[test]
+fn php_plans_run_on_debians_php() {
+    if !common::outside_tool("php", &["--version"], "apt-get install php-cli composer")
+        || !common::outside_tool("composer", &["--version"], "apt-get install composer")
+    {
+        return;
+    }
+    // composer install with no packages to fetch, then PHP's server.
+    assert_eq!(run_natively("php-plain", None), "hello");
+    // Heroku's apache script became PHP's server on the same docroot; its
+    // packages are on Packagist, which this machine cannot reach, so only
+    // the start command runs. The front controller answers every path.
+    let body = run_natively_with("php-heroku-procfile", &[], &[], false);
+    assert_eq!(body, "hello from php at /\n");
 }
 
 #[test]

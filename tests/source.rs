@@ -50,7 +50,7 @@ async fn an_app_without_a_dockerfile_gets_a_generated_one() {
     assert!(
         logs(&events)
             .iter()
-            .any(|l| l.ends_with("Step 1/10 : FROM python:3.12-slim")),
+            .any(|l| l.ends_with("Step 1/10 : FROM python:3.12-slim-bookworm")),
         "{:?}",
         logs(&events)
     );
@@ -256,4 +256,43 @@ async fn a_subdirectory_that_leaves_the_tree_through_a_symlink_says_so() {
         err.message
     );
     assert_eq!(h.sandbox.count("storage.objects.insert"), 0);
+}
+
+#[tokio::test]
+async fn the_revision_listens_where_the_app_does_and_the_plan_warns_why() {
+    let h = Harness::start().await;
+    let (events, o) = deploy(
+        &h,
+        deploy_request("fixed-port", &fixture("node-literal-port")),
+    )
+    .await;
+    assert!(o.success, "{o:?}");
+    let p = plan(&events);
+    assert_eq!(p.port, 3000);
+    let w = p.warnings.first().expect("a warning");
+    assert_eq!((w.file.as_str(), w.line), ("server.js", 6));
+    // The request named no port: Cloud Run is told the app's.
+    let svc = h
+        .sandbox
+        .service(PROJECT, REGION, "fixed-port")
+        .expect("service exists");
+    assert_eq!(
+        svc["template"]["containers"][0]["ports"][0]["containerPort"],
+        3000
+    );
+    // A port the request names wins over the analysis.
+    let mut req = deploy_request("fixed-port", &fixture("node-literal-port"));
+    req.runtime
+        .get_or_insert_with(Default::default)
+        .container_port = 3100;
+    let (_, o) = deploy(&h, req).await;
+    assert!(o.success, "{o:?}");
+    let svc = h
+        .sandbox
+        .service(PROJECT, REGION, "fixed-port")
+        .expect("service");
+    assert_eq!(
+        svc["template"]["containers"][0]["ports"][0]["containerPort"],
+        3100
+    );
 }

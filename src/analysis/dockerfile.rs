@@ -39,6 +39,49 @@ fn copy_deps(files: &[String]) -> String {
 
 const USER_ADD: &str = "RUN useradd --create-home --uid 10001 app";
 
+/// The Debian release every stage uses: a binary or a compiled gem built
+/// on one release and run on another can miss the glibc it linked.
+const DEBIAN: &str = "bookworm";
+
+/// `ENV PORT=<port> K=V...` (names and values vetted by the analysis).
+fn env_line(plan: &BuildPlan, extra: &str) -> String {
+    let mut parts = vec![format!("PORT={}", plan.port)];
+    if !extra.is_empty() {
+        parts.push(extra.to_string());
+    }
+    for (k, v) in &plan.env {
+        parts.push(format!("{k}={}", json(v)));
+    }
+    format!("ENV {}", parts.join(" "))
+}
+
+/// apt-get install of packages named by the analysis' own tables.
+fn apt(packages: &[String]) -> String {
+    // Debian's versions move with the release's security updates; pinning
+    // them would break the build at the next point release.
+    format!(
+        "# hadolint ignore=DL3008\nRUN apt-get update \\\n && apt-get install -y --no-install-recommends {} \\\n && rm -rf /var/lib/apt/lists/*\n",
+        packages.join(" ")
+    )
+}
+
+/// `RUN` of the build commands, or nothing.
+fn run_build(plan: &BuildPlan) -> String {
+    if plan.build.is_empty() {
+        String::new()
+    } else {
+        format!("RUN {}\n", plan.build.join(" \\\n && "))
+    }
+}
+
+/// Directories a compiled binary reads at run time, beside it in /app.
+fn copy_runtime_dirs(plan: &BuildPlan, from: &str) -> String {
+    plan.runtime_dirs
+        .iter()
+        .map(|d| format!("COPY --from=build {from}/{d} /app/{d}\n"))
+        .collect()
+}
+
 /// `None` when the app brings its own Dockerfile.
 pub fn render(plan: &BuildPlan, has_dockerignore: bool) -> Option<Generated> {
     let v = plan.version.clone().unwrap_or_default();
@@ -54,21 +97,63 @@ pub fn render(plan: &BuildPlan, has_dockerignore: bool) -> Option<Generated> {
     let mut extra = vec![];
     let body = match plan.language {
         Language::Dockerfile => return None,
-        Language::Python => format!(
-            "FROM python:{v}-slim\n\
-             ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PORT=8080\n\
-             WORKDIR /app\n\
-             {}\n\
-             RUN {}\n\
-             COPY . .\n\
-             {USER_ADD}\n\
-             USER app\n\
-             EXPOSE 8080\n\
-             {}\n",
-            copy_deps(&plan.dependency_files),
-            and(&plan.install),
-            shell_cmd(&plan.start)
-        ),
+        Language::Python => {
+            let base = format!("python:{v}-slim-{DEBIAN}");
+            let env = env_line(plan, "PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1");
+            let build = run_build(plan);
+            match &plan.native {
+                // Compiled dependencies: a virtualenv built with a compiler,
+                // copied into a slim image with only their libraries.
+                Some(n) => format!(
+                    "FROM {base} AS build\n\
+                     {}\
+                     ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH\n\
+                     RUN python -m venv /opt/venv\n\
+                     WORKDIR /app\n\
+                     {}\n\
+                     RUN {}\n\
+                     \n\
+                     FROM {base}\n\
+                     {}\
+                     {env} PATH=/opt/venv/bin:$PATH\n\
+                     WORKDIR /app\n\
+                     COPY --from=build /opt/venv /opt/venv\n\
+                     COPY . .\n\
+                     {build}\
+                     {USER_ADD}\n\
+                     USER app\n\
+                     EXPOSE {port}\n\
+                     {}\n",
+                    apt(&n.build),
+                    copy_deps(&plan.dependency_files),
+                    and(&plan.install),
+                    if n.runtime.is_empty() {
+                        String::new()
+                    } else {
+                        apt(&n.runtime)
+                    },
+                    shell_cmd(&plan.start),
+                    port = plan.port,
+                ),
+                None => format!(
+                    "FROM {base}\n\
+                     {env}\n\
+                     WORKDIR /app\n\
+                     {}\n\
+                     RUN {}\n\
+                     COPY . .\n\
+                     {build}\
+                     {USER_ADD}\n\
+                     USER app\n\
+                     EXPOSE {port}\n\
+                     {}\n",
+                    copy_deps(&plan.dependency_files),
+                    and(&plan.install),
+                    shell_cmd(&plan.start),
+                    port = plan.port,
+                ),
+            }
+        }
         Language::Node => {
             let build = if plan.build.is_empty() {
                 String::new()
@@ -77,7 +162,7 @@ pub fn render(plan: &BuildPlan, has_dockerignore: bool) -> Option<Generated> {
             };
             format!(
                 "FROM node:{v}-slim\n\
-                 ENV PORT=8080\n\
+                 {}\n\
                  WORKDIR /app\n\
                  {}\n\
                  RUN {}\n\
@@ -85,10 +170,12 @@ pub fn render(plan: &BuildPlan, has_dockerignore: bool) -> Option<Generated> {
                  {build}\
                  ENV NODE_ENV=production\n\
                  USER node\n\
-                 EXPOSE 8080\n\
+                 EXPOSE {}\n\
                  {}\n",
+                env_line(plan, ""),
                 copy_deps(&plan.dependency_files),
                 and(&plan.install),
+                plan.port,
                 shell_cmd(&plan.start)
             )
         }
@@ -101,13 +188,18 @@ pub fn render(plan: &BuildPlan, has_dockerignore: bool) -> Option<Generated> {
              RUN {}\n\
              \n\
              FROM gcr.io/distroless/static-debian12:nonroot\n\
+             WORKDIR /app\n\
              COPY --from=build /out/server /server\n\
+             {}\
              USER nonroot:nonroot\n\
-             ENV PORT=8080\n\
-             EXPOSE 8080\n\
+             {}\n\
+             EXPOSE {}\n\
              CMD [\"/server\"]\n",
             copy_deps(&plan.dependency_files),
-            and(&plan.build)
+            and(&plan.build),
+            copy_runtime_dirs(plan, "/src"),
+            env_line(plan, ""),
+            plan.port
         ),
         Language::Java => {
             let builder = if plan.package_manager.as_deref() == Some("maven") {
@@ -130,27 +222,69 @@ pub fn render(plan: &BuildPlan, has_dockerignore: bool) -> Option<Generated> {
                  {USER_ADD}\n\
                  COPY --from=build /app.jar /app/app.jar\n\
                  USER app\n\
-                 ENV PORT=8080\n\
-                 EXPOSE 8080\n\
+                 {}\n\
+                 EXPOSE {}\n\
                  {}\n",
                 and(&plan.build),
+                env_line(plan, ""),
+                plan.port,
                 shell_cmd(&plan.start)
             )
         }
-        Language::Ruby => format!(
-            "FROM ruby:{v}-slim\n\
-             ENV PORT=8080 BUNDLE_WITHOUT=development:test\n\
-             WORKDIR /app\n\
-             {}\n\
-             RUN bundle install\n\
-             COPY . .\n\
-             {USER_ADD}\n\
-             USER app\n\
-             EXPOSE 8080\n\
-             {}\n",
-            copy_deps(&plan.dependency_files),
-            shell_cmd(&plan.start)
-        ),
+        Language::Ruby => {
+            let base = format!("ruby:{v}-slim-{DEBIAN}");
+            let env = env_line(plan, "BUNDLE_WITHOUT=development:test");
+            let build = run_build(plan);
+            match &plan.native {
+                // Gems with C extensions compile in a stage with a compiler;
+                // the image gets the installed bundle and the libraries.
+                Some(n) => format!(
+                    "FROM {base} AS gems\n\
+                     ENV BUNDLE_WITHOUT=development:test\n\
+                     {}\
+                     WORKDIR /app\n\
+                     {}\n\
+                     RUN bundle install\n\
+                     \n\
+                     FROM {base}\n\
+                     {}\
+                     {env}\n\
+                     WORKDIR /app\n\
+                     COPY --from=gems /usr/local/bundle /usr/local/bundle\n\
+                     COPY . .\n\
+                     {build}\
+                     {USER_ADD}\n\
+                     USER app\n\
+                     EXPOSE {port}\n\
+                     {}\n",
+                    apt(&n.build),
+                    copy_deps(&plan.dependency_files),
+                    if n.runtime.is_empty() {
+                        String::new()
+                    } else {
+                        apt(&n.runtime)
+                    },
+                    shell_cmd(&plan.start),
+                    port = plan.port,
+                ),
+                None => format!(
+                    "FROM {base}\n\
+                     {env}\n\
+                     WORKDIR /app\n\
+                     {}\n\
+                     RUN bundle install\n\
+                     COPY . .\n\
+                     {build}\
+                     {USER_ADD}\n\
+                     USER app\n\
+                     EXPOSE {port}\n\
+                     {}\n",
+                    copy_deps(&plan.dependency_files),
+                    shell_cmd(&plan.start),
+                    port = plan.port,
+                ),
+            }
+        }
         Language::Php => format!(
             "FROM composer:2 AS deps\n\
              WORKDIR /app\n\
@@ -163,30 +297,43 @@ pub fn render(plan: &BuildPlan, has_dockerignore: bool) -> Option<Generated> {
              COPY . .\n\
              {USER_ADD}\n\
              USER app\n\
-             ENV PORT=8080\n\
-             EXPOSE 8080\n\
+             {}\n\
+             EXPOSE {}\n\
              {}\n",
             copy_deps(&plan.dependency_files),
             and(&plan.install),
+            env_line(plan, ""),
+            plan.port,
             shell_cmd(&plan.start)
         ),
         Language::Rust => {
             let name = plan.artifact.as_deref().unwrap_or("app");
             format!(
-                "FROM rust:{v} AS build\n\
+                "FROM rust:{v}-{DEBIAN} AS build\n\
                  WORKDIR /src\n\
                  COPY . .\n\
                  RUN {} \\\n && cp target/release/{name} /app-bin\n\
                  \n\
-                 FROM debian:bookworm-slim\n\
+                 FROM debian:{DEBIAN}-slim\n\
                  {USER_ADD}\n\
+                 WORKDIR /app\n\
                  COPY --from=build /app-bin /app/{name}\n\
+                 {}\
                  USER app\n\
-                 ENV PORT=8080\n\
-                 EXPOSE 8080\n\
-                 CMD [{}]\n",
+                 {}\n\
+                 EXPOSE {}\n\
+                 {}\n",
                 and(&plan.build),
-                json(&format!("/app/{name}"))
+                copy_runtime_dirs(plan, "/src"),
+                env_line(plan, ""),
+                plan.port,
+                // A start that sets variables needs a shell; a bare binary
+                // runs directly.
+                if plan.start == format!("/app/{name}") {
+                    format!("CMD [{}]", json(&plan.start))
+                } else {
+                    shell_cmd(&plan.start)
+                }
             )
         }
         Language::Dotnet => format!(
@@ -201,12 +348,14 @@ pub fn render(plan: &BuildPlan, has_dockerignore: bool) -> Option<Generated> {
              WORKDIR /app\n\
              COPY --from=build /out ./\n\
              USER app\n\
-             ENV PORT=8080\n\
-             EXPOSE 8080\n\
+             {}\n\
+             EXPOSE {}\n\
              {}\n",
             copy_deps(&plan.dependency_files),
             and(&plan.install),
             and(&plan.build),
+            env_line(plan, ""),
+            plan.port,
             shell_cmd(&format!(
                 "env ASPNETCORE_URLS=http://0.0.0.0:$PORT {}",
                 plan.start

@@ -16,13 +16,18 @@ use serde::{Deserialize, Serialize};
 
 pub mod dockerfile;
 mod dotnet;
+mod env_reads;
 mod go;
 mod java;
 mod node;
+mod own_dockerfile;
 mod php;
+mod ports;
+mod procfile;
 mod python;
 mod ruby;
 mod rust;
+mod versions;
 
 use dotnet::dotnet;
 use go::go;
@@ -73,6 +78,27 @@ pub struct Evidence {
     pub note: String,
 }
 
+/// Something the app needs to boot correctly that the plan cannot
+/// provide: a setting to pass, a version that was changed, a port that
+/// breaks Cloud Run's contract. `env` names the `--env` to set, if any.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Warning {
+    pub file: String,
+    pub line: Option<usize>,
+    pub message: String,
+    pub env: Option<String>,
+}
+
+/// Packages a compiled dependency needs: `build` in a builder stage with
+/// a compiler, `runtime` (shared libraries) in the slim image.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NativeDeps {
+    pub build: Vec<String>,
+    pub runtime: Vec<String>,
+    /// The dependencies that need them, for the evidence.
+    pub because: Vec<String>,
+}
+
 /// How to turn the source into a container that listens on $PORT.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BuildPlan {
@@ -99,6 +125,24 @@ pub struct BuildPlan {
     /// output, or the assets another stack's server serves.
     #[serde(default)]
     pub assets: Option<AssetBuild>,
+    /// Environment the image sets (names and values vetted).
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    /// Directories the app reads at run time, copied next to a compiled
+    /// binary.
+    #[serde(default)]
+    pub runtime_dirs: Vec<String>,
+    /// Compiled dependencies: a builder stage with their toolchain.
+    #[serde(default)]
+    pub native: Option<NativeDeps>,
+    /// The user the container runs as, when the app's Dockerfile sets it.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// With the app's own Dockerfile: the stack found beside it.
+    #[serde(default)]
+    pub detected: Option<Language>,
+    #[serde(default)]
+    pub warnings: Vec<Warning>,
 }
 
 /// A package.json build run in a stage of its own, before the app's.
@@ -216,6 +260,7 @@ pub fn safe_name(file: &str, value: &str) -> Result<String, AnalyzeError> {
 struct Src<'a> {
     dir: &'a Path,
     evidence: Vec<Evidence>,
+    warnings: Vec<Warning>,
 }
 
 impl Src<'_> {
@@ -233,6 +278,28 @@ impl Src<'_> {
             line,
             note: note.into(),
         });
+    }
+
+    fn warn(&mut self, file: &str, line: Option<usize>, message: impl Into<String>) {
+        self.warn_env(file, line, message, None);
+    }
+
+    fn warn_env(
+        &mut self,
+        file: &str,
+        line: Option<usize>,
+        message: impl Into<String>,
+        env: Option<String>,
+    ) {
+        let w = Warning {
+            file: file.into(),
+            line,
+            message: message.into(),
+            env,
+        };
+        if !self.warnings.contains(&w) {
+            self.warnings.push(w);
+        }
     }
 
     /// The first line of `file` containing `needle` (case-insensitive).
@@ -284,6 +351,12 @@ impl BuildPlan {
             artifact: None,
             static_dir: None,
             assets: None,
+            env: vec![],
+            runtime_dirs: vec![],
+            native: None,
+            user: None,
+            detected: None,
+            warnings: vec![],
         }
     }
 }
@@ -297,31 +370,32 @@ pub fn analyze(dir: &Path) -> Result<BuildPlan, AnalyzeError> {
     let mut s = Src {
         dir,
         evidence: vec![],
+        warnings: vec![],
     };
-    let procfile_web = procfile_web(&mut s);
+    let web = procfile::web(&mut s);
     if s.has("Dockerfile") {
-        let port = s
-            .read("Dockerfile")
-            .and_then(|t| {
-                t.lines().find_map(|l| {
-                    l.trim()
-                        .strip_prefix("EXPOSE ")
-                        .and_then(|p| p.split(['/', ' ']).next()?.parse().ok())
-                })
-            })
-            .unwrap_or(8080);
-        s.note("Dockerfile", None, "the app's own Dockerfile is used as is");
-        return Ok(BuildPlan {
-            start: procfile_web.unwrap_or_else(|| "(the Dockerfile's CMD)".into()),
-            port,
-            evidence: s.evidence,
-            ..BuildPlan::new(Language::Dockerfile)
-        });
+        let mut plan = own_dockerfile::report(&mut s, web.as_ref());
+        plan.evidence = std::mem::take(&mut s.evidence);
+        plan.warnings = std::mem::take(&mut s.warnings);
+        return Ok(plan);
     }
+    let mut plan = detect(&mut s)?;
+    if let Some((line, cmd)) = web {
+        plan.start = procfile::translate(&mut s, &mut plan, line, cmd)?;
+    }
+    ports::decide(&mut s, &mut plan);
+    env_reads::warn(&mut s, &plan);
+    plan.evidence = std::mem::take(&mut s.evidence);
+    plan.warnings = std::mem::take(&mut s.warnings);
+    Ok(plan)
+}
+
+/// The stack, from its manifests.
+fn detect(s: &mut Src) -> Result<BuildPlan, AnalyzeError> {
     // The server-providing manifest decides the language: a package.json
     // that only builds assets does not make a Laravel or Rails app a Node
     // one, it becomes a build stage of that app.
-    let node_role = s.has("package.json").then(|| node::role(&s));
+    let node_role = s.has("package.json").then(|| node::role(s));
     let other_server = [
         "requirements.txt",
         "pyproject.toml",
@@ -340,26 +414,24 @@ pub fn analyze(dir: &Path) -> Result<BuildPlan, AnalyzeError> {
     .any(|m| s.has(m))
         || !s.files_with_ext("", ".csproj").is_empty();
     let mut plan = if s.has("requirements.txt") || s.has("pyproject.toml") || s.has("Pipfile") {
-        python(&mut s)?
+        python(s)?
     } else if node_role == Some(node::Role::Server) || (node_role.is_some() && !other_server) {
         match node_role {
-            Some(node::Role::StaticSite(framework, out)) => {
-                node::static_site(&mut s, framework, &out)?
-            }
-            _ => node(&mut s)?,
+            Some(node::Role::StaticSite(framework, out)) => node::static_site(s, framework, &out)?,
+            _ => node(s)?,
         }
     } else if s.has("go.mod") {
-        go(&mut s)?
+        go(s)?
     } else if s.has("pom.xml") || s.has("build.gradle") || s.has("build.gradle.kts") {
-        java(&mut s)?
+        java(s)?
     } else if s.has("Gemfile") {
-        ruby(&mut s)?
+        ruby(s)?
     } else if s.has("composer.json") {
-        php(&mut s)?
+        php(s)?
     } else if s.has("Cargo.toml") {
-        rust(&mut s)?
+        rust(s)?
     } else if !s.files_with_ext("", ".csproj").is_empty() {
-        dotnet(&mut s)?
+        dotnet(s)?
     } else if let Some(d) = ["", "public", "dist", "build", "site"]
         .into_iter()
         .find(|d| s.has(&join(d, "index.html")))
@@ -378,17 +450,13 @@ pub fn analyze(dir: &Path) -> Result<BuildPlan, AnalyzeError> {
         }
     } else {
         return Err(AnalyzeError::NotRecognized {
-            dir: dir.display().to_string(),
-            apps: apps_below(dir),
+            dir: s.dir.display().to_string(),
+            apps: apps_below(s.dir),
         });
     };
     if plan.assets.is_none() && !matches!(plan.language, Language::Node | Language::Static) {
-        plan.assets = node::assets_for(&mut s, plan.language)?;
+        plan.assets = node::assets_for(s, plan.language)?;
     }
-    if let Some(web) = procfile_web {
-        plan.start = web;
-    }
-    plan.evidence = s.evidence;
     Ok(plan)
 }
 
@@ -398,24 +466,6 @@ fn join(d: &str, f: &str) -> String {
     } else {
         format!("{d}/{f}")
     }
-}
-
-/// `web: <command>` from a Procfile takes precedence over any detection.
-fn procfile_web(s: &mut Src) -> Option<String> {
-    let text = s.read("Procfile")?;
-    let (i, cmd) = text
-        .lines()
-        .enumerate()
-        .find_map(|(i, l)| l.strip_prefix("web:").map(|c| (i, c.trim().to_string())))?;
-    if cmd.is_empty() {
-        return None;
-    }
-    s.note(
-        "Procfile",
-        Some(i + 1),
-        "the web process type decides the start command",
-    );
-    Some(cmd)
 }
 
 /// A bare major.minor from a version constraint (">=3.11,<4" -> "3.11").

@@ -52,34 +52,82 @@ struct Project {
     pkg: serde_json::Value,
     pm: &'static str,
     lock: Option<&'static str>,
-    install: &'static str,
+    /// Config the install reads (`.yarnrc.yml`, `.npmrc`).
+    config: Vec<&'static str>,
+    install: String,
+}
+
+/// The pnpm major that reads a lockfile version ('6.0' -> 8): pnpm 9 and
+/// later refuse a v6 lock with --frozen-lockfile.
+fn pnpm_major(lock: &str) -> &'static str {
+    let v = lock
+        .lines()
+        .find_map(|l| l.strip_prefix("lockfileVersion:"))
+        .map(|v| v.trim().trim_matches(['\'', '"']).to_string())
+        .unwrap_or_default();
+    match v.split('.').next().unwrap_or("") {
+        "5" if v.starts_with("5.3") => "6",
+        "5" => "7",
+        "6" => "8",
+        _ => "9",
+    }
 }
 
 impl Project {
     fn read(s: &Src) -> Self {
         let text = s.read("package.json").unwrap_or_default();
-        let pkg = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+        let pkg: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+        // `packageManager: "pnpm@8.15.4"` is what corepack would run.
+        let declared = pkg["packageManager"]
+            .as_str()
+            .and_then(|p| p.split_once('@'))
+            .and_then(|(name, v)| Some((name.to_string(), version_from(v, 1)?)));
+        let declared_major = |name: &str| {
+            declared
+                .as_ref()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        };
+        let mut config = vec![];
+        if s.has(".npmrc") {
+            config.push(".npmrc");
+        }
         let (pm, lock, install) = if s.has("pnpm-lock.yaml") {
+            let major = declared_major("pnpm").unwrap_or_else(|| {
+                pnpm_major(&s.read("pnpm-lock.yaml").unwrap_or_default()).to_string()
+            });
             (
                 "pnpm",
                 Some("pnpm-lock.yaml"),
-                "corepack enable && pnpm install --frozen-lockfile",
+                format!("npm install -g pnpm@{major} && pnpm install --frozen-lockfile"),
             )
         } else if s.has("yarn.lock") {
-            (
-                "yarn",
-                Some("yarn.lock"),
-                "corepack enable && yarn install --frozen-lockfile",
-            )
+            // Berry's lock has a __metadata block; classic's does not.
+            let berry = s
+                .read("yarn.lock")
+                .is_some_and(|l| l.contains("__metadata:"));
+            if s.has(".yarnrc.yml") {
+                config.push(".yarnrc.yml");
+            }
+            let install = match (berry, declared_major("yarn")) {
+                (true, Some(_)) => "corepack enable && yarn install --immutable".to_string(),
+                (true, None) => {
+                    "corepack enable && corepack prepare yarn@stable --activate && yarn install --immutable".to_string()
+                }
+                // Node's images ship yarn 1, which reads a classic lock.
+                (false, _) => "yarn install --frozen-lockfile".to_string(),
+            };
+            ("yarn", Some("yarn.lock"), install)
         } else if s.has("package-lock.json") {
-            ("npm", Some("package-lock.json"), "npm ci")
+            ("npm", Some("package-lock.json"), "npm ci".to_string())
         } else {
-            ("npm", None, "npm install")
+            ("npm", None, "npm install".to_string())
         };
         Self {
             pkg,
             pm,
             lock,
+            config,
             install,
         }
     }
@@ -100,17 +148,22 @@ impl Project {
         }
     }
 
-    fn version(&self, s: &Src) -> String {
-        self.pkg["engines"]["node"]
+    fn version(&self, s: &mut Src) -> String {
+        let declared = self.pkg["engines"]["node"]
             .as_str()
-            .and_then(|v| version_from(v, 1))
-            .or_else(|| s.read(".nvmrc").and_then(|v| version_from(v.trim(), 1)))
-            .unwrap_or_else(|| "22".into())
+            .map(|v| ("package.json", v.to_string()))
+            .or_else(|| s.read(".nvmrc").map(|v| (".nvmrc", v.trim().to_string())))
+            .or_else(|| {
+                s.read(".node-version")
+                    .map(|v| (".node-version", v.trim().to_string()))
+            });
+        versions::choose(s, &versions::NODE, declared, 1)
     }
 
     fn dependency_files(&self) -> Vec<String> {
         let mut files = vec!["package.json".to_string()];
         files.extend(self.lock.map(str::to_string));
+        files.extend(self.config.iter().map(|c| c.to_string()));
         files
     }
 
@@ -261,7 +314,7 @@ pub(super) fn node(s: &mut Src) -> Result<BuildPlan, AnalyzeError> {
         version: Some(version),
         framework: (!framework.is_empty()).then(|| framework.to_string()),
         package_manager: Some(p.pm.into()),
-        install: vec![p.install.into()],
+        install: vec![p.install.clone()],
         build,
         start,
         dependency_files: p.dependency_files(),
@@ -304,7 +357,7 @@ pub(super) fn asset_build(s: &mut Src, out: String) -> Result<AssetBuild, Analyz
     Ok(AssetBuild {
         package_manager: p.pm.into(),
         node_version: p.version(s),
-        install: vec![p.install.into()],
+        install: vec![p.install.clone()],
         build: vec![p.run("build")],
         dependency_files: p.dependency_files(),
         output: out,

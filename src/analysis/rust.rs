@@ -37,6 +37,31 @@ pub(super) fn rust(s: &mut Src) -> Result<BuildPlan, AnalyzeError> {
     let name = safe_name("Cargo.toml", &name)?;
     let line = s.find_line("Cargo.toml", "name");
     s.note("Cargo.toml", line, format!("the binary target `{name}`"));
+    let deps_section = text
+        .split("[dependencies]")
+        .nth(1)
+        .map(|rest| rest.split("\n[").next().unwrap_or(rest).to_string())
+        .unwrap_or_default();
+    let framework = ["axum", "actix-web", "rocket", "warp", "poem"]
+        .into_iter()
+        .find(|f| {
+            deps_section.lines().any(|l| {
+                l.trim_start().starts_with(&format!("{f} "))
+                    || l.trim_start().starts_with(&format!("{f}="))
+            })
+        });
+    let mut env = vec![];
+    let mut start = format!("/app/{name}");
+    if let Some(f) = framework {
+        let line = s.find_line("Cargo.toml", f);
+        s.note("Cargo.toml", line, format!("the {f} web framework"));
+        if f == "rocket" {
+            // Rocket reads ROCKET_ADDRESS/ROCKET_PORT, not PORT.
+            env.push(("ROCKET_ADDRESS".to_string(), "0.0.0.0".to_string()));
+            start = format!("env ROCKET_PORT=$PORT /app/{name}");
+        }
+    }
+    let runtime_dirs = super::go::runtime_dirs(s);
     let mut deps = vec!["Cargo.toml".to_string()];
     if s.has("Cargo.lock") {
         deps.push("Cargo.lock".into());
@@ -45,7 +70,10 @@ pub(super) fn rust(s: &mut Src) -> Result<BuildPlan, AnalyzeError> {
         version: Some("1".into()),
         package_manager: Some("cargo".into()),
         build: vec![format!("cargo build --release --bin {name}")],
-        start: format!("/app/{name}"),
+        start,
+        framework: framework.map(str::to_string),
+        env,
+        runtime_dirs,
         dependency_files: deps,
         artifact: Some(name),
         ..BuildPlan::new(Language::Rust)

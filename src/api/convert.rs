@@ -345,6 +345,21 @@ pub fn plan(p: &BuildPlan, dockerfile: Option<&str>) -> proto::BuildPlan {
             })
             .collect(),
         dockerfile: dockerfile.unwrap_or_default().into(),
+        warnings: p
+            .warnings
+            .iter()
+            .map(|w| proto::PlanWarning {
+                file: w.file.clone(),
+                line: w.line.and_then(|l| u32::try_from(l).ok()).unwrap_or(0),
+                message: w.message.clone(),
+                env: w.env.clone().unwrap_or_default(),
+            })
+            .collect(),
+        detected_language: p
+            .detected
+            .map(|l| l.as_str().to_string())
+            .unwrap_or_default(),
+        user: p.user.clone().unwrap_or_default(),
     }
 }
 

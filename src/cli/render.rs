@@ -161,6 +161,8 @@ pub fn to_json(e: &proto::Event) -> Value {
             json!({"language": p.language, "version": p.version, "framework": p.framework, "package_manager": p.package_manager,
                    "install": p.install, "build": p.build, "start": p.start, "port": p.port,
                    "evidence": p.evidence.iter().map(|e| json!({"file": e.file, "line": e.line, "note": e.note})).collect::<Vec<_>>(),
+                   "warnings": p.warnings.iter().map(|w| json!({"file": w.file, "line": w.line, "message": w.message, "env": w.env})).collect::<Vec<_>>(),
+                   "detected_language": p.detected_language, "user": p.user,
                    "dockerfile": p.dockerfile}),
         ),
         Some(Kind::CanaryStep(c)) => ("canary_step", canary_json(c)),
@@ -349,6 +351,9 @@ fn outcome(out: &mut impl Write, o: &proto::Outcome) -> std::io::Result<()> {
 /// The build plan, with the evidence for each choice.
 pub fn plan(out: &mut impl Write, p: &proto::BuildPlan) -> std::io::Result<()> {
     let mut what = p.language.clone();
+    if !p.detected_language.is_empty() {
+        what.push_str(&format!(" (a {} app)", p.detected_language));
+    }
     if !p.version.is_empty() {
         what.push_str(&format!(" {}", p.version));
     }
@@ -366,6 +371,9 @@ pub fn plan(out: &mut impl Write, p: &proto::BuildPlan) -> std::io::Result<()> {
         writeln!(out, "      build:   {line}")?;
     }
     writeln!(out, "      start:   {}  (port {})", p.start, p.port)?;
+    if !p.user.is_empty() {
+        writeln!(out, "      user:    {}", p.user)?;
+    }
     for e in &p.evidence {
         let at = if e.line > 0 {
             format!("{}:{}", e.file, e.line)
@@ -373,6 +381,17 @@ pub fn plan(out: &mut impl Write, p: &proto::BuildPlan) -> std::io::Result<()> {
             e.file.clone()
         };
         writeln!(out, "      because  {at}: {}", e.note)?;
+    }
+    for w in &p.warnings {
+        let at = if w.line > 0 {
+            format!("{}:{}", w.file, w.line)
+        } else {
+            w.file.clone()
+        };
+        writeln!(out, "      warning  {at}: {}", w.message)?;
+        if !w.env.is_empty() {
+            writeln!(out, "               set it with --env {}", w.env)?;
+        }
     }
     if !p.dockerfile.is_empty() {
         writeln!(out, "      generated Dockerfile:")?;

@@ -105,7 +105,7 @@ impl Pipeline {
             let spec = ServiceSpec {
                 target: target.clone(),
                 image,
-                runtime: d.request.runtime.clone(),
+                runtime: d.revision_runtime(),
                 labels: BTreeMap::from([("managed-by".to_string(), "deployd".to_string())]),
                 revision_name: Some(name.clone()),
                 traffic,

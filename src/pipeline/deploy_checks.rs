@@ -89,7 +89,7 @@ impl Pipeline {
         let spec = ServiceSpec {
             target: target.clone(),
             image: naming::image(target, &d.request.build.repository),
-            runtime: d.request.runtime.clone(),
+            runtime: d.revision_runtime(),
             labels: BTreeMap::from([("managed-by".to_string(), "deployd".to_string())]),
             revision_name: None,
             traffic: vec![],

@@ -222,6 +222,18 @@ pub fn deployment_tag(deployment_id: &str) -> String {
 }
 
 impl Deployment {
+    /// The revision's runtime settings: the request's, with the port the
+    /// analysis found when the request names none.
+    pub fn revision_runtime(&self) -> model::RuntimeSettings {
+        let mut rt = self.request.runtime.clone();
+        if rt.container_port == 0 {
+            if let Some(p) = self.plan.as_ref().filter(|p| p.port != 8080) {
+                rt.container_port = p.port;
+            }
+        }
+        rt
+    }
+
     pub fn new(id: String, request: DeployRequest) -> Self {
         Self {
             id,

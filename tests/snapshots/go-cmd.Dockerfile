@@ -7,6 +7,7 @@ COPY . .
 RUN CGO_ENABLED=0 go build -trimpath -ldflags=-s -o /out/server ./cmd/server
 
 FROM gcr.io/distroless/static-debian12:nonroot
+WORKDIR /app
 COPY --from=build /out/server /server
 USER nonroot:nonroot
 ENV PORT=8080

@@ -3,7 +3,7 @@ FROM node:22-slim
 ENV PORT=8080
 WORKDIR /app
 COPY package.json pnpm-lock.yaml ./
-RUN corepack enable && pnpm install --frozen-lockfile
+RUN npm install -g pnpm@9 && pnpm install --frozen-lockfile
 COPY . .
 RUN pnpm run build
 ENV NODE_ENV=production

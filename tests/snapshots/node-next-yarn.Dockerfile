@@ -3,7 +3,7 @@ FROM node:22-slim
 ENV PORT=8080
 WORKDIR /app
 COPY package.json yarn.lock ./
-RUN corepack enable && yarn install --frozen-lockfile
+RUN yarn install --frozen-lockfile
 COPY . .
 RUN yarn run build
 ENV NODE_ENV=production

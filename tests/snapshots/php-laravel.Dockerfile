@@ -4,7 +4,7 @@ WORKDIR /app
 COPY composer.json ./
 RUN composer install --no-dev --no-interaction --prefer-dist --no-scripts
 
-FROM php:8.2-cli
+FROM php:8.4-cli
 WORKDIR /app
 COPY --from=deps /app/vendor ./vendor
 COPY . .

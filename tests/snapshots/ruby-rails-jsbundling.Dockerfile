@@ -6,8 +6,8 @@ RUN npm install
 COPY . .
 RUN npm run build
 
-FROM ruby:3.2-slim
-ENV PORT=8080 BUNDLE_WITHOUT=development:test
+FROM ruby:3.3-slim-bookworm
+ENV PORT=8080 BUNDLE_WITHOUT=development:test RAILS_ENV="production" RACK_ENV="production" RAILS_LOG_TO_STDOUT="1" RAILS_SERVE_STATIC_FILES="1"
 WORKDIR /app
 COPY Gemfile Gemfile.lock ./
 RUN bundle install
