@@ -274,7 +274,43 @@ fn the_static_site_plan_serves_on_the_port_it_is_given() {
         return;
     }
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/static-dist");
-    let plan = analyze(&src).expect("plan");
+    serve_static_site(&src);
+}
+
+#[test]
+fn a_vite_build_is_served_from_its_output() {
+    if !common::outside_tool("nginx", &["-v"], "apt-get install nginx") {
+        return;
+    }
+    // The assets stage's own commands, as the image's Node stage runs them.
+    let work = tempfile::tempdir().expect("tempdir");
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vite-spa"),
+        work.path(),
+    );
+    let plan = analyze(work.path()).expect("plan");
+    let assets = plan.assets.as_ref().expect("an assets stage");
+    for line in assets.install.iter().chain(&assets.build) {
+        let out = Command::new("sh")
+            .args(["-c", line])
+            .current_dir(work.path())
+            .output()
+            .expect("sh");
+        assert!(
+            out.status.success(),
+            "`{line}` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let index = serve_static_site(work.path());
+    // Vite rewrote the entry into a hashed bundle that nginx serves too.
+    assert!(index.contains("/assets/"), "{index}");
+}
+
+/// Serves the plan's static output with the generated nginx config and
+/// start command; returns the index it served.
+fn serve_static_site(src: &Path) -> String {
+    let plan = analyze(src).expect("plan");
     let generated = render(&plan, false).expect("generated");
     let dockerfile = generated.dockerfile().expect("Dockerfile");
     // The image's start command, exactly as generated...
@@ -330,4 +366,11 @@ fn the_static_site_plan_serves_on_the_port_it_is_given() {
     );
     let rendered = std::fs::read_to_string(root.join("tmp/nginx.conf")).expect("rendered");
     assert!(rendered.contains(&format!("listen {port};")), "{rendered}");
+    if let Some(asset) = index
+        .split('"')
+        .find(|p| p.starts_with("/assets/") && p.ends_with(".js"))
+    {
+        assert!(get(port, asset).is_some_and(|js| !js.is_empty()), "{asset}");
+    }
+    index
 }
