@@ -909,7 +909,11 @@ fn framework_build_steps_and_compiled_dependencies_get_their_stage() {
         "{d}"
     );
     assert!(
-        d.contains("AS gems") && d.contains("build-essential libpq-dev"),
+        d.contains("AS build") && d.contains("build-essential libpq-dev"),
+        "{d}"
+    );
+    assert!(
+        d.contains("COPY --from=build /usr/local/bundle /usr/local/bundle"),
         "{d}"
     );
     // Every stage on one Debian release.

@@ -97,63 +97,17 @@ pub fn render(plan: &BuildPlan, has_dockerignore: bool) -> Option<Generated> {
     let mut extra = vec![];
     let body = match plan.language {
         Language::Dockerfile => return None,
-        Language::Python => {
-            let base = format!("python:{v}-slim-{DEBIAN}");
-            let env = env_line(plan, "PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1");
-            let build = run_build(plan);
-            match &plan.native {
-                // Compiled dependencies: a virtualenv built with a compiler,
-                // copied into a slim image with only their libraries.
-                Some(n) => format!(
-                    "FROM {base} AS build\n\
-                     {}\
-                     ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH\n\
-                     RUN python -m venv /opt/venv\n\
-                     WORKDIR /app\n\
-                     {}\n\
-                     RUN {}\n\
-                     \n\
-                     FROM {base}\n\
-                     {}\
-                     {env} PATH=/opt/venv/bin:$PATH\n\
-                     WORKDIR /app\n\
-                     COPY --from=build /opt/venv /opt/venv\n\
-                     COPY . .\n\
-                     {build}\
-                     {USER_ADD}\n\
-                     USER app\n\
-                     EXPOSE {port}\n\
-                     {}\n",
-                    apt(&n.build),
-                    copy_deps(&plan.dependency_files),
-                    and(&plan.install),
-                    if n.runtime.is_empty() {
-                        String::new()
-                    } else {
-                        apt(&n.runtime)
-                    },
-                    shell_cmd(&plan.start),
-                    port = plan.port,
-                ),
-                None => format!(
-                    "FROM {base}\n\
-                     {env}\n\
-                     WORKDIR /app\n\
-                     {}\n\
-                     RUN {}\n\
-                     COPY . .\n\
-                     {build}\
-                     {USER_ADD}\n\
-                     USER app\n\
-                     EXPOSE {port}\n\
-                     {}\n",
-                    copy_deps(&plan.dependency_files),
-                    and(&plan.install),
-                    shell_cmd(&plan.start),
-                    port = plan.port,
-                ),
-            }
-        }
+        Language::Python => interpreted(
+            plan,
+            &format!("python:{v}-slim-{DEBIAN}"),
+            "PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1",
+            &and(&plan.install),
+            Builder {
+                setup: "ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH\nRUN python -m venv /opt/venv\n",
+                keep: "/opt/venv",
+                path: "/opt/venv/bin",
+            },
+        ),
         Language::Node => {
             let build = if plan.build.is_empty() {
                 String::new()
@@ -231,60 +185,17 @@ pub fn render(plan: &BuildPlan, has_dockerignore: bool) -> Option<Generated> {
                 shell_cmd(&plan.start)
             )
         }
-        Language::Ruby => {
-            let base = format!("ruby:{v}-slim-{DEBIAN}");
-            let env = env_line(plan, "BUNDLE_WITHOUT=development:test");
-            let build = run_build(plan);
-            match &plan.native {
-                // Gems with C extensions compile in a stage with a compiler;
-                // the image gets the installed bundle and the libraries.
-                Some(n) => format!(
-                    "FROM {base} AS gems\n\
-                     ENV BUNDLE_WITHOUT=development:test\n\
-                     {}\
-                     WORKDIR /app\n\
-                     {}\n\
-                     RUN bundle install\n\
-                     \n\
-                     FROM {base}\n\
-                     {}\
-                     {env}\n\
-                     WORKDIR /app\n\
-                     COPY --from=gems /usr/local/bundle /usr/local/bundle\n\
-                     COPY . .\n\
-                     {build}\
-                     {USER_ADD}\n\
-                     USER app\n\
-                     EXPOSE {port}\n\
-                     {}\n",
-                    apt(&n.build),
-                    copy_deps(&plan.dependency_files),
-                    if n.runtime.is_empty() {
-                        String::new()
-                    } else {
-                        apt(&n.runtime)
-                    },
-                    shell_cmd(&plan.start),
-                    port = plan.port,
-                ),
-                None => format!(
-                    "FROM {base}\n\
-                     {env}\n\
-                     WORKDIR /app\n\
-                     {}\n\
-                     RUN bundle install\n\
-                     COPY . .\n\
-                     {build}\
-                     {USER_ADD}\n\
-                     USER app\n\
-                     EXPOSE {port}\n\
-                     {}\n",
-                    copy_deps(&plan.dependency_files),
-                    shell_cmd(&plan.start),
-                    port = plan.port,
-                ),
-            }
-        }
+        Language::Ruby => interpreted(
+            plan,
+            &format!("ruby:{v}-slim-{DEBIAN}"),
+            "BUNDLE_WITHOUT=development:test",
+            "bundle install",
+            Builder {
+                setup: "ENV BUNDLE_WITHOUT=development:test\n",
+                keep: "/usr/local/bundle",
+                path: "",
+            },
+        ),
         Language::Php => format!(
             "FROM composer:2 AS deps\n\
              WORKDIR /app\n\
@@ -417,6 +328,53 @@ pub fn render(plan: &BuildPlan, has_dockerignore: bool) -> Option<Generated> {
     }
     files.extend(extra);
     Some(Generated { files })
+}
+
+/// How an interpreted stack installs compiled dependencies in a builder
+/// stage: its setup, the directory the slim image keeps, and what to add
+/// to PATH for it.
+struct Builder {
+    setup: &'static str,
+    keep: &'static str,
+    path: &'static str,
+}
+
+/// An interpreted app's image: dependencies installed before the source
+/// (layer caching). With compiled dependencies they are installed in a
+/// builder stage that has a compiler and their -dev packages, and copied
+/// into the slim image, which gets only their runtime libraries.
+fn interpreted(plan: &BuildPlan, base: &str, env: &str, install: &str, b: Builder) -> String {
+    let deps = copy_deps(&plan.dependency_files);
+    let build = run_build(plan);
+    let cmd = shell_cmd(&plan.start);
+    let port = plan.port;
+    let tail = format!("COPY . .\n{build}{USER_ADD}\nUSER app\nEXPOSE {port}\n{cmd}\n");
+    match &plan.native {
+        None => format!(
+            "FROM {base}\n{}\nWORKDIR /app\n{deps}\nRUN {install}\n{tail}",
+            env_line(plan, env)
+        ),
+        Some(n) => {
+            let runtime = if n.runtime.is_empty() {
+                String::new()
+            } else {
+                apt(&n.runtime)
+            };
+            let path = if b.path.is_empty() {
+                String::new()
+            } else {
+                format!(" PATH={}:$PATH", b.path)
+            };
+            format!(
+                "FROM {base} AS build\n{}{}WORKDIR /app\n{deps}\nRUN {install}\n\n\
+                 FROM {base}\n{runtime}{}{path}\nWORKDIR /app\nCOPY --from=build {keep} {keep}\n{tail}",
+                apt(&n.build),
+                b.setup,
+                env_line(plan, env),
+                keep = b.keep,
+            )
+        }
+    }
 }
 
 /// The Node stage that builds front-end assets.
