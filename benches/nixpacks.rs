@@ -379,23 +379,35 @@ fn nixpacks_answer(bin: &Path, name: &str) -> Answer {
         .flatten()
         .filter_map(|p| p.as_str().map(str::to_string))
         .collect();
-    // nodejs_22, python311, ruby_3_3, php83, jdk17, go_1_23.
-    let version = packages.iter().find_map(|p| {
-        let digits: String = p
-            .chars()
-            .skip_while(|c| !c.is_ascii_digit())
-            .map(|c| if c == '_' { '.' } else { c })
-            .collect();
-        if digits.is_empty() {
-            return None;
-        }
-        Some(if p.starts_with("python") || p.starts_with("php") {
-            let (major, minor) = digits.split_at(1);
-            format!("{major}.{}", minor.trim_start_matches('.'))
-        } else {
-            digits
-        })
-    });
+    // nodejs_22, python311, ruby_3_3, php83, jdk17, go_1_23: the package
+    // of the language itself (a PHP app's plan carries Node's too).
+    let prefix = match language.as_str() {
+        "node" => "nodejs",
+        "java" => "jdk",
+        other => other,
+    };
+    let version = packages
+        .iter()
+        .filter(|p| !prefix.is_empty() && p.starts_with(prefix))
+        .find_map(|p| {
+            let digits: String = p[prefix.len()..]
+                .chars()
+                .skip_while(|c| !c.is_ascii_digit())
+                .take_while(|c| c.is_ascii_digit() || *c == '_')
+                .map(|c| if c == '_' { '.' } else { c })
+                .collect();
+            if digits.is_empty() {
+                return None;
+            }
+            Some(
+                if (language == "python" || language == "php") && !digits.contains('.') {
+                    let (major, minor) = digits.split_at(1);
+                    format!("{major}.{minor}")
+                } else {
+                    digits
+                },
+            )
+        });
     Answer {
         language,
         framework,
@@ -408,8 +420,13 @@ fn nixpacks_answer(bin: &Path, name: &str) -> Answer {
     }
 }
 
-/// Fields right, of fields judged.
+/// Fields right, of fields judged; the framework (which nixpacks' plan
+/// does not name) is judged only when `with_framework`.
 fn score(truth: &Truth, a: &Answer) -> (u32, u32) {
+    score_fields(truth, a, true)
+}
+
+fn score_fields(truth: &Truth, a: &Answer, with_framework: bool) -> (u32, u32) {
     let mut right = 0;
     let mut judged = 0;
     let mut judge = |ok: bool| {
@@ -417,7 +434,7 @@ fn score(truth: &Truth, a: &Answer) -> (u32, u32) {
         right += u32::from(ok);
     };
     judge(a.language == truth.language);
-    if let Some(f) = truth.framework {
+    if let Some(f) = truth.framework.filter(|_| with_framework) {
         judge(
             a.framework
                 .as_deref()
@@ -451,6 +468,8 @@ fn main() {
     let mut totals = [(0u32, 0u32, Duration::ZERO); 2];
     // Like for like with nixpacks' process per plan: deployd's binary too.
     let mut deployd_process = Duration::ZERO;
+    // The same shares without the framework field.
+    let mut bare = [(0u32, 0u32); 2];
     println!("{:<30} {:>10} {:>10}", "fixture", "deployd", "nixpacks");
     for truth in TRUTH {
         let started = Instant::now();
@@ -463,6 +482,8 @@ fn main() {
             .output();
         deployd_process += started.elapsed();
         assert!(ran.is_ok(), "deployd analyze runs");
+        let (br, bj) = score_fields(truth, &mine, false);
+        bare[0] = (bare[0].0 + br, bare[0].1 + bj);
         let (r, j) = score(truth, &mine);
         totals[0].0 += r;
         totals[0].1 += j;
@@ -470,6 +491,8 @@ fn main() {
             let started = Instant::now();
             let a = nixpacks_answer(bin, truth.fixture);
             totals[1].2 += started.elapsed();
+            let (br, bj) = score_fields(truth, &a, false);
+            bare[1] = (bare[1].0 + br, bare[1].1 + bj);
             let (r, j) = score(truth, &a);
             totals[1].0 += r;
             totals[1].1 += j;
@@ -506,4 +529,14 @@ fn main() {
         ),
         None => println!("nixpacks: not measured (set NIXPACKS to its binary)"),
     }
+    let pct = |(r, j): (u32, u32)| 100.0 * f64::from(r) / f64::from(j.max(1));
+    println!(
+        "without the framework field: deployd {:.0}%, nixpacks {}",
+        pct(bare[0]),
+        if bare[1].1 == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.0}%", pct(bare[1]))
+        }
+    );
 }
