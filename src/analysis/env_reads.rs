@@ -61,8 +61,10 @@ pub(super) fn required_python(text: &str) -> Vec<String> {
     out
 }
 
-/// Source files worth reading: the app's own code, not its dependencies,
-/// tests or build output; a bounded number of them.
+/// Source files worth reading: the app's own top-level code, and in each
+/// directory just below it only the files where entry points and settings
+/// live (probed by name, never listed), so analysis does not grow with the
+/// repository.
 fn source_files(dir: &Path) -> Vec<String> {
     const EXT: &[&str] = &["py", "js", "mjs", "cjs", "ts", "rb", "go", "php"];
     const SKIP: &[&str] = &[
@@ -80,38 +82,63 @@ fn source_files(dir: &Path) -> Vec<String> {
         "public",
         "migrations",
     ];
+    /// Where entry points and settings live below the root.
+    const BELOW: &[&str] = &[
+        "settings.py",
+        "settings/base.py",
+        "settings/production.py",
+        "settings/prod.py",
+        "config.py",
+        "index.js",
+        "index.ts",
+        "index.mjs",
+        "main.js",
+        "main.ts",
+        "main.py",
+        "main.go",
+        "server.js",
+        "server.ts",
+        "app.js",
+        "app.ts",
+        "app.py",
+        "config.js",
+        "config.ts",
+        "database.yml",
+        "application.rb",
+        "environments/production.rb",
+    ];
+    const MAX_FILES: usize = 60;
+    let is_source = |name: &str| EXT.iter().any(|x| name.ends_with(&format!(".{x}")));
     let mut out = vec![];
-    let mut walk = vec![(dir.to_path_buf(), 0)];
-    while let Some((d, depth)) = walk.pop() {
-        let Ok(entries) = fs::read_dir(&d) else {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return out;
+    };
+    let mut entries: Vec<_> = entries.flatten().take(1000).collect();
+    entries.sort_by_key(|e| e.file_name());
+    let small = |p: &Path| fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() < 256 * 1024);
+    for e in &entries {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with('.') || e.file_type().is_ok_and(|t| t.is_symlink()) {
             continue;
-        };
-        let mut entries: Vec<_> = entries.flatten().collect();
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries {
-            let name = e.file_name().to_string_lossy().to_string();
-            let Ok(t) = e.file_type() else { continue };
-            if name.starts_with('.') || t.is_symlink() {
+        }
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            if SKIP.contains(&name.as_str()) {
                 continue;
             }
-            if t.is_dir() {
-                if depth < 4 && !SKIP.contains(&name.as_str()) {
-                    walk.push((e.path(), depth + 1));
-                }
-            } else if (EXT.iter().any(|x| name.ends_with(&format!(".{x}")))
-                // Rails' ERB-templated config reads ENV too.
-                || (name == "database.yml" && d.ends_with("config")))
-                && !name.contains(".test.")
-                && !name.contains(".spec.")
-                && e.metadata().is_ok_and(|m| m.len() < 256 * 1024)
-            {
-                if let Ok(rel) = e.path().strip_prefix(dir) {
-                    out.push(rel.display().to_string());
+            for f in BELOW {
+                if small(&e.path().join(f)) {
+                    out.push(format!("{name}/{f}"));
                 }
             }
-            if out.len() >= 300 {
-                return out;
-            }
+        } else if is_source(&name)
+            && !name.contains(".test.")
+            && !name.contains(".spec.")
+            && small(&e.path())
+        {
+            out.push(name);
+        }
+        if out.len() >= MAX_FILES {
+            break;
         }
     }
     out.sort();
