@@ -109,14 +109,7 @@ fn get(port: u16, path: &str) -> Option<String> {
 
 #[test]
 fn the_python_flask_plan_starts_the_app() {
-    // A virtualenv stands in for the image's site-packages.
-    let venv = tempfile::tempdir().expect("tempdir");
-    let made = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(venv.path())
-        .status()
-        .expect("python3");
-    assert!(made.success());
+    let venv = venv();
     let body = run_natively("python-flask", Some(&venv.path().join("bin")));
     assert_eq!(body, "hello from flask\n");
 }

@@ -272,14 +272,13 @@ async fn the_revision_listens_where_the_app_does_and_the_plan_warns_why() {
     let w = p.warnings.first().expect("a warning");
     assert_eq!((w.file.as_str(), w.line), ("server.js", 6));
     // The request named no port: Cloud Run is told the app's.
-    let svc = h
-        .sandbox
-        .service(PROJECT, REGION, "fixed-port")
-        .expect("service exists");
-    assert_eq!(
-        svc["template"]["containers"][0]["ports"][0]["containerPort"],
-        3000
-    );
+    let container_port = || {
+        h.sandbox
+            .service(PROJECT, REGION, "fixed-port")
+            .expect("service exists")["template"]["containers"][0]["ports"][0]["containerPort"]
+            .clone()
+    };
+    assert_eq!(container_port(), 3000);
     // A port the request names wins over the analysis.
     let mut req = deploy_request("fixed-port", &fixture("node-literal-port"));
     req.runtime
@@ -287,12 +286,5 @@ async fn the_revision_listens_where_the_app_does_and_the_plan_warns_why() {
         .container_port = 3100;
     let (_, o) = deploy(&h, req).await;
     assert!(o.success, "{o:?}");
-    let svc = h
-        .sandbox
-        .service(PROJECT, REGION, "fixed-port")
-        .expect("service");
-    assert_eq!(
-        svc["template"]["containers"][0]["ports"][0]["containerPort"],
-        3100
-    );
+    assert_eq!(container_port(), 3100);
 }

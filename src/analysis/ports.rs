@@ -21,9 +21,7 @@ pub(super) fn decide(s: &mut Src, plan: &mut BuildPlan) {
         plan.port = port;
     }
     if let Some((file, line, port)) = literal_listen(s, plan) {
-        if port != plan.port {
-            plan.port = port;
-        }
+        plan.port = port;
         s.warn(
             &file,
             Some(line),

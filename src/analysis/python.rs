@@ -168,7 +168,7 @@ pub(super) fn python(s: &mut Src) -> Result<BuildPlan, AnalyzeError> {
     } else {
         vec![]
     };
-    let native = native_deps(s, &has_dep, &deps);
+    let native = native_deps(s, &has_dep);
     Ok(BuildPlan {
         version: Some(version),
         framework: (!framework.is_empty()).then(|| framework.to_string()),
@@ -348,7 +348,7 @@ const SDISTS: &[(&str, &[&str], &[&str])] = &[
     ),
 ];
 
-fn native_deps(s: &mut Src, has_dep: &dyn Fn(&str) -> bool, _deps: &str) -> Option<NativeDeps> {
+fn native_deps(s: &mut Src, has_dep: &dyn Fn(&str) -> bool) -> Option<NativeDeps> {
     let mut native = NativeDeps::default();
     for (pkg, build, runtime) in SDISTS {
         if has_dep(pkg) {
