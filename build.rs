@@ -12,5 +12,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     tonic_prost_build::configure().compile_fds(fds)?;
     println!("cargo:rerun-if-changed=proto");
+    // The commit deployd_build_info names; "unknown" outside a checkout
+    // (a crate tarball). Rebuilt when HEAD moves.
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    let branch = git(&["rev-parse", "--symbolic-full-name", "HEAD"]);
+    for name in std::iter::once("HEAD".to_string()).chain(branch) {
+        // A packed ref has no file; a path that never exists would rerun
+        // this script on every build.
+        if let Some(path) =
+            git(&["rev-parse", "--git-path", &name]).filter(|p| PathBuf::from(p).exists())
+        {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
+    let commit = git(&["rev-parse", "--short=12", "HEAD"])
+        .filter(|s| s.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=DEPLOYD_GIT_COMMIT={commit}");
     Ok(())
 }

@@ -93,7 +93,7 @@ async fn main() {
     std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}"));
     std::env::set_var("OTEL_BSP_SCHEDULE_DELAY", "200");
     std::env::set_var("RUST_LOG", "off");
-    let tracing = telemetry::init(telemetry::LogFormat::Json, "off");
+    let tracing = telemetry::init(telemetry::LogFormat::Json, "off").expect("tracing");
     let h = Harness::start().await;
     throughput(&h, "warmup-on").await;
     let on = throughput(&h, "on").await;
@@ -118,14 +118,18 @@ async fn main() {
         for stage in Stage::DEPLOY_ORDER {
             metrics::stage_duration(stage, Duration::from_millis(100 + i));
         }
-        metrics::health_check("healthy", Duration::from_millis(20 + i % 200));
+        metrics::health_check(
+            metrics::ProbeOrigin::Deploy,
+            "healthy",
+            Duration::from_millis(20 + i % 200),
+        );
         metrics::deployment_finished("success", Duration::from_secs(60 + i % 120), true);
     }
     let mut times = vec![];
     let mut bytes = 0;
     for _ in 0..50 {
         let t = Instant::now();
-        let text = handle.render() + &telemetry::hdr::render();
+        let text = telemetry::render(&handle);
         times.push(t.elapsed());
         bytes = text.len();
     }

@@ -212,7 +212,7 @@ pub async fn start(
                             axum::http::header::CONTENT_TYPE,
                             "text/plain; version=0.0.4",
                         )],
-                        h.render() + &telemetry::hdr::render(),
+                        telemetry::render(&h),
                     )
                 }
             }),
@@ -303,6 +303,7 @@ pub async fn serve(
     // Nagle would hold each short reply for the peer's delayed ACK (~40 ms).
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(config.tcp_nodelay));
     let server = builder
+        .layer(crate::api::observe::ObserveLayer)
         .layer(AuthLayer::new(auth))
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -542,12 +542,12 @@ async fn a_principal_allowed_on_one_project_is_refused_on_another_on_every_rpc()
         counter(
             &m,
             "deployd_auth_refusals_total",
-            "reason=\"denied\",rpc=\"Deploy\""
+            "method=\"Deploy\",reason=\"denied\""
         ) >= 1.0
             || counter(
                 &m,
                 "deployd_auth_refusals_total",
-                "rpc=\"Deploy\",reason=\"denied\""
+                "reason=\"denied\",method=\"Deploy\""
             ) >= 1.0,
         "{m}"
     );

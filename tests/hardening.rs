@@ -728,8 +728,8 @@ async fn every_google_call_of_a_deploy_is_retried() {
     assert!(
         counter(
             &metrics,
-            "deployd_api_retries_total",
-            "call=\"run.projects.locations.services.patch\""
+            "deployd_google_api_retries_total",
+            "method=\"run.projects.locations.services.patch\""
         ) >= 1.0,
         "{metrics}"
     );
@@ -860,15 +860,17 @@ async fn cancelling_while_a_broken_revision_is_verified_rolls_back_first() {
                 1.0,
                 "{m}"
             );
-            // The metrics are process-wide: only this test cancels a deploy.
+            // A cancellation is counted as one, never as a failure (the
+            // metrics are process-wide: only this test cancels a deploy).
             assert_eq!(
-                counter(
-                    &m,
-                    "deployd_failures_total",
-                    "stage=\"verify\",code=\"CANCELLED\""
-                ),
-                1.0,
-                "cancelled in verify, not unhealthy: {m}"
+                counter(&m, "deployd_deployment_failures_total", "CANCELLED"),
+                0.0,
+                "cancelled, not failed: {m}"
+            );
+            assert_eq!(
+                counter(&m, "deployd_deployment_failures_total", "stage=\"verify\""),
+                0.0,
+                "not unhealthy either: {m}"
             );
             break;
         }

@@ -17,7 +17,7 @@ async fn metrics_count_builds_deployments_and_health_checks() {
         |name: &str, labels: &str| counter(&after, name, labels) - counter(&before, name, labels);
     assert_eq!(delta("deployd_builds_total", "result=\"success\""), 1.0);
     assert_eq!(
-        delta("deployd_build_attempts_total", "outcome=\"success\""),
+        delta("deployd_build_attempts_total", "result=\"success\""),
         1.0
     );
     assert_eq!(
@@ -31,7 +31,7 @@ async fn metrics_count_builds_deployments_and_health_checks() {
     assert_eq!(
         delta(
             "deployd_health_check_duration_seconds_count",
-            "result=\"healthy\""
+            "origin=\"deploy\",result=\"healthy\""
         ),
         1.0
     );
@@ -44,7 +44,7 @@ async fn metrics_count_builds_deployments_and_health_checks() {
     );
     assert!(after.contains("# TYPE deployd_health_check_duration_seconds histogram"));
     assert!(after
-        .contains("deployd_health_check_duration_seconds_bucket{result=\"healthy\",le=\"0.005\"}"));
+        .contains("deployd_health_check_duration_seconds_bucket{origin=\"deploy\",result=\"healthy\",le=\"0.00048828125\"}"));
     assert!(after.contains("# HELP deployd_builds_total"));
     // Low cardinality: no service name in any label.
     assert!(!after.contains("counted"));

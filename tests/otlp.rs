@@ -21,7 +21,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::trace::v1::{status::StatusCode, Span};
 
 #[derive(Clone, Default)]
-struct Receiver(Arc<Mutex<Vec<Span>>>);
+struct Receiver(Arc<Mutex<Vec<Span>>>, Arc<Mutex<Vec<String>>>);
 
 #[tonic::async_trait]
 impl TraceService for Receiver {
@@ -31,6 +31,16 @@ impl TraceService for Receiver {
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let mut spans = self.0.lock().expect("lock");
         for rs in req.into_inner().resource_spans {
+            if let Some(r) = &rs.resource {
+                let mut res = self.1.lock().expect("lock");
+                for a in &r.attributes {
+                    res.push(format!(
+                        "{}={:?}",
+                        a.key,
+                        a.value.as_ref().and_then(|v| v.value.clone())
+                    ));
+                }
+            }
             for ss in rs.scope_spans {
                 spans.extend(ss.spans);
             }
@@ -112,6 +122,11 @@ async fn a_deploy_is_one_trace_with_stage_and_api_spans() {
                 &format!("127.0.0.1:{metrics}"),
             ])
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}"))
+            .env("OTEL_SERVICE_NAME", "deployd-staging")
+            .env(
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "deployment.environment.name=staging",
+            )
             .env("OTEL_BSP_SCHEDULE_DELAY", "100")
             .env("DEPLOYD_RETRY_BASE_DELAY_MS", "20")
             .env_remove("RUST_LOG")
@@ -185,6 +200,39 @@ async fn a_deploy_is_one_trace_with_stage_and_api_spans() {
         analyze.status.as_ref().map(|s| s.code),
         Some(StatusCode::Error as i32)
     );
+    let attr = |s: &Span, k: &str| {
+        s.attributes
+            .iter()
+            .find(|a| a.key == k)
+            .and_then(|a| a.value.as_ref())
+            .map(|v| format!("{:?}", v.value))
+    };
+    // The failing stage names its error; the root says the run failed.
+    assert!(
+        attr(analyze, "error.type")
+            .is_some_and(|v| v.contains("ANALYSIS_FAILED") || v.contains('_')),
+        "{:?}",
+        analyze.attributes
+    );
+    assert!(analyze
+        .status
+        .as_ref()
+        .is_some_and(|s| !s.message.is_empty()));
+    assert!(
+        attr(rpc, "deployd.result").is_some_and(|v| v.contains("failure")),
+        "{:?}",
+        rpc.attributes
+    );
+    assert_eq!(
+        rpc.status.as_ref().map(|s| s.code),
+        Some(StatusCode::Error as i32)
+    );
+    assert!(attr(rpc, "rpc.service").is_some_and(|v| v.contains("deployd.v1.Deployer")));
+    assert!(
+        attr(rpc, "rpc.grpc.status_code").is_some_and(|v| v.contains("IntValue(0)")),
+        "{:?}",
+        rpc.attributes
+    );
     let source = failed
         .iter()
         .find(|s| s.name == "source")
@@ -217,14 +265,12 @@ async fn a_deploy_is_one_trace_with_stage_and_api_spans() {
         .iter()
         .find(|s| s.name == "deploy" && s.parent_span_id == roots[0].span_id)
         .expect("deploy span");
-    let attr = |s: &Span, k: &str| {
-        s.attributes
-            .iter()
-            .find(|a| a.key == k)
-            .and_then(|a| a.value.as_ref())
-            .map(|v| format!("{:?}", v.value))
-    };
-    for k in ["deployment_id", "project", "region", "service"] {
+    for k in [
+        "deployd.deployment_id",
+        "cloud.account.id",
+        "cloud.region",
+        "deployd.service",
+    ] {
         assert!(attr(deploy_span, k).is_some(), "deploy span lacks {k}");
     }
     // The caller is on the trace (no authentication here: the peer).
@@ -232,7 +278,7 @@ async fn a_deploy_is_one_trace_with_stage_and_api_spans() {
     assert!(who.contains("unauthenticated@127.0.0.1"), "{who}");
     let mut stages: Vec<&&Span> = run
         .iter()
-        .filter(|s| s.parent_span_id == deploy_span.span_id && attr(s, "stage").is_some())
+        .filter(|s| s.parent_span_id == deploy_span.span_id && attr(s, "deployd.stage").is_some())
         .collect();
     stages.sort_by_key(|s| s.start_time_unix_nano);
     let names: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
@@ -249,7 +295,7 @@ async fn a_deploy_is_one_trace_with_stage_and_api_spans() {
     );
     let api_calls: Vec<&str> = run
         .iter()
-        .filter(|s| attr(s, "rpc.system").is_some_and(|v| v.contains("google_api")))
+        .filter(|s| attr(s, "gcp.client.service").is_some())
         .map(|s| s.name.as_str())
         .collect();
     for m in [
@@ -259,4 +305,63 @@ async fn a_deploy_is_one_trace_with_stage_and_api_spans() {
     ] {
         assert!(api_calls.contains(&m), "{m} in {api_calls:?}");
     }
+    // Google API client spans by the HTTP conventions.
+    let create = run
+        .iter()
+        .find(|s| s.name == "cloudbuild.projects.locations.builds.create")
+        .expect("create span");
+    assert!(attr(create, "rpc.system").is_none(), "not a semconv value");
+    assert!(attr(create, "http.request.method").is_some_and(|v| v.contains("POST")));
+    assert!(attr(create, "url.full").is_some_and(|v| v.contains("/v1/projects/demo-project/")));
+    assert!(attr(create, "server.address").is_some_and(|v| v.contains("127.0.0.1")));
+    assert!(
+        attr(create, "http.response.status_code").is_some_and(|v| v.contains("IntValue(200)")),
+        "{:?}",
+        create.attributes
+    );
+    // Probes are spans too.
+    assert!(run.iter().any(|s| s.name == "health_check"
+        && attr(s, "url.full").is_some()
+        && attr(s, "http.response.status_code").is_some()));
+    assert!(attr(roots[0], "deployd.result").is_some_and(|v| v.contains("success")));
+    // The resource honours the standard variables, and names the version.
+    let resource = receiver.1.lock().expect("lock").clone();
+    assert!(
+        resource
+            .iter()
+            .any(|a| a == "service.name=Some(StringValue(\"deployd-staging\"))"),
+        "{resource:?}"
+    );
+    assert!(
+        resource
+            .iter()
+            .any(|a| a.starts_with("deployment.environment.name=")),
+        "{resource:?}"
+    );
+    assert!(
+        resource.iter().any(|a| a
+            == &format!(
+                "service.version=Some(StringValue(\"{}\"))",
+                env!("CARGO_PKG_VERSION")
+            )),
+        "{resource:?}"
+    );
+}
+
+/// An OTLP protocol deployd cannot speak is refused at start, by name.
+#[test]
+fn an_unknown_otlp_protocol_is_refused_at_start() {
+    let out = Command::new(env!("CARGO_BIN_EXE_deployd"))
+        .args(["serve", "--sandbox", "--listen", "127.0.0.1:0"])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon")
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("OTEL_EXPORTER_OTLP_PROTOCOL=\"carrier-pigeon\"")
+            && err.contains("http/protobuf"),
+        "{err}"
+    );
 }

@@ -66,7 +66,7 @@ async fn start_prometheus(target: &str) -> Prometheus {
         )
         .expect("write");
         format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: deployd\n    static_configs:\n      - targets: ['{target}']\n",
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: deployd\n    static_configs:\n      - targets: ['{target}']\n        labels:\n          env: test\n",
             dir.join("rules.yml").display()
         )
     })
@@ -76,6 +76,15 @@ async fn start_prometheus(target: &str) -> Prometheus {
 /// Successes, a retried build, a failed build, a rollback, a preflight
 /// failure and a Verify: every metric the dashboards chart gets data.
 async fn workload(h: &Harness) {
+    // A retried API call of the deploy stage (after preflight's own read).
+    h.sandbox.inject_after(
+        1,
+        Fault {
+            method: "run.projects.locations.services.get".into(),
+            remaining: 1,
+            action: FaultAction::Error(InjectedError::unavailable()),
+        },
+    );
     let (_, o) = deploy(h, deploy_request("steady", &example_app())).await;
     assert!(o.success);
     // A refused call (the same process, so the same metrics).
@@ -161,6 +170,8 @@ fn expand(expr: &str) -> String {
         .replace("$__interval", "15s")
         .replace("$__range", "1h")
         .replace("$instance", ".+")
+        .replace("$job", ".+")
+        .replace("$env", ".*")
 }
 
 async fn query(prom: &str, expr: &str) -> serde_json::Value {
@@ -222,9 +233,9 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
             .filter(|v| v["type"] == "query")
         {
             // label_values(metric, label)
-            let q = v["query"]["query"].as_str().expect("variable query");
+            let q = expand(v["query"]["query"].as_str().expect("variable query"));
             let inner = q.trim_start_matches("label_values(").trim_end_matches(')');
-            let (metric, label) = inner.split_once(',').expect("metric, label");
+            let (metric, label) = inner.rsplit_once(',').expect("metric, label");
             let values: serde_json::Value = reqwest::Client::new()
                 .get(format!("{}/api/v1/label/{}/values", prom.url, label.trim()))
                 .query(&[("match[]", metric.trim())])
@@ -248,6 +259,62 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
                     problems.push(format!("{file} / {}: error {r}", p["title"]));
                 } else if r["data"]["result"].as_array().is_none_or(|a| a.is_empty()) {
                     problems.push(format!("{file} / {}: empty for {expr}", p["title"]));
+                }
+            }
+        }
+    }
+    // Annotations: the scripted deploys and rollbacks are marked.
+    let end = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    for file in [
+        "deployd-overview.json",
+        "deployd-latency.json",
+        "deployd-failures.json",
+    ] {
+        let text = std::fs::read_to_string(root().join("dashboards/grafana").join(file))
+            .expect("dashboard");
+        let d: serde_json::Value = serde_json::from_str(&text).expect("json");
+        let list = d["annotations"]["list"].as_array().expect("annotations");
+        assert!(
+            list.iter().any(|a| a["builtIn"] == 1),
+            "{file}: the built-in Annotations & Alerts"
+        );
+        for a in list.iter().filter(|a| a["expr"].is_string()) {
+            let expr = expand(a["expr"].as_str().expect("expr"));
+            let r: serde_json::Value = reqwest::Client::new()
+                .get(format!("{}/api/v1/query_range", prom.url))
+                .query(&[
+                    ("query", expr.as_str()),
+                    ("start", &(end - 600).to_string()),
+                    ("end", &end.to_string()),
+                    ("step", "5"),
+                ])
+                .send()
+                .await
+                .expect("query_range")
+                .json()
+                .await
+                .expect("json");
+            checked += 1;
+            let results: Vec<String> = r["data"]["result"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| s["metric"]["result"].as_str().unwrap_or("").to_string())
+                .collect();
+            let want = if a["name"] == "Rollbacks" {
+                vec!["success"]
+            } else {
+                vec!["success", "failure", "rolled_back"]
+            };
+            for w in want {
+                if !results.iter().any(|r| r == w) {
+                    problems.push(format!(
+                        "{file}: annotation {} does not mark {w}: {r}",
+                        a["name"]
+                    ));
                 }
             }
         }
@@ -308,5 +375,109 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         "promtool check metrics: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+
+    percentiles_agree(&h, &prom.url).await;
+}
+
+/// A server answering 500 after a scripted delay: the n-th request waits
+/// `delays[n % len]`.
+async fn slow_server(delays: Vec<Duration>) -> std::net::SocketAddr {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let next = std::sync::Arc::new(AtomicUsize::new(0));
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let delay = delays[next.fetch_add(1, Ordering::Relaxed) % delays.len()];
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                tokio::time::sleep(delay).await;
+                let _ = conn
+                    .write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 1\r\nconnection: close\r\n\r\nx")
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// The fleet p95 Prometheus computes from the buckets lands within 10% of
+/// the exact (HDR) p95 of the same probes: 200 probes of Verify calls, each
+/// answered after a known delay of 5 to 104 ms.
+async fn percentiles_agree(h: &Harness, prom: &str) {
+    let delays: Vec<Duration> = (0..100).map(|i| Duration::from_millis(5 + i)).collect();
+    let addr = slow_server(delays).await;
+    let mut runs = vec![];
+    for _ in 0..10 {
+        let mut client = h.client().await;
+        runs.push(tokio::spawn(async move {
+            let stream = client
+                .verify(proto::VerifyRequest {
+                    url: format!("http://{addr}/"),
+                    attempts: 20,
+                    max_delay_ms: 10,
+                    ..Default::default()
+                })
+                .await
+                .expect("accepted")
+                .into_inner();
+            collect(stream).await
+        }));
+    }
+    let mut probes = 0;
+    for r in runs {
+        let events = r.await.expect("verify ran");
+        probes += events
+            .iter()
+            .filter(|e| matches!(e.kind, Some(proto::event::Kind::Probe(_))))
+            .count();
+    }
+    assert_eq!(probes, 200);
+    // Two scrapes after the last probe.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let value = |r: serde_json::Value| -> f64 {
+        r["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no value: {r}"))
+    };
+    let buckets = value(
+        query(
+            prom,
+            "histogram_quantile(0.95, sum by (le) (deployd_health_check_duration_seconds_bucket{origin=\"verify_rpc\"}))",
+        )
+        .await,
+    );
+    let exact = value(
+        query(
+            prom,
+            "deployd_health_check_duration_hdr_seconds{origin=\"verify_rpc\",quantile=\"0.95\"}",
+        )
+        .await,
+    );
+    let off = (buckets - exact).abs() / exact;
+    eprintln!(
+        "p95 of verify_rpc probes: buckets {buckets:.4} s, HDR {exact:.4} s, {:.1}% apart",
+        off * 100.0
+    );
+    assert!(
+        (0.09..0.12).contains(&exact),
+        "the scripted p95 is about 100 ms: {exact}"
+    );
+    assert!(
+        off < 0.10,
+        "buckets {buckets} vs HDR {exact}: {:.1}%",
+        off * 100.0
     );
 }

@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod canary;
 pub mod convert;
+pub mod observe;
 
 pub mod proto {
     #![allow(clippy::all)]
@@ -138,20 +139,98 @@ impl DeployerService {
         let cancel = self.shutdown.child_token();
         // The run's spans continue the caller's trace when it sent one.
         let span = tracing::info_span!("rpc", otel.name = format!("deployd.v1.Deployer/{method}"), otel.kind = "server",
-            rpc.system = "grpc", rpc.method = method, deployment_id = %id, enduser.id = %principal.name);
+            rpc.system = "grpc", rpc.service = RPC_SERVICE, rpc.method = method, rpc.grpc.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty, otel.status_description = tracing::field::Empty,
+            error.type = tracing::field::Empty, result = tracing::field::Empty,
+            deployment_id = %id, enduser.id = %principal.name);
         let _ = span.set_parent(parent);
         let fut = run(self.pipeline.clone(), Reporter::new(id, tx), cancel.clone());
-        self.runs.spawn(fut.instrument(span));
+        self.runs.spawn(fut.instrument(span.clone()));
         // Dropping the response stream (client gone) cancels the run.
         let guard = cancel.drop_guard();
-        Box::pin(ReceiverStream::new(rx).map(move |e| {
-            let _keep = &guard;
-            Ok(convert::event(e))
-        }))
+        ending_in(
+            span,
+            Box::pin(ReceiverStream::new(rx).map(move |e| {
+                let _keep = &guard;
+                Ok(convert::event(e))
+            })),
+        )
     }
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<proto::Event, Status>> + Send>>;
+
+const RPC_SERVICE: &str = "deployd.v1.Deployer";
+
+/// The run's result on its root span: `deployd.result`, and an error
+/// status naming the failure (`error.type`) unless it succeeded or was
+/// cancelled.
+fn mark_result(span: &tracing::Span, o: &proto::Outcome) {
+    let code = o.error.as_ref().map(|f| f.code.as_str());
+    let result =
+        crate::pipeline::event::result_of(o.success, code, o.canary_aborted, o.rolled_back);
+    span.record("result", result);
+    if !matches!(result, "success" | "cancelled") {
+        span.record("otel.status_code", "ERROR");
+        span.record("error.type", code.unwrap_or("UNKNOWN"));
+        if let Some(f) = &o.error {
+            span.record("otel.status_description", truncate(&f.message, 512));
+        }
+    }
+}
+
+/// The stream, recording its final status on the call's server span when
+/// it ends (0 after the last event, the error's code, 1 CANCELLED when the
+/// client dropped it first); the span lives until then.
+fn ending_in(span: tracing::Span, stream: EventStream) -> EventStream {
+    struct Ending {
+        span: tracing::Span,
+        stream: EventStream,
+        recorded: bool,
+    }
+    impl Stream for Ending {
+        type Item = Result<proto::Event, Status>;
+        fn poll_next(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            let polled = self.stream.as_mut().poll_next(cx);
+            if let std::task::Poll::Ready(Some(Ok(proto::Event {
+                kind: Some(proto::event::Kind::Outcome(o)),
+                ..
+            }))) = &polled
+            {
+                mark_result(&self.span, o);
+            }
+            let code = match &polled {
+                std::task::Poll::Ready(None) => Some(0),
+                std::task::Poll::Ready(Some(Err(s))) => Some(s.code() as i64),
+                _ => None,
+            };
+            if let (Some(code), false) = (code, self.recorded) {
+                self.recorded = true;
+                self.span.record("rpc.grpc.status_code", code);
+                if code != 0 {
+                    self.span.record("otel.status_code", "ERROR");
+                }
+            }
+            polled
+        }
+    }
+    impl Drop for Ending {
+        fn drop(&mut self) {
+            if !self.recorded {
+                self.span
+                    .record("rpc.grpc.status_code", tonic::Code::Cancelled as i64);
+            }
+        }
+    }
+    Box::pin(Ending {
+        span,
+        stream,
+        recorded: false,
+    })
+}
 
 /// The one conversion from domain errors to gRPC status.
 fn invalid(e: InvalidRequest) -> Status {
@@ -276,11 +355,18 @@ impl DeployerService {
             otel.name = "deployd.v1.Deployer/Deploy",
             otel.kind = "server",
             rpc.system = "grpc",
+            rpc.service = RPC_SERVICE,
             rpc.method = call.rpc,
+            rpc.grpc.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            result = tracing::field::Empty,
             enduser.id = %call.principal.name,
             deployment_id = tracing::field::Empty
         );
         let _ = span.set_parent(parent);
+        let rpc_span = span.clone();
         // One running deployment per service, enforced by the store.
         let submitted = self
             .manager
@@ -291,7 +377,7 @@ impl DeployerService {
             tracing::info!(deployment_id = %submitted.id, "request_id seen before: following that deployment");
         }
         call.names_deployment(&submitted.id);
-        Ok(self.follow(submitted.id, 0))
+        Ok(ending_in(rpc_span, self.follow(submitted.id, 0)))
     }
 
     /// The deployment `id`, if the call may do `action` to it.

@@ -621,7 +621,7 @@ pub async fn main() -> anyhow::Result<i32> {
     } else {
         "warn"
     };
-    let tracing = telemetry::init(cli.log_format, level);
+    let tracing = telemetry::init(cli.log_format, level)?;
     let code = run(cli.command).await;
     tracing.shutdown().await;
     code

@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
 use super::error::{decode, GcpError};
+use crate::pipeline::error::Code;
 
 pub const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
 
@@ -139,11 +140,21 @@ impl Transport {
         method: &'static str,
         rb: RequestBuilder,
     ) -> Result<Response, GcpError> {
-        let resp = self.send_unchecked(method, rb).await?;
-        if resp.status().is_success() {
-            return Ok(resp);
-        }
-        Err(Self::error_of(method, resp).await)
+        let (result, call) = self.exchange(method, rb).await;
+        let resp = match result {
+            Ok(r) if r.status().is_success() => {
+                call.end(None);
+                return Ok(r);
+            }
+            Ok(r) => r,
+            Err(e) => {
+                call.end(Some(transport_code(&e)));
+                return Err(e);
+            }
+        };
+        let error = Self::error_of(method, resp).await;
+        call.end(Some(error.code().unwrap_or(Code::Unavailable)));
+        Err(error)
     }
 
     /// Sends and returns the response whatever its status; only transport
@@ -154,38 +165,79 @@ impl Transport {
         method: &'static str,
         rb: RequestBuilder,
     ) -> Result<Response, GcpError> {
-        // One client span per Google API call, named by its method.
+        let (result, call) = self.exchange(method, rb).await;
+        match &result {
+            Ok(r) if r.status().as_u16() < 400 => call.end(None),
+            Ok(r) => call.end(Some(Code::from_http(r.status().as_u16()))),
+            Err(e) => call.end(Some(transport_code(e))),
+        }
+        result
+    }
+
+    /// One HTTP exchange, to the answer's headers, in a client span by
+    /// the HTTP conventions; the returned [`ApiCall`] records its code.
+    async fn exchange(
+        &self,
+        method: &'static str,
+        rb: RequestBuilder,
+    ) -> (Result<Response, GcpError>, ApiCall) {
+        let api = method.split('.').next().unwrap_or(method);
         let span = tracing::info_span!(
             "gcp",
             otel.name = method,
             otel.kind = "client",
-            rpc.system = "google_api",
-            rpc.method = method,
+            otel.status_code = tracing::field::Empty,
+            http.request.method = tracing::field::Empty,
+            url.full = tracing::field::Empty,
+            server.address = tracing::field::Empty,
+            server.port = tracing::field::Empty,
             http.response.status_code = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty
+            error.type = tracing::field::Empty,
+            gcp.client.service = api,
+            deployd.google_api.method = method,
         );
+        let started = std::time::Instant::now();
+        let call = ApiCall {
+            method,
+            span: span.clone(),
+            started,
+        };
         let rb = match &self.credentials {
-            Credentials::Google(p) => {
-                let token = p.token(&[SCOPE]).await.map_err(GcpError::Auth)?;
-                rb.bearer_auth(token.as_str())
-            }
+            Credentials::Google(p) => match p.token(&[SCOPE]).await {
+                Ok(token) => rb.bearer_auth(token.as_str()),
+                Err(e) => return (Err(GcpError::Auth(e)), call),
+            },
             Credentials::None => rb,
         };
+        let request = match rb.build() {
+            Ok(r) => r,
+            Err(source) => return (Err(GcpError::Transport { method, source }), call),
+        };
+        let url = request.url();
+        span.record("http.request.method", request.method().as_str());
+        // Without the query: an upload's query carries its session id.
+        span.record(
+            "url.full",
+            format!("{}{}", &url[..url::Position::AfterHost], url.path()).as_str(),
+        );
+        if let Some(host) = url.host_str() {
+            span.record("server.address", host);
+        }
+        if let Some(port) = url.port_or_known_default() {
+            span.record("server.port", i64::from(port));
+        }
         // Until the answer's headers; the semaphore is never closed.
         let _slot = self.in_flight.acquire().await.ok();
-        let result = rb.send().instrument(span.clone()).await;
-        match &result {
-            Ok(r) => {
-                span.record("http.response.status_code", r.status().as_u16());
-                if !r.status().is_success() {
-                    span.record("otel.status_code", "ERROR");
-                }
-            }
-            Err(_) => {
-                span.record("otel.status_code", "ERROR");
-            }
+        let result = self
+            .client
+            .execute(request)
+            .instrument(span.clone())
+            .await
+            .map_err(|source| GcpError::Transport { method, source });
+        if let Ok(r) = &result {
+            span.record("http.response.status_code", i64::from(r.status().as_u16()));
         }
-        result.map_err(|source| GcpError::Transport { method, source })
+        (result, call)
     }
 
     /// Turns an error response into its typed error.
@@ -211,6 +263,35 @@ impl Transport {
         // An empty body is `{}` in proto3 JSON.
         let body: &[u8] = if body.is_empty() { b"{}" } else { &body };
         serde_json::from_slice(body).map_err(|source| GcpError::Decode { method, source })
+    }
+}
+
+/// A Google API call in progress: `end` counts it, with its latency, and
+/// marks its span failed for any code but OK.
+struct ApiCall {
+    method: &'static str,
+    span: tracing::Span,
+    started: std::time::Instant,
+}
+
+impl ApiCall {
+    /// `None` is OK; otherwise the canonical code of the failure.
+    fn end(self, code: Option<Code>) {
+        let name = code.map_or("OK", Code::name);
+        crate::telemetry::metrics::google_api_call(self.method, name, self.started.elapsed());
+        if code.is_some() {
+            self.span.record("otel.status_code", "ERROR");
+            self.span.record("error.type", name);
+        }
+    }
+}
+
+/// The canonical code of a call with no usable answer.
+fn transport_code(e: &GcpError) -> Code {
+    match e {
+        GcpError::Transport { source, .. } if source.is_timeout() => Code::DeadlineExceeded,
+        GcpError::Auth(_) => Code::Unauthenticated,
+        _ => Code::Unavailable,
     }
 }
 

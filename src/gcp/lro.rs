@@ -54,6 +54,34 @@ impl Default for PollPolicy {
     }
 }
 
+/// The methods that poll an operation of an API, so a poll is named (in
+/// spans and metrics) as the call it is, not as the call that started it.
+struct Polls {
+    get: &'static str,
+    wait: &'static str,
+}
+
+fn polls_of(method: &'static str) -> Polls {
+    match method.split('.').next() {
+        Some("run") => Polls {
+            get: "run.projects.locations.operations.get",
+            wait: "run.projects.locations.operations.wait",
+        },
+        Some("artifactregistry") => Polls {
+            get: "artifactregistry.projects.locations.operations.get",
+            wait: "artifactregistry.projects.locations.operations.wait",
+        },
+        Some("cloudbuild") => Polls {
+            get: "cloudbuild.projects.locations.operations.get",
+            wait: "cloudbuild.projects.locations.operations.wait",
+        },
+        _ => Polls {
+            get: "operations.get",
+            wait: "operations.wait",
+        },
+    }
+}
+
 /// Consecutive transient poll failures tolerated.
 const MAX_POLL_FAILURES: u32 = 10;
 
@@ -85,7 +113,7 @@ pub async fn wait(
         due = tokio::time::Instant::now() + delay;
         let url = format!("{base}/{version}/{}", op.name);
         match t
-            .json::<Operation>(method, t.request(Method::GET, url))
+            .json::<Operation>(polls_of(method).get, t.request(Method::GET, url))
             .await
         {
             Ok(next) => {
@@ -138,15 +166,21 @@ pub async fn wait_long(
         let sent = tokio::time::Instant::now();
         // Every long-poll slot taken (a burst of rollouts): poll this time.
         let slot = t.try_long_poll();
-        let rb = match &slot {
+        let (call, rb) = match &slot {
             Some(_) => {
                 let url = format!("{base}/{version}/{}:wait", op.name);
                 let body = serde_json::json!({"timeout": format!("{}s", hold.as_secs())});
-                t.request(Method::POST, url).json(&body)
+                (
+                    polls_of(method).wait,
+                    t.request(Method::POST, url).json(&body),
+                )
             }
-            None => t.request(Method::GET, format!("{base}/{version}/{}", op.name)),
+            None => (
+                polls_of(method).get,
+                t.request(Method::GET, format!("{base}/{version}/{}", op.name)),
+            ),
         };
-        let answer = t.json::<Operation>(method, rb).await;
+        let answer = t.json::<Operation>(call, rb).await;
         drop(slot);
         match answer {
             Ok(next) => {

@@ -196,6 +196,8 @@ impl Pipeline {
                         .await;
                     metrics::build_attempt(match &r {
                         Ok(_) => "success",
+                        // Stopped because the run was: not the build's error.
+                        Err(_) if cancel.is_cancelled() => "cancelled",
                         Err(e) if classify_attempt(e).is_retriable() => "retriable_error",
                         Err(_) => "permanent_error",
                     });

@@ -423,6 +423,7 @@ impl Pipeline {
                 ProbeContext {
                     id_token: token,
                     policy: None,
+                    origin: metrics::ProbeOrigin::Deploy,
                 },
                 events,
                 cancel,

@@ -161,13 +161,28 @@ pub struct Outcome {
 impl Outcome {
     /// The `result` label: success, cancelled, rolled_back or failure.
     pub fn result(&self) -> &'static str {
-        match &self.error {
-            _ if self.success => "success",
-            Some(f) if f.code == "CANCELLED" => "cancelled",
-            _ if self.canary_aborted => "canary_aborted",
-            _ if self.rolled_back => "rolled_back",
-            _ => "failure",
-        }
+        result_of(
+            self.success,
+            self.error.as_ref().map(|f| f.code.as_str()),
+            self.canary_aborted,
+            self.rolled_back,
+        )
+    }
+}
+
+/// A run's result from what its outcome says (the domain's and the wire's).
+pub fn result_of(
+    success: bool,
+    failure_code: Option<&str>,
+    canary_aborted: bool,
+    rolled_back: bool,
+) -> &'static str {
+    match failure_code {
+        _ if success => "success",
+        Some("CANCELLED") => "cancelled",
+        _ if canary_aborted => "canary_aborted",
+        _ if rolled_back => "rolled_back",
+        _ => "failure",
     }
 }
 

@@ -411,7 +411,9 @@ impl Pipeline {
     ) -> Outcome {
         let req = &d.request;
         let span = tracing::info_span!("deployment", otel.name = "deploy", deployment_id = %d.id, project = %req.target.project,
-            region = %req.target.region, service = %req.target.service);
+            region = %req.target.region, service = %req.target.service, result = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty, otel.status_description = tracing::field::Empty,
+            error.type = tracing::field::Empty);
         let started = Instant::now();
         let _in_progress = metrics::InProgress::start();
         let lost = async {
@@ -434,7 +436,10 @@ impl Pipeline {
                         }
                         tracing::warn!(stage = stage.as_str(), error = %error::error_chain(&e), "deploy failed");
                         let failure = self.failure(&d, &e);
-                        metrics::failure(stage.as_str(), &failure.code);
+                        // A cancellation is the caller's choice, not a failure.
+                        if !matches!(e, StageError::Cancelled { .. }) {
+                            metrics::failure(stage.as_str(), &failure.code);
+                        }
                         d.failure = Some(failure);
                         d.status = Status::Failed(stage);
                         self.explain_unverified_first_revision(&mut d);
@@ -469,6 +474,12 @@ impl Pipeline {
         let outcome = d.outcome();
         let result = outcome.result();
         metrics::deployment_finished(result, started.elapsed(), d.retries == 0);
+        span.record("result", result);
+        if let (false, Some(f)) = (matches!(result, "success" | "cancelled"), &outcome.error) {
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_description", f.message.as_str());
+            span.record("error.type", f.code.as_str());
+        }
         span.in_scope(|| {
             tracing::info!(result, url = %outcome.url, revision = %outcome.revision,
                 should_rollback = outcome.should_rollback, rolled_back = outcome.rolled_back,
@@ -564,7 +575,8 @@ impl Pipeline {
             stage = stage.as_str(),
             deployment_id = %d.id,
             otel.status_code = tracing::field::Empty,
-            error = tracing::field::Empty
+            otel.status_description = tracing::field::Empty,
+            error.type = tracing::field::Empty
         );
         let result = tokio::select! {
             r = self.run_stage(stage, d, workspace, events, cancel).instrument(span.clone()) => r,
@@ -572,9 +584,17 @@ impl Pipeline {
             // first; this arm catches the rest.
             _ = cancelled_after_grace(cancel) => Err(StageError::Cancelled { stage: stage.as_str() }),
         };
-        if let Err(e) = &result {
-            span.record("otel.status_code", "ERROR");
-            span.record("error", error::error_chain(e));
+        match &result {
+            // Stopping when asked is not an error of the stage.
+            Err(StageError::Cancelled { .. }) => {
+                span.record("error.type", "CANCELLED");
+            }
+            Err(e) => {
+                span.record("otel.status_code", "ERROR");
+                span.record("otel.status_description", error::error_chain(e).as_str());
+                span.record("error.type", self.failure(d, e).code.as_str());
+            }
+            Ok(()) => {}
         }
         span.in_scope(|| {
             tracing::info!(
@@ -780,6 +800,7 @@ impl Pipeline {
                 let ctx = ProbeContext {
                     id_token,
                     policy: None,
+                    origin: metrics::ProbeOrigin::Deploy,
                 };
                 // The gate of consecutive answers is for a candidate that
                 // has no traffic yet; a Direct revision already serves.
@@ -892,6 +913,7 @@ impl Pipeline {
         let ctx = ProbeContext {
             id_token: None,
             policy: Some(&self.config.url_policy),
+            origin: metrics::ProbeOrigin::VerifyRpc,
         };
         let v = verify::verify(
             self.prober.as_ref(),
@@ -902,7 +924,7 @@ impl Pipeline {
             &cancel,
         )
         .await;
-        metrics::stage_duration(Stage::Verify, t.elapsed());
+        // Not a deploy stage: its time is the Verify call's duration.
         events
             .emit(
                 Some(Stage::Verify),

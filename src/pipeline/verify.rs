@@ -15,7 +15,7 @@ use super::cloud::{ProbeErrorClass, ProbeRequest, ProbeResponse, Prober};
 use super::event::{EventKind, ProbeResult, ProbeStats, Reporter, Stage};
 use super::model::HealthCheckSpec;
 use super::retry::{retry, GaveUp, Retriability, RetryPolicy};
-use crate::telemetry::metrics;
+use crate::telemetry::metrics::{self, ProbeOrigin};
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Verification {
@@ -110,6 +110,8 @@ pub struct ProbeContext<'a> {
     /// For a caller's URL: each attempt is authorized anew and connects
     /// only to the addresses approved for it.
     pub policy: Option<&'a UrlPolicy>,
+    /// Whose probes these are, as the metrics count them.
+    pub origin: ProbeOrigin,
 }
 
 /// Where a URL's host points now.
@@ -191,7 +193,42 @@ fn gate_interval(spec: &HealthCheckSpec) -> std::time::Duration {
 /// One probe of `target` as the health check asks it, and why it failed
 /// (`None` when it passed): the address approved, the request sent within
 /// the timeout, status and body judged.
+/// One health probe, in a client span of its own (`health_check`, with
+/// the URL, the status and the error class).
 pub(crate) async fn probe_once(
+    prober: &dyn Prober,
+    target: &str,
+    spec: &HealthCheckSpec,
+    headers: &[(String, String)],
+    policy: Option<&UrlPolicy>,
+    cancel: &CancellationToken,
+) -> (ProbeResponse, Option<ProbeErrorClass>, Option<String>) {
+    use tracing::Instrument;
+    let span = tracing::info_span!(
+        "health_check",
+        otel.kind = "client",
+        http.request.method = "GET",
+        url.full = %crate::telemetry::escape_controls(target),
+        http.response.status_code = tracing::field::Empty,
+        healthy = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    let (r, class, error) = probe_attempt(prober, target, spec, headers, policy, cancel)
+        .instrument(span.clone())
+        .await;
+    if let Some(status) = r.status {
+        span.record("http.response.status_code", i64::from(status));
+    }
+    span.record("healthy", error.is_none());
+    if let Some(class) = class {
+        span.record("error.type", format!("{class:?}").as_str());
+        span.record("otel.status_code", "ERROR");
+    }
+    (r, class, error)
+}
+
+async fn probe_attempt(
     prober: &dyn Prober,
     target: &str,
     spec: &HealthCheckSpec,
@@ -297,6 +334,7 @@ pub async fn verify(
                         probe_once(prober, target, spec, headers, ctx.policy, cancel).await;
                     let healthy = error.is_none();
                     metrics::health_check(
+                        ctx.origin,
                         if healthy { "healthy" } else { "unhealthy" },
                         r.body_after,
                     );
@@ -484,6 +522,7 @@ mod tests {
         let ctx = ProbeContext {
             id_token: None,
             policy: Some(&policy),
+            origin: ProbeOrigin::VerifyRpc,
         };
         let v = verify(
             &prober,

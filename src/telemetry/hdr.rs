@@ -1,17 +1,21 @@
 //! Exact per-instance health-check latency percentiles: HDR histograms over
 //! a ring of one-minute intervals (HDR is cumulative, so a "current" p95
-//! needs the ring), rendered as a Prometheus summary family appended to
-//! /metrics. Quantiles do not aggregate across replicas; the fleet p95 comes
-//! from the bucketed histogram instead.
+//! needs the ring), one ring per probe origin, rendered as a Prometheus
+//! summary family appended to /metrics. It is the same measurement as
+//! `deployd_health_check_duration_seconds`, whose buckets are fine enough
+//! that the two agree within 10% (tests/prometheus.rs). Quantiles do not
+//! aggregate across replicas; the fleet p95 comes from the buckets.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+use super::metrics::ProbeOrigin;
+
 /// Minutes the quantiles cover.
 const WINDOW_MINUTES: u64 = 10;
-pub const NAME: &str = "deployd_health_check_latency_seconds";
+pub const NAME: &str = "deployd_health_check_duration_hdr_seconds";
 
 struct Ring {
     start: Instant,
@@ -21,7 +25,10 @@ struct Ring {
     count: u64,
 }
 
-static RING: Mutex<Option<Ring>> = Mutex::new(None);
+/// Deploy probes, then Verify RPC probes.
+static RINGS: Mutex<[Option<Ring>; 2]> = Mutex::new([None, None]);
+
+const ORIGINS: [ProbeOrigin; 2] = [ProbeOrigin::Deploy, ProbeOrigin::VerifyRpc];
 
 fn new_histogram() -> Option<Histogram<u64>> {
     // Microseconds up to 60 s at 3 significant digits (~136 KiB).
@@ -29,15 +36,29 @@ fn new_histogram() -> Option<Histogram<u64>> {
 }
 
 /// Records one health-check latency in this instance's ring.
-pub fn record(latency: Duration) {
-    let mut guard = RING.lock().unwrap_or_else(|p| p.into_inner());
-    guard.get_or_insert_with(Ring::new).record(latency);
+pub fn record(origin: ProbeOrigin, latency: Duration) {
+    let mut guard = RINGS.lock().unwrap_or_else(|p| p.into_inner());
+    let slot = &mut guard[ORIGINS.iter().position(|o| *o == origin).unwrap_or(0)];
+    slot.get_or_insert_with(Ring::new).record(latency);
 }
 
-/// The summary family in Prometheus text format; empty before any record.
+/// The summary family in Prometheus text format, a series set per origin
+/// that has recorded; both origins at zero before any record.
 pub fn render() -> String {
-    let guard = RING.lock().unwrap_or_else(|p| p.into_inner());
-    guard.as_ref().map(Ring::render).unwrap_or_default()
+    let guard = RINGS.lock().unwrap_or_else(|p| p.into_inner());
+    let mut out = format!(
+        "# HELP {NAME} The same health-check latencies as exact percentiles of this instance over the last {WINDOW_MINUTES} minutes (HDR histogram), by origin.\n# TYPE {NAME} summary\n"
+    );
+    for (origin, ring) in ORIGINS.iter().zip(guard.iter()) {
+        match ring {
+            Some(r) => out.push_str(&r.render(origin.as_str())),
+            None => out.push_str(&format!(
+                "{NAME}_sum{{origin=\"{o}\"}} 0\n{NAME}_count{{origin=\"{o}\"}} 0\n",
+                o = origin.as_str()
+            )),
+        }
+    }
+    out
 }
 
 impl Ring {
@@ -64,7 +85,8 @@ impl Ring {
         self.count += 1;
     }
 
-    fn render(&self) -> String {
+    /// The series of one origin (no HELP or TYPE lines).
+    fn render(&self, origin: &str) -> String {
         let Some(mut merged) = new_histogram() else {
             return String::new();
         };
@@ -76,17 +98,17 @@ impl Ring {
         {
             let _ = merged.add(h);
         }
-        let mut out = format!(
-            "# HELP {NAME} Exact health-check latency percentiles of this instance over the last {WINDOW_MINUTES} minutes (HDR histogram).\n# TYPE {NAME} summary\n"
-        );
+        let mut out = String::new();
         if !merged.is_empty() {
             for q in [0.5, 0.95, 0.99] {
                 let secs = merged.value_at_quantile(q) as f64 / 1e6;
-                out.push_str(&format!("{NAME}{{quantile=\"{q}\"}} {secs}\n"));
+                out.push_str(&format!(
+                    "{NAME}{{origin=\"{origin}\",quantile=\"{q}\"}} {secs}\n"
+                ));
             }
         }
         out.push_str(&format!(
-            "{NAME}_sum {}\n{NAME}_count {}\n",
+            "{NAME}_sum{{origin=\"{origin}\"}} {}\n{NAME}_count{{origin=\"{origin}\"}} {}\n",
             self.sum.as_secs_f64(),
             self.count
         ));
@@ -105,15 +127,21 @@ mod tests {
         for ms in 1..=100 {
             ring.record(Duration::from_millis(ms));
         }
-        let text = ring.render();
-        assert!(text.contains("# TYPE deployd_health_check_latency_seconds summary"));
+        let text = ring.render("deploy");
         let p95: f64 = text
             .lines()
-            .find(|l| l.starts_with("deployd_health_check_latency_seconds{quantile=\"0.95\"}"))
+            .find(|l| {
+                l.starts_with(
+                    "deployd_health_check_duration_hdr_seconds{origin=\"deploy\",quantile=\"0.95\"}",
+                )
+            })
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
             .expect("p95 line");
         assert!((p95 - 0.095).abs() < 0.0001, "{p95}");
-        assert!(text.contains("deployd_health_check_latency_seconds_count 100"));
+        assert!(
+            text.contains("deployd_health_check_duration_hdr_seconds_count{origin=\"deploy\"} 100")
+        );
+        assert!(render().contains("# TYPE deployd_health_check_duration_hdr_seconds summary"));
     }
 }

@@ -25,29 +25,133 @@ pub struct MetricSpec {
     pub help: &'static str,
 }
 
+pub const DEPLOYMENTS: &str = "deployd_deployments_total";
+pub const FIRST_TIME_SUCCESS: &str = "deployd_deployments_first_time_success_total";
+pub const DEPLOYMENT_DURATION: &str = "deployd_deployment_duration_seconds";
+pub const IN_PROGRESS: &str = "deployd_deployments_in_progress";
+pub const RESUMED: &str = "deployd_deployments_resumed_total";
+pub const FAILURES: &str = "deployd_deployment_failures_total";
+pub const STAGE_DURATION: &str = "deployd_stage_duration_seconds";
+pub const PREFLIGHT_CHECKS: &str = "deployd_preflight_checks_total";
 pub const BUILDS: &str = "deployd_builds_total";
 pub const BUILD_ATTEMPTS: &str = "deployd_build_attempts_total";
 pub const BUILD_RETRIES: &str = "deployd_build_retries_total";
 pub const BUILD_DURATION: &str = "deployd_build_duration_seconds";
-pub const DEPLOYMENTS: &str = "deployd_deployments_total";
-pub const FIRST_TIME_SUCCESS: &str = "deployd_deployments_first_time_success_total";
-pub const DEPLOY_DURATION: &str = "deployd_deploy_duration_seconds";
-pub const IN_PROGRESS: &str = "deployd_deployments_in_progress";
-pub const STAGE_DURATION: &str = "deployd_stage_duration_seconds";
-pub const PREFLIGHT_CHECKS: &str = "deployd_preflight_checks_total";
 pub const HEALTH_CHECK_DURATION: &str = "deployd_health_check_duration_seconds";
-pub const GRPC_REQUESTS: &str = "deployd_grpc_requests_total";
+pub const HEALTH_CHECK_DURATION_HDR: &str = super::hdr::NAME;
 pub const ROLLBACKS: &str = "deployd_rollbacks_total";
-pub const FAILURES: &str = "deployd_failures_total";
-pub const HEALTH_CHECK_LATENCY_HDR: &str = super::hdr::NAME;
-pub const API_RETRIES: &str = "deployd_api_retries_total";
-pub const RESUMED: &str = "deployd_deployments_resumed_total";
-pub const AUTH_REFUSALS: &str = "deployd_auth_refusals_total";
 pub const CANARY_ANALYSES: &str = "deployd_canary_analyses_total";
 pub const CANARY_STEPS: &str = "deployd_canary_steps_total";
 pub const CANARY_ABORTS: &str = "deployd_canary_aborts_total";
+pub const GOOGLE_API_CALLS: &str = "deployd_google_api_calls_total";
+pub const GOOGLE_API_CALL_DURATION: &str = "deployd_google_api_call_duration_seconds";
+pub const GOOGLE_API_RETRIES: &str = "deployd_google_api_retries_total";
+pub const GRPC_REQUESTS: &str = "deployd_grpc_requests_total";
+pub const GRPC_REQUEST_DURATION: &str = "deployd_grpc_request_duration_seconds";
+pub const AUTH_REFUSALS: &str = "deployd_auth_refusals_total";
+pub const BUILD_INFO: &str = "deployd_build_info";
+
+/// Results a deploy run ends with, as `deployments_total` counts them.
+pub const DEPLOY_RESULTS: [&str; 5] = [
+    "success",
+    "failure",
+    "rolled_back",
+    "canary_aborted",
+    "cancelled",
+];
 
 pub const SPEC: &[MetricSpec] = &[
+    MetricSpec {
+        name: DEPLOYMENTS,
+        kind: Kind::Counter,
+        labels: &["result"],
+        help: "Deploy runs by result (success, failure, rolled_back, canary_aborted, cancelled). A cancelled run is neither a success nor a failure.",
+    },
+    MetricSpec {
+        name: FIRST_TIME_SUCCESS,
+        kind: Kind::Counter,
+        labels: &[],
+        help: "Deploy runs that succeeded with no retry anywhere.",
+    },
+    MetricSpec {
+        name: DEPLOYMENT_DURATION,
+        kind: Kind::Histogram,
+        labels: &["result"],
+        help: "Wall time of whole deploy runs, by result.",
+    },
+    MetricSpec {
+        name: IN_PROGRESS,
+        kind: Kind::Gauge,
+        labels: &[],
+        help: "Deploy runs currently running.",
+    },
+    MetricSpec {
+        name: RESUMED,
+        kind: Kind::Counter,
+        labels: &["how", "result"],
+        help: "Deployments a daemon resumed after their daemon stopped, by how (resumed: its own, after a restart; taken_over: another daemon's, after its lease expired) and final result.",
+    },
+    MetricSpec {
+        name: FAILURES,
+        kind: Kind::Counter,
+        labels: &["stage", "failure"],
+        help: "Failed deploy runs by the stage that failed and the outcome's failure code (e.g. BUILD_FAILED, UNHEALTHY). Cancelled runs are not failures.",
+    },
+    MetricSpec {
+        name: STAGE_DURATION,
+        kind: Kind::Histogram,
+        labels: &["stage"],
+        help: "Wall time of each stage of deploy and preflight runs.",
+    },
+    MetricSpec {
+        name: PREFLIGHT_CHECKS,
+        kind: Kind::Counter,
+        labels: &["check", "result"],
+        help: "Preflight check verdicts by check and result (pass, fail, inconclusive).",
+    },
+    MetricSpec {
+        name: BUILDS,
+        kind: Kind::Counter,
+        labels: &["result"],
+        help: "Builds by final result (success, failure, cancelled), after all attempts.",
+    },
+    MetricSpec {
+        name: BUILD_ATTEMPTS,
+        kind: Kind::Counter,
+        labels: &["result"],
+        help: "Build attempts by result (success, retriable_error, permanent_error, cancelled).",
+    },
+    MetricSpec {
+        name: BUILD_RETRIES,
+        kind: Kind::Counter,
+        labels: &["reason"],
+        help:
+            "Build attempts retried, by the canonical code or build status that caused the retry.",
+    },
+    MetricSpec {
+        name: BUILD_DURATION,
+        kind: Kind::Histogram,
+        labels: &[],
+        help: "Wall time of the build stage's remote builds, all attempts included.",
+    },
+    MetricSpec {
+        name: HEALTH_CHECK_DURATION,
+        kind: Kind::Histogram,
+        labels: &["origin", "result"],
+        help: "Health-check attempt latency (time to full body) by origin (deploy: deployd's own probes of revisions; verify_rpc: Verify calls on callers' URLs) and result (healthy, unhealthy).",
+    },
+    MetricSpec {
+        name: HEALTH_CHECK_DURATION_HDR,
+        kind: Kind::Summary,
+        labels: &["origin", "quantile"],
+        help: "The same health-check latencies as exact percentiles (0.5, 0.95, 0.99) of this instance over the last 10 minutes (HDR histogram), by origin.",
+    },
+    MetricSpec {
+        name: ROLLBACKS,
+        kind: Kind::Counter,
+        labels: &["result"],
+        help: "Automatic rollbacks by result (success: the previous revision serves and is healthy; failure: the service may be left on a broken revision).",
+    },
     MetricSpec {
         name: CANARY_ANALYSES,
         kind: Kind::Counter,
@@ -67,125 +171,74 @@ pub const SPEC: &[MetricSpec] = &[
         help: "Canaries aborted by their analysis: traffic went back to the stable revision.",
     },
     MetricSpec {
-        name: AUTH_REFUSALS,
+        name: GOOGLE_API_CALLS,
         kind: Kind::Counter,
-        labels: &["rpc", "reason"],
-        help: "Calls refused by RPC and reason: a credential problem (missing, malformed, unknown_token, expired, wrong_audience, bad_signature, ...) or denied by the policy. Never labelled by principal.",
+        labels: &["api", "method", "code"],
+        help: "Google API calls (each HTTP exchange, retries and operation polls included) by API (run, cloudbuild, storage, ...), method and canonical code (OK, NOT_FOUND, UNAVAILABLE for transport failures, ...).",
     },
     MetricSpec {
-        name: RESUMED,
-        kind: Kind::Counter,
-        labels: &["how", "result"],
-        help: "Deployments a daemon resumed after their daemon stopped, by how (resumed: its own, after a restart; taken_over: another daemon's, after its lease expired) and final result.",
-    },
-    MetricSpec {
-        name: API_RETRIES,
-        kind: Kind::Counter,
-        labels: &["call", "code"],
-        help: "Google API calls of the deploy stages retried, by API method and the canonical code (UNAVAILABLE for transport failures) that caused the retry.",
-    },
-    MetricSpec {
-        name: BUILDS,
-        kind: Kind::Counter,
-        labels: &["result"],
-        help: "Builds by final result (success, failure, cancelled), after all attempts.",
-    },
-    MetricSpec {
-        name: BUILD_ATTEMPTS,
-        kind: Kind::Counter,
-        labels: &["outcome"],
-        help: "Build attempts by outcome (success, retriable_error, permanent_error).",
-    },
-    MetricSpec {
-        name: BUILD_RETRIES,
-        kind: Kind::Counter,
-        labels: &["reason"],
-        help:
-            "Build attempts retried, by the canonical code or build status that caused the retry.",
-    },
-    MetricSpec {
-        name: BUILD_DURATION,
+        name: GOOGLE_API_CALL_DURATION,
         kind: Kind::Histogram,
-        labels: &[],
-        help: "Wall time of the build stage's remote builds, all attempts included.",
+        labels: &["api"],
+        help: "Google API call latency, to the answer's headers, by API; long polls (:wait) included.",
     },
     MetricSpec {
-        name: DEPLOYMENTS,
+        name: GOOGLE_API_RETRIES,
         kind: Kind::Counter,
-        labels: &["result"],
-        help: "Deploy runs by result (success, failure, rolled_back, canary_aborted, cancelled).",
-    },
-    MetricSpec {
-        name: FIRST_TIME_SUCCESS,
-        kind: Kind::Counter,
-        labels: &[],
-        help: "Deploy runs that succeeded with no retry anywhere.",
-    },
-    MetricSpec {
-        name: DEPLOY_DURATION,
-        kind: Kind::Histogram,
-        labels: &["result"],
-        help: "Wall time of whole deploy runs.",
-    },
-    MetricSpec {
-        name: IN_PROGRESS,
-        kind: Kind::Gauge,
-        labels: &[],
-        help: "Deploy runs currently running.",
-    },
-    MetricSpec {
-        name: STAGE_DURATION,
-        kind: Kind::Histogram,
-        labels: &["stage"],
-        help: "Wall time of each pipeline stage.",
-    },
-    MetricSpec {
-        name: PREFLIGHT_CHECKS,
-        kind: Kind::Counter,
-        labels: &["check", "result"],
-        help: "Preflight check verdicts by check and result (pass, fail, inconclusive).",
-    },
-    MetricSpec {
-        name: HEALTH_CHECK_DURATION,
-        kind: Kind::Histogram,
-        labels: &["result"],
-        help: "Health-check attempt latency (time to full body) by result (healthy, unhealthy).",
+        labels: &["method", "code"],
+        help: "Google API calls of the deploy stages retried, by API method and the canonical code that caused the retry.",
     },
     MetricSpec {
         name: GRPC_REQUESTS,
         kind: Kind::Counter,
         labels: &["method", "code"],
-        help: "gRPC requests by method and status code (OK for streams that started).",
+        help: "gRPC calls by method and final status code: a stream counts when it ends (CANCELLED when the client went away, DEADLINE_EXCEEDED when that was past its deadline).",
     },
     MetricSpec {
-        name: ROLLBACKS,
+        name: GRPC_REQUEST_DURATION,
+        kind: Kind::Histogram,
+        labels: &["method"],
+        help: "gRPC call duration by method, from the request to the stream's end.",
+    },
+    MetricSpec {
+        name: AUTH_REFUSALS,
         kind: Kind::Counter,
-        labels: &["result"],
-        help: "Automatic rollbacks by result (success: the previous revision serves and is healthy; failure).",
+        labels: &["method", "reason"],
+        help: "Calls refused by gRPC method and reason: a credential problem (missing, malformed, unknown_token, expired, wrong_audience, bad_signature, ...) or denied by the policy. Never labelled by principal.",
     },
     MetricSpec {
-        name: FAILURES,
-        kind: Kind::Counter,
-        labels: &["stage", "code"],
-        help: "Failed deploy runs by the stage that failed and the outcome's failure code (e.g. BUILD_FAILED, UNHEALTHY).",
-    },
-    MetricSpec {
-        name: HEALTH_CHECK_LATENCY_HDR,
-        kind: Kind::Summary,
-        labels: &["quantile"],
-        help: "Exact health-check latency percentiles (0.5, 0.95, 0.99) of this instance over the last 10 minutes (HDR histogram).",
+        name: BUILD_INFO,
+        kind: Kind::Gauge,
+        labels: &["version", "commit"],
+        help: "Always 1; its labels name the running build (package version, git commit it was built from).",
     },
 ];
 
-/// Bucket boundaries, so histograms aggregate across replicas.
-pub fn buckets_for(name: &str) -> &'static [f64] {
+/// Bucket bounds `2^(k/per_octave)` for k in `from..=to`: the layout of a
+/// native histogram's schema, so a quantile read from the buckets is at
+/// most one bucket width (2^(1/per_octave) - 1) off the true value, and
+/// every replica has the same bounds.
+fn exponential(from: i32, to: i32, per_octave: i32) -> Vec<f64> {
+    (from..=to)
+        .map(|k| 2f64.powf(f64::from(k) / f64::from(per_octave)))
+        .collect()
+}
+
+/// Eight buckets per doubling: a bucket is 9% wide, so a quantile of the
+/// buckets is within 10% of the exact one, whatever the samples.
+const FINE: i32 = 8;
+/// Two per doubling (41% wide), for latencies read as "slow or not".
+const COARSE: i32 = 2;
+
+/// Bucket boundaries for each histogram. Runs: 7.8 ms to 68 min; probes:
+/// 0.49 ms to 64 s; API calls 1 ms to 64 s and gRPC calls 1 ms to 68 min,
+/// coarser.
+pub fn buckets_for(name: &str) -> Vec<f64> {
     match name {
-        HEALTH_CHECK_DURATION => &[
-            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-        ],
-        _ => &[
-            1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0,
-        ],
+        HEALTH_CHECK_DURATION => exponential(-11 * FINE, 6 * FINE, FINE),
+        GOOGLE_API_CALL_DURATION => exponential(-10 * COARSE, 6 * COARSE, COARSE),
+        GRPC_REQUEST_DURATION => exponential(-10 * COARSE, 12 * COARSE, COARSE),
+        _ => exponential(-7 * FINE, 12 * FINE, FINE),
     }
 }
 
@@ -201,16 +254,10 @@ pub fn describe() {
     }
 }
 
-/// Exports the known series at zero from the start, so success ratios and
-/// alerts have data before the first failure (or first clean deploy).
+/// Exports the known series at zero from the start, so `rate()`, success
+/// ratios and alerts have data before the first event of each kind.
 pub fn register_defaults() {
-    for result in [
-        "success",
-        "failure",
-        "rolled_back",
-        "canary_aborted",
-        "cancelled",
-    ] {
+    for result in DEPLOY_RESULTS {
         counter!(DEPLOYMENTS, "result" => result).increment(0);
     }
     counter!(CANARY_ABORTS).increment(0);
@@ -232,22 +279,46 @@ pub fn register_defaults() {
     for result in ["success", "failure", "cancelled"] {
         counter!(BUILDS, "result" => result).increment(0);
     }
-    for outcome in ["success", "retriable_error", "permanent_error"] {
-        counter!(BUILD_ATTEMPTS, "outcome" => outcome).increment(0);
+    for result in ["success", "retriable_error", "permanent_error", "cancelled"] {
+        counter!(BUILD_ATTEMPTS, "result" => result).increment(0);
+    }
+    // The causes a build is retried for (see build::retry_reason).
+    for reason in [
+        "RESOURCE_EXHAUSTED",
+        "UNAVAILABLE",
+        "INTERNAL",
+        "DEADLINE_EXCEEDED",
+        "BUILD_INTERNAL_ERROR",
+        "BUILD_TIMEOUT",
+        "BUILD_EXPIRED",
+        "BUILD_PUSH_FAILED",
+        "DEADLINE",
+    ] {
+        counter!(BUILD_RETRIES, "reason" => reason).increment(0);
     }
     for result in ["success", "failure"] {
         counter!(ROLLBACKS, "result" => result).increment(0);
     }
     counter!(FIRST_TIME_SUCCESS).increment(0);
     gauge!(IN_PROGRESS).increment(0.0);
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "commit" => env!("DEPLOYD_GIT_COMMIT"))
+        .set(1.0);
 }
 
-pub fn build_attempt(outcome: &'static str) {
-    counter!(BUILD_ATTEMPTS, "outcome" => outcome).increment(1);
+pub fn build_attempt(result: &'static str) {
+    counter!(BUILD_ATTEMPTS, "result" => result).increment(1);
 }
 
-pub fn api_retry(call: &'static str, code: &'static str) {
-    counter!(API_RETRIES, "call" => call, "code" => code).increment(1);
+pub fn api_retry(method: &'static str, code: &'static str) {
+    counter!(GOOGLE_API_RETRIES, "method" => method, "code" => code).increment(1);
+}
+
+/// One HTTP exchange with a Google API: `method` is its discovery name
+/// (`run.projects.locations.services.get`), whose first part is the API.
+pub fn google_api_call(method: &'static str, code: &'static str, duration: Duration) {
+    let api = method.split('.').next().unwrap_or(method);
+    counter!(GOOGLE_API_CALLS, "api" => api, "method" => method, "code" => code).increment(1);
+    histogram!(GOOGLE_API_CALL_DURATION, "api" => api).record(duration.as_secs_f64());
 }
 
 pub fn build_retry(reason: &'static str) {
@@ -264,7 +335,7 @@ pub fn deployment_finished(result: &'static str, duration: Duration, no_retries:
     if result == "success" && no_retries {
         counter!(FIRST_TIME_SUCCESS).increment(1);
     }
-    histogram!(DEPLOY_DURATION, "result" => result).record(duration.as_secs_f64());
+    histogram!(DEPLOYMENT_DURATION, "result" => result).record(duration.as_secs_f64());
 }
 
 pub fn deployment_resumed(how: &'static str, result: &'static str) {
@@ -279,13 +350,34 @@ pub fn preflight_check(check: &str, result: &'static str) {
     counter!(PREFLIGHT_CHECKS, "check" => check.to_string(), "result" => result).increment(1);
 }
 
-pub fn health_check(result: &'static str, duration: Duration) {
-    histogram!(HEALTH_CHECK_DURATION, "result" => result).record(duration.as_secs_f64());
-    super::hdr::record(duration);
+/// Who asked for a health probe: the deploy SLI counts only deployd's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProbeOrigin {
+    /// A deploy's verify, gate, canary or rollback probes of its revisions.
+    #[default]
+    Deploy,
+    /// A Verify RPC of a caller's URL.
+    VerifyRpc,
 }
 
-pub fn failure(stage: &'static str, code: &str) {
-    counter!(FAILURES, "stage" => stage, "code" => code.to_string()).increment(1);
+impl ProbeOrigin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeOrigin::Deploy => "deploy",
+            ProbeOrigin::VerifyRpc => "verify_rpc",
+        }
+    }
+}
+
+pub fn health_check(origin: ProbeOrigin, result: &'static str, duration: Duration) {
+    histogram!(HEALTH_CHECK_DURATION, "origin" => origin.as_str(), "result" => result)
+        .record(duration.as_secs_f64());
+    super::hdr::record(origin, duration);
+}
+
+/// A failed run; cancellations never come here.
+pub fn failure(stage: &'static str, failure: &str) {
+    counter!(FAILURES, "stage" => stage, "failure" => failure.to_string()).increment(1);
 }
 
 pub fn canary_analysis(source: &str, result: &'static str) {
@@ -306,12 +398,14 @@ pub fn rollback(result: &'static str) {
 
 /// A call refused for its credential or by the policy (never labelled
 /// with the principal).
-pub fn auth_refused(rpc: &'static str, reason: &'static str) {
-    counter!(AUTH_REFUSALS, "rpc" => rpc, "reason" => reason).increment(1);
+pub fn auth_refused(method: &'static str, reason: &'static str) {
+    counter!(AUTH_REFUSALS, "method" => method, "reason" => reason).increment(1);
 }
 
-pub fn grpc_request(method: &'static str, code: &'static str) {
+/// A gRPC call that ended, with its final status.
+pub fn grpc_request(method: &'static str, code: &'static str, duration: Duration) {
     counter!(GRPC_REQUESTS, "method" => method, "code" => code).increment(1);
+    histogram!(GRPC_REQUEST_DURATION, "method" => method).record(duration.as_secs_f64());
 }
 
 /// Counts a deploy as in progress for as long as it lives, even when the

@@ -1,6 +1,8 @@
 //! Metrics (Prometheus), logs (tracing) and their setup, in one place.
 
+mod conventions;
 pub mod hdr;
+mod json_logs;
 pub mod metrics;
 
 use std::sync::{Mutex, OnceLock};
@@ -9,11 +11,29 @@ use std::time::Duration;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+/// process_* metrics (CPU, memory, fds, start time), read at each scrape.
+static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
+
+/// The /metrics page: the recorder's families, the process' own, and the
+/// HDR summary.
+pub fn render(handle: &PrometheusHandle) -> String {
+    if let Some(p) = PROCESS.get() {
+        p.collect();
+    }
+    handle.render() + &hdr::render()
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
     #[error("installing the Prometheus recorder")]
     Recorder(#[source] metrics_exporter_prometheus::BuildError),
+    #[error("{variable}={value:?} is not an OTLP protocol deployd speaks (grpc, http/protobuf, http/json)")]
+    Protocol {
+        variable: &'static str,
+        value: String,
+    },
+    #[error("setting up the OTLP span exporter")]
+    Exporter(#[source] opentelemetry_otlp::ExporterBuildError),
 }
 
 /// Installs the process-wide Prometheus recorder once and returns its handle;
@@ -34,7 +54,7 @@ pub fn prometheus() -> Result<PrometheusHandle, TelemetryError> {
         builder = builder
             .set_buckets_for_metric(
                 Matcher::Full(m.name.to_string()),
-                metrics::buckets_for(m.name),
+                &metrics::buckets_for(m.name),
             )
             .map_err(TelemetryError::Recorder)?;
     }
@@ -44,6 +64,9 @@ pub fn prometheus() -> Result<PrometheusHandle, TelemetryError> {
     let handle = HANDLE.get_or_init(|| handle).clone();
     metrics::describe();
     metrics::register_defaults();
+    let process = PROCESS.get_or_init(metrics_process::Collector::default);
+    process.describe();
+    process.collect();
     let upkeep = handle.clone();
     // Histograms are drained only by upkeep; without it memory grows.
     std::thread::Builder::new()
@@ -78,11 +101,14 @@ impl Tracing {
 }
 
 /// Logs to stderr, filtered by RUST_LOG (default `default_level`), as text
-/// or JSON; every line inside a run carries its span fields, the
+/// (coloured only on a terminal) or JSON (with the trace and span ids of
+/// the line's span); every line inside a run carries its span fields, the
 /// deployment id among them. With OTEL_EXPORTER_OTLP_ENDPOINT (or
-/// OTEL_TRACES_EXPORTER=otlp) set, spans also go out over OTLP/gRPC,
-/// configured by the standard OTEL_* variables.
-pub fn init(format: LogFormat, default_level: &str) -> Tracing {
+/// OTEL_TRACES_EXPORTER=otlp) set, spans also go out over OTLP, configured
+/// by the standard OTEL_* variables (protocol, resource, service name).
+/// A setting deployd cannot honour is refused here, before anything runs.
+pub fn init(format: LogFormat, default_level: &str) -> Result<Tracing, TelemetryError> {
+    use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{EnvFilter, Layer};
@@ -105,17 +131,17 @@ pub fn init(format: LogFormat, default_level: &str) -> Tracing {
             .delimited(" ");
             tracing_subscriber::fmt::layer()
                 .fmt_fields(fields)
+                .with_ansi(std::io::stderr().is_terminal())
                 .with_writer(std::io::stderr)
                 .boxed()
         }
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
-            .with_current_span(true)
-            .with_span_list(true)
+            .event_format(json_logs::TraceIds::default())
             .with_writer(std::io::stderr)
             .boxed(),
     };
-    let (otel, provider) = match otlp_provider() {
+    let (otel, provider) = match otlp_provider()? {
         Some(provider) => {
             use opentelemetry::trace::TracerProvider;
             let tracer = provider.tracer("deployd");
@@ -134,7 +160,7 @@ pub fn init(format: LogFormat, default_level: &str) -> Tracing {
         .with(fmt.with_filter(filter))
         .with(otel)
         .try_init();
-    Tracing { provider }
+    Ok(Tracing { provider })
 }
 
 /// Control characters as Rust escapes (`\n`, `\r`, `\u{1b}`), so one
@@ -155,32 +181,79 @@ pub fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
         .into()
 }
 
-fn otlp_provider() -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
+/// The OTLP protocol the standard variables ask for (traces' own first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OtlpProtocol {
+    Grpc,
+    HttpProtobuf,
+    HttpJson,
+}
+
+fn otlp_protocol(env: impl Fn(&str) -> Option<String>) -> Result<OtlpProtocol, TelemetryError> {
+    for variable in [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ] {
+        if let Some(value) = env(variable) {
+            return match value.as_str() {
+                "grpc" => Ok(OtlpProtocol::Grpc),
+                "http/protobuf" => Ok(OtlpProtocol::HttpProtobuf),
+                "http/json" => Ok(OtlpProtocol::HttpJson),
+                _ => Err(TelemetryError::Protocol { variable, value }),
+            };
+        }
+    }
+    // deployd's default since its first release (the SDKs' is http/protobuf).
+    Ok(OtlpProtocol::Grpc)
+}
+
+/// The resource: OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME as the SDK
+/// reads them, `service.name` "deployd" when neither names one, and
+/// `service.version` always.
+fn resource(env: impl Fn(&str) -> Option<String>) -> opentelemetry_sdk::Resource {
+    let named = env("OTEL_SERVICE_NAME").is_some_and(|v| !v.is_empty())
+        || env("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|v| {
+            v.split(',')
+                .any(|kv| kv.trim().starts_with("service.name="))
+        });
+    let builder = opentelemetry_sdk::Resource::builder().with_attribute(
+        opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+    );
+    if named {
+        builder.build()
+    } else {
+        builder.with_service_name("deployd").build()
+    }
+}
+
+fn otlp_provider() -> Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>, TelemetryError> {
+    use opentelemetry_otlp::WithExportConfig;
+    let env = |k: &str| std::env::var(k).ok();
     let wanted = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
         || std::env::var_os("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some()
         || std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v == "otlp");
     if !wanted || std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v == "true") {
-        return None;
+        return Ok(None);
     }
-    let exporter = match opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .build()
-    {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("deployd: OTLP export disabled: {e}");
-            return None;
-        }
-    };
-    let resource = opentelemetry_sdk::Resource::builder()
-        .with_service_name("deployd")
-        .build();
-    Some(
-        opentelemetry_sdk::trace::SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
-            .with_resource(resource)
+    let builder = opentelemetry_otlp::SpanExporter::builder();
+    let exporter = match otlp_protocol(env)? {
+        OtlpProtocol::Grpc => builder.with_tonic().build(),
+        p => builder
+            .with_http()
+            .with_protocol(if p == OtlpProtocol::HttpJson {
+                opentelemetry_otlp::Protocol::HttpJson
+            } else {
+                opentelemetry_otlp::Protocol::HttpBinary
+            })
             .build(),
-    )
+    }
+    .map_err(TelemetryError::Exporter)?;
+    Ok(Some(
+        opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_batch_exporter(conventions::Namespaced(exporter))
+            .with_resource(resource(env))
+            .build(),
+    ))
 }
 
 #[cfg(test)]

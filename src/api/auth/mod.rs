@@ -417,6 +417,11 @@ pub fn rpc_name(path: &str) -> &'static str {
     if path.starts_with("/grpc.reflection.") {
         return "ServerReflectionInfo";
     }
+    match path {
+        "/grpc.health.v1.Health/Check" => return "HealthCheck",
+        "/grpc.health.v1.Health/Watch" => return "HealthWatch",
+        _ => {}
+    }
     "other"
 }
 
@@ -488,7 +493,6 @@ where
                     let rpc = rpc_name(request.uri().path());
                     let status = refusal.status();
                     metrics::auth_refused(rpc, refusal.reason());
-                    metrics::grpc_request(rpc, code_name(status.code()));
                     tracing::warn!(
                         target: "deployd::audit",
                         principal = "-",
@@ -612,13 +616,13 @@ impl Call {
         self.auth.permits(&self.principal, action, project, service)
     }
 
-    /// Counts and audits the call's result, and returns it.
+    /// Audits the call's result, and returns it (the observe layer counts
+    /// it when its stream ends).
     pub fn end<T>(self, result: Result<T, Status>) -> Result<T, Status> {
         let code = match &result {
             Ok(_) => "OK",
             Err(s) => code_name(s.code()),
         };
-        metrics::grpc_request(self.rpc, code);
         if code == "PERMISSION_DENIED" || code == "UNAUTHENTICATED" {
             tracing::warn!(target: "deployd::audit", principal = %self.principal.name, via = self.principal.via.as_str(),
                 rpc = self.rpc, target = %self.target, result = code, "call refused");
