@@ -699,3 +699,25 @@ fn analyze_reports_warnings_with_the_env_to_set() {
         "DJANGO_SECRET_KEY=collectstatic-only python manage.py collectstatic --noinput"
     );
 }
+
+/// Text logs written to a pipe carry no ANSI colour codes (a terminal still
+/// gets colours).
+#[test]
+fn text_logs_off_a_terminal_have_no_colour_codes() {
+    let out = deployd()
+        .env("RUST_LOG", "deployd=info")
+        .args([
+            "deploy",
+            "--sandbox",
+            &example(),
+            "--service",
+            "plain-logs",
+            "--allow-unauthenticated",
+        ])
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("deploy finished"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
+}

@@ -365,3 +365,114 @@ fn an_unknown_otlp_protocol_is_refused_at_start() {
         "{err}"
     );
 }
+
+/// OTLP over HTTP (`http/protobuf`) to a receiver of the OTLP/HTTP shape
+/// (POST /v1/traces, a protobuf ExportTraceServiceRequest), and JSON log
+/// lines that name the trace they belong to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_protobuf_export_and_json_logs_carry_the_trace() {
+    use prost::Message;
+    let spans: Arc<Mutex<Vec<Span>>> = Arc::default();
+    let sink = spans.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let sink = sink.clone();
+                async move {
+                    assert_eq!(
+                        headers.get("content-type").and_then(|v| v.to_str().ok()),
+                        Some("application/x-protobuf")
+                    );
+                    let req = ExportTraceServiceRequest::decode(body).expect("protobuf");
+                    let mut s = sink.lock().expect("lock");
+                    for rs in req.resource_spans {
+                        for ss in rs.scope_spans {
+                            s.extend(ss.spans);
+                        }
+                    }
+                    ExportTraceServiceResponse {
+                        partial_success: None,
+                    }
+                    .encode_to_vec()
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let otlp = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let logs = tempfile::NamedTempFile::new().expect("log file");
+    let grpc = free_port();
+    let _daemon = ChildGuard::new(
+        Command::new(env!("CARGO_BIN_EXE_deployd"))
+            .args([
+                "--log-format",
+                "json",
+                "serve",
+                "--sandbox",
+                "--local-source-root",
+                "/",
+                "--listen",
+                &format!("127.0.0.1:{grpc}"),
+            ])
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}"))
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .env("DEPLOYD_RETRY_BASE_DELAY_MS", "20")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(logs.reopen().expect("log file"))
+            .spawn()
+            .expect("daemon starts"),
+    );
+    let mut client = loop {
+        if let Ok(c) = DeployerClient::connect(format!("http://127.0.0.1:{grpc}")).await {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let example = format!("{}/examples/hello", env!("CARGO_MANIFEST_DIR"));
+    let o = deploy(&mut client, &example, "traced-http", None).await;
+    assert!(o.success, "{o:?}");
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let trace = loop {
+        let found = spans
+            .lock()
+            .expect("lock")
+            .iter()
+            .find(|s| s.name == "verify")
+            .map(|s| hex(&s.trace_id));
+        if let Some(t) = found {
+            break t;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no spans over HTTP");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The run's log lines name that trace, and a span of it.
+    let text = std::fs::read_to_string(logs.path()).expect("logs");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let finished = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "deploy finished")
+        .unwrap_or_else(|| panic!("no 'deploy finished' line in:\n{text}"));
+    assert_eq!(finished["trace_id"], trace.as_str(), "{finished}");
+    let span_id = finished["span_id"].as_str().expect("span_id");
+    assert!(
+        spans
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|s| hex(&s.span_id) == span_id),
+        "{span_id} is a span of the trace"
+    );
+    // No ANSI colour codes on a file.
+    assert!(!text.contains('\u{1b}'));
+}

@@ -164,6 +164,22 @@ async fn workload(h: &Harness) {
     let _ = collect(stream).await;
 }
 
+/// Each shipped dashboard, parsed.
+fn dashboards() -> Vec<(&'static str, serde_json::Value)> {
+    [
+        "deployd-overview.json",
+        "deployd-latency.json",
+        "deployd-failures.json",
+    ]
+    .into_iter()
+    .map(|file| {
+        let text = std::fs::read_to_string(root().join("dashboards/grafana").join(file))
+            .expect("dashboard");
+        (file, serde_json::from_str(&text).expect("json"))
+    })
+    .collect()
+}
+
 /// Grafana's built-in variables, expanded as a query at "now" would see them.
 fn expand(expr: &str) -> String {
     expr.replace("$__rate_interval", "1m")
@@ -214,14 +230,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
 
     let mut checked = 0;
     let mut problems = vec![];
-    for file in [
-        "deployd-overview.json",
-        "deployd-latency.json",
-        "deployd-failures.json",
-    ] {
-        let text = std::fs::read_to_string(root().join("dashboards/grafana").join(file))
-            .expect("dashboard");
-        let d: serde_json::Value = serde_json::from_str(&text).expect("json");
+    for (file, d) in dashboards() {
         assert_eq!(
             d["templating"]["list"][0]["type"], "datasource",
             "{file}: data source is a variable"
@@ -268,14 +277,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs();
-    for file in [
-        "deployd-overview.json",
-        "deployd-latency.json",
-        "deployd-failures.json",
-    ] {
-        let text = std::fs::read_to_string(root().join("dashboards/grafana").join(file))
-            .expect("dashboard");
-        let d: serde_json::Value = serde_json::from_str(&text).expect("json");
+    for (file, d) in dashboards() {
         let list = d["annotations"]["list"].as_array().expect("annotations");
         assert!(
             list.iter().any(|a| a["builtIn"] == 1),
