@@ -24,7 +24,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .filter(|s| !s.is_empty())
     };
     let branch = git(&["rev-parse", "--symbolic-full-name", "HEAD"]);
-    for name in std::iter::once("HEAD".to_string()).chain(branch) {
+    for name in ["HEAD".to_string(), "packed-refs".to_string()]
+        .into_iter()
+        .chain(branch)
+    {
         // A packed ref has no file; a path that never exists would rerun
         // this script on every build.
         if let Some(path) =

@@ -218,7 +218,7 @@ impl Transport {
         // Without the query: an upload's query carries its session id.
         span.record(
             "url.full",
-            format!("{}{}", &url[..url::Position::AfterHost], url.path()).as_str(),
+            format!("{}{}", &url[..url::Position::AfterPort], url.path()).as_str(),
         );
         if let Some(host) = url.host_str() {
             span.record("server.address", host);
