@@ -93,6 +93,38 @@ async fn deploy(
     }
 }
 
+/// `deployd serve --sandbox` (JSON logs to `stderr`) with the OTEL
+/// variables given, batches sent every 100 ms; and a client of it.
+async fn serve_traced(
+    args: &[&str],
+    env: &[(&str, &str)],
+    stderr: Stdio,
+) -> (ChildGuard, DeployerClient<tonic::transport::Channel>) {
+    let grpc = free_port();
+    let daemon = ChildGuard::new(
+        Command::new(env!("CARGO_BIN_EXE_deployd"))
+            .args(["--log-format", "json", "serve", "--sandbox"])
+            .args(["--local-source-root", "/"])
+            .args(["--listen", &format!("127.0.0.1:{grpc}")])
+            .args(args)
+            .envs(env.iter().copied())
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .env("DEPLOYD_RETRY_BASE_DELAY_MS", "20")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("daemon starts"),
+    );
+    let client = loop {
+        if let Ok(c) = DeployerClient::connect(format!("http://127.0.0.1:{grpc}")).await {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    (daemon, client)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deploy_is_one_trace_with_stage_and_api_spans() {
     let receiver = Receiver::default();
@@ -108,39 +140,19 @@ async fn a_deploy_is_one_trace_with_stage_and_api_spans() {
             .await;
     });
 
-    let (grpc, metrics) = (free_port(), free_port());
-    let _daemon = ChildGuard::new(
-        Command::new(env!("CARGO_BIN_EXE_deployd"))
-            .args([
-                "serve",
-                "--sandbox",
-                "--local-source-root",
-                "/",
-                "--listen",
-                &format!("127.0.0.1:{grpc}"),
-                "--metrics-listen",
-                &format!("127.0.0.1:{metrics}"),
-            ])
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}"))
-            .env("OTEL_SERVICE_NAME", "deployd-staging")
-            .env(
+    let (_daemon, mut client) = serve_traced(
+        &["--metrics-listen", &format!("127.0.0.1:{}", free_port())],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &format!("http://{otlp}")),
+            ("OTEL_SERVICE_NAME", "deployd-staging"),
+            (
                 "OTEL_RESOURCE_ATTRIBUTES",
                 "deployment.environment.name=staging",
-            )
-            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-            .env("DEPLOYD_RETRY_BASE_DELAY_MS", "20")
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("daemon starts"),
-    );
-    let mut client = loop {
-        if let Ok(c) = DeployerClient::connect(format!("http://127.0.0.1:{grpc}")).await {
-            break c;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+            ),
+        ],
+        Stdio::null(),
+    )
+    .await;
 
     // A caller's trace continues into deployd; this run fails in analyze.
     let no_dockerfile = tempfile::tempdir().expect("tempdir");
@@ -320,6 +332,13 @@ async fn a_deploy_is_one_trace_with_stage_and_api_spans() {
         "{:?}",
         create.attributes
     );
+    // No query string reaches a span (an upload's carries its session).
+    for s in &run {
+        if let Some(u) = attr(s, "url.full") {
+            assert!(!u.contains('?'), "{}: {u}", s.name);
+        }
+    }
+    assert!(run.iter().any(|s| s.name == "storage.objects.insert"));
     // Probes are spans too.
     assert!(run.iter().any(|s| s.name == "health_check"
         && attr(s, "url.full").is_some()
@@ -407,35 +426,15 @@ async fn http_protobuf_export_and_json_logs_carry_the_trace() {
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     let logs = tempfile::NamedTempFile::new().expect("log file");
-    let grpc = free_port();
-    let _daemon = ChildGuard::new(
-        Command::new(env!("CARGO_BIN_EXE_deployd"))
-            .args([
-                "--log-format",
-                "json",
-                "serve",
-                "--sandbox",
-                "--local-source-root",
-                "/",
-                "--listen",
-                &format!("127.0.0.1:{grpc}"),
-            ])
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}"))
-            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
-            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-            .env("DEPLOYD_RETRY_BASE_DELAY_MS", "20")
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(logs.reopen().expect("log file"))
-            .spawn()
-            .expect("daemon starts"),
-    );
-    let mut client = loop {
-        if let Ok(c) = DeployerClient::connect(format!("http://127.0.0.1:{grpc}")).await {
-            break c;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (_daemon, mut client) = serve_traced(
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &format!("http://{otlp}")),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ],
+        logs.reopen().expect("log file").into(),
+    )
+    .await;
     let example = format!("{}/examples/hello", env!("CARGO_MANIFEST_DIR"));
     let o = deploy(&mut client, &example, "traced-http", None).await;
     assert!(o.success, "{o:?}");

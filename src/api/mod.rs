@@ -162,21 +162,16 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<proto::Event, Status>> + Sen
 
 const RPC_SERVICE: &str = "deployd.v1.Deployer";
 
-/// The run's result on its root span: `deployd.result`, and an error
-/// status naming the failure (`error.type`) unless it succeeded or was
-/// cancelled.
+/// The run's result on its root span, read from the outcome event.
 fn mark_result(span: &tracing::Span, o: &proto::Outcome) {
     let code = o.error.as_ref().map(|f| f.code.as_str());
     let result =
         crate::pipeline::event::result_of(o.success, code, o.canary_aborted, o.rolled_back);
-    span.record("result", result);
-    if !matches!(result, "success" | "cancelled") {
-        span.record("otel.status_code", "ERROR");
-        span.record("error.type", code.unwrap_or("UNKNOWN"));
-        if let Some(f) = &o.error {
-            span.record("otel.status_description", truncate(&f.message, 512));
-        }
-    }
+    let failure = o
+        .error
+        .as_ref()
+        .map(|f| (f.code.as_str(), f.message.as_str()));
+    crate::telemetry::record_result(span, result, failure);
 }
 
 /// The stream, recording its final status on the call's server span when

@@ -216,10 +216,7 @@ impl Transport {
         let url = request.url();
         span.record("http.request.method", request.method().as_str());
         // Without the query: an upload's query carries its session id.
-        span.record(
-            "url.full",
-            format!("{}{}", &url[..url::Position::AfterPort], url.path()).as_str(),
-        );
+        span.record("url.full", crate::telemetry::url_for_span(url).as_str());
         if let Some(host) = url.host_str() {
             span.record("server.address", host);
         }

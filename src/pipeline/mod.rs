@@ -474,12 +474,11 @@ impl Pipeline {
         let outcome = d.outcome();
         let result = outcome.result();
         metrics::deployment_finished(result, started.elapsed(), d.retries == 0);
-        span.record("result", result);
-        if let (false, Some(f)) = (matches!(result, "success" | "cancelled"), &outcome.error) {
-            span.record("otel.status_code", "ERROR");
-            span.record("otel.status_description", f.message.as_str());
-            span.record("error.type", f.code.as_str());
-        }
+        let failure = outcome
+            .error
+            .as_ref()
+            .map(|f| (f.code.as_str(), f.message.as_str()));
+        crate::telemetry::record_result(&span, result, failure);
         span.in_scope(|| {
             tracing::info!(result, url = %outcome.url, revision = %outcome.revision,
                 should_rollback = outcome.should_rollback, rolled_back = outcome.rolled_back,

@@ -191,10 +191,8 @@ fn gate_interval(spec: &HealthCheckSpec) -> std::time::Duration {
 }
 
 /// One probe of `target` as the health check asks it, and why it failed
-/// (`None` when it passed): the address approved, the request sent within
-/// the timeout, status and body judged.
-/// One health probe, in a client span of its own (`health_check`, with
-/// the URL, the status and the error class).
+/// (`None` when it passed), in a client span of its own (`health_check`,
+/// with the URL, the status and the error class).
 pub(crate) async fn probe_once(
     prober: &dyn Prober,
     target: &str,
@@ -208,7 +206,9 @@ pub(crate) async fn probe_once(
         "health_check",
         otel.kind = "client",
         http.request.method = "GET",
-        url.full = %crate::telemetry::escape_controls(target),
+        url.full = url::Url::parse(target)
+            .map(|u| crate::telemetry::url_for_span(&u))
+            .unwrap_or_default(),
         http.response.status_code = tracing::field::Empty,
         healthy = tracing::field::Empty,
         error.type = tracing::field::Empty,
@@ -228,6 +228,8 @@ pub(crate) async fn probe_once(
     (r, class, error)
 }
 
+/// The probe itself: the address approved, the request sent within the
+/// timeout, status and body judged.
 async fn probe_attempt(
     prober: &dyn Prober,
     target: &str,

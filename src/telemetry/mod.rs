@@ -163,6 +163,32 @@ pub fn init(format: LogFormat, default_level: &str) -> Result<Tracing, Telemetry
     Ok(Tracing { provider })
 }
 
+/// A run's result on its span (`result`, exported as `deployd.result`),
+/// and for a run that did not ship (neither success nor cancelled) an
+/// error status with `error.type` (the failure code) and its message.
+pub fn record_result(span: &tracing::Span, result: &str, failure: Option<(&str, &str)>) {
+    span.record("result", result);
+    if matches!(result, "success" | "cancelled") {
+        return;
+    }
+    let (code, message) = failure.unwrap_or(("UNKNOWN", ""));
+    span.record("otel.status_code", "ERROR");
+    span.record("error.type", code);
+    if !message.is_empty() {
+        // Bounded: a span attribute, not a log.
+        span.record(
+            "otel.status_description",
+            crate::pipeline::rules::truncate(message, 512),
+        );
+    }
+}
+
+/// A URL as spans carry it (`url.full`): without its query and fragment,
+/// which can hold session ids and tokens.
+pub fn url_for_span(url: &url::Url) -> String {
+    format!("{}{}", &url[..url::Position::AfterPort], url.path())
+}
+
 /// Control characters as Rust escapes (`\n`, `\r`, `\u{1b}`), so one
 /// log event is one line whatever its values hold.
 pub fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
