@@ -61,6 +61,7 @@ fn dashboards() -> Vec<PathBuf> {
         "deployd-overview.json",
         "deployd-latency.json",
         "deployd-failures.json",
+        "deployd-delivery.json",
     ]
     .iter()
     .map(|f| root().join("dashboards/grafana").join(f))
@@ -130,7 +131,7 @@ fn dashboards_are_provisionable() {
     }
     uids.sort();
     uids.dedup();
-    assert_eq!(uids.len(), 3, "dashboard uids are unique");
+    assert_eq!(uids.len(), dashboards().len(), "dashboard uids are unique");
     for f in [
         "provisioning/dashboards/deployd.yml",
         "provisioning/datasources/prometheus.yml",

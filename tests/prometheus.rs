@@ -170,6 +170,7 @@ fn dashboards() -> Vec<(&'static str, serde_json::Value)> {
         "deployd-overview.json",
         "deployd-latency.json",
         "deployd-failures.json",
+        "deployd-delivery.json",
     ]
     .into_iter()
     .map(|file| {
@@ -354,6 +355,8 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         );
     }
 
+    delivery_panels_read_the_workload(&prom.url).await;
+
     // promtool lints the exposition format.
     let text = h.metrics().await;
     let mut lint = Command::new("promtool")
@@ -380,6 +383,67 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     );
 
     percentiles_agree(&h, &prom.url).await;
+}
+
+/// The DORA dashboard's stats, read back: the workload's 3 successes, 1
+/// change failure (the rollback; the build and preflight failures reached
+/// no user), the restore by the canary, and the lead time of the example
+/// app's commit (this checkout's HEAD) in the first deploy. The panels
+/// average hourly increases, so over this short a range they weigh events
+/// by their age: ratios are checked for range, quantiles for their bucket.
+async fn delivery_panels_read_the_workload(prom: &str) {
+    let text = std::fs::read_to_string(root().join("dashboards/grafana/deployd-delivery.json"))
+        .expect("dashboard");
+    let d: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let stat = |title: &str| {
+        let p = d["panels"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["title"].as_str().is_some_and(|t| t.starts_with(title)))
+            .unwrap_or_else(|| panic!("panel {title}"));
+        expand(p["targets"][0]["expr"].as_str().expect("expr"))
+    };
+    let value = |r: serde_json::Value| -> f64 {
+        r["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let frequency = value(query(prom, &stat("Deployment frequency")).await);
+    assert!(frequency > 0.0, "deployment frequency {frequency}");
+    let cfr = value(query(prom, &stat("Change failure rate")).await);
+    assert!(cfr > 0.0 && cfr < 1.0, "change failure rate {cfr}");
+    let restore = value(query(prom, &stat("Time to restore")).await);
+    assert!(
+        restore > 0.0 && restore < 300.0,
+        "time to restore {restore} s (within the workload)"
+    );
+    let lead = value(query(prom, &stat("Lead time for changes")).await);
+    let head = Command::new("git")
+        .args(["log", "-1", "--format=%ct"])
+        .current_dir(root())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<u64>()
+                .ok()
+        });
+    if let Some(committed) = head {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        let age = now.saturating_sub(committed).max(1) as f64;
+        // One sample: the median is inside its 19%-wide bucket.
+        assert!(
+            lead > age * 0.75 && lead < age * 1.25,
+            "lead time {lead} s for a commit {age} s old"
+        );
+    }
 }
 
 /// A server answering 500 after a scripted delay: the n-th request waits

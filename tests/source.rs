@@ -79,6 +79,15 @@ async fn git_sources_at_a_branch_a_commit_and_a_subdirectory() {
     let (events, o) = deploy(&h, git_request("mono-api", &url, "release", "services/api")).await;
     assert!(o.success, "{o:?}");
     assert_eq!(o.source_commit, release);
+    // The resolved commit's committer time, where lead time starts.
+    let committed: i64 = repo
+        .git(&["show", "-s", "--format=%ct", &release])
+        .parse()
+        .expect("commit time");
+    assert_eq!(
+        o.source_commit_time.as_ref().map(|t| t.seconds),
+        Some(committed)
+    );
     assert_eq!(plan(&events).language, "python");
 
     let (events, o) = deploy(&h, git_request("mono-web", &url, &first, "services/web")).await;

@@ -11,7 +11,7 @@ use crate::pipeline::model::{
     ProbeAnalysis, PromQuery, PrometheusAnalysis,
 };
 
-fn duration(field: &str, d: &prost_types::Duration) -> Result<Duration, InvalidRequest> {
+pub(crate) fn duration(field: &str, d: &prost_types::Duration) -> Result<Duration, InvalidRequest> {
     if d.seconds < 0 || d.nanos < 0 {
         return Err(InvalidRequest::new(field, "must not be negative"));
     }
@@ -21,7 +21,7 @@ fn duration(field: &str, d: &prost_types::Duration) -> Result<Duration, InvalidR
     ))
 }
 
-fn duration_proto(d: Duration) -> prost_types::Duration {
+pub(crate) fn duration_proto(d: Duration) -> prost_types::Duration {
     prost_types::Duration {
         seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         nanos: d.subsec_nanos() as i32,

@@ -391,6 +391,9 @@ fn outcome(o: Outcome) -> proto::Outcome {
             .unwrap_or(proto::Stage::Unspecified)
             .into(),
         source_commit: o.source_commit,
+        source_commit_time: o
+            .source_commit_time
+            .map(|seconds| prost_types::Timestamp { seconds, nanos: 0 }),
         rolled_back: o.rolled_back,
         probe_stats: o.probe_stats.map(probe_stats),
         final_url: o.final_url,
@@ -621,5 +624,76 @@ pub fn deploy_request_proto(r: &DeployRequest, request_id: String) -> proto::Dep
         request_id,
         canary_steps: super::canary::steps_proto(&r.canary_steps),
         analysis: r.analysis.as_ref().map(super::canary::analysis_proto),
+    }
+}
+
+fn band(b: Option<crate::deployments::delivery::Band>) -> i32 {
+    use crate::deployments::delivery::Band;
+    let band = match b {
+        None => proto::PerformanceBand::Unspecified,
+        Some(Band::Elite) => proto::PerformanceBand::Elite,
+        Some(Band::High) => proto::PerformanceBand::High,
+        Some(Band::Medium) => proto::PerformanceBand::Medium,
+        Some(Band::Low) => proto::PerformanceBand::Low,
+    };
+    band.into()
+}
+
+/// The target and window of a GetDeliveryMetrics request; `max_window` is
+/// the store's retention.
+pub fn delivery_request(
+    r: proto::GetDeliveryMetricsRequest,
+    max_window: Duration,
+) -> Result<(Target, Duration), InvalidRequest> {
+    let target = target(r.target)?;
+    target.validate(true)?;
+    let window = match &r.window {
+        None => DEFAULT_DELIVERY_WINDOW,
+        Some(w) => super::canary::duration("window", w)?,
+    };
+    if window < Duration::from_secs(60) {
+        return Err(InvalidRequest::new("window", "must be at least a minute"));
+    }
+    if window > max_window {
+        return Err(InvalidRequest::new(
+            "window",
+            format!(
+                "must be at most the store's retention of {} days",
+                max_window.as_secs() / 86_400
+            ),
+        ));
+    }
+    Ok((target, window))
+}
+
+/// DORA's usual window.
+pub const DEFAULT_DELIVERY_WINDOW: Duration = Duration::from_secs(30 * 86_400);
+
+pub fn delivery_metrics(
+    t: &Target,
+    m: &crate::deployments::delivery::DeliveryMetrics,
+) -> proto::DeliveryMetrics {
+    use super::canary::duration_proto;
+    proto::DeliveryMetrics {
+        target: Some(proto::Target {
+            project: t.project.clone(),
+            region: t.region.clone(),
+            service: t.service.clone(),
+        }),
+        start_time: Some(timestamp(m.start)),
+        end_time: Some(timestamp(m.end)),
+        successful_deployments: m.successes,
+        deployments_per_day: m.deployments_per_day,
+        deployment_frequency_band: band(Some(m.frequency_band)),
+        lead_time_samples: m.lead_time_samples,
+        lead_time_median: m.lead_time_median.map(duration_proto),
+        lead_time_band: band(m.lead_time_band),
+        change_failures: m.change_failures,
+        change_failure_rate: m.change_failure_rate.unwrap_or(0.0),
+        change_failure_band: band(m.change_failure_band),
+        restores: m.restores,
+        time_to_restore_median: m.time_to_restore_median.map(duration_proto),
+        time_to_restore_band: band(m.restore_band),
+        failing_since: m.failing_since.map(timestamp),
     }
 }

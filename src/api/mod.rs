@@ -394,6 +394,25 @@ impl DeployerService {
         Ok(rec)
     }
 
+    async fn delivery_call(
+        &self,
+        call: &mut Call,
+        r: proto::GetDeliveryMetricsRequest,
+    ) -> Result<proto::DeliveryMetrics, Status> {
+        let (target, window) =
+            convert::delivery_request(r, self.manager.retention()).map_err(invalid)?;
+        // Reading a service's history is listing its deployments.
+        call.permit(Action::ListDeployments, &target.project, &target.service)?;
+        let end = std::time::SystemTime::now();
+        let start = end.checked_sub(window).unwrap_or(std::time::UNIX_EPOCH);
+        let m = self
+            .manager
+            .delivery_metrics(&target, start, end)
+            .await
+            .map_err(store_failed)?;
+        Ok(convert::delivery_metrics(&target, &m))
+    }
+
     async fn list_call(
         &self,
         call: &mut Call,
@@ -581,6 +600,15 @@ impl Deployer for DeployerService {
     ) -> Result<Response<EventStream>, Status> {
         let mut call = self.call("Verify", &request);
         let r = self.verify_call(&mut call, request).await;
+        call.end(r.map(Response::new))
+    }
+
+    async fn get_delivery_metrics(
+        &self,
+        request: Request<proto::GetDeliveryMetricsRequest>,
+    ) -> Result<Response<proto::DeliveryMetrics>, Status> {
+        let mut call = self.call("GetDeliveryMetrics", &request);
+        let r = self.delivery_call(&mut call, request.into_inner()).await;
         call.end(r.map(Response::new))
     }
 }

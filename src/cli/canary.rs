@@ -76,7 +76,7 @@ pub enum InconclusiveArg {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Steps(pub Vec<proto::CanaryStep>);
 
-/// `90`, `30s`, `500ms`, `2m`, `1h`.
+/// `90`, `30s`, `500ms`, `2m`, `1h`, `30d`, `2w`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
@@ -91,12 +91,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("{s:?}: the unit must be ms, s, m or h")),
+        "d" => n * 86_400.0,
+        "w" => n * 7.0 * 86_400.0,
+        _ => return Err(format!("{s:?}: the unit must be ms, s, m, h, d or w")),
     };
     Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
 }
 
-fn proto_duration(d: Duration) -> prost_types::Duration {
+pub fn proto_duration(d: Duration) -> prost_types::Duration {
     prost_types::Duration {
         seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         nanos: d.subsec_nanos() as i32,

@@ -63,6 +63,9 @@ enum Command {
     /// Cancel a running deployment (its build is cancelled, traffic stays
     /// on a healthy revision).
     Cancel(IdArgs),
+    /// A service's delivery performance (the four DORA keys) from the
+    /// daemon's deployment history.
+    Dora(DoraArgs),
     /// API tokens for --api-tokens-file.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -127,6 +130,20 @@ struct ListArgs {
     /// At most this many (newest first).
     #[arg(long, default_value_t = 20)]
     limit: u32,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+#[derive(Args, Debug)]
+struct DoraArgs {
+    /// The Cloud Run service.
+    #[arg(long)]
+    service: String,
+    #[command(flatten)]
+    target: TargetArgs,
+    /// The window, ending now (e.g. 30d, 2w, 12h).
+    #[arg(long, default_value = "30d", value_parser = canary::parse_duration)]
+    since: std::time::Duration,
     #[command(flatten)]
     remote: Remote,
 }
@@ -776,6 +793,7 @@ async fn run(command: Command) -> anyhow::Result<i32> {
             }
         }
         Command::List(a) => list(a).await,
+        Command::Dora(a) => dora(a).await,
         Command::Token(TokenCommand::New(a)) => token_new(a),
         Command::Status(a) => {
             let mut client = remote(&a.remote).await?;
@@ -912,6 +930,33 @@ async fn list(a: ListArgs) -> anyhow::Result<i32> {
     }
     if page.deployments.is_empty() && !a.remote.json {
         writeln!(out, "no deployments")?;
+    }
+    Ok(0)
+}
+
+async fn dora(a: DoraArgs) -> anyhow::Result<i32> {
+    let Some(project) = a.target.project.clone() else {
+        eprintln!("error: --project (or {ENV_PROJECT}) is required");
+        return Ok(2);
+    };
+    let mut client = remote(&a.remote).await?;
+    let req = proto::GetDeliveryMetricsRequest {
+        target: Some(proto::Target {
+            project,
+            region: a.target.region.clone(),
+            service: a.service.clone(),
+        }),
+        window: Some(canary::proto_duration(a.since)),
+    };
+    let m = match client.get_delivery_metrics(req).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => return Ok(refused(&status)),
+    };
+    let mut out = std::io::stdout().lock();
+    if a.remote.json {
+        writeln!(out, "{}", render::delivery_json(&m))?;
+    } else {
+        render::delivery(&mut out, &m)?;
     }
     Ok(0)
 }

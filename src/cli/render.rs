@@ -401,3 +401,139 @@ pub fn plan(out: &mut impl Write, p: &proto::BuildPlan) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+pub fn band_name(b: i32) -> &'static str {
+    match proto::PerformanceBand::try_from(b).unwrap_or(proto::PerformanceBand::Unspecified) {
+        proto::PerformanceBand::Unspecified => "",
+        proto::PerformanceBand::Elite => "elite",
+        proto::PerformanceBand::High => "high",
+        proto::PerformanceBand::Medium => "medium",
+        proto::PerformanceBand::Low => "low",
+    }
+}
+
+fn seconds(d: Option<&prost_types::Duration>) -> Option<f64> {
+    d.map(|d| d.seconds as f64 + f64::from(d.nanos) / 1e9)
+}
+
+/// `1d 4h`, `3h 12m`, `4m 10s`, `12s`: the two largest units.
+fn human_duration(secs: f64) -> String {
+    let s = secs.round() as u64;
+    let (d, h, m, s) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
+}
+
+/// `deployd dora --json`.
+pub fn delivery_json(m: &proto::DeliveryMetrics) -> Value {
+    let t = m.target.clone().unwrap_or_default();
+    let rate = (m.successful_deployments + m.change_failures > 0).then_some(m.change_failure_rate);
+    json!({
+        "project": t.project, "region": t.region, "service": t.service,
+        "start_time": rfc3339(m.start_time.as_ref()), "end_time": rfc3339(m.end_time.as_ref()),
+        "deployment_frequency": {"successful_deployments": m.successful_deployments,
+            "per_day": m.deployments_per_day, "band": band_name(m.deployment_frequency_band)},
+        "lead_time": {"samples": m.lead_time_samples, "median_seconds": seconds(m.lead_time_median.as_ref()),
+            "band": band_name(m.lead_time_band)},
+        "change_failure_rate": {"change_failures": m.change_failures, "rate": rate,
+            "band": band_name(m.change_failure_band)},
+        "time_to_restore": {"restores": m.restores, "median_seconds": seconds(m.time_to_restore_median.as_ref()),
+            "band": band_name(m.time_to_restore_band),
+            "failing_since": m.failing_since.as_ref().map(|t| rfc3339(Some(t)))},
+    })
+}
+
+/// `deployd dora`: the four keys, each with its band.
+pub fn delivery(out: &mut impl Write, m: &proto::DeliveryMetrics) -> std::io::Result<()> {
+    let t = m.target.clone().unwrap_or_default();
+    let days = match (&m.start_time, &m.end_time) {
+        (Some(a), Some(b)) => (b.seconds - a.seconds) as f64 / 86_400.0,
+        _ => 0.0,
+    };
+    writeln!(
+        out,
+        "{} in {}/{}, {} to {} ({days:.1} days)",
+        t.service,
+        t.project,
+        t.region,
+        rfc3339(m.start_time.as_ref()),
+        rfc3339(m.end_time.as_ref()),
+    )?;
+    let band = |b: i32| match band_name(b) {
+        "" => "-".to_string(),
+        b => b.to_string(),
+    };
+    let row = |out: &mut dyn Write, key: &str, value: String, b: i32| {
+        writeln!(out, "  {key:<24}{value:<48}{}", band(b))
+    };
+    row(
+        out,
+        "deployment frequency",
+        format!(
+            "{} successful ({:.2} a day)",
+            m.successful_deployments, m.deployments_per_day
+        ),
+        m.deployment_frequency_band,
+    )?;
+    row(
+        out,
+        "lead time for changes",
+        match seconds(m.lead_time_median.as_ref()) {
+            Some(s) => format!(
+                "median {} over {} commits",
+                human_duration(s),
+                m.lead_time_samples
+            ),
+            None => "no commit times (sources that are not git)".into(),
+        },
+        m.lead_time_band,
+    )?;
+    let delivered = m.successful_deployments + m.change_failures;
+    row(
+        out,
+        "change failure rate",
+        match delivered {
+            0 => "no deployment reached users".into(),
+            n => format!(
+                "{:.1}% ({} of {n} that reached users)",
+                m.change_failure_rate * 100.0,
+                m.change_failures
+            ),
+        },
+        m.change_failure_band,
+    )?;
+    row(
+        out,
+        "time to restore",
+        match seconds(m.time_to_restore_median.as_ref()) {
+            Some(s) => format!("median {} over {} restores", human_duration(s), m.restores),
+            None => "no restores".into(),
+        },
+        m.time_to_restore_band,
+    )?;
+    if let Some(since) = &m.failing_since {
+        writeln!(
+            out,
+            "  failing since {}: no verified success after its last change failure",
+            rfc3339(Some(since))
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod delivery_tests {
+    use super::*;
+
+    #[test]
+    fn durations_show_their_two_largest_units() {
+        assert_eq!(human_duration(12.0), "12s");
+        assert_eq!(human_duration(250.0), "4m 10s");
+        assert_eq!(human_duration(3.0 * 3600.0 + 720.0), "3h 12m");
+        assert_eq!(human_duration(86_400.0 + 4.0 * 3600.0), "1d 4h");
+    }
+}

@@ -8,6 +8,7 @@
 //! Domain code: it knows the pipeline and the store's trait, not SQL and
 //! not gRPC.
 
+pub mod delivery;
 pub mod memory;
 pub mod store;
 
@@ -75,6 +76,10 @@ pub fn default_owner(port: Option<u16>) -> String {
 
 /// Events read from the store per query.
 const PAGE: u32 = 256;
+/// Deployments read per page of a service's history.
+const HISTORY_PAGE: u32 = 500;
+/// Deployments read at most for one service's delivery metrics.
+pub const HISTORY_LIMIT: usize = 20_000;
 /// Deployments taken over per heartbeat.
 const CLAIM_BATCH: u32 = 32;
 /// Events buffered per stream.
@@ -387,6 +392,11 @@ impl Manager {
         &self.config.owner
     }
 
+    /// How long ended deployments are kept: as far back as history goes.
+    pub fn retention(&self) -> Duration {
+        self.config.retention
+    }
+
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
@@ -485,10 +495,14 @@ impl Manager {
                     manager: this.clone(),
                     id: gone_id,
                 };
-                let outcome = this.pipeline.deploy(d, reporter, run_cancel).await;
-                if let Some(how) = how {
-                    metrics::deployment_resumed(how, outcome.result());
+                let end = this.pipeline.deploy(d, reporter, run_cancel).await;
+                if end.handed_over {
+                    return;
                 }
+                if let Some(how) = how {
+                    metrics::deployment_resumed(how, end.outcome.result());
+                }
+                this.observe_delivery(&end.deployment, &end.outcome).await;
             }
             .instrument(span),
         );
@@ -504,6 +518,106 @@ impl Manager {
 
     pub async fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {
         self.store.get(id).await
+    }
+
+    /// Ended deployments of `target`, newest first, from the newest down
+    /// to the first that `enough` accepts (included), skipping `skip`; at
+    /// most [`HISTORY_LIMIT`] are read.
+    async fn history(
+        &self,
+        target: &Target,
+        skip: Option<&str>,
+        mut enough: impl FnMut(&Record, &delivery::Delivery) -> bool,
+    ) -> Result<Vec<delivery::Delivery>, StoreError> {
+        let filter = Filter {
+            project: Some(target.project.clone()),
+            region: Some(target.region.clone()),
+            service: Some(target.service.clone()),
+            state: None,
+        };
+        let mut found = vec![];
+        let mut cursor = None;
+        let mut read = 0;
+        loop {
+            let (page, next) = self
+                .store
+                .list(&filter, cursor.as_ref(), HISTORY_PAGE)
+                .await?;
+            for rec in &page {
+                read += 1;
+                if Some(rec.id.as_str()) == skip {
+                    continue;
+                }
+                if let Some(d) = delivery::Delivery::of(rec) {
+                    let stop = enough(rec, &d);
+                    found.push(d);
+                    if stop {
+                        return Ok(found);
+                    }
+                }
+            }
+            match next {
+                Some(c) if read < HISTORY_LIMIT => cursor = Some(c),
+                _ => return Ok(found),
+            }
+        }
+    }
+
+    /// The four DORA keys of `target` over `[start, end)`, from the store.
+    pub async fn delivery_metrics(
+        &self,
+        target: &Target,
+        start: SystemTime,
+        end: SystemTime,
+    ) -> Result<delivery::DeliveryMetrics, StoreError> {
+        // Back past `start` to the last success before it, to know whether
+        // the service was failing when the window began.
+        let history = self
+            .history(target, None, |rec, d| {
+                rec.created < start && d.kind == delivery::Kind::Success
+            })
+            .await?;
+        Ok(delivery::compute(&history, start, end))
+    }
+
+    /// The fleet's DORA series for a run that ended here: a change failure,
+    /// or a success with its lead time and the restore it ended.
+    async fn observe_delivery(&self, d: &Deployment, outcome: &crate::pipeline::event::Outcome) {
+        let Some(kind) = delivery::kind(State::of(outcome), Some(d)) else {
+            return;
+        };
+        let now = SystemTime::now();
+        match kind {
+            delivery::Kind::ChangeFailure => metrics::change_failure(),
+            delivery::Kind::Success => {
+                let this = delivery::Delivery {
+                    id: d.id.clone(),
+                    ended: now,
+                    kind,
+                    commit_time: d.source_commit_time.map(delivery::unix),
+                };
+                if let Some(lead) = this.lead_time() {
+                    metrics::change_lead_time(lead);
+                }
+                let target = &d.request.target;
+                match self
+                    .history(target, Some(&d.id), |_, p| {
+                        p.kind == delivery::Kind::Success
+                    })
+                    .await
+                {
+                    Ok(previous) => {
+                        if let Some(t) = delivery::restored_by(&this, &previous) {
+                            metrics::time_to_restore(t);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading the service's history for time to restore failed")
+                    }
+                }
+            }
+            delivery::Kind::NotDelivered | delivery::Kind::Cancelled => {}
+        }
     }
 
     pub async fn list(

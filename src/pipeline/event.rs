@@ -149,6 +149,9 @@ pub struct Outcome {
     pub build_id: String,
     pub failed_stage: Option<Stage>,
     pub source_commit: String,
+    /// The commit's committer time (Unix seconds), when known.
+    #[serde(default)]
+    pub source_commit_time: Option<i64>,
     pub rolled_back: bool,
     pub probe_stats: Option<ProbeStats>,
     pub final_url: String,

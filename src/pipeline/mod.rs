@@ -156,6 +156,9 @@ pub struct Deployment {
     pub request: DeployRequest,
     pub status: Status,
     pub source_commit: Option<String>,
+    /// The commit's committer time (Unix seconds).
+    #[serde(default)]
+    pub source_commit_time: Option<i64>,
     pub checks: Vec<event::CheckResult>,
     pub archive: Option<ArchiveRef>,
     pub build: Option<BuildRecord>,
@@ -196,6 +199,15 @@ pub struct Deployment {
     pub rollback_done: bool,
     /// How often a daemon resumed this run after its previous one stopped.
     pub resumed: u32,
+}
+
+/// How a deploy run ended here.
+pub struct RunEnd {
+    pub outcome: Outcome,
+    /// Its progress as last kept.
+    pub deployment: Deployment,
+    /// The store gave it to another daemon, which reports its end.
+    pub handed_over: bool,
 }
 
 /// Where a resumed run picks up.
@@ -241,6 +253,7 @@ impl Deployment {
             request,
             status: Status::Running(Stage::Source),
             source_commit: None,
+            source_commit_time: None,
             checks: vec![],
             archive: None,
             build: None,
@@ -350,6 +363,7 @@ impl Deployment {
                 .unwrap_or_default(),
             failed_stage,
             source_commit: self.source_commit.clone().unwrap_or_default(),
+            source_commit_time: self.source_commit_time,
             rolled_back: self.rolled_back,
             probe_stats: verification.and_then(|v| v.stats),
             final_url: verification
@@ -408,7 +422,7 @@ impl Pipeline {
         mut d: Deployment,
         events: Reporter,
         cancel: CancellationToken,
-    ) -> Outcome {
+    ) -> RunEnd {
         let req = &d.request;
         let span = tracing::info_span!("deployment", otel.name = "deploy", deployment_id = %d.id, project = %req.target.project,
             region = %req.target.region, service = %req.target.service, result = tracing::field::Empty,
@@ -468,7 +482,11 @@ impl Pipeline {
             span.in_scope(|| {
                 tracing::warn!("another daemon runs this deployment now; stopped here")
             });
-            return d.outcome();
+            return RunEnd {
+                outcome: d.outcome(),
+                deployment: d,
+                handed_over: true,
+            };
         }
 
         let outcome = d.outcome();
@@ -487,7 +505,11 @@ impl Pipeline {
         events
             .emit(None, EventKind::Outcome(Box::new(outcome.clone())))
             .await;
-        outcome
+        RunEnd {
+            outcome,
+            deployment: d,
+            handed_over: false,
+        }
     }
 
     /// Moves users back to the revision that served before; true when the
@@ -690,6 +712,7 @@ impl Pipeline {
                 )
                 .await?;
                 d.source_commit = ws.commit.clone();
+                d.source_commit_time = ws.commit_time;
                 let mut msg = format!("source at {}", ws.dir.display());
                 if let Some(c) = &ws.commit {
                     msg.push_str(&format!(" (commit {c})"));

@@ -158,6 +158,9 @@ impl GitUrl {
 pub struct Workspace {
     pub dir: PathBuf,
     pub commit: Option<String>,
+    /// The commit's committer time, in Unix seconds: where lead time for
+    /// changes starts.
+    pub commit_time: Option<i64>,
     _clone: Option<tempfile::TempDir>,
 }
 
@@ -253,11 +256,54 @@ async fn local(p: &Path, policy: &SourcePolicy) -> Result<Workspace, StageError>
             .await
             .ok(),
     };
+    let commit_time = match &commit {
+        Some(c) => commit_time(&dir, &[], c, Duration::from_secs(10)).await,
+        None => None,
+    };
     Ok(Workspace {
         dir,
         commit,
+        commit_time,
         _clone: None,
     })
+}
+
+/// Committer times already read, by commit id (a commit's time never
+/// changes): deploying one checkout again asks git nothing.
+static COMMIT_TIMES: std::sync::Mutex<Option<std::collections::HashMap<String, i64>>> =
+    std::sync::Mutex::new(None);
+const COMMIT_TIMES_KEPT: usize = 4096;
+
+/// The committer time of `commit` (an object id, never an option) in the
+/// repository holding `dir`; `None` when git cannot tell (a checkout git
+/// refuses to read, an object missing from a shallow clone).
+async fn commit_time(dir: &Path, config: &[String], commit: &str, t: Duration) -> Option<i64> {
+    if !is_object_id(commit) {
+        return None;
+    }
+    let cached = COMMIT_TIMES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .and_then(|m| m.get(commit).copied());
+    if cached.is_some() {
+        return cached;
+    }
+    // A checkout's own config must not make `show` verify a signature
+    // (which runs the program gpg.program names).
+    let mut config = config.to_vec();
+    config.push("log.showSignature=false".into());
+    let out = git(dir, &config, &["show", "-s", "--format=%ct", commit], t)
+        .await
+        .ok()?;
+    let seconds: i64 = out.trim().parse().ok()?;
+    let mut guard = COMMIT_TIMES.lock().unwrap_or_else(|p| p.into_inner());
+    let map = guard.get_or_insert_with(Default::default);
+    if map.len() >= COMMIT_TIMES_KEPT {
+        map.clear();
+    }
+    map.insert(commit.to_string(), seconds);
+    Some(seconds)
 }
 
 /// What `.git` says HEAD is.
@@ -525,6 +571,7 @@ async fn clone(
     let commit = git(&dir, &config, &["rev-parse", "HEAD"], t)
         .await
         .map_err(explained)?;
+    let commit_time = commit_time(&dir, &config, &commit, t).await;
     let size = dir_size(&dir);
     if size > policy.max_checkout_bytes {
         return Err(err(format!(
@@ -536,6 +583,7 @@ async fn clone(
     Ok(Workspace {
         dir,
         commit: Some(commit),
+        commit_time,
         _clone: Some(tmp),
     })
 }

@@ -50,6 +50,9 @@ pub const GRPC_REQUESTS: &str = "deployd_grpc_requests_total";
 pub const GRPC_REQUEST_DURATION: &str = "deployd_grpc_request_duration_seconds";
 pub const AUTH_REFUSALS: &str = "deployd_auth_refusals_total";
 pub const BUILD_INFO: &str = "deployd_build_info";
+pub const CHANGE_FAILURES: &str = "deployd_change_failures_total";
+pub const CHANGE_LEAD_TIME: &str = "deployd_change_lead_time_seconds";
+pub const TIME_TO_RESTORE: &str = "deployd_time_to_restore_seconds";
 
 /// Results a deploy run ends with, as `deployments_total` counts them.
 pub const DEPLOY_RESULTS: [&str; 5] = [
@@ -212,6 +215,24 @@ pub const SPEC: &[MetricSpec] = &[
         labels: &["version", "commit"],
         help: "Always 1; its labels name the running build (package version, git commit it was built from).",
     },
+    MetricSpec {
+        name: CHANGE_FAILURES,
+        kind: Kind::Counter,
+        labels: &[],
+        help: "DORA change failures: deploy runs that failed after reaching users (traffic had moved to the new revision, all or a canary's share) or were rolled back. Change failure rate = this / (this + deployd_deployments_total{result=\"success\"}).",
+    },
+    MetricSpec {
+        name: CHANGE_LEAD_TIME,
+        kind: Kind::Histogram,
+        labels: &[],
+        help: "DORA lead time for changes: from the deployed commit's committer time to the deploy's verified success (sources that are git repositories or checkouts).",
+    },
+    MetricSpec {
+        name: TIME_TO_RESTORE,
+        kind: Kind::Histogram,
+        labels: &[],
+        help: "DORA time to restore: from a service's first change failure after a success to its next verified success.",
+    },
 ];
 
 /// Bucket bounds `2^(k/per_octave)` for k in `from..=to`: the layout of a
@@ -229,6 +250,9 @@ fn exponential(from: i32, to: i32, per_octave: i32) -> Vec<f64> {
 const FINE: i32 = 8;
 /// Two per doubling (41% wide), for latencies read as "slow or not".
 const COARSE: i32 = 2;
+/// Four per doubling (19% wide): the DORA durations are read against
+/// bands a factor of 7 or more apart.
+const DORA: i32 = 4;
 
 /// Bucket boundaries for each histogram. Runs: 7.8 ms to 68 min; probes:
 /// 0.49 ms to 64 s; API calls 1 ms to 64 s and gRPC calls 1 ms to 68 min,
@@ -238,6 +262,10 @@ pub fn buckets_for(name: &str) -> Vec<f64> {
         HEALTH_CHECK_DURATION => exponential(-11 * FINE, 6 * FINE, FINE),
         GOOGLE_API_CALL_DURATION => exponential(-10 * COARSE, 6 * COARSE, COARSE),
         GRPC_REQUEST_DURATION => exponential(-10 * COARSE, 12 * COARSE, COARSE),
+        // 1 min to 194 days, and 1 s to 97 days: both cross every DORA band
+        // edge (an hour, a day, a week, a month) within one bucket (19%).
+        CHANGE_LEAD_TIME => exponential(6 * DORA, 24 * DORA, DORA),
+        TIME_TO_RESTORE => exponential(0, 23 * DORA, DORA),
         _ => exponential(-7 * FINE, 12 * FINE, FINE),
     }
 }
@@ -300,6 +328,12 @@ pub fn register_defaults() {
         counter!(ROLLBACKS, "result" => result).increment(0);
     }
     counter!(FIRST_TIME_SUCCESS).increment(0);
+    counter!(CHANGE_FAILURES).increment(0);
+    // A registered histogram is exported with empty buckets, so the first
+    // observation is an increase (DORA events are rare: often the only one
+    // of an hour).
+    let _ = histogram!(CHANGE_LEAD_TIME);
+    let _ = histogram!(TIME_TO_RESTORE);
     gauge!(IN_PROGRESS).increment(0.0);
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "commit" => env!("DEPLOYD_GIT_COMMIT"))
         .set(1.0);
@@ -336,6 +370,18 @@ pub fn deployment_finished(result: &'static str, duration: Duration, no_retries:
         counter!(FIRST_TIME_SUCCESS).increment(1);
     }
     histogram!(DEPLOYMENT_DURATION, "result" => result).record(duration.as_secs_f64());
+}
+
+pub fn change_failure() {
+    counter!(CHANGE_FAILURES).increment(1);
+}
+
+pub fn change_lead_time(lead: Duration) {
+    histogram!(CHANGE_LEAD_TIME).record(lead.as_secs_f64());
+}
+
+pub fn time_to_restore(t: Duration) {
+    histogram!(TIME_TO_RESTORE).record(t.as_secs_f64());
 }
 
 pub fn deployment_resumed(how: &'static str, result: &'static str) {

@@ -407,6 +407,7 @@ pub fn rpc_name(path: &str) -> &'static str {
         "ListDeployments",
         "WatchDeployment",
         "CancelDeployment",
+        "GetDeliveryMetrics",
     ];
     let method = path.rsplit('/').next().unwrap_or("");
     if path.starts_with("/deployd.v1.Deployer/") {
