@@ -386,6 +386,35 @@ fn an_unknown_otlp_protocol_is_refused_at_start() {
     );
 }
 
+/// Serves `app` as the OTLP/HTTP receiver of a daemon exporting with
+/// `protocol`, and deploys the example as `service` through it; returns
+/// the daemon (which exports until dropped) and its log file.
+async fn deploy_over_http(
+    app: axum::Router,
+    protocol: &str,
+    service: &str,
+) -> (impl Sized, tempfile::NamedTempFile) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let otlp = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let logs = tempfile::NamedTempFile::new().expect("log file");
+    let (daemon, mut client) = serve_traced(
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &format!("http://{otlp}")),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+        ],
+        logs.reopen().expect("log file").into(),
+    )
+    .await;
+    let example = format!("{}/examples/hello", env!("CARGO_MANIFEST_DIR"));
+    let o = deploy(&mut client, &example, service, None).await;
+    assert!(o.success, "{o:?}");
+    (daemon, logs)
+}
+
 /// OTLP over HTTP (`http/protobuf`) to a receiver of the OTLP/HTTP shape
 /// (POST /v1/traces, a protobuf ExportTraceServiceRequest), and JSON log
 /// lines that name the trace they belong to.
@@ -419,25 +448,7 @@ async fn http_protobuf_export_and_json_logs_carry_the_trace() {
             },
         ),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let otlp = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-
-    let logs = tempfile::NamedTempFile::new().expect("log file");
-    let (_daemon, mut client) = serve_traced(
-        &[],
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &format!("http://{otlp}")),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
-        ],
-        logs.reopen().expect("log file").into(),
-    )
-    .await;
-    let example = format!("{}/examples/hello", env!("CARGO_MANIFEST_DIR"));
-    let o = deploy(&mut client, &example, "traced-http", None).await;
-    assert!(o.success, "{o:?}");
+    let (_daemon, logs) = deploy_over_http(app, "http/protobuf", "traced-http").await;
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     let trace = loop {
@@ -475,4 +486,80 @@ async fn http_protobuf_export_and_json_logs_carry_the_trace() {
     );
     // No ANSI colour codes on a file.
     assert!(!text.contains('\u{1b}'));
+}
+
+/// OTLP/HTTP with the JSON encoding (`http/json`): the receiver gets
+/// `application/json` in OTLP's JSON mapping (camelCase fields, hex ids).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_json_export_reaches_a_json_receiver() {
+    let bodies: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let sink = bodies.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let sink = sink.clone();
+                async move {
+                    assert_eq!(
+                        headers.get("content-type").and_then(|v| v.to_str().ok()),
+                        Some("application/json")
+                    );
+                    let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+                    sink.lock().expect("lock").push(v);
+                    ([("content-type", "application/json")], "{}")
+                }
+            },
+        ),
+    );
+    let _daemon = deploy_over_http(app, "http/json", "traced-json").await;
+
+    let spans = |bodies: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        bodies
+            .iter()
+            .flat_map(|b| b["resourceSpans"].as_array().cloned().unwrap_or_default())
+            .flat_map(|rs| rs["scopeSpans"].as_array().cloned().unwrap_or_default())
+            .flat_map(|ss| ss["spans"].as_array().cloned().unwrap_or_default())
+            .collect()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let deploy_span = loop {
+        // The run's root span (the deploy stage's span shares its name).
+        let found = spans(&bodies.lock().expect("lock")).into_iter().find(|s| {
+            s["name"] == "deploy"
+                && s["attributes"].as_array().is_some_and(|a| {
+                    a.iter().any(|a| {
+                        a["key"] == "deployd.result" && a["value"]["stringValue"] == "success"
+                    })
+                })
+        });
+        if let Some(s) = found {
+            break s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no deploy span over http/json: {:?}",
+            bodies.lock().expect("lock")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let trace = deploy_span["traceId"].as_str().expect("traceId");
+    assert!(
+        trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{deploy_span}"
+    );
+    // The same trace holds the stage spans.
+    let stages = spans(&bodies.lock().expect("lock"))
+        .into_iter()
+        .filter(|s| s["traceId"] == trace && s["name"] == "verify")
+        .count();
+    assert!(stages >= 1, "{deploy_span}");
+    let resource = &bodies.lock().expect("lock")[0]["resourceSpans"][0]["resource"];
+    assert!(
+        resource["attributes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|a| a["key"] == "service.name"),
+        "{resource}"
+    );
 }
