@@ -166,4 +166,36 @@ async fn accounting_adds_up() {
         i32::from(proto::DeploymentState::Succeeded),
         "{d:?}"
     );
+    the_oldest_running_deployment_is_exported(&h).await;
+}
+
+/// The stuck-deployment alert's gauge: the creation time of the oldest
+/// run in progress here, and 0 once none runs. (Called by the test above:
+/// metrics are process-wide, and its deltas are exact.)
+async fn the_oldest_running_deployment_is_exported(h: &Harness) {
+    let gauge = |m: &str| counter(m, "deployd_oldest_running_deployment_created_seconds", "");
+    assert_eq!(gauge(&h.metrics().await), 0.0, "nothing runs yet");
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    let mut stream = deploy_with_a_running_build(h, "stuck").await;
+    let created = gauge(&h.metrics().await);
+    assert!(
+        created >= before - 1.0 && created <= before + 30.0,
+        "{created} vs {before}"
+    );
+    let id = running_id(h, "stuck").await;
+    h.client()
+        .await
+        .cancel_deployment(proto::CancelDeploymentRequest { id: id.clone() })
+        .await
+        .expect("cancel");
+    while let Ok(Some(_)) = stream.message().await {}
+    ended(h, &id, Duration::from_secs(30)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while gauge(&h.metrics().await) != 0.0 {
+        assert!(tokio::time::Instant::now() < deadline, "still exported");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -130,6 +130,14 @@ struct Run {
     /// Each event once it is kept, for streams of this daemon to follow
     /// without reading it back from the store.
     live: broadcast::Sender<Arc<Event>>,
+    /// When the deployment was created (on this daemon or another).
+    created: SystemTime,
+}
+
+/// The creation time of the oldest deployment in `runs`, for the alert on
+/// a deployment stuck in progress.
+fn publish_oldest(runs: &HashMap<String, Run>) {
+    metrics::oldest_running(runs.values().map(|r| r.created).min());
 }
 
 /// Events a slow stream may fall behind the run before it reads the rest
@@ -372,7 +380,9 @@ struct RunGone {
 
 impl Drop for RunGone {
     fn drop(&mut self) {
-        self.manager.lock_runs().remove(&self.id);
+        let mut runs = self.manager.lock_runs();
+        runs.remove(&self.id);
+        publish_oldest(&runs);
     }
 }
 
@@ -436,7 +446,7 @@ impl Manager {
             Ok(Created::New) => {
                 let id = d.id.clone();
                 span.record("deployment_id", id.as_str());
-                self.spawn_run(d, 1, false, None, span);
+                self.spawn_run(d, 1, false, None, SystemTime::now(), span);
                 Ok(Submitted {
                     id,
                     attached: false,
@@ -463,6 +473,7 @@ impl Manager {
         next_seq: u64,
         cancel_requested: bool,
         how: Option<&'static str>,
+        created: SystemTime,
         span: tracing::Span,
     ) {
         let id = d.id.clone();
@@ -512,8 +523,10 @@ impl Manager {
                 cancel,
                 abort: task.abort_handle(),
                 live,
+                created,
             },
         );
+        publish_oldest(&runs);
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {
@@ -855,7 +868,14 @@ impl Manager {
             let Some(mut d) = rec.progress else { continue };
             d.resumed = rec.resumed;
             let span = tracing::info_span!("resume", deployment_id = %rec.id, how);
-            self.spawn_run(d, rec.last_seq + 1, rec.cancel_requested, Some(how), span);
+            self.spawn_run(
+                d,
+                rec.last_seq + 1,
+                rec.cancel_requested,
+                Some(how),
+                rec.created,
+                span,
+            );
         }
     }
 

@@ -50,6 +50,7 @@ pub const GRPC_REQUESTS: &str = "deployd_grpc_requests_total";
 pub const GRPC_REQUEST_DURATION: &str = "deployd_grpc_request_duration_seconds";
 pub const AUTH_REFUSALS: &str = "deployd_auth_refusals_total";
 pub const BUILD_INFO: &str = "deployd_build_info";
+pub const OLDEST_RUNNING: &str = "deployd_oldest_running_deployment_created_seconds";
 pub const CHANGE_FAILURES: &str = "deployd_change_failures_total";
 pub const CHANGE_LEAD_TIME: &str = "deployd_change_lead_time_seconds";
 pub const TIME_TO_RESTORE: &str = "deployd_time_to_restore_seconds";
@@ -87,6 +88,12 @@ pub const SPEC: &[MetricSpec] = &[
         kind: Kind::Gauge,
         labels: &[],
         help: "Deploy runs currently running.",
+    },
+    MetricSpec {
+        name: OLDEST_RUNNING,
+        kind: Kind::Gauge,
+        labels: &[],
+        help: "Creation time (Unix seconds) of the oldest deployment this instance is running, resumed ones included; 0 when it runs none.",
     },
     MetricSpec {
         name: RESUMED,
@@ -335,6 +342,7 @@ pub fn register_defaults() {
     let _ = histogram!(CHANGE_LEAD_TIME);
     let _ = histogram!(TIME_TO_RESTORE);
     gauge!(IN_PROGRESS).increment(0.0);
+    gauge!(OLDEST_RUNNING).set(0.0);
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "commit" => env!("DEPLOYD_GIT_COMMIT"))
         .set(1.0);
 }
@@ -370,6 +378,13 @@ pub fn deployment_finished(result: &'static str, duration: Duration, no_retries:
         counter!(FIRST_TIME_SUCCESS).increment(1);
     }
     histogram!(DEPLOYMENT_DURATION, "result" => result).record(duration.as_secs_f64());
+}
+
+pub fn oldest_running(created: Option<std::time::SystemTime>) {
+    let seconds = created
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0.0, |d| d.as_secs_f64());
+    gauge!(OLDEST_RUNNING).set(seconds);
 }
 
 pub fn change_failure() {
