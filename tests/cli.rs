@@ -721,3 +721,159 @@ fn text_logs_off_a_terminal_have_no_colour_codes() {
     assert!(stderr.contains("deploy finished"), "{stderr}");
     assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
 }
+
+/// A scenario file gives the embedded sandbox the faults the Rust tests
+/// inject: two quota errors on build creation are retried (as
+/// tests/deploy.rs sees them), three exhaust the attempts with the quota
+/// failure and its remedies.
+#[test]
+fn a_scenario_file_injects_quota_errors_into_the_embedded_sandbox() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let scenario = |count: u32| {
+        let path = dir.path().join(format!("quota-{count}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "api_errors:\n  - method: cloudbuild.projects.locations.builds.create\n    count: {count}\n    error: rate_limited\n"
+            ),
+        )
+        .expect("write scenario");
+        path.display().to_string()
+    };
+    let run = |file: &str| {
+        deployd()
+            .args(["deploy", "--sandbox", "--sandbox-faults", file, &example()])
+            .args(["--service", "quota", "--allow-unauthenticated", "--json"])
+            .args(["--retry-base-delay-ms", "20"])
+            .output()
+            .expect("deployd runs")
+    };
+    let events = |out: &std::process::Output| -> Vec<serde_json::Value> {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let out = run(&scenario(2));
+    let lines = events(&out);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let retries: Vec<&serde_json::Value> = lines.iter().filter(|l| l["kind"] == "retry").collect();
+    assert_eq!(retries.len(), 2, "{lines:#?}");
+    assert!(
+        retries
+            .iter()
+            .all(|r| r.to_string().contains("RESOURCE_EXHAUSTED")),
+        "{retries:?}"
+    );
+
+    let out = run(&scenario(3));
+    assert_eq!(out.status.code(), Some(1));
+    let lines = events(&out);
+    let outcome = &lines.last().expect("outcome")["data"];
+    assert_eq!(outcome["success"], false);
+    assert_eq!(outcome["error"]["retriable"], true, "{outcome}");
+    assert!(
+        outcome["error"]["remediation"][0]
+            .as_str()
+            .is_some_and(|r| r.contains("Wait")),
+        "{outcome}"
+    );
+
+    // A scenario the sandbox cannot apply starts nothing and says why.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "disable_apis: [nope.googleapis.com]\n").expect("write");
+    let out = run(&bad.display().to_string());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("disable_apis[0]"), "{err}");
+}
+
+/// `deployd sandbox faults` changes a running sandbox through its control
+/// endpoint: the Cloud Run API disabled makes the next deploy fail in
+/// preflight, enabled again it succeeds.
+#[test]
+fn deployd_sandbox_faults_steers_a_running_sandbox() {
+    let port = common::free_port();
+    let sandbox_url = format!("http://127.0.0.1:{port}");
+    let served = common::serve(
+        deployd(),
+        &[
+            "--sandbox",
+            "--sandbox-listen",
+            &format!("127.0.0.1:{port}"),
+            "--local-source-root",
+            env!("CARGO_MANIFEST_DIR"),
+        ],
+    );
+    let server_url = format!("http://127.0.0.1:{}", served.grpc);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let steer = |name: &str, doc: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, doc).expect("write");
+        deployd()
+            .args(["sandbox", "faults"])
+            .arg(&path)
+            .args(["--sandbox-url", &sandbox_url])
+            .output()
+            .expect("deployd runs")
+    };
+    let out = steer("off.yaml", "disable_apis: [run.googleapis.com]\n");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let applied: serde_json::Value = serde_json::from_str(said.trim()).expect("json");
+    assert_eq!(
+        applied["disabled_apis"][0], "run.googleapis.com",
+        "{applied}"
+    );
+
+    let out = deploy_to(&server_url, "steered", &[])
+        .output()
+        .expect("client runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("run.googleapis.com"), "{text}");
+
+    let out = steer("on.json", r#"{"enable_apis": ["run.googleapis.com"]}"#);
+    assert!(out.status.success());
+    let out = deploy_to(&server_url, "steered", &[])
+        .output()
+        .expect("client runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A refusal names the field and changes nothing; an unknown file type
+    // and an unreachable sandbox are told apart.
+    let out = steer(
+        "bad.yaml",
+        "builds: [{never_finishes: true, status: FAILURE}]\n",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("builds[0]"));
+    let out = steer("x.txt", "{}");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(".yaml, .yml or .json"));
+    let path = dir.path().join("on.json");
+    let out = deployd()
+        .args(["sandbox", "faults"])
+        .arg(&path)
+        .args([
+            "--sandbox-url",
+            &format!("http://127.0.0.1:{}", common::free_port()),
+        ])
+        .output()
+        .expect("deployd runs");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the sandbox"));
+}

@@ -69,6 +69,26 @@ enum Command {
     /// API tokens for --api-tokens-file.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Steer a running sandbox (`deployd serve --sandbox`) from outside.
+    #[command(subcommand)]
+    Sandbox(SandboxCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum SandboxCommand {
+    /// Apply a fault scenario (YAML or JSON, as --sandbox-faults reads) to
+    /// the running sandbox at --sandbox-url; prints what it changed.
+    Faults(SandboxFaultsArgs),
+}
+
+#[derive(Args, Debug)]
+struct SandboxFaultsArgs {
+    /// The scenario file (.yaml, .yml or .json).
+    file: PathBuf,
+    /// The sandbox's base URL, as `serve --sandbox` prints it
+    /// (`sandbox: http://127.0.0.1:PORT`).
+    #[arg(long, env = "DEPLOYD_SANDBOX_URL")]
+    sandbox_url: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -177,6 +197,9 @@ struct ServeArgs {
     /// With --sandbox: where the sandbox listens (default: an ephemeral port).
     #[arg(long, requires = "sandbox")]
     sandbox_listen: Option<SocketAddr>,
+    /// With --sandbox: a fault scenario (YAML or JSON) applied at start.
+    #[arg(long, requires = "sandbox")]
+    sandbox_faults: Option<PathBuf>,
     /// Send every Google API call to this base URL (an emulator); no credentials.
     #[arg(long, env = ENV_GCP_ENDPOINT)]
     gcp_endpoint: Option<String>,
@@ -346,6 +369,10 @@ struct Connect {
     /// Start an embedded daemon and GCP sandbox in this process.
     #[arg(long)]
     sandbox: bool,
+    /// With --sandbox: a fault scenario (YAML or JSON) applied before the
+    /// run (see `deployd sandbox faults`).
+    #[arg(long, requires = "sandbox")]
+    sandbox_faults: Option<PathBuf>,
     /// One JSON object per event on stdout.
     #[arg(long)]
     json: bool,
@@ -794,6 +821,7 @@ async fn run(command: Command) -> anyhow::Result<i32> {
         }
         Command::List(a) => list(a).await,
         Command::Dora(a) => dora(a).await,
+        Command::Sandbox(SandboxCommand::Faults(a)) => sandbox_faults(a).await,
         Command::Token(TokenCommand::New(a)) => token_new(a),
         Command::Status(a) => {
             let mut client = remote(&a.remote).await?;
@@ -874,6 +902,60 @@ async fn remote(r: &Remote) -> anyhow::Result<Client> {
 
 /// `deployd token new`: the secret goes to stdout once; only its hash is
 /// kept.
+/// A fault scenario as JSON, from a YAML or JSON file.
+fn read_scenario(path: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the scenario {}", path.display()))?;
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("json") => serde_json::from_str(&text)
+            .with_context(|| format!("the scenario {} is not valid JSON", path.display())),
+        Some("yaml" | "yml") => serde_yaml_ng::from_str(&text)
+            .with_context(|| format!("the scenario {} is not valid YAML", path.display())),
+        _ => anyhow::bail!(
+            "the scenario {} must end in .yaml, .yml or .json",
+            path.display()
+        ),
+    }
+}
+
+async fn sandbox_faults(a: SandboxFaultsArgs) -> anyhow::Result<i32> {
+    let doc = read_scenario(&a.file)?;
+    let base = url::Url::parse(&a.sandbox_url)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--sandbox-url {:?} is not an http(s) URL such as http://127.0.0.1:8085",
+                a.sandbox_url
+            )
+        })?;
+    let endpoint = base
+        .join("/__sandbox/faults")
+        .context("building the control endpoint's URL")?;
+    let resp = match reqwest::Client::new()
+        .post(endpoint.clone())
+        .json(&doc)
+        .send()
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot reach the sandbox at {base}: {e}; start one with `deployd serve --sandbox`");
+            return Ok(2);
+        }
+    };
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    if status.is_success() {
+        println!("{body}");
+        Ok(0)
+    } else {
+        let message = body["error"]["message"].as_str().unwrap_or("no message");
+        eprintln!("error: the sandbox refused the scenario ({status}): {message}");
+        Ok(1)
+    }
+}
+
 fn token_new(a: TokenNewArgs) -> anyhow::Result<i32> {
     crate::api::auth::tokens::valid_principal(&a.principal)
         .map_err(|m| anyhow::anyhow!("the principal {:?}: {m}", a.principal))?;
@@ -1027,8 +1109,16 @@ async fn serve(a: ServeArgs) -> anyhow::Result<i32> {
     if let Some(addr) = a.sandbox_listen {
         sandbox_config.listen = addr;
     }
+    // Read before anything starts: a bad scenario starts nothing.
+    let scenario = a.sandbox_faults.as_deref().map(read_scenario).transpose()?;
     let running = daemon::start(config, sandbox_config, shutdown.clone()).await?;
     if let Some(sb) = &running.sandbox {
+        if let Some(doc) = &scenario {
+            let applied = sb
+                .apply_faults(doc)
+                .map_err(|e| anyhow::anyhow!("the sandbox refused the scenario: {e}"))?;
+            eprintln!("sandbox faults applied: {applied}");
+        }
         eprintln!("sandbox: {} (project {DEFAULT_PROJECT})", sb.base_url());
     }
     eprintln!(
@@ -1091,7 +1181,12 @@ impl Session {
                 config.state_dir = Some(dir.path().to_path_buf());
                 state = Some(dir);
             }
+            let scenario = c.sandbox_faults.as_deref().map(read_scenario).transpose()?;
             let running = daemon::start(config, SandboxConfig::default(), shutdown.clone()).await?;
+            if let (Some(doc), Some(sb)) = (&scenario, &running.sandbox) {
+                sb.apply_faults(doc)
+                    .map_err(|e| anyhow::anyhow!("the sandbox refused the scenario: {e}"))?;
+            }
             let url = format!("http://{}", running.grpc);
             embedded = Some(running);
             url

@@ -119,6 +119,20 @@ impl Shared {
     }
 }
 
+/// Queues API faults, each after its number of calls let through.
+pub(crate) fn queue_faults(sh: &Shared, faults: Vec<(u32, Fault)>) {
+    for (after, fault) in faults {
+        if after == 0 {
+            sh.faults().push(fault);
+        } else {
+            sh.deferred
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((after, fault));
+        }
+    }
+}
+
 /// A running sandbox. Dropping it stops the server and the service apps.
 pub struct Sandbox {
     shared: Arc<Shared>,
@@ -210,6 +224,23 @@ impl Sandbox {
         true
     }
 
+    /// Applies a fault document (the scenario file's and the control
+    /// endpoint's, see [`control`]); what it changed, or why it was refused
+    /// (nothing is applied then).
+    pub fn apply_faults(&self, doc: &serde_json::Value) -> Result<serde_json::Value, String> {
+        let applied = {
+            let mut w = self.shared.world();
+            control::apply(&mut w, doc)
+        };
+        match applied {
+            Ok((summary, api)) => {
+                queue_faults(&self.shared, api);
+                Ok(summary)
+            }
+            Err((_, _, message)) => Err(message),
+        }
+    }
+
     /// The next `fault.remaining` calls of `fault.method` misbehave.
     pub fn inject(&self, fault: Fault) {
         self.shared.faults().push(fault);
@@ -219,14 +250,7 @@ impl Sandbox {
     /// Like [`Sandbox::inject`], once `skip` calls of the fault's method
     /// went through untouched.
     pub fn inject_after(&self, skip: u32, fault: Fault) {
-        if skip == 0 {
-            return self.inject(fault);
-        }
-        self.shared
-            .deferred
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((skip, fault));
+        queue_faults(&self.shared, vec![(skip, fault)]);
     }
 
     pub fn chaos(&self, chaos: faults::Chaos) {

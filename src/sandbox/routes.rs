@@ -1029,7 +1029,10 @@ fn dispatch(
             }
         }
         Kind::SandboxFaults => match super::control::apply(w, &body) {
-            Ok(v) => ok(v),
+            Ok((v, api)) => {
+                super::queue_faults(sh, api);
+                ok(v)
+            }
             Err((http, status, message)) => error(http, status, &message),
         },
         Kind::MonitoringTimeSeries => {
