@@ -332,3 +332,38 @@ async fn daemon_shutdown_hands_the_running_build_over() {
         0
     );
 }
+
+/// The sandbox's docker step refuses what Docker refuses: a COPY of a file
+/// the context lacks fails the build with Docker's words, which reach the
+/// deploy's log lines and outcome.
+#[tokio::test]
+async fn a_dockerfile_docker_would_refuse_fails_the_build() {
+    let h = Harness::start().await;
+    for (dockerfile, said) in [
+        (
+            "FROM python:3.12-slim\nCOPY requirements.txt .\nCMD [\"python\", \"main.py\"]\n",
+            "\"/requirements.txt\": not found",
+        ),
+        (
+            "FROM python:3.12-slim\nCOPY . .\nCMDD python main.py\n",
+            "unknown instruction: CMDD",
+        ),
+    ] {
+        let app = app_copy();
+        std::fs::write(app.path().join("Dockerfile"), dockerfile).expect("write");
+        let (events, o) = deploy(&h, deploy_request("refused", app.path())).await;
+        assert!(!o.success, "{o:?}");
+        assert_eq!(o.failed_stage, i32::from(proto::Stage::Build), "{o:?}");
+        let err = o.error.expect("failure");
+        assert_eq!(err.code, "BUILD_FAILED", "{err:?}");
+        assert!(
+            logs(&events).iter().any(|l| l.contains(said)),
+            "{said} in {:?}",
+            logs(&events)
+        );
+        assert!(
+            err.message.contains(said),
+            "the outcome quotes Docker: {err:?}"
+        );
+    }
+}

@@ -385,32 +385,18 @@ fn run_step(
             return (vec![format!("unable to prepare context: unable to evaluate symlinks in Dockerfile path: lstat /workspace/{dockerfile}: no such file or directory")], false);
         };
         let text = String::from_utf8_lossy(content);
-        // One instruction per logical line, as Docker reads them: a trailing
-        // backslash continues the line; comments and blank lines do not count.
-        let mut instructions: Vec<String> = vec![];
-        let mut current = String::new();
-        for line in text.lines().map(str::trim) {
-            if current.is_empty() && (line.is_empty() || line.starts_with('#')) {
-                continue;
-            }
-            match line.strip_suffix('\\') {
-                Some(head) => {
-                    current.push_str(head.trim_end());
-                    current.push(' ');
-                }
-                None => {
-                    current.push_str(line);
-                    instructions.push(std::mem::take(&mut current));
-                }
-            }
-        }
-        if !current.trim().is_empty() {
-            instructions.push(current);
-        }
         let mut out = vec![format!(
             "Sending build context to Docker daemon  {} files",
             files.len()
         )];
+        if let Some(refused) = super::dockerfile::refusal(&text, files) {
+            out.push(refused);
+            return (out, false);
+        }
+        let instructions: Vec<String> = super::dockerfile::instructions(&text)
+            .into_iter()
+            .map(|i| i.text)
+            .collect();
         for (i, ins) in instructions.iter().enumerate() {
             out.push(format!("Step {}/{} : {ins}", i + 1, instructions.len()));
             out.push(format!(" ---> {:012x}", (i as u64 + 1) * 0x9e37_79b9));

@@ -12,6 +12,7 @@
 mod app;
 mod build;
 mod control;
+mod dockerfile;
 pub mod faults;
 mod monitoring;
 mod routes;
