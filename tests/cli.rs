@@ -877,3 +877,116 @@ fn deployd_sandbox_faults_steers_a_running_sandbox() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the sandbox"));
 }
+
+/// What a person rehearsing a broken start sees: the outcome quotes the
+/// revision's own error line, read from the (emulated) Cloud Logging, and
+/// links Logs Explorer. The real binary with its shipped settings.
+#[test]
+fn a_revision_that_does_not_start_quotes_its_logs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let scenario = dir.path().join("broken-start.yaml");
+    std::fs::write(
+        &scenario,
+        "revisions_not_ready: [{service: broken-start}]\nnext_revision_logs:\n  - service: broken-start\n    lines: [\"python: can't open file '/app/server.py': [Errno 2] No such file or directory\"]\n",
+    )
+    .expect("write");
+    let out = deployd()
+        .args(["deploy", "--sandbox", "--sandbox-faults"])
+        .arg(&scenario)
+        .args([
+            &example(),
+            "--service",
+            "broken-start",
+            "--allow-unauthenticated",
+        ])
+        .output()
+        .expect("deployd runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("REVISION_NOT_READY"), "{text}");
+    assert!(
+        text.contains(
+            "| python: can't open file '/app/server.py': [Errno 2] No such file or directory"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("https://console.cloud.google.com/logs/query;query="),
+        "{text}"
+    );
+}
+
+/// gcloud 528, pointed at `serve --sandbox --sandbox-listen`'s fixed
+/// address, reads the build a deploy through the daemon made, and Cloud
+/// Logging. (gcloud's `run` commands speak Cloud Run's v1 Knative API on
+/// regional hosts, which the sandbox does not emulate.)
+#[test]
+fn gcloud_reads_a_sandbox_at_its_listen_address() {
+    if !common::outside_tool(
+        "gcloud",
+        &["--version"],
+        "the Google Cloud CLI, preinstalled here",
+    ) {
+        return;
+    }
+    let port = common::free_port();
+    let served = common::serve(
+        deployd(),
+        &[
+            "--sandbox",
+            "--sandbox-listen",
+            &format!("127.0.0.1:{port}"),
+            "--local-source-root",
+            env!("CARGO_MANIFEST_DIR"),
+        ],
+    );
+    let server_url = format!("http://127.0.0.1:{}", served.grpc);
+    let out = deploy_to(&server_url, "via-gcloud", &[])
+        .output()
+        .expect("client runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = tempfile::tempdir().expect("tempdir");
+    let token = config.path().join("token");
+    std::fs::write(&token, "sandbox-token").expect("token");
+    let base = format!("http://127.0.0.1:{port}/");
+    let gcloud = |args: &[&str]| {
+        let out = Command::new("gcloud")
+            .args(args)
+            .arg("--format=json")
+            .env("CLOUDSDK_CONFIG", config.path())
+            .env("CLOUDSDK_CORE_PROJECT", "demo-project")
+            .env("CLOUDSDK_CORE_DISABLE_PROMPTS", "1")
+            .env("CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK", "1")
+            .env("CLOUDSDK_AUTH_ACCESS_TOKEN_FILE", &token)
+            .env("CLOUDSDK_API_ENDPOINT_OVERRIDES_CLOUDBUILD", &base)
+            .env("CLOUDSDK_API_ENDPOINT_OVERRIDES_LOGGING", &base)
+            .output()
+            .expect("gcloud runs");
+        assert!(
+            out.status.success(),
+            "gcloud {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")
+    };
+    let builds = gcloud(&["builds", "list"]);
+    let builds = builds.as_array().expect("builds");
+    assert_eq!(builds.len(), 1, "{builds:?}");
+    assert_eq!(builds[0]["status"], "SUCCESS");
+    assert!(
+        builds[0]["tags"].to_string().contains("deployment-"),
+        "{builds:?}"
+    );
+    let entries = gcloud(&[
+        "logging",
+        "read",
+        "resource.type=\"cloud_run_revision\" AND resource.labels.service_name=\"via-gcloud\"",
+        "--limit=5",
+    ]);
+    assert!(entries.is_array(), "{entries}");
+}

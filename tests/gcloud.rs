@@ -40,6 +40,7 @@ fn gcloud(h: &Harness, args: &[&str]) -> (bool, String, String) {
         .env("CLOUDSDK_API_ENDPOINT_OVERRIDES_STORAGE", &base)
         .env("CLOUDSDK_API_ENDPOINT_OVERRIDES_IAM", &base)
         .env("CLOUDSDK_API_ENDPOINT_OVERRIDES_ORGPOLICY", &base)
+        .env("CLOUDSDK_API_ENDPOINT_OVERRIDES_LOGGING", &base)
         .env(
             "CLOUDSDK_API_ENDPOINT_OVERRIDES_CLOUDRESOURCEMANAGER",
             &base,
@@ -322,4 +323,49 @@ async fn gcloud_cancels_a_running_build() {
     );
     let build = gcloud_json(&h, &["builds", "describe", &id]).await;
     assert_eq!(build["status"], "CANCELLED", "{build}");
+}
+
+/// gcloud reads a failed revision's container logs from the sandbox's
+/// Cloud Logging, as deployd quoted them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcloud_logging_read_finds_a_revisions_lines() {
+    if !gcloud_available() {
+        return;
+    }
+    let h = Arc::new(Harness::start().await);
+    h.sandbox.revisions_not_ready(PROJECT, "logged", 1);
+    h.sandbox
+        .apply_faults(
+            &serde_json::json!({"next_revision_logs": [{"service": "logged", "severity": "ERROR",
+            "lines": ["ModuleNotFoundError: No module named 'flask'"]}]}),
+        )
+        .expect("applied");
+    let (_, o) = deploy(&h, deploy_request("logged", &example_app())).await;
+    assert!(!o.success);
+    let filter = format!(
+        "resource.type=\"cloud_run_revision\" AND resource.labels.revision_name=\"{}\"",
+        o.revision
+    );
+    let entries = gcloud_json(&h, &["logging", "read", &filter, "--limit=10"]).await;
+    let texts: Vec<&str> = entries
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["textPayload"].as_str())
+        .collect();
+    assert!(
+        texts.contains(&"ModuleNotFoundError: No module named 'flask'"),
+        "{entries}"
+    );
+    assert!(
+        texts.iter().any(|t| t.contains("STARTUP TCP probe failed")),
+        "{entries}"
+    );
+    assert!(
+        o.error
+            .expect("failure")
+            .message
+            .contains("No module named 'flask'"),
+        "deployd quoted the same line"
+    );
 }

@@ -27,6 +27,7 @@ pub struct Endpoints {
     pub cloud_build: String,
     pub run: String,
     pub monitoring: String,
+    pub logging: String,
 }
 
 impl Endpoints {
@@ -42,6 +43,7 @@ impl Endpoints {
             cloud_build: "https://cloudbuild.googleapis.com".into(),
             run: "https://run.googleapis.com".into(),
             monitoring: "https://monitoring.googleapis.com".into(),
+            logging: "https://logging.googleapis.com".into(),
         }
     }
 
@@ -58,7 +60,8 @@ impl Endpoints {
             storage: b.clone(),
             cloud_build: b.clone(),
             run: b.clone(),
-            monitoring: b,
+            monitoring: b.clone(),
+            logging: b,
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod error;
 pub mod http;
 pub mod iam;
 pub mod iamcredentials;
+pub mod logging;
 pub mod lro;
 pub mod monitoring;
 pub mod orgpolicy;
@@ -386,5 +387,22 @@ impl Cloud for GcpClient {
         end: std::time::SystemTime,
     ) -> Result<RevisionRequests, CloudError> {
         Ok(monitoring::revision_requests(&self.t, target, revision, start, end).await?)
+    }
+
+    async fn revision_logs(
+        &self,
+        target: &Target,
+        revision: &str,
+        since: std::time::SystemTime,
+        limit: u32,
+    ) -> Result<Vec<crate::pipeline::cloud::LogLine>, CloudError> {
+        Ok(logging::revision_logs(&self.t, target, revision, since, limit).await?)
+    }
+
+    fn logs_link(&self, target: &Target, revision: &str, since: std::time::SystemTime) -> String {
+        logging::explorer_link(
+            &target.project,
+            &logging::revision_filter(target, revision, since),
+        )
     }
 }

@@ -334,6 +334,30 @@ pub trait Cloud: Send + Sync + 'static {
         start: std::time::SystemTime,
         end: std::time::SystemTime,
     ) -> Result<RevisionRequests, CloudError>;
+
+    // Cloud Logging
+    /// The newest `limit` lines `revision`'s containers logged since
+    /// `since`, oldest first.
+    async fn revision_logs(
+        &self,
+        target: &Target,
+        revision: &str,
+        since: std::time::SystemTime,
+        limit: u32,
+    ) -> Result<Vec<LogLine>, CloudError>;
+    /// Where a person reads those logs (Logs Explorer, the filter filled in).
+    fn logs_link(&self, target: &Target, revision: &str, since: std::time::SystemTime) -> String;
+}
+
+/// One line a revision's container logged.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LogLine {
+    pub time: String,
+    /// DEFAULT, INFO, ERROR...
+    pub severity: String,
+    /// stdout, stderr, requests, varlog/system...
+    pub stream: String,
+    pub text: String,
 }
 
 /// What users' requests to one revision looked like over a window.

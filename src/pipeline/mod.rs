@@ -24,6 +24,7 @@ pub mod model;
 pub mod naming;
 mod preflight;
 pub mod retry;
+mod revision_logs;
 pub mod rules;
 pub mod shell;
 pub mod source;
@@ -429,6 +430,7 @@ impl Pipeline {
             otel.status_code = tracing::field::Empty, otel.status_description = tracing::field::Empty,
             error.type = tracing::field::Empty);
         let started = Instant::now();
+        let started_wall = std::time::SystemTime::now();
         let _in_progress = metrics::InProgress::start();
         let lost = async {
             let resume = d.resume_point();
@@ -450,6 +452,9 @@ impl Pipeline {
                         }
                         tracing::warn!(stage = stage.as_str(), error = %error::error_chain(&e), "deploy failed");
                         let failure = self.failure(&d, &e);
+                        let failure = self
+                            .with_revision_logs(&mut d, &e, failure, started_wall, &events)
+                            .await;
                         // A cancellation is the caller's choice, not a failure.
                         if !matches!(e, StageError::Cancelled { .. }) {
                             metrics::failure(stage.as_str(), &failure.code);

@@ -23,6 +23,8 @@
 //!   - never_finishes: true
 //! revisions_not_ready: [{service: api, count: 1}]
 //! next_revision_answers: [{service: api, status: 500, delay_ms: 0, body: "x"}]
+//! next_revision_logs:            # what the next revision's container logs
+//!   - {service: api, stream: stderr, severity: ERROR, lines: ["Traceback ..."]}
 //! revisions:                     # a revision that exists misbehaves
 //!   - {service: api, revision: api-0002, error_rate: 0.2, error_status: 500, added_latency_ms: 50}
 //! ```
@@ -63,7 +65,28 @@ struct Faults {
     #[serde(default)]
     next_revision_answers: Vec<NextAnswer>,
     #[serde(default)]
+    next_revision_logs: Vec<NextLogs>,
+    #[serde(default)]
     revisions: Vec<RevisionFault>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NextLogs {
+    service: String,
+    #[serde(default = "stderr")]
+    stream: String,
+    #[serde(default = "default_severity")]
+    severity: String,
+    lines: Vec<String>,
+}
+
+fn stderr() -> String {
+    "stderr".into()
+}
+
+fn default_severity() -> String {
+    "DEFAULT".into()
 }
 
 fn one() -> u32 {
@@ -320,7 +343,8 @@ pub fn apply(w: &mut World, body: &Value) -> Result<(Value, Vec<(u32, Fault)>), 
         && faults.withhold_permissions.is_empty()
         && faults.grant_permissions.is_empty()
         && faults.revisions_not_ready.is_empty()
-        && faults.next_revision_answers.is_empty());
+        && faults.next_revision_answers.is_empty()
+        && faults.next_revision_logs.is_empty());
     if project_scoped && !w.projects.contains_key(&project) {
         return Err((
             404,
@@ -362,6 +386,35 @@ pub fn apply(w: &mut World, body: &Value) -> Result<(Value, Vec<(u32, Fault)>), 
         if n.delay_ms > 600_000 {
             return Err(invalid(format!(
                 "next_revision_answers[{i}].delay_ms is at most 600000"
+            )));
+        }
+    }
+    for (i, n) in faults.next_revision_logs.iter().enumerate() {
+        if !matches!(n.stream.as_str(), "stdout" | "stderr") {
+            return Err(invalid(format!(
+                "next_revision_logs[{i}].stream must be stdout or stderr"
+            )));
+        }
+        const SEVERITIES: [&str; 9] = [
+            "DEFAULT",
+            "DEBUG",
+            "INFO",
+            "NOTICE",
+            "WARNING",
+            "ERROR",
+            "CRITICAL",
+            "ALERT",
+            "EMERGENCY",
+        ];
+        if !SEVERITIES.contains(&n.severity.as_str()) {
+            return Err(invalid(format!(
+                "next_revision_logs[{i}].severity must be one of {}",
+                SEVERITIES.join(", ")
+            )));
+        }
+        if n.lines.len() > 1000 {
+            return Err(invalid(format!(
+                "next_revision_logs[{i}].lines holds at most 1000"
             )));
         }
     }
@@ -457,6 +510,16 @@ pub fn apply(w: &mut World, body: &Value) -> Result<(Value, Vec<(u32, Fault)>), 
             },
         );
     }
+    for n in &faults.next_revision_logs {
+        w.next_revision_logs
+            .entry((p.clone(), n.service.clone()))
+            .or_default()
+            .extend(n.lines.iter().map(|text| super::world::LoggedLine {
+                stream: n.stream.clone(),
+                severity: n.severity.clone(),
+                text: text.clone(),
+            }));
+    }
     let builds = changes.builds.len();
     w.build_faults.extend(changes.builds);
     let mut applied = vec![];
@@ -481,6 +544,7 @@ pub fn apply(w: &mut World, body: &Value) -> Result<(Value, Vec<(u32, Fault)>), 
         "builds": builds,
         "revisions_not_ready": faults.revisions_not_ready.len(),
         "next_revision_answers": faults.next_revision_answers.len(),
+        "next_revision_logs": faults.next_revision_logs.len(),
         "revisions": applied,
     });
     Ok((summary, changes.api))

@@ -14,6 +14,7 @@ mod build;
 mod control;
 mod dockerfile;
 pub mod faults;
+mod logging;
 mod monitoring;
 mod routes;
 mod run;

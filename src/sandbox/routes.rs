@@ -79,6 +79,7 @@ enum Kind {
     MonitoringTimeSeries,
     /// The sandbox's own control endpoint: faults set from outside.
     SandboxFaults,
+    LoggingList,
     NotFound,
 }
 
@@ -112,6 +113,8 @@ fn route(m: &Method, segs: &[&str]) -> Route {
     const MON: Option<&str> = Some("monitoring.googleapis.com");
     match (m.as_str(), segs) {
         ("POST", ["__sandbox", "faults"]) => global("sandbox.faults", None, SandboxFaults),
+        // Cloud Logging v2: the project is in the body.
+        ("POST", ["v2", "entries:list"]) => global("logging.entries.list", None, LoggingList),
         // Cloud Monitoring v3
         ("GET", ["v3", "projects", p, "timeSeries"]) => r(
             "monitoring.projects.timeSeries.list",
@@ -1035,6 +1038,7 @@ fn dispatch(
             }
             Err((http, status, message)) => error(http, status, &message),
         },
+        Kind::LoggingList => super::logging::list(w, &body),
         Kind::MonitoringTimeSeries => {
             let id = w.projects[&key.unwrap_or_default()].id.clone();
             super::monitoring::time_series(w, &id, q)
@@ -1587,7 +1591,13 @@ pub(crate) fn error(http: u16, status: &str, message: &str) -> Response {
     )
 }
 
-fn error_info(http: u16, status: &str, message: &str, reason: &str, metadata: Value) -> Response {
+pub(crate) fn error_info(
+    http: u16,
+    status: &str,
+    message: &str,
+    reason: &str,
+    metadata: Value,
+) -> Response {
     json_status(
         http,
         json!({"error": {"code": http, "message": message, "status": status, "details": [
@@ -1617,7 +1627,7 @@ fn injected(e: &InjectedError) -> Response {
 }
 
 /// SERVICE_DISABLED exactly as the contract's §10.4 shows it.
-fn service_disabled(api: &str, project: &str) -> Response {
+pub(crate) fn service_disabled(api: &str, project: &str) -> Response {
     let t = title(api);
     let url =
         format!("https://console.developers.google.com/apis/api/{api}/overview?project={project}");

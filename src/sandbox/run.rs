@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::routes::{error, ok};
 use super::world::{
-    now_rfc3339, Effect, Operation, ProjectState, Revision, Service, TagRoute, World,
+    now_rfc3339, Effect, LoggedLine, Operation, ProjectState, Revision, Service, TagRoute, World,
 };
 use super::{app, Shared};
 use tokio_util::sync::CancellationToken;
@@ -619,7 +619,57 @@ pub(crate) fn finish_operations(sh: &Arc<Shared>, w: &mut World, now: Instant) {
                 project,
                 location,
                 service,
-            } => rollout(sh, w, &project, &location, &service),
+            } => {
+                let key = (project.clone(), service.clone());
+                let pending = w.next_revision_logs.remove(&key);
+                let latest = |w: &World| {
+                    w.projects
+                        .get(&project)
+                        .and_then(|p| p.services.get(&(location.clone(), service.clone())))
+                        .and_then(|s| {
+                            let name = s.latest_created.clone()?;
+                            let ready = s.revisions.iter().any(|r| r.name == name && r.ready);
+                            Some((name, ready))
+                        })
+                };
+                let before = latest(w);
+                let port = w
+                    .projects
+                    .get(&project)
+                    .and_then(|p| p.services.get(&(location.clone(), service.clone())))
+                    .and_then(|s| {
+                        s.spec
+                            .pointer("/template/containers/0/ports/0/containerPort")
+                    })
+                    .and_then(Value::as_u64)
+                    .unwrap_or(8080);
+                let result = rollout(sh, w, &project, &location, &service);
+                match latest(w) {
+                    Some((revision, ready)) if Some(&revision) != before.as_ref().map(|b| &b.0) => {
+                        let limits = &sh.config.limits;
+                        for line in pending.into_iter().flatten() {
+                            w.log(&project, &location, &service, &revision, line, limits);
+                        }
+                        if !ready && result.is_err() {
+                            // What Cloud Run's platform logs for a container
+                            // that never listened.
+                            let line = LoggedLine {
+                                stream: "varlog%2Fsystem".into(),
+                                severity: "ERROR".into(),
+                                text: format!("Default STARTUP TCP probe failed 1 time consecutively for container \"{service}-1\" on port {port}. The instance was not started."),
+                            };
+                            w.log(&project, &location, &service, &revision, line, limits);
+                        }
+                    }
+                    // No new revision: the lines wait for the next one.
+                    _ => {
+                        if let Some(p) = pending {
+                            w.next_revision_logs.insert(key, p);
+                        }
+                    }
+                }
+                result
+            }
             Effect::RunTraffic {
                 project,
                 location,

@@ -20,6 +20,7 @@ pub const ALL_APIS: &[&str] = &[
     "storage.googleapis.com",
     "serviceusage.googleapis.com",
     "monitoring.googleapis.com",
+    "logging.googleapis.com",
 ];
 
 /// Every permission the emulator checks; a new project's caller holds all.
@@ -57,6 +58,7 @@ pub const ALL_PERMISSIONS: &[&str] = &[
     "iam.serviceAccounts.get",
     "orgpolicy.policy.get",
     "monitoring.timeSeries.list",
+    "logging.logEntries.list",
 ];
 
 #[derive(Debug, Clone)]
@@ -334,6 +336,33 @@ pub struct World {
     /// Identity tokens minted: token -> (audience, service account).
     pub id_tokens: BTreeMap<String, (String, String)>,
     pub counter: u64,
+    /// What revisions' containers logged, oldest first (at most
+    /// `Limits::log_entries`): what Cloud Logging's entries.list answers.
+    pub log_entries: VecDeque<LogEntry>,
+    /// (project, service) -> lines its next revision logs when created.
+    pub next_revision_logs: BTreeMap<(String, String), Vec<LoggedLine>>,
+}
+
+/// One line a container wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedLine {
+    /// stdout or stderr.
+    pub stream: String,
+    pub severity: String,
+    pub text: String,
+}
+
+/// A Cloud Logging entry of a Cloud Run revision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogEntry {
+    pub project: String,
+    pub location: String,
+    pub service: String,
+    pub revision: String,
+    pub line: LoggedLine,
+    /// RFC 3339, microseconds.
+    pub timestamp: String,
+    pub insert_id: String,
 }
 
 /// How much history the sandbox keeps. Google keeps more, but an emulator
@@ -353,6 +382,7 @@ pub struct Limits {
     /// Bytes of stored objects (sources, build logs); the oldest go first.
     pub object_bytes: u64,
     pub id_tokens: usize,
+    pub log_entries: usize,
 }
 
 impl Default for Limits {
@@ -365,6 +395,7 @@ impl Default for Limits {
             revisions_per_service: 1_000,
             object_bytes: 1024 * 1024 * 1024,
             id_tokens: 10_000,
+            log_entries: 10_000,
         }
     }
 }
@@ -400,6 +431,31 @@ impl World {
         }
         self.requests_seen += 1;
         self.requests_seen - 1
+    }
+
+    /// Keeps a line a revision's container logged.
+    pub fn log(
+        &mut self,
+        project: &str,
+        location: &str,
+        service: &str,
+        revision: &str,
+        line: LoggedLine,
+        limits: &Limits,
+    ) {
+        let insert_id = format!("{:016x}", self.next_id());
+        self.log_entries.push_back(LogEntry {
+            project: project.into(),
+            location: location.into(),
+            service: service.into(),
+            revision: revision.into(),
+            line,
+            timestamp: now_rfc3339(),
+            insert_id,
+        });
+        while self.log_entries.len() > limits.log_entries {
+            self.log_entries.pop_front();
+        }
     }
 
     /// The request of sequence number `seq`, while it is kept.
