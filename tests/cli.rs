@@ -990,3 +990,147 @@ fn gcloud_reads_a_sandbox_at_its_listen_address() {
     ]);
     assert!(entries.is_array(), "{entries}");
 }
+
+/// Processes whose working directory is under `dir`: the sandbox runs each
+/// revision's process in a directory of its own under its TMPDIR.
+fn processes_under(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter(|e| std::fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir)))
+        .map(|e| {
+            std::fs::read_to_string(e.path().join("cmdline"))
+                .unwrap_or_default()
+                .replace('\0', " ")
+        })
+        .collect()
+}
+
+/// The sandbox runs what it deployed, as `deployd serve --sandbox` ships:
+/// the verified URL answers with the example app's own body from its own
+/// process; a second version whose start command is wrong fails as Cloud
+/// Run fails (REVISION_NOT_READY), quoting the process's error line from
+/// the emulated Cloud Logging, while the first version's process still
+/// serves; an app that hard-codes port 3000 fails the startup wait and is
+/// told so; and no process outlives the sandbox.
+#[test]
+fn the_sandbox_runs_the_app_it_deploys() {
+    let apps = tempfile::tempdir().expect("apps");
+    let tmp = tempfile::tempdir().expect("the sandbox's TMPDIR");
+    let hello = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello");
+    let app = |name: &str, dockerfile: Option<&str>, main: Option<String>| {
+        let dir = apps.path().join(name);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::copy(hello.join("Dockerfile"), dir.join("Dockerfile")).expect("copy");
+        std::fs::copy(hello.join("main.py"), dir.join("main.py")).expect("copy");
+        if let Some(d) = dockerfile {
+            std::fs::write(dir.join("Dockerfile"), d).expect("write");
+        }
+        if let Some(m) = main {
+            std::fs::write(dir.join("main.py"), m).expect("write");
+        }
+        dir.display().to_string()
+    };
+    let v1 = app("v1", None, None);
+    let broken = app(
+        "broken",
+        Some("FROM python:3.12-slim\nWORKDIR /app\nCOPY main.py .\nCMD [\"python\", \"server.py\"]\n"),
+        None,
+    );
+    let fixed_port = app(
+        "fixed",
+        None,
+        Some(
+            std::fs::read_to_string(hello.join("main.py"))
+                .expect("main.py")
+                .replace(
+                    "HTTPServer((\"\", int(os.environ.get(\"PORT\", \"8080\"))), Hello)",
+                    "print(\"listening on 3000\", flush=True) or HTTPServer((\"\", 3000), Hello)",
+                ),
+        ),
+    );
+    let mut cmd = deployd();
+    cmd.env("TMPDIR", tmp.path());
+    let served = common::serve(
+        cmd,
+        &[
+            "--sandbox",
+            "--local-source-root",
+            &apps.path().display().to_string(),
+        ],
+    );
+    let server_url = format!("http://127.0.0.1:{}", served.grpc);
+    let deploy = |path: &str, service: &str| {
+        let out = deployd()
+            .args([
+                "deploy",
+                "--server",
+                &server_url,
+                "--project",
+                "demo-project",
+                path,
+            ])
+            .args(["--service", service, "--allow-unauthenticated"])
+            .output()
+            .expect("client runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, said) = deploy(&v1, "native");
+    assert_eq!(code, Some(0), "{said}");
+    let url = said
+        .lines()
+        .find_map(|l| l.strip_prefix("SUCCESS: "))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("the verified URL")
+        .to_string();
+    assert_eq!(
+        reqwest::blocking_get(&url),
+        "Hello from deployd's example app\n"
+    );
+    assert_eq!(
+        processes_under(tmp.path()).len(),
+        1,
+        "{:?}",
+        processes_under(tmp.path())
+    );
+
+    let (code, said) = deploy(&broken, "native");
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("REVISION_NOT_READY"), "{said}");
+    assert!(
+        said.contains("can't open file") && said.contains("server.py"),
+        "{said}"
+    );
+    // Traffic stayed on the first version, whose process still serves.
+    assert_eq!(
+        reqwest::blocking_get(&url),
+        "Hello from deployd's example app\n"
+    );
+
+    let (code, said) = deploy(&fixed_port, "fixed-port");
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("listens on port 3000"), "{said}");
+    assert!(said.contains("| listening on 3000"), "{said}");
+
+    drop(served);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !processes_under(tmp.path()).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left running: {:?}",
+            processes_under(tmp.path())
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

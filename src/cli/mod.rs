@@ -1105,7 +1105,11 @@ async fn serve(a: ServeArgs) -> anyhow::Result<i32> {
     };
     config.pipeline.sources.local_roots = a.local_source_roots.clone();
     let shutdown = CancellationToken::new();
-    let mut sandbox_config = SandboxConfig::default();
+    // A rehearsal runs the user's app, where this machine can.
+    let mut sandbox_config = SandboxConfig {
+        run_apps: true,
+        ..SandboxConfig::default()
+    };
     if let Some(addr) = a.sandbox_listen {
         sandbox_config.listen = addr;
     }
@@ -1182,7 +1186,11 @@ impl Session {
                 state = Some(dir);
             }
             let scenario = c.sandbox_faults.as_deref().map(read_scenario).transpose()?;
-            let running = daemon::start(config, SandboxConfig::default(), shutdown.clone()).await?;
+            let sandbox_config = SandboxConfig {
+                run_apps: true,
+                ..SandboxConfig::default()
+            };
+            let running = daemon::start(config, sandbox_config, shutdown.clone()).await?;
             if let (Some(doc), Some(sb)) = (&scenario, &running.sandbox) {
                 sb.apply_faults(doc)
                     .map_err(|e| anyhow::anyhow!("the sandbox refused the scenario: {e}"))?;

@@ -123,9 +123,11 @@ async fn serve(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    request_body: Bytes,
 ) -> Response {
     let at = Instant::now();
     let mut served = None;
+    let mut native_port = None;
     let (status, delay, body) = {
         let mut guard = st.shared.world();
         let w = &mut *guard;
@@ -154,6 +156,16 @@ async fn serve(
             .as_ref()
             .and_then(|r| svc.revisions.iter().find(|x| &x.name == r));
         let behavior = rev.and_then(|r| r.behavior.clone());
+        let port_here = revision.as_ref().and_then(|r| {
+            w.processes
+                .get(&(
+                    st.project.clone(),
+                    st.location.clone(),
+                    st.service.clone(),
+                    r.clone(),
+                ))
+                .map(|p| p.port)
+        });
         let misbehaviour = rev.map(|r| r.misbehaviour.clone()).unwrap_or_default();
         if !is_public(svc) && token.is_none() {
             (403, Duration::ZERO, "Error: Forbidden\nYour client does not have permission to get URL from this server.\n".to_string())
@@ -167,6 +179,7 @@ async fn serve(
         } else if !is_public(svc) && !invoke_allowed {
             (403, Duration::ZERO, "Error: Forbidden\nYour client does not have permission to get URL from this server.\n".to_string())
         } else {
+            native_port = port_here;
             let (status, delay, body) = if let Some(b) = behavior {
                 (b.status, b.delay, b.body)
             } else if let Some(a) = svc.app_script.pop_front() {
@@ -183,6 +196,8 @@ async fn serve(
             let fails = misbehaviour.error_rate > 0.0
                 && rand::rng().random_bool(misbehaviour.error_rate.clamp(0.0, 1.0));
             let (status, body) = if fails {
+                // An injected error never reaches the app.
+                native_port = None;
                 (misbehaviour.error_status, "injected error\n".to_string())
             } else {
                 (status, body)
@@ -201,6 +216,25 @@ async fn serve(
             (status, delay, body)
         }
     };
+    // The revision's own process answers, when it runs one.
+    let mut answer_headers = vec![];
+    let (status, body) = match native_port {
+        Some(port) => match forward(port, &method, &uri, &headers, request_body).await {
+            Ok((code, h, b)) => {
+                answer_headers = h;
+                (code, b)
+            }
+            Err(e) => (
+                503,
+                Bytes::from(format!("the revision's process did not answer: {e}\n")),
+            ),
+        },
+        None => (status, Bytes::from(body)),
+    };
+    if let Some(s) = served.as_mut() {
+        s.status = status;
+        s.latency = at.elapsed().max(delay);
+    }
     let limits = &st.shared.config.limits;
     // One lock for both records: this is every request a service serves.
     {
@@ -230,5 +264,72 @@ async fn serve(
         tokio::time::sleep(delay).await;
     }
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (code, Bytes::from(body)).into_response()
+    let mut resp = (code, body).into_response();
+    for (k, v) in answer_headers {
+        resp.headers_mut().insert(k, v);
+    }
+    resp
+}
+
+/// Headers a proxy does not pass on.
+fn hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "host"
+            | "content-length"
+    )
+}
+
+type Answer = (
+    u16,
+    Vec<(axum::http::HeaderName, axum::http::HeaderValue)>,
+    Bytes,
+);
+
+/// The request, to the revision's process on loopback.
+async fn forward(
+    port: u16,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Answer, String> {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    let client = CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(300))
+            .build()
+            .unwrap_or_default()
+    });
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let m = reqwest::Method::from_bytes(method.as_str().as_bytes()).map_err(|e| e.to_string())?;
+    let mut rb = client.request(m, format!("http://127.0.0.1:{port}{path}"));
+    for (k, v) in headers {
+        if !hop_by_hop(k.as_str()) {
+            rb = rb.header(k.as_str(), v.as_bytes());
+        }
+    }
+    let resp = rb.body(body).send().await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let kept: Vec<_> = resp
+        .headers()
+        .iter()
+        .filter(|(k, _)| !hop_by_hop(k.as_str()))
+        .filter_map(|(k, v)| {
+            Some((
+                axum::http::HeaderName::from_bytes(k.as_str().as_bytes()).ok()?,
+                axum::http::HeaderValue::from_bytes(v.as_bytes()).ok()?,
+            ))
+        })
+        .collect();
+    let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
+    Ok((status, kept, bytes))
 }

@@ -142,6 +142,7 @@ pub fn create(w: &mut World, cfg: &SandboxConfig, pk: &str, req: Value, now: Ins
     ];
     let mut outcome = Outcome::success();
     let mut digest = String::new();
+    let mut context = None;
     match source {
         None => {
             lines.push(format!(
@@ -174,6 +175,7 @@ pub fn create(w: &mut World, cfg: &SandboxConfig, pk: &str, req: Value, now: Ins
                 Some(u) => u.clone(),
                 None => std::sync::Arc::new(unpack(&o.data)),
             };
+            context = Some(unpacked.clone());
             let files = &unpacked.files;
             digest = format!(
                 "sha256:{}",
@@ -293,6 +295,7 @@ pub fn create(w: &mut World, cfg: &SandboxConfig, pk: &str, req: Value, now: Ins
         vec![]
     };
     let build = Build {
+        context,
         seen_done: None,
         id: id.clone(),
         project: pk.to_string(),
@@ -460,12 +463,40 @@ pub fn advance(w: &mut World, now: Instant) {
         } else {
             vec![]
         };
+        let context = b.context.clone();
         if let (Some(text), Some(bk)) = (new_text, w.buckets.get_mut(&bucket)) {
             append_object(bk, &object, &text, "text/plain; charset=utf-8");
         }
         for (image, digest) in pushes {
             push(w, &project, &image, &digest);
+            if let Some(ctx) = &context {
+                keep_context(w, &image, &digest, ctx.clone());
+            }
         }
+    }
+}
+
+/// Build contexts kept for the images pushed, at most.
+const CONTEXTS_KEPT: usize = 32;
+
+/// Remembers what `image` (a tag) was built from, under its tag and its
+/// digest, so a revision of either can be run.
+fn keep_context(
+    w: &mut World,
+    image: &str,
+    digest: &str,
+    ctx: std::sync::Arc<super::world::Unpacked>,
+) {
+    let name = match image.rsplit_once(':') {
+        Some((n, tag)) if !tag.contains('/') => n,
+        _ => image,
+    };
+    for key in [image.to_string(), format!("{name}@{digest}")] {
+        w.contexts.retain(|(k, _)| *k != key);
+        w.contexts.push_back((key, ctx.clone()));
+    }
+    while w.contexts.len() > CONTEXTS_KEPT {
+        w.contexts.pop_front();
     }
 }
 

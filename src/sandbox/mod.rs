@@ -16,6 +16,7 @@ mod dockerfile;
 pub mod faults;
 mod logging;
 mod monitoring;
+mod native;
 mod routes;
 mod run;
 pub mod world;
@@ -60,6 +61,13 @@ pub struct SandboxConfig {
     pub max_body_bytes: usize,
     /// How much history is kept.
     pub limits: Limits,
+    /// Run each ready revision's container command natively, where this
+    /// machine has its runtime (the stand-in answers otherwise).
+    pub run_apps: bool,
+    /// How long a revision's process has to listen on PORT once its
+    /// dependencies are installed (Cloud Run allows up to 240 s; a
+    /// rehearsal need not wait that long).
+    pub native_startup: Duration,
 }
 
 impl Default for SandboxConfig {
@@ -73,6 +81,8 @@ impl Default for SandboxConfig {
             latency: Duration::ZERO,
             max_body_bytes: crate::pipeline::archive::DEFAULT_MAX_SOURCE_BYTES as usize,
             limits: Limits::default(),
+            run_apps: false,
+            native_startup: Duration::from_secs(20),
         }
     }
 }
@@ -359,6 +369,11 @@ impl Sandbox {
         true
     }
 
+    /// Processes running for revisions (the native runner).
+    pub fn processes(&self) -> usize {
+        self.shared.world().processes.len()
+    }
+
     /// The requests the service's revisions served (the most recent
     /// `Limits::requests` of all services).
     pub fn served(&self, project: &str, service: &str) -> Vec<world::Served> {
@@ -451,5 +466,9 @@ impl Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         self.shared.shutdown.cancel();
+        // Every revision's process stops with the sandbox.
+        let mut w = self.shared.world();
+        w.processes.clear();
+        w.native_results.clear();
     }
 }

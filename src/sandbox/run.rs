@@ -540,7 +540,116 @@ fn start_rollout_op(
         "projects/{}/locations/{l}/operations/{id:08x}-6d0e-4b7a-9a61-{id:012x}",
         p.id
     );
-    start_op(w, sh, name, metadata, None, effect, now)
+    let runs = sh.config.run_apps && matches!(effect, Effect::RunRollout { .. });
+    let out = start_op(w, sh, name.clone(), metadata, None, effect, now);
+    if runs {
+        start_native(sh, w, pk, l, s, &name);
+    }
+    out
+}
+
+/// Processes the sandbox runs at most; beyond, revisions get the stand-in.
+const MAX_PROCESSES: usize = 16;
+
+/// Starts the revision a rollout will create as a process, when its image
+/// was built here and its command can run on this machine; the operation
+/// waits for it to listen (or fail to).
+fn start_native(sh: &Arc<Shared>, w: &mut World, pk: &str, l: &str, s: &str, op: &str) {
+    let Some(svc) = w
+        .projects
+        .get(pk)
+        .and_then(|p| p.services.get(&(l.to_string(), s.to_string())))
+    else {
+        return;
+    };
+    let template = svc.spec.get("template").cloned().unwrap_or(Value::Null);
+    // An unchanged template makes no new revision.
+    if svc
+        .revisions
+        .iter()
+        .any(|r| Some(&r.name) == svc.latest_created.as_ref() && r.ready && r.template == template)
+    {
+        return;
+    }
+    let image = template
+        .pointer("/containers/0/image")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let stand_in = |why: &str| {
+        tracing::info!(service = s, image = %image, reason = why, "sandbox: the revision answers with the stand-in, not its app");
+    };
+    let Some(ctx) = w
+        .contexts
+        .iter()
+        .rev()
+        .find(|(k, _)| *k == image)
+        .map(|(_, c)| c.clone())
+    else {
+        return stand_in("the image was not built by this sandbox");
+    };
+    let plan = match super::native::plan(&ctx.files) {
+        Ok(p) => p,
+        Err(why) => return stand_in(&why),
+    };
+    if w.processes.len() >= MAX_PROCESSES {
+        return stand_in("the sandbox runs as many processes as it may");
+    }
+    let env: Vec<(String, String)> = template
+        .pointer("/containers/0/env")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            Some((
+                e.get("name")?.as_str()?.to_string(),
+                e.get("value")?.as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    let Ok(port) = super::native::free_port() else {
+        return stand_in("no free port");
+    };
+    if let Some(o) = w.operations.get_mut(op) {
+        o.native_pending = true;
+    }
+    let (shared, op) = (sh.clone(), op.to_string());
+    tokio::spawn(async move {
+        let startup = shared.config.native_startup;
+        let started = super::native::start(ctx, plan, port, env, startup).await;
+        let mut w = shared.world();
+        w.native_results.insert(op.clone(), started);
+        if let Some(o) = w.operations.get_mut(&op) {
+            o.native_pending = false;
+            o.done_at = o.done_at.min(Instant::now());
+        }
+    });
+}
+
+/// Stops the processes of the service's revisions that have no traffic
+/// and no tag any more.
+fn prune_processes(w: &mut World, pk: &str, l: &str, s: &str) {
+    let Some(svc) = w
+        .projects
+        .get(pk)
+        .and_then(|p| p.services.get(&(l.to_string(), s.to_string())))
+    else {
+        w.processes
+            .retain(|k, _| !(k.0 == pk && k.1 == l && k.2 == s));
+        return;
+    };
+    let keep: std::collections::BTreeSet<String> = svc
+        .traffic_targets()
+        .filter(|t| {
+            t.get("percent").and_then(Value::as_u64).unwrap_or(0) > 0 || t.get("tag").is_some()
+        })
+        .filter_map(|t| match t.get("revision").and_then(Value::as_str) {
+            Some(r) => Some(r.to_string()),
+            None => svc.latest_ready.clone(),
+        })
+        .collect();
+    w.processes
+        .retain(|k, _| !(k.0 == pk && k.1 == l && k.2 == s) || keep.contains(&k.3));
 }
 
 /// The Run API's refusal of a value an org policy constraint forbids.
@@ -597,6 +706,7 @@ pub(crate) fn start_op(
         error: None,
         effect,
         seen_done: None,
+        native_pending: false,
     };
     let out = render_op(&op);
     w.operations.insert(name, op);
@@ -605,10 +715,22 @@ pub(crate) fn start_op(
 
 /// Completes operations whose time has come, applying their effects.
 pub(crate) fn finish_operations(sh: &Arc<Shared>, w: &mut World, now: Instant) {
+    // What the running processes printed since, into the log.
+    let printed: Vec<_> = w
+        .processes
+        .iter()
+        .map(|(k, p)| (k.clone(), p.take_lines()))
+        .filter(|(_, lines)| !lines.is_empty())
+        .collect();
+    for ((pk, l, s, r), lines) in printed {
+        for line in lines {
+            w.log(&pk, &l, &s, &r, line, &sh.config.limits);
+        }
+    }
     let due: Vec<String> = w
         .operations
         .values()
-        .filter(|o| !o.done && o.done_at <= now)
+        .filter(|o| !o.done && !o.native_pending && o.done_at <= now)
         .map(|o| o.name.clone())
         .collect();
     for name in due {
@@ -621,7 +743,22 @@ pub(crate) fn finish_operations(sh: &Arc<Shared>, w: &mut World, now: Instant) {
                 service,
             } => {
                 let key = (project.clone(), service.clone());
-                let pending = w.next_revision_logs.remove(&key);
+                let mut pending = w.next_revision_logs.remove(&key);
+                let native = w.native_results.remove(&name);
+                let (process, native_failure) = match native {
+                    Some(Ok(p)) => (Some(p), None),
+                    Some(Err(not_started)) => {
+                        let lines = pending.get_or_insert_with(Vec::new);
+                        lines.extend(not_started.lines);
+                        lines.push(LoggedLine {
+                            stream: "varlog%2Fsystem".into(),
+                            severity: "ERROR".into(),
+                            text: format!("Container failed to start: {}", not_started.message),
+                        });
+                        (None, Some(not_started.message))
+                    }
+                    None => (None, None),
+                };
                 let latest = |w: &World| {
                     w.projects
                         .get(&project)
@@ -643,10 +780,28 @@ pub(crate) fn finish_operations(sh: &Arc<Shared>, w: &mut World, now: Instant) {
                     })
                     .and_then(Value::as_u64)
                     .unwrap_or(8080);
-                let result = rollout(sh, w, &project, &location, &service);
+                let result = rollout(
+                    sh,
+                    w,
+                    &project,
+                    &location,
+                    &service,
+                    native_failure.as_deref(),
+                );
                 match latest(w) {
                     Some((revision, ready)) if Some(&revision) != before.as_ref().map(|b| &b.0) => {
                         let limits = &sh.config.limits;
+                        if let (true, Some(p)) = (ready, process) {
+                            w.processes.insert(
+                                (
+                                    project.clone(),
+                                    location.clone(),
+                                    service.clone(),
+                                    revision.clone(),
+                                ),
+                                p,
+                            );
+                        }
                         for line in pending.into_iter().flatten() {
                             w.log(&project, &location, &service, &revision, line, limits);
                         }
@@ -668,13 +823,18 @@ pub(crate) fn finish_operations(sh: &Arc<Shared>, w: &mut World, now: Instant) {
                         }
                     }
                 }
+                prune_processes(w, &project, &location, &service);
                 result
             }
             Effect::RunTraffic {
                 project,
                 location,
                 service,
-            } => traffic_change(sh, w, &project, &location, &service),
+            } => {
+                let r = traffic_change(sh, w, &project, &location, &service);
+                prune_processes(w, &project, &location, &service);
+                r
+            }
         };
         if let Some(op) = w.operations.get_mut(&name) {
             op.done = true;
@@ -723,6 +883,7 @@ fn rollout(
     pk: &str,
     l: &str,
     s: &str,
+    native_failure: Option<&str>,
 ) -> Result<Option<Value>, (i32, String)> {
     let k = (l.to_string(), s.to_string());
     // Cloud Run makes no new revision when the template is unchanged (a
@@ -797,7 +958,7 @@ fn rollout(
         (false, "HEALTH_CHECK_CONTAINER_ERROR", format!(
             "Revision '{name}' is not ready and cannot serve traffic. The user-provided container failed the configured startup probe checks."
         ))
-    } else if forced_failure {
+    } else if forced_failure || native_failure.is_some() {
         (false, "HEALTH_CHECK_CONTAINER_ERROR", format!(
             "Revision '{name}' is not ready and cannot serve traffic. The user-provided container failed to start and listen on the port defined provided by the PORT=8080 environment variable within the allocated timeout."
         ))

@@ -176,11 +176,15 @@ pub struct Operation {
     pub effect: Effect,
     /// When a caller first saw it done (the end of its detection lag).
     pub seen_done: Option<Instant>,
+    /// Waiting for its revision's process to listen (or fail to).
+    pub native_pending: bool,
 }
 
 /// A scheduled build: its log lines appear over time, then it ends.
 #[derive(Debug, Clone)]
 pub struct Build {
+    /// What was built, for the sandbox to run.
+    pub context: Option<std::sync::Arc<Unpacked>>,
     pub id: String,
     pub project: String,
     pub request: Value,
@@ -341,6 +345,13 @@ pub struct World {
     pub log_entries: VecDeque<LogEntry>,
     /// (project, service) -> lines its next revision logs when created.
     pub next_revision_logs: BTreeMap<(String, String), Vec<LoggedLine>>,
+    /// Build contexts of pushed images, by image (tag and digest forms),
+    /// newest last: what the sandbox runs for a revision of that image.
+    pub contexts: VecDeque<(String, std::sync::Arc<Unpacked>)>,
+    /// (project, location, service, revision) -> its running process.
+    pub processes: BTreeMap<(String, String, String, String), super::native::Process>,
+    /// Operation name -> how its revision's process started.
+    pub native_results: BTreeMap<String, Result<super::native::Process, super::native::NotStarted>>,
 }
 
 /// One line a container wrote.
