@@ -27,7 +27,29 @@ pub struct Plan {
     /// Dependency installs, each a program and its arguments, run in the
     /// directory before the start.
     pub install: Vec<Vec<String>>,
+    /// RUN steps the sandbox neither runs nor may skip (a build, another
+    /// package manager): the image's app would not be what runs here.
+    pub unsupported: Vec<String>,
 }
+
+/// RUN steps that change nothing the app needs in the revision's
+/// directory (users, permissions, caches): skipped.
+const SKIPPABLE: &[&str] = &[
+    "useradd",
+    "adduser",
+    "groupadd",
+    "addgroup",
+    "chown",
+    "chmod",
+    "mkdir",
+    "rm ",
+    "ln ",
+    "echo ",
+    "true",
+    "set ",
+    "apt-get clean",
+    "rm -rf",
+];
 
 /// A Dockerfile instruction's arguments, exec form (JSON) or shell form.
 fn command(args: &str) -> Vec<String> {
@@ -84,6 +106,8 @@ pub fn plan(files: &[(String, Vec<u8>)]) -> Result<Plan, String> {
     let mut env = vec![];
     let mut entrypoint: Vec<String> = vec![];
     let mut cmd: Vec<String> = vec![];
+    let mut run_steps: Vec<String> = vec![];
+    let mut workdir = String::new();
     for ins in super::dockerfile::instructions(&text) {
         let (keyword, args) = ins
             .text
@@ -95,6 +119,17 @@ pub fn plan(files: &[(String, Vec<u8>)]) -> Result<Plan, String> {
                 env.clear();
                 entrypoint.clear();
                 cmd.clear();
+                run_steps.clear();
+                workdir.clear();
+            }
+            "RUN" => run_steps.push(args.to_string()),
+            "WORKDIR" => {
+                let w = args.trim().trim_end_matches('/');
+                workdir = if w.starts_with('/') {
+                    w.to_string()
+                } else {
+                    format!("{workdir}/{w}")
+                };
             }
             "ENV" => env.extend(env_pairs(args)),
             "ENTRYPOINT" => entrypoint = command(args),
@@ -102,27 +137,74 @@ pub fn plan(files: &[(String, Vec<u8>)]) -> Result<Plan, String> {
             _ => {}
         }
     }
-    let argv: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    // The revision's directory stands for WORKDIR: paths under it become
+    // relative ones.
+    let argv: Vec<String> = entrypoint
+        .into_iter()
+        .chain(cmd)
+        .map(|a| match workdir.as_str() {
+            "" => a,
+            w => a.replace(&format!("{w}/"), "./"),
+        })
+        .collect();
     if argv.is_empty() {
         return Err("the image has no ENTRYPOINT or CMD".into());
     }
+    let install = installs(&run_steps, files);
+    let unsupported = run_steps
+        .iter()
+        .flat_map(|r| r.split("&&"))
+        .map(|p| p.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|p| !p.is_empty())
+        .filter(|p| !INSTALLERS.iter().chain(SKIPPABLE).any(|i| p.starts_with(i)))
+        .collect();
+    Ok(Plan {
+        argv,
+        env,
+        install,
+        unsupported,
+    })
+}
+
+/// Commands that install dependencies, which the sandbox runs in the
+/// revision's directory (other RUN steps, such as creating users or
+/// installing system packages, it does not).
+const INSTALLERS: &[&str] = &[
+    "pip install",
+    "pip3 install",
+    "python -m pip install",
+    "python3 -m pip install",
+    "npm ci",
+    "npm install",
+    "composer install",
+];
+
+/// The dependency installs of the image's last stage: its RUN steps'
+/// install commands (each `&&` part on its own), through a virtualenv for
+/// pip; without any, `requirements.txt` or `package.json`'s dependencies.
+fn installs(run_steps: &[String], files: &[(String, Vec<u8>)]) -> Vec<Vec<String>> {
+    let sh = |script: &str| vec!["/bin/sh".to_string(), "-c".to_string(), script.to_string()];
+    let venv = vec!["python3".into(), "-m".into(), "venv".into(), ".venv".into()];
+    let parts: Vec<String> = run_steps
+        .iter()
+        .flat_map(|r| r.split("&&"))
+        .map(|p| p.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|p| INSTALLERS.iter().any(|i| p.starts_with(i)))
+        .collect();
+    let mut out = vec![];
+    if !parts.is_empty() {
+        if parts.iter().any(|p| p.contains("pip")) {
+            out.push(venv);
+        }
+        out.extend(parts.iter().map(|p| sh(p)));
+        return out;
+    }
     let has = |name: &str| files.iter().any(|(n, _)| n == name);
-    let mut install = vec![];
     if has("requirements.txt") {
-        install.push(vec![
-            "python3".into(),
-            "-m".into(),
-            "venv".into(),
-            ".venv".into(),
-        ]);
-        install.push(vec![
-            ".venv/bin/pip".into(),
-            "install".into(),
-            "--quiet".into(),
-            "--disable-pip-version-check".into(),
-            "-r".into(),
-            "requirements.txt".into(),
-        ]);
+        out.push(venv);
+        out.push(sh(
+            "pip install --quiet --disable-pip-version-check -r requirements.txt",
+        ));
     }
     let package_has_deps = files
         .iter()
@@ -130,15 +212,9 @@ pub fn plan(files: &[(String, Vec<u8>)]) -> Result<Plan, String> {
         .and_then(|(_, b)| serde_json::from_slice::<serde_json::Value>(b).ok())
         .is_some_and(|p| p["dependencies"].as_object().is_some_and(|d| !d.is_empty()));
     if package_has_deps {
-        install.push(vec![
-            "npm".into(),
-            "install".into(),
-            "--omit=dev".into(),
-            "--no-audit".into(),
-            "--no-fund".into(),
-        ]);
+        out.push(sh("npm install --omit=dev --no-audit --no-fund"));
     }
-    Ok(Plan { argv, env, install })
+    out
 }
 
 /// Where `program` is: in the directory's virtualenv or node_modules, or
@@ -165,6 +241,70 @@ fn resolve(program: &str, dir: &Path) -> Option<PathBuf> {
         .iter()
         .flat_map(|n| dirs.iter().map(move |d| d.join(n)))
         .find(|p| p.is_file())
+}
+
+/// Why the plan cannot run on this machine, if it cannot: its program is
+/// neither on the sandbox's PATH, nor in the build context, nor something
+/// its dependency install could provide (a console script of a package).
+/// Such a revision gets the stand-in instead of failing.
+pub fn unrunnable(plan: &Plan, files: &[(String, Vec<u8>)]) -> Option<String> {
+    if let Some(step) = plan.unsupported.first() {
+        return Some(format!(
+            "its Dockerfile runs `{step}`, which the sandbox does not rehearse"
+        ));
+    }
+    // A shell form runs its script's first word.
+    let program = match plan.argv.as_slice() {
+        [sh, flag, script, ..] if sh.ends_with("/sh") && flag == "-c" => script
+            .split_whitespace()
+            // `exec` and `VAR=value` come before the program.
+            .find(|w| *w != "exec" && !w.contains('='))
+            .unwrap_or("sh")
+            .to_string(),
+        [p, ..] => p.clone(),
+        [] => return Some("the image has no command".into()),
+    };
+    for step in &plan.install {
+        let tool = match step.as_slice() {
+            [_, _, script] => script.split_whitespace().next().unwrap_or_default(),
+            other => other.first().map(String::as_str).unwrap_or_default(),
+        };
+        // pip comes with the virtualenv.
+        let tool = if tool.starts_with("pip") {
+            "python3"
+        } else {
+            tool
+        };
+        if resolve(tool, Path::new("/nonexistent")).is_none() {
+            return Some(format!(
+                "installing its dependencies needs {tool}, which this machine lacks"
+            ));
+        }
+    }
+    // A path of the image (a config file a COPY put in /etc, a binary a
+    // builder stage made) that this machine lacks.
+    let image_path = plan
+        .argv
+        .iter()
+        .flat_map(|a| a.split(|c: char| c.is_whitespace() || c == '=' || c == '"' || c == '\''))
+        .filter(|w| w.starts_with('/') && w.len() > 1)
+        .find(|w| !Path::new(w).exists());
+    if let Some(path) = image_path {
+        return Some(format!(
+            "its command uses {path}, a path of the image that this machine does not have"
+        ));
+    }
+    if program.contains('/') {
+        let name = program.rsplit('/').next().unwrap_or_default();
+        let in_context = files
+            .iter()
+            .any(|(n, _)| n == name || n.ends_with(&format!("/{name}")));
+        return (!in_context && !Path::new(&program).is_file())
+            .then(|| format!("its command {program} is built by a Dockerfile step, which the sandbox does not run"));
+    }
+    let installable = !plan.install.is_empty();
+    (resolve(&program, Path::new("/nonexistent")).is_none() && !installable)
+        .then(|| format!("its command {program} is not on this machine"))
 }
 
 /// A revision's process; stopped (with its process group) when dropped.
@@ -408,13 +548,77 @@ mod tests {
             ]
         );
         assert_eq!(p.install.len(), 2, "a virtualenv and pip");
+        let generated = plan(&files(
+            "FROM python:3.12\nRUN pip install -r requirements.txt \\\n && pip install gunicorn==23.*\nRUN useradd app\nCMD [\"sh\", \"-c\", \"exec gunicorn app:app\"]\n",
+            &[("requirements.txt", "flask\n")],
+        ))
+        .expect("plan");
+        assert_eq!(
+            generated
+                .install
+                .iter()
+                .map(|s| s.last().cloned().unwrap_or_default())
+                .collect::<Vec<_>>(),
+            [
+                ".venv",
+                "pip install -r requirements.txt",
+                "pip install gunicorn==23.*"
+            ],
+            "the RUN steps' installs, not useradd"
+        );
         let shell = plan(&files(
             "FROM x\nCMD node server.js\n",
             &[("package.json", "{\"dependencies\": {\"express\": \"4\"}}")],
         ))
         .expect("plan");
         assert_eq!(shell.argv, ["/bin/sh", "-c", "node server.js"]);
-        assert_eq!(shell.install[0][0], "npm");
+        assert_eq!(
+            shell.install[0][2],
+            "npm install --omit=dev --no-audit --no-fund"
+        );
         assert!(plan(&files("FROM x\nRUN true\n", &[])).is_err());
+    }
+
+    #[test]
+    fn what_this_machine_cannot_run_is_said() {
+        let runs = |d: &str, more: &[(&str, &str)]| {
+            let f = files(d, more);
+            unrunnable(&plan(&f).expect("plan"), &f)
+        };
+        assert_eq!(
+            runs("FROM x\nCMD [\"sh\", \"-c\", \"exit 0\"]\n", &[]),
+            None
+        );
+        assert_eq!(runs("FROM x\nCMD exec sh start.sh\n", &[]), None);
+        // Built by a RUN step of a builder stage: not in the context.
+        let go = runs("FROM golang AS b\nRUN go build -o /server\nFROM scratch\nCOPY --from=b /server /server\nCMD [\"/server\"]\n", &[]);
+        assert!(go.is_some_and(|w| w.contains("/server")));
+        let nginx = runs("FROM nginx\nCOPY nginx.conf /etc/nginx/x.template\nCMD sed s/a/b/ /etc/nginx/x.template > /tmp/y && nginx\n", &[]);
+        assert!(
+            nginx.is_some_and(|w| w.contains("/etc/nginx/x.template")),
+            "a path of the image"
+        );
+        // WORKDIR is the revision's directory.
+        let p = plan(&files(
+            "FROM node\nWORKDIR /srv\nWORKDIR app\nCMD [\"node\", \"/srv/app/server.js\"]\n",
+            &[],
+        ))
+        .expect("plan");
+        assert_eq!(p.argv, ["node", "./server.js"]);
+        assert!(runs("FROM x\nCMD [\"no-such-program-here\"]\n", &[])
+            .is_some_and(|w| w.contains("not on this machine")));
+        let poetry = runs("FROM python\nRUN pip install poetry && poetry install --only main\nCMD [\"uvicorn\", \"app:app\"]\n", &[]);
+        assert!(
+            poetry.is_some_and(|w| w.contains("poetry install")),
+            "not rehearsed"
+        );
+        // A console script pip would install.
+        assert_eq!(
+            runs(
+                "FROM x\nCMD [\"gunicorn\", \"app:app\"]\n",
+                &[("requirements.txt", "gunicorn\n")]
+            ),
+            None
+        );
     }
 }

@@ -592,6 +592,9 @@ fn start_native(sh: &Arc<Shared>, w: &mut World, pk: &str, l: &str, s: &str, op:
         Ok(p) => p,
         Err(why) => return stand_in(&why),
     };
+    if let Some(why) = super::native::unrunnable(&plan, &ctx.files) {
+        return stand_in(&why);
+    }
     if w.processes.len() >= MAX_PROCESSES {
         return stand_in("the sandbox runs as many processes as it may");
     }
