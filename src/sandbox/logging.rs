@@ -7,7 +7,7 @@ use axum::response::Response;
 use serde_json::{json, Value};
 
 use super::routes::{error, error_info, ok};
-use super::world::{LogEntry, World};
+use super::world::{LogEntry, World, SEVERITIES};
 
 /// One `field OP "value"` term of a filter.
 struct Term {
@@ -47,18 +47,6 @@ fn parse_filter(filter: &str) -> Result<Vec<Term>, String> {
     }
     Ok(terms)
 }
-
-const SEVERITIES: [&str; 9] = [
-    "DEFAULT",
-    "DEBUG",
-    "INFO",
-    "NOTICE",
-    "WARNING",
-    "ERROR",
-    "CRITICAL",
-    "ALERT",
-    "EMERGENCY",
-];
 
 fn rank(severity: &str) -> usize {
     SEVERITIES

@@ -354,6 +354,19 @@ pub struct World {
     pub native_results: BTreeMap<String, Result<super::native::Process, super::native::NotStarted>>,
 }
 
+/// Cloud Logging's severities, lowest first.
+pub const SEVERITIES: [&str; 9] = [
+    "DEFAULT",
+    "DEBUG",
+    "INFO",
+    "NOTICE",
+    "WARNING",
+    "ERROR",
+    "CRITICAL",
+    "ALERT",
+    "EMERGENCY",
+];
+
 /// One line a container wrote.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoggedLine {
