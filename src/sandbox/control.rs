@@ -395,17 +395,7 @@ pub fn apply(w: &mut World, body: &Value) -> Result<(Value, Vec<(u32, Fault)>), 
                 "next_revision_logs[{i}].stream must be stdout or stderr"
             )));
         }
-        const SEVERITIES: [&str; 9] = [
-            "DEFAULT",
-            "DEBUG",
-            "INFO",
-            "NOTICE",
-            "WARNING",
-            "ERROR",
-            "CRITICAL",
-            "ALERT",
-            "EMERGENCY",
-        ];
+        use super::world::SEVERITIES;
         if !SEVERITIES.contains(&n.severity.as_str()) {
             return Err(invalid(format!(
                 "next_revision_logs[{i}].severity must be one of {}",
