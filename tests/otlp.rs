@@ -476,14 +476,23 @@ async fn http_protobuf_export_and_json_logs_carry_the_trace() {
         .unwrap_or_else(|| panic!("no 'deploy finished' line in:\n{text}"));
     assert_eq!(finished["trace_id"], trace.as_str(), "{finished}");
     let span_id = finished["span_id"].as_str().expect("span_id");
-    assert!(
-        spans
+    // The run's span ends last, so it may arrive in a later export batch
+    // than the verify span: wait for it rather than read one snapshot.
+    loop {
+        let exported = spans
             .lock()
             .expect("lock")
             .iter()
-            .any(|s| hex(&s.span_id) == span_id),
-        "{span_id} is a span of the trace"
-    );
+            .any(|s| hex(&s.span_id) == span_id);
+        if exported {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{span_id} is a span of the trace"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // No ANSI colour codes on a file.
     assert!(!text.contains('\u{1b}'));
 }
