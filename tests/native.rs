@@ -1,7 +1,10 @@
-//! The detected plan really starts the app: for the fixtures whose
-//! toolchains this machine has (Python and Node), run the plan's install and
-//! start commands natively, as the generated Dockerfile would, with PORT set,
-//! and probe the app. Packages come from PyPI and the npm registry.
+//! The detected plan really starts the app. Where the sandbox's runner
+//! rehearses the generated image (pip, npm, Debian's php, nginx for static
+//! sites), the fixture is deployed to a sandbox that runs apps and its URL
+//! is asked. Lock-file installers the runner does not rehearse (Poetry, uv,
+//! Pipenv, pnpm, Yarn, a Vite build stage) run here by the plan's own
+//! install and start commands, with PORT set. Packages come from PyPI and
+//! the npm registry.
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -105,13 +108,6 @@ fn get(port: u16, path: &str) -> Option<String> {
         .ok()
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-}
-
-#[test]
-fn the_python_flask_plan_starts_the_app() {
-    let venv = venv();
-    let body = run_natively("python-flask", Some(&venv.path().join("bin")));
-    assert_eq!(body, "hello from flask\n");
 }
 
 /// A fresh virtualenv: the image's site-packages.
@@ -240,34 +236,17 @@ fn a_literal_port_is_where_the_app_is_reached() {
 }
 
 #[test]
-fn php_plans_run_on_debians_php() {
+fn a_heroku_php_plan_runs_on_debians_php() {
     if !common::outside_tool("php", &["--version"], "apt-get install php-cli composer")
         || !common::outside_tool("composer", &["--version"], "apt-get install composer")
     {
         return;
     }
-    // composer install with no packages to fetch, then PHP's server.
-    assert_eq!(run_natively("php-plain", None), "hello");
     // Heroku's apache script became PHP's server on the same docroot; its
     // packages are on Packagist, which this machine cannot reach, so only
     // the start command runs. The front controller answers every path.
     let body = run_natively_with("php-heroku-procfile", &[], &[], false);
     assert_eq!(body, "hello from php at /\n");
-}
-
-#[test]
-fn the_node_express_plan_starts_the_app() {
-    let body = run_natively("node-express-npm", None);
-    assert_eq!(body, "hello from express\n");
-}
-
-#[test]
-fn the_static_site_plan_serves_on_the_port_it_is_given() {
-    if !common::outside_tool("nginx", &["-v"], "apt-get install nginx") {
-        return;
-    }
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/static-dist");
-    serve_static_site(&src);
 }
 
 #[test]
@@ -366,4 +345,201 @@ fn serve_static_site(src: &Path) -> String {
         assert!(get(port, asset).is_some_and(|js| !js.is_empty()), "{asset}");
     }
     index
+}
+
+/// The sandbox's own runner, as `deploy --sandbox` uses it: the fixture is
+/// deployed to a sandbox that runs apps, in a run directory of the test's
+/// own; returns the harness (dropping it stops the processes), the
+/// directory, the events and the outcome.
+async fn rehearse(
+    src: &Path,
+    service: &str,
+    memory: &str,
+) -> (
+    common::Harness,
+    tempfile::TempDir,
+    Vec<deployd::api::proto::Event>,
+    deployd::api::proto::Outcome,
+) {
+    let run_root = tempfile::tempdir().expect("run root");
+    let config = deployd::sandbox::SandboxConfig {
+        run_apps: true,
+        run_root: Some(run_root.path().to_path_buf()),
+        native_startup: Duration::from_secs(60),
+        ..deployd::sandbox::SandboxConfig::fast()
+    };
+    let h = common::Harness::start_with(config).await;
+    let mut req = common::deploy_request(service, src);
+    if let Some(r) = req.runtime.as_mut() {
+        r.memory = memory.to_string();
+    }
+    let (events, outcome) = common::deploy(&h, req).await;
+    (h, run_root, events, outcome)
+}
+
+async fn get_async(url: &str) -> Result<(u16, String), String> {
+    let r = reqwest::get(url).await.map_err(|e| e.to_string())?;
+    let status = r.status().as_u16();
+    Ok((status, r.text().await.map_err(|e| e.to_string())?))
+}
+
+fn said(events: &[deployd::api::proto::Event]) -> String {
+    format!("{events:#?}")
+}
+
+/// The generated static-site image, run by the sandbox: nginx with the
+/// generated config, its image paths (/etc/nginx, /usr/share/nginx/html,
+/// /tmp) mapped into the revision's directory. Client-side routes fall
+/// back to the index, and nginx stops with the sandbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_serves_a_static_site_through_nginx() {
+    if !common::outside_tool("nginx", &["-v"], "apt-get install nginx") {
+        return;
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/static-dist");
+    let (h, root, events, o) = rehearse(&src, "static-native", "").await;
+    assert!(o.success, "{o:?}\n{}", said(&events));
+    assert!(
+        said(&events).contains("runs the app natively"),
+        "{}",
+        said(&events)
+    );
+    let index = std::fs::read_to_string(src.join("dist/index.html")).expect("index");
+    assert_eq!(get_async(&o.url).await, Ok((200, index.clone())));
+    assert_eq!(
+        get_async(&format!("{}/some/client/route", o.url)).await,
+        Ok((200, index))
+    );
+    assert!(!common::processes_under(root.path()).is_empty());
+    drop(h);
+    common::assert_none_left_under(root.path());
+}
+
+/// The generated Node image, run by the sandbox: `npm ci` in the
+/// revision's directory, then its start command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_runs_the_express_app() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/node-express-npm");
+    let (h, root, events, o) = rehearse(&src, "express-native", "").await;
+    assert!(o.success, "{o:?}\n{}", said(&events));
+    assert_eq!(
+        get_async(&o.url).await,
+        Ok((200, "hello from express\n".to_string()))
+    );
+    drop(h);
+    common::assert_none_left_under(root.path());
+}
+
+/// The generated PHP image on Debian's php.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_runs_php_on_debians_php() {
+    if !common::outside_tool("php", &["--version"], "apt-get install php-cli") {
+        return;
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/php-plain");
+    let (h, root, events, o) = rehearse(&src, "php-native", "").await;
+    assert!(o.success, "{o:?}\n{}", said(&events));
+    assert_eq!(get_async(&o.url).await, Ok((200, "hello".to_string())));
+    drop(h);
+    common::assert_none_left_under(root.path());
+}
+
+/// A revision's memory limit holds: an app that grows past its 256Mi is
+/// killed, with the line Cloud Run logs for that, in the revision's logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_past_its_memory_limit_is_stopped_as_cloud_run_does() {
+    let app = tempfile::tempdir().expect("app");
+    std::fs::write(
+        app.path().join("Dockerfile"),
+        "FROM python:3.12-slim\nWORKDIR /app\nCOPY main.py .\nCMD [\"python\", \"main.py\"]\n",
+    )
+    .expect("Dockerfile");
+    std::fs::write(
+        app.path().join("main.py"),
+        r#"import os, time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+held = []
+class App(BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/grow":
+            # Written, so resident: 32 MiB at a time, up to 1 GiB.
+            for _ in range(32):
+                held.append(b"x" * (32 << 20))
+                time.sleep(0.05)
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"ok")
+HTTPServer(("", int(os.environ["PORT"])), App).serve_forever()
+"#,
+    )
+    .expect("main.py");
+    let (h, root, events, o) = rehearse(app.path(), "memory-native", "256Mi").await;
+    assert!(o.success, "{o:?}\n{}", said(&events));
+    let grown = get_async(&format!("{}/grow", o.url)).await;
+    assert!(
+        !matches!(grown, Ok((200, _))),
+        "the app grew past its limit and still answered: {grown:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let found = h
+            .sandbox
+            .log_lines(deployd::sandbox::DEFAULT_PROJECT, "memory-native")
+            .into_iter()
+            .map(|(_, text)| text)
+            .find(|text| text.starts_with("Memory limit of"));
+        if let Some(l) = found {
+            break l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no memory-limit line in the logs"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        line.starts_with("Memory limit of 256 MiB exceeded with "),
+        "{line}"
+    );
+    assert!(common::processes_under(root.path()).is_empty());
+    drop(h);
+    common::assert_none_left_under(root.path());
+}
+
+/// A stack this machine cannot run (a Go binary a builder stage makes)
+/// gets the stand-in, and the deploy's events say so: it never pretends
+/// the app answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stack_that_cannot_run_here_says_the_stand_in_answers() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/go-cmd");
+    let (h, root, events, o) = rehearse(&src, "go-stand-in", "").await;
+    assert!(o.success, "{o:?}\n{}", said(&events));
+    let text = said(&events);
+    assert!(
+        text.contains("cannot run on this machine (its command uses /server")
+            && text.contains("a stand-in answers in its place, not the app"),
+        "{text}"
+    );
+    assert!(common::processes_under(root.path()).is_empty());
+    drop(h);
+}
+
+/// The generated Flask image, run by the sandbox: a virtualenv, the
+/// plan's pip installs (gunicorn), and its start command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_runs_the_flask_app() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/python-flask");
+    let (h, root, events, o) = rehearse(&src, "flask-native", "").await;
+    assert!(o.success, "{o:?}\n{}", said(&events));
+    assert!(
+        said(&events).contains("runs the app natively"),
+        "{}",
+        said(&events)
+    );
+    assert_eq!(
+        get_async(&o.url).await,
+        Ok((200, "hello from flask\n".to_string()))
+    );
+    drop(h);
+    common::assert_none_left_under(root.path());
 }

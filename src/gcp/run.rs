@@ -151,6 +151,7 @@ struct Service {
     traffic: Vec<Traffic>,
     traffic_statuses: Vec<TrafficStatus>,
     terminal_condition: Option<Condition>,
+    conditions: Vec<Condition>,
     template: Template,
     reconciling: bool,
 }
@@ -187,6 +188,8 @@ struct TrafficStatus {
 #[derive(Debug, Deserialize, Default)]
 #[serde(default)]
 struct Condition {
+    #[serde(rename = "type")]
+    kind: String,
     state: String,
     message: String,
 }
@@ -207,7 +210,20 @@ impl From<Service> for RunService {
             ),
             None => (false, None),
         };
+        let notices = s
+            .conditions
+            .iter()
+            .filter(|c| {
+                !matches!(
+                    c.kind.as_str(),
+                    "Ready" | "RoutesReady" | "ConfigurationsReady"
+                )
+            })
+            .filter(|c| !c.message.is_empty())
+            .map(|c| c.message.clone())
+            .collect();
         RunService {
+            notices,
             name: s.name,
             uri: s.uri,
             urls: s.urls,

@@ -183,6 +183,10 @@ pub struct RunService {
     pub image: Option<String>,
     /// URLs of tagged traffic targets: (tag, uri).
     pub tag_urls: Vec<(String, String)>,
+    /// Messages of the service's informational conditions (neither Ready
+    /// nor its two parts), worth showing to whoever deploys: on the
+    /// sandbox, whether the revision runs the app or a stand-in.
+    pub notices: Vec<String>,
 }
 
 impl RunService {

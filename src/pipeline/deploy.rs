@@ -186,6 +186,9 @@ impl Pipeline {
             _ => format!("revision {revision} is ready at {}", service.uri),
         };
         events.progress(Stage::Deploy, msg).await;
+        for notice in &service.notices {
+            events.progress(Stage::Deploy, notice.clone()).await;
+        }
         Ok(())
     }
 

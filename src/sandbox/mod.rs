@@ -68,6 +68,9 @@ pub struct SandboxConfig {
     /// dependencies are installed (Cloud Run allows up to 240 s; a
     /// rehearsal need not wait that long).
     pub native_startup: Duration,
+    /// Where revisions' directories go (default: the system's temporary
+    /// directory).
+    pub run_root: Option<std::path::PathBuf>,
 }
 
 impl Default for SandboxConfig {
@@ -83,6 +86,7 @@ impl Default for SandboxConfig {
             limits: Limits::default(),
             run_apps: false,
             native_startup: Duration::from_secs(20),
+            run_root: None,
         }
     }
 }
@@ -457,6 +461,18 @@ impl Sandbox {
     }
 
     /// An object's bytes.
+    /// The log lines Cloud Logging holds for a service's revisions:
+    /// (revision, text), oldest first.
+    pub fn log_lines(&self, project: &str, service: &str) -> Vec<(String, String)> {
+        let mut w = self.shared.world();
+        run::flush_process_output(&self.shared, &mut w);
+        w.log_entries
+            .iter()
+            .filter(|e| e.project == project && e.service == service)
+            .map(|e| (e.revision.clone(), e.line.text.clone()))
+            .collect()
+    }
+
     pub fn object(&self, bucket: &str, name: &str) -> Option<Vec<u8>> {
         let w = self.shared.world();
         Some(w.buckets.get(bucket)?.objects.get(name)?.data.clone())

@@ -540,10 +540,14 @@ fn start_rollout_op(
         "projects/{}/locations/{l}/operations/{id:08x}-6d0e-4b7a-9a61-{id:012x}",
         p.id
     );
-    let runs = sh.config.run_apps && matches!(effect, Effect::RunRollout { .. });
+    let rollout = matches!(effect, Effect::RunRollout { .. });
     let out = start_op(w, sh, name.clone(), metadata, None, effect, now);
-    if runs {
-        start_native(sh, w, pk, l, s, &name);
+    if sh.config.run_apps {
+        if rollout {
+            start_new_revision(sh, w, pk, l, s, &name);
+        } else {
+            restart_serving(sh, w, pk, l, s, &name);
+        }
     }
     out
 }
@@ -554,7 +558,7 @@ const MAX_PROCESSES: usize = 16;
 /// Starts the revision a rollout will create as a process, when its image
 /// was built here and its command can run on this machine; the operation
 /// waits for it to listen (or fail to).
-fn start_native(sh: &Arc<Shared>, w: &mut World, pk: &str, l: &str, s: &str, op: &str) {
+fn start_new_revision(sh: &Arc<Shared>, w: &mut World, pk: &str, l: &str, s: &str, op: &str) {
     let Some(svc) = w
         .projects
         .get(pk)
@@ -571,13 +575,88 @@ fn start_native(sh: &Arc<Shared>, w: &mut World, pk: &str, l: &str, s: &str, op:
     {
         return;
     }
+    let revision = template
+        .get("revision")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let runner = spawn_native(sh, w, op, None, &template, s, revision.as_deref());
+    w.next_runner
+        .insert((pk.to_string(), s.to_string()), runner);
+}
+
+/// A traffic change to revisions whose processes were stopped (they had
+/// lost all traffic, as a rollback's target has): started again, as Cloud
+/// Run starts instances of a revision that had scaled to zero.
+fn restart_serving(sh: &Arc<Shared>, w: &mut World, pk: &str, l: &str, s: &str, op: &str) {
+    let Some(svc) = w
+        .projects
+        .get(pk)
+        .and_then(|p| p.services.get(&(l.to_string(), s.to_string())))
+    else {
+        return;
+    };
+    let wanted = serving_revisions(svc);
+    let stopped: Vec<(String, Value)> = svc
+        .revisions
+        .iter()
+        .filter(|r| r.ready && wanted.contains(&r.name))
+        .filter(|r| {
+            !w.processes.contains_key(&(
+                pk.to_string(),
+                l.to_string(),
+                s.to_string(),
+                r.name.clone(),
+            ))
+        })
+        // Only revisions that ran here before: a stand-in stays one.
+        .filter(|r| {
+            w.ran_natively
+                .contains(&(pk.to_string(), s.to_string(), r.name.clone()))
+        })
+        .map(|r| (r.name.clone(), r.template.clone()))
+        .collect();
+    for (revision, template) in stopped {
+        let _ = spawn_native(
+            sh,
+            w,
+            op,
+            Some(revision.clone()),
+            &template,
+            s,
+            Some(&revision),
+        );
+    }
+}
+
+/// How a revision runs in the sandbox: its own process, or the stand-in
+/// and why. Reported on the service as a condition, so a deploy can say
+/// which one its verify reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Runner {
+    Native(String),
+    StandIn(String),
+}
+
+/// Spawns `template`'s container for the operation `op`: its result lands
+/// in `native_results[op]` under `revision` (`None`: the one the rollout
+/// creates). Returns how the revision will run.
+fn spawn_native(
+    sh: &Arc<Shared>,
+    w: &mut World,
+    op: &str,
+    revision: Option<String>,
+    template: &Value,
+    service: &str,
+    revision_name: Option<&str>,
+) -> Runner {
     let image = template
         .pointer("/containers/0/image")
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
     let stand_in = |why: &str| {
-        tracing::info!(service = s, image = %image, reason = why, "sandbox: the revision answers with the stand-in, not its app");
+        tracing::info!(service, image = %image, reason = why, "sandbox: the revision answers with the stand-in, not its app");
+        Runner::StandIn(why.to_string())
     };
     let Some(ctx) = w
         .contexts
@@ -598,7 +677,7 @@ fn start_native(sh: &Arc<Shared>, w: &mut World, pk: &str, l: &str, s: &str, op:
     if w.processes.len() >= MAX_PROCESSES {
         return stand_in("the sandbox runs as many processes as it may");
     }
-    let env: Vec<(String, String)> = template
+    let mut env: Vec<(String, String)> = template
         .pointer("/containers/0/env")
         .and_then(Value::as_array)
         .into_iter()
@@ -610,23 +689,67 @@ fn start_native(sh: &Arc<Shared>, w: &mut World, pk: &str, l: &str, s: &str, op:
             ))
         })
         .collect();
+    // What Cloud Run sets in every container.
+    env.push(("K_SERVICE".into(), service.to_string()));
+    env.push(("K_CONFIGURATION".into(), service.to_string()));
+    if let Some(r) = revision_name {
+        env.push(("K_REVISION".into(), r.to_string()));
+    }
+    let memory = template
+        .pointer("/containers/0/resources/limits/memory")
+        .and_then(Value::as_str)
+        .and_then(super::native::memory_bytes)
+        .unwrap_or(super::native::DEFAULT_MEMORY);
     let Ok(port) = super::native::free_port() else {
         return stand_in("no free port");
     };
+    let what = format!(
+        "runs the app natively: `{}` on PORT={port}",
+        plan.argv.join(" ")
+    );
     if let Some(o) = w.operations.get_mut(op) {
-        o.native_pending = true;
+        o.native_pending += 1;
     }
     let (shared, op) = (sh.clone(), op.to_string());
+    let run_root = sh.config.run_root.clone();
     tokio::spawn(async move {
         let startup = shared.config.native_startup;
-        let started = super::native::start(ctx, plan, port, env, startup).await;
+        let started = super::native::start(
+            ctx,
+            plan,
+            super::native::Limits {
+                port,
+                memory,
+                startup,
+                root: run_root,
+            },
+            env,
+        )
+        .await;
         let mut w = shared.world();
-        w.native_results.insert(op.clone(), started);
+        w.native_results
+            .entry(op.clone())
+            .or_default()
+            .push((revision, started));
         if let Some(o) = w.operations.get_mut(&op) {
-            o.native_pending = false;
+            o.native_pending = o.native_pending.saturating_sub(1);
             o.done_at = o.done_at.min(Instant::now());
         }
     });
+    Runner::Native(what)
+}
+
+/// The revisions a service keeps running: those with traffic or a tag.
+fn serving_revisions(svc: &super::world::Service) -> std::collections::BTreeSet<String> {
+    svc.traffic_targets()
+        .filter(|t| {
+            t.get("percent").and_then(Value::as_u64).unwrap_or(0) > 0 || t.get("tag").is_some()
+        })
+        .filter_map(|t| match t.get("revision").and_then(Value::as_str) {
+            Some(r) => Some(r.rsplit('/').next().unwrap_or(r).to_string()),
+            None => svc.latest_ready.clone(),
+        })
+        .collect()
 }
 
 /// Stops the processes of the service's revisions that have no traffic
@@ -641,16 +764,7 @@ fn prune_processes(w: &mut World, pk: &str, l: &str, s: &str) {
             .retain(|k, _| !(k.0 == pk && k.1 == l && k.2 == s));
         return;
     };
-    let keep: std::collections::BTreeSet<String> = svc
-        .traffic_targets()
-        .filter(|t| {
-            t.get("percent").and_then(Value::as_u64).unwrap_or(0) > 0 || t.get("tag").is_some()
-        })
-        .filter_map(|t| match t.get("revision").and_then(Value::as_str) {
-            Some(r) => Some(r.to_string()),
-            None => svc.latest_ready.clone(),
-        })
-        .collect();
+    let keep = serving_revisions(svc);
     w.processes
         .retain(|k, _| !(k.0 == pk && k.1 == l && k.2 == s) || keep.contains(&k.3));
 }
@@ -709,16 +823,15 @@ pub(crate) fn start_op(
         error: None,
         effect,
         seen_done: None,
-        native_pending: false,
+        native_pending: 0,
     };
     let out = render_op(&op);
     w.operations.insert(name, op);
     ok(out)
 }
 
-/// Completes operations whose time has come, applying their effects.
-pub(crate) fn finish_operations(sh: &Arc<Shared>, w: &mut World, now: Instant) {
-    // What the running processes printed since, into the log.
+/// What the running processes printed since, into the log.
+pub(crate) fn flush_process_output(sh: &Arc<Shared>, w: &mut World) {
     let printed: Vec<_> = w
         .processes
         .iter()
@@ -730,10 +843,15 @@ pub(crate) fn finish_operations(sh: &Arc<Shared>, w: &mut World, now: Instant) {
             w.log(&pk, &l, &s, &r, line, &sh.config.limits);
         }
     }
+}
+
+/// Completes operations whose time has come, applying their effects.
+pub(crate) fn finish_operations(sh: &Arc<Shared>, w: &mut World, now: Instant) {
+    flush_process_output(sh, w);
     let due: Vec<String> = w
         .operations
         .values()
-        .filter(|o| !o.done && !o.native_pending && o.done_at <= now)
+        .filter(|o| !o.done && o.native_pending == 0 && o.done_at <= now)
         .map(|o| o.name.clone())
         .collect();
     for name in due {
@@ -747,7 +865,10 @@ pub(crate) fn finish_operations(sh: &Arc<Shared>, w: &mut World, now: Instant) {
             } => {
                 let key = (project.clone(), service.clone());
                 let mut pending = w.next_revision_logs.remove(&key);
-                let native = w.native_results.remove(&name);
+                let native = w
+                    .native_results
+                    .remove(&name)
+                    .and_then(|mut r| r.pop().map(|(_, started)| started));
                 let (process, native_failure) = match native {
                     Some(Ok(p)) => (Some(p), None),
                     Some(Err(not_started)) => {
@@ -795,6 +916,11 @@ pub(crate) fn finish_operations(sh: &Arc<Shared>, w: &mut World, now: Instant) {
                     Some((revision, ready)) if Some(&revision) != before.as_ref().map(|b| &b.0) => {
                         let limits = &sh.config.limits;
                         if let (true, Some(p)) = (ready, process) {
+                            w.ran_natively.insert((
+                                project.clone(),
+                                service.clone(),
+                                revision.clone(),
+                            ));
                             w.processes.insert(
                                 (
                                     project.clone(),
@@ -834,6 +960,22 @@ pub(crate) fn finish_operations(sh: &Arc<Shared>, w: &mut World, now: Instant) {
                 location,
                 service,
             } => {
+                // Revisions started again for the traffic they got back.
+                for (revision, started) in w.native_results.remove(&name).unwrap_or_default() {
+                    let Some(revision) = revision else { continue };
+                    let key = (project.clone(), location.clone(), service.clone(), revision);
+                    match started {
+                        Ok(p) => {
+                            w.processes.insert(key, p);
+                        }
+                        Err(not_started) => {
+                            let limits = &sh.config.limits;
+                            for line in not_started.lines {
+                                w.log(&key.0, &key.1, &key.2, &key.3, line, limits);
+                            }
+                        }
+                    }
+                }
                 let r = traffic_change(sh, w, &project, &location, &service);
                 prune_processes(w, &project, &location, &service);
                 r
@@ -919,6 +1061,7 @@ fn rollout(
         _ => false,
     };
     let behavior = w.next_revision_behavior.remove(&fault_key);
+    let runner = w.next_runner.remove(&fault_key);
     let early = w.early_success_rollouts.remove(&fault_key);
     let Some(p) = w.projects.get_mut(pk) else {
         return Err((5, "project vanished".into()));
@@ -978,6 +1121,7 @@ fn rollout(
         message: message.clone(),
         reason: reason.into(),
         create_time: now_rfc3339(),
+        runner,
     });
     svc.latest_created = Some(name.clone());
     if early && ready {
@@ -1106,6 +1250,30 @@ pub(crate) fn render_service(p: &ProjectState, l: &str, s: &str, svc: &Service) 
         terminal["message"] = json!(m);
         terminal["revisionReason"] = json!("HEALTH_CHECK_CONTAINER_ERROR");
     }
+    let mut conditions = vec![
+        json!({"type": "RoutesReady", "state": state}),
+        json!({"type": "ConfigurationsReady", "state": state}),
+    ];
+    // The sandbox's own word on how the latest revision runs here.
+    let runner = svc
+        .latest_created
+        .as_ref()
+        .and_then(|n| svc.revisions.iter().find(|r| &r.name == n))
+        .and_then(|r| r.runner.as_ref().map(|x| (r.name.as_str(), x)));
+    if let Some((revision, runner)) = runner {
+        let message = match runner {
+            Runner::Native(what) => format!("sandbox: revision {revision} {what}"),
+            Runner::StandIn(why) => format!(
+                "sandbox: revision {revision} cannot run on this machine ({why}); a stand-in answers in its place, not the app"
+            ),
+        };
+        conditions.push(json!({
+            "type": "SandboxRunner",
+            "state": "CONDITION_SUCCEEDED",
+            "severity": if matches!(runner, Runner::Native(_)) { "INFO" } else { "WARNING" },
+            "message": message,
+        }));
+    }
     let mut out = json!({
         "name": format!("projects/{}/locations/{l}/services/{s}", p.id),
         "uid": svc.uid,
@@ -1120,10 +1288,7 @@ pub(crate) fn render_service(p: &ProjectState, l: &str, s: &str, svc: &Service) 
         "template": template,
         "traffic": traffic.clone(),
         "terminalCondition": terminal,
-        "conditions": [
-            {"type": "RoutesReady", "state": state},
-            {"type": "ConfigurationsReady", "state": state},
-        ],
+        "conditions": conditions,
         "etag": format!("\"sandbox-{}\"", svc.generation),
     });
     if let Some(c) = svc.spec.get("client") {

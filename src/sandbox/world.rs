@@ -123,6 +123,9 @@ pub struct Repository {
 }
 
 /// A source archive's files and the SHA-256 of its bytes.
+/// A process that started, or why it did not.
+pub type NativeStart = Result<super::native::Process, super::native::NotStarted>;
+
 #[derive(Debug)]
 pub struct Unpacked {
     pub files: Vec<(String, Vec<u8>)>,
@@ -177,7 +180,8 @@ pub struct Operation {
     /// When a caller first saw it done (the end of its detection lag).
     pub seen_done: Option<Instant>,
     /// Waiting for its revision's process to listen (or fail to).
-    pub native_pending: bool,
+    /// Processes the operation waits for, starting.
+    pub native_pending: u32,
 }
 
 /// A scheduled build: its log lines appear over time, then it ends.
@@ -241,6 +245,8 @@ pub struct Revision {
     pub message: String,
     pub reason: String,
     pub create_time: String,
+    /// How it runs here (set when the sandbox runs apps).
+    pub runner: Option<super::run::Runner>,
 }
 
 #[derive(Debug, Clone)]
@@ -351,7 +357,13 @@ pub struct World {
     /// (project, location, service, revision) -> its running process.
     pub processes: BTreeMap<(String, String, String, String), super::native::Process>,
     /// Operation name -> how its revision's process started.
-    pub native_results: BTreeMap<String, Result<super::native::Process, super::native::NotStarted>>,
+    pub native_results: BTreeMap<String, Vec<(Option<String>, NativeStart)>>,
+    /// How the revision a pending rollout creates will run, by (project,
+    /// service).
+    pub next_runner: BTreeMap<(String, String), super::run::Runner>,
+    /// (project, service, revision) that ran as processes here: the ones
+    /// started again when traffic comes back to them.
+    pub ran_natively: std::collections::BTreeSet<(String, String, String)>,
 }
 
 /// Cloud Logging's severities, lowest first.

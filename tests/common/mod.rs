@@ -545,6 +545,36 @@ pub struct Served {
     pub metrics: u16,
     /// Holds the daemon's default store (XDG_STATE_HOME) until dropped.
     pub state: tempfile::TempDir,
+    /// The daemon's TMPDIR, where an embedded sandbox runs revisions.
+    pub tmp: PathBuf,
+}
+
+impl Drop for Served {
+    /// Stops the daemon, then checks that no revision's process outlived
+    /// it (an embedded sandbox runs apps natively under its TMPDIR).
+    fn drop(&mut self) {
+        let _ = self.guard.child.kill();
+        let _ = self.guard.child.wait();
+        if !std::thread::panicking() {
+            assert_none_left_under(&self.tmp);
+        }
+    }
+}
+
+/// `output()` of a one-shot command (`deploy --sandbox` runs its own
+/// sandbox) with a TMPDIR of its own, checking that no process it started
+/// is left once it exits.
+pub trait OutputChecked {
+    fn output_checked(&mut self) -> std::process::Output;
+}
+
+impl OutputChecked for std::process::Command {
+    fn output_checked(&mut self) -> std::process::Output {
+        let tmp = tempfile::tempdir().expect("TMPDIR");
+        let out = self.env("TMPDIR", tmp.path()).output().expect("runs");
+        assert_none_left_under(tmp.path());
+        out
+    }
 }
 
 pub fn serve(mut cmd: std::process::Command, args: &[&str]) -> Served {
@@ -554,6 +584,15 @@ pub fn serve(mut cmd: std::process::Command, args: &[&str]) -> Served {
         cmd.env("XDG_STATE_HOME", state.path());
     }
     let log = state.path().join("serve.stderr");
+    let tmp = match cmd.get_envs().find(|(k, _)| *k == "TMPDIR") {
+        Some((_, Some(dir))) => PathBuf::from(dir),
+        _ => {
+            let dir = state.path().join("tmp");
+            std::fs::create_dir(&dir).expect("TMPDIR");
+            cmd.env("TMPDIR", &dir);
+            dir
+        }
+    };
     // A port picked free can be taken by a parallel test before serve binds
     // it: then pick again (and otherwise show what serve said).
     for _ in 0..3 {
@@ -585,6 +624,7 @@ pub fn serve(mut cmd: std::process::Command, args: &[&str]) -> Served {
                     grpc,
                     metrics,
                     state,
+                    tmp,
                 }
             }
             Err(status) => {
@@ -805,5 +845,41 @@ impl Prometheus {
             url,
             _dir: dir,
         }
+    }
+}
+
+/// Processes whose working directory is under `dir`: the sandbox runs each
+/// revision's process in a directory of its own under its TMPDIR.
+pub fn processes_under(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter(|e| std::fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir)))
+        .map(|e| {
+            std::fs::read_to_string(e.path().join("cmdline"))
+                .unwrap_or_default()
+                .replace('\0', " ")
+        })
+        .collect()
+}
+
+/// Waits (10 s at most) until no process runs under `dir`: a sandbox's
+/// revisions stop with it.
+pub fn assert_none_left_under(dir: &Path) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !processes_under(dir).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left running: {:?}",
+            processes_under(dir)
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
