@@ -3,6 +3,7 @@
 use std::process::Command;
 
 mod common;
+use common::OutputChecked;
 
 fn deployd() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_deployd"));
@@ -26,8 +27,7 @@ fn deploy_with_embedded_sandbox_ends_with_a_verified_url() {
             "hello",
             "--allow-unauthenticated",
         ])
-        .output()
-        .expect("runs");
+        .output_checked();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -67,8 +67,7 @@ fn json_lines_end_with_the_outcome() {
             "--allow-unauthenticated",
             "--json",
         ])
-        .output()
-        .expect("runs");
+        .output_checked();
     assert!(out.status.success());
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -100,8 +99,7 @@ fn failed_deploy_exits_nonzero_with_what_to_do() {
             "--service",
             "nodocker",
         ])
-        .output()
-        .expect("runs");
+        .output_checked();
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -115,8 +113,7 @@ fn failed_deploy_exits_nonzero_with_what_to_do() {
 fn invalid_service_name_is_refused() {
     let out = deployd()
         .args(["deploy", "--sandbox", &example(), "--service", "Not_Valid"])
-        .output()
-        .expect("runs");
+        .output_checked();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -129,12 +126,7 @@ fn invalid_service_name_is_refused() {
 /// another, then ctrl-c: the daemon stops cleanly.
 #[test]
 fn serve_and_deploy_as_two_processes() {
-    let common::Served {
-        guard: mut server,
-        grpc,
-        metrics,
-        state: _state,
-    } = common::serve(
+    let mut served = common::serve(
         deployd(),
         &[
             "--sandbox",
@@ -142,6 +134,7 @@ fn serve_and_deploy_as_two_processes() {
             env!("CARGO_MANIFEST_DIR"),
         ],
     );
+    let (grpc, metrics) = (served.grpc, served.metrics);
     let server_url = format!("http://127.0.0.1:{grpc}");
     let out = deployd()
         .args([
@@ -155,8 +148,7 @@ fn serve_and_deploy_as_two_processes() {
             "two-procs",
             "--allow-unauthenticated",
         ])
-        .output()
-        .expect("client runs");
+        .output_checked();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
@@ -169,8 +161,8 @@ fn serve_and_deploy_as_two_processes() {
     );
 
     // ctrl-c: the daemon shuts down and exits 0.
-    common::signal(&server.child, rustix::process::Signal::INT, false).expect("SIGINT");
-    let status = server.child.wait().expect("daemon exits");
+    common::signal(&served.guard.child, rustix::process::Signal::INT, false).expect("SIGINT");
+    let status = served.guard.child.wait().expect("daemon exits");
     assert!(status.success(), "{status:?}");
 }
 
@@ -226,8 +218,7 @@ fn json_logs_carry_the_deployment_id() {
             "--allow-unauthenticated",
             "--json",
         ])
-        .output()
-        .expect("runs");
+        .output_checked();
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     let id = stdout
@@ -282,8 +273,7 @@ fn deployments_from_the_command_line() {
         let out = deployd()
             .args(args)
             .args(["--server", &server])
-            .output()
-            .expect("runs");
+            .output_checked();
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).to_string(),
@@ -363,12 +353,11 @@ fn deployments_from_the_command_line() {
     // The history is in the default store, and a new daemon on it has it.
     let db = served.state.path().join("deployd/deployd.db");
     assert!(db.is_file(), "{}", db.display());
-    let state = served.state;
-    let mut guard = served.guard;
-    common::signal(&guard.child, rustix::process::Signal::TERM, false).expect("SIGTERM");
-    assert!(guard.child.wait().expect("exits").success());
+    let mut served = served;
+    common::signal(&served.guard.child, rustix::process::Signal::TERM, false).expect("SIGTERM");
+    assert!(served.guard.child.wait().expect("exits").success());
     let mut cmd = deployd();
-    cmd.env("XDG_STATE_HOME", state.path());
+    cmd.env("XDG_STATE_HOME", served.state.path());
     let again = common::serve(cmd, &["--sandbox"]);
     let out = deployd()
         .args([
@@ -377,8 +366,7 @@ fn deployments_from_the_command_line() {
             "--server",
             &format!("http://127.0.0.1:{}", again.grpc),
         ])
-        .output()
-        .expect("runs");
+        .output_checked();
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("state     succeeded"),
         "{}",
@@ -408,8 +396,7 @@ fn a_twenty_megabyte_source_deploys_on_the_sandbox_with_default_settings() {
         .args(["deploy", "--sandbox"])
         .arg(app.path())
         .args(["--service", "big", "--json"])
-        .output()
-        .expect("runs");
+        .output_checked();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -510,11 +497,7 @@ fn canary_steps_from_the_command_line() {
         ],
     );
     let server_url = format!("http://127.0.0.1:{}", served.grpc);
-    let deploy = |extra: &[&str]| {
-        deploy_to(&server_url, "cli-canary", extra)
-            .output()
-            .expect("client runs")
-    };
+    let deploy = |extra: &[&str]| deploy_to(&server_url, "cli-canary", extra).output_checked();
     let first = deploy(&[]);
     assert!(
         first.status.success(),
@@ -595,7 +578,7 @@ fn a_fault_set_from_outside_aborts_a_canary() {
     );
     let server_url = format!("http://127.0.0.1:{}", served.grpc);
     let deploy = |extra: &[&str]| deploy_to(&server_url, "cli-abort", extra);
-    let first = deploy(&[]).output().expect("client runs");
+    let first = deploy(&[]).output_checked();
     assert!(
         first.status.success(),
         "{}",
@@ -666,7 +649,7 @@ fn analyze_reports_warnings_with_the_env_to_set() {
         "{}/tests/fixtures/python-django-whitenoise",
         env!("CARGO_MANIFEST_DIR")
     );
-    let out = deployd().args(["analyze", &dir]).output().expect("runs");
+    let out = deployd().args(["analyze", &dir]).output_checked();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(
@@ -675,10 +658,7 @@ fn analyze_reports_warnings_with_the_env_to_set() {
             && stdout.contains("set it with --env DJANGO_ALLOWED_HOSTS=.run.app"),
         "{stdout}"
     );
-    let out = deployd()
-        .args(["analyze", "--json", &dir])
-        .output()
-        .expect("runs");
+    let out = deployd().args(["analyze", "--json", &dir]).output_checked();
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON plan");
     let envs: Vec<&str> = plan["warnings"]
         .as_array()
@@ -714,8 +694,7 @@ fn text_logs_off_a_terminal_have_no_colour_codes() {
             "plain-logs",
             "--allow-unauthenticated",
         ])
-        .output()
-        .expect("runs");
+        .output_checked();
     assert!(out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("deploy finished"), "{stderr}");
@@ -745,8 +724,7 @@ fn a_scenario_file_injects_quota_errors_into_the_embedded_sandbox() {
             .args(["deploy", "--sandbox", "--sandbox-faults", file, &example()])
             .args(["--service", "quota", "--allow-unauthenticated", "--json"])
             .args(["--retry-base-delay-ms", "20"])
-            .output()
-            .expect("deployd runs")
+            .output_checked()
     };
     let events = |out: &std::process::Output| -> Vec<serde_json::Value> {
         String::from_utf8_lossy(&out.stdout)
@@ -818,8 +796,7 @@ fn deployd_sandbox_faults_steers_a_running_sandbox() {
             .args(["sandbox", "faults"])
             .arg(&path)
             .args(["--sandbox-url", &sandbox_url])
-            .output()
-            .expect("deployd runs")
+            .output_checked()
     };
     let out = steer("off.yaml", "disable_apis: [run.googleapis.com]\n");
     let said = String::from_utf8_lossy(&out.stdout);
@@ -834,9 +811,7 @@ fn deployd_sandbox_faults_steers_a_running_sandbox() {
         "{applied}"
     );
 
-    let out = deploy_to(&server_url, "steered", &[])
-        .output()
-        .expect("client runs");
+    let out = deploy_to(&server_url, "steered", &[]).output_checked();
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{text}");
@@ -844,9 +819,7 @@ fn deployd_sandbox_faults_steers_a_running_sandbox() {
 
     let out = steer("on.json", r#"{"enable_apis": ["run.googleapis.com"]}"#);
     assert!(out.status.success());
-    let out = deploy_to(&server_url, "steered", &[])
-        .output()
-        .expect("client runs");
+    let out = deploy_to(&server_url, "steered", &[]).output_checked();
     assert!(
         out.status.success(),
         "{}",
@@ -872,8 +845,7 @@ fn deployd_sandbox_faults_steers_a_running_sandbox() {
             "--sandbox-url",
             &format!("http://127.0.0.1:{}", common::free_port()),
         ])
-        .output()
-        .expect("deployd runs");
+        .output_checked();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the sandbox"));
 }
@@ -899,8 +871,7 @@ fn a_revision_that_does_not_start_quotes_its_logs() {
             "broken-start",
             "--allow-unauthenticated",
         ])
-        .output()
-        .expect("deployd runs");
+        .output_checked();
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{text}");
@@ -942,9 +913,7 @@ fn gcloud_reads_a_sandbox_at_its_listen_address() {
         ],
     );
     let server_url = format!("http://127.0.0.1:{}", served.grpc);
-    let out = deploy_to(&server_url, "via-gcloud", &[])
-        .output()
-        .expect("client runs");
+    let out = deploy_to(&server_url, "via-gcloud", &[]).output_checked();
     assert!(
         out.status.success(),
         "{}",
@@ -965,8 +934,7 @@ fn gcloud_reads_a_sandbox_at_its_listen_address() {
             .env("CLOUDSDK_AUTH_ACCESS_TOKEN_FILE", &token)
             .env("CLOUDSDK_API_ENDPOINT_OVERRIDES_CLOUDBUILD", &base)
             .env("CLOUDSDK_API_ENDPOINT_OVERRIDES_LOGGING", &base)
-            .output()
-            .expect("gcloud runs");
+            .output_checked();
         assert!(
             out.status.success(),
             "gcloud {args:?}: {}",
@@ -989,28 +957,6 @@ fn gcloud_reads_a_sandbox_at_its_listen_address() {
         "--limit=5",
     ]);
     assert!(entries.is_array(), "{entries}");
-}
-
-/// Processes whose working directory is under `dir`: the sandbox runs each
-/// revision's process in a directory of its own under its TMPDIR.
-fn processes_under(dir: &std::path::Path) -> Vec<String> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .bytes()
-                .all(|b| b.is_ascii_digit())
-        })
-        .filter(|e| std::fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir)))
-        .map(|e| {
-            std::fs::read_to_string(e.path().join("cmdline"))
-                .unwrap_or_default()
-                .replace('\0', " ")
-        })
-        .collect()
 }
 
 /// The sandbox runs what it deployed, as `deployd serve --sandbox` ships:
@@ -1039,6 +985,15 @@ fn the_sandbox_runs_the_app_it_deploys() {
         dir.display().to_string()
     };
     let v1 = app("v1", None, None);
+    let unhealthy = app(
+        "unhealthy",
+        None,
+        Some(
+            std::fs::read_to_string(hello.join("main.py"))
+                .expect("main.py")
+                .replace("send_response(200)", "send_response(500)"),
+        ),
+    );
     let broken = app(
         "broken",
         Some("FROM python:3.12-slim\nWORKDIR /app\nCOPY main.py .\nCMD [\"python\", \"server.py\"]\n"),
@@ -1071,6 +1026,8 @@ fn the_sandbox_runs_the_app_it_deploys() {
         let out = deployd()
             .args([
                 "deploy",
+                "--health-attempts",
+                "2",
                 "--server",
                 &server_url,
                 "--project",
@@ -1078,8 +1035,7 @@ fn the_sandbox_runs_the_app_it_deploys() {
                 path,
             ])
             .args(["--service", service, "--allow-unauthenticated"])
-            .output()
-            .expect("client runs");
+            .output_checked();
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).to_string()
@@ -1099,10 +1055,15 @@ fn the_sandbox_runs_the_app_it_deploys() {
         "Hello from deployd's example app\n"
     );
     assert_eq!(
-        processes_under(tmp.path()).len(),
+        common::processes_under(tmp.path()).len(),
         1,
         "{:?}",
-        processes_under(tmp.path())
+        common::processes_under(tmp.path())
+    );
+    // The deploy says what answered its verify.
+    assert!(
+        said.contains("runs the app natively: `python main.py`"),
+        "{said}"
     );
 
     let (code, said) = deploy(&broken, "native");
@@ -1118,6 +1079,24 @@ fn the_sandbox_runs_the_app_it_deploys() {
         "Hello from deployd's example app\n"
     );
 
+    // A second version that starts but answers 500 takes the traffic,
+    // fails its verify and is rolled back: the first version's process is
+    // started again (as Cloud Run starts a revision scaled to zero) and
+    // serves, and the broken one's is stopped.
+    let (code, said) = deploy(&unhealthy, "native");
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("rolled back"), "{said}");
+    assert_eq!(
+        reqwest::blocking_get(&url),
+        "Hello from deployd's example app\n"
+    );
+    assert_eq!(
+        common::processes_under(tmp.path()).len(),
+        1,
+        "only the first version runs: {:?}",
+        common::processes_under(tmp.path())
+    );
+
     let (code, said) = deploy(&fixed_port, "fixed-port");
     assert_eq!(code, Some(1), "{said}");
     assert!(said.contains("listens on port 3000"), "{said}");
@@ -1125,12 +1104,101 @@ fn the_sandbox_runs_the_app_it_deploys() {
 
     drop(served);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !processes_under(tmp.path()).is_empty() {
+    while !common::processes_under(tmp.path()).is_empty() {
         assert!(
             std::time::Instant::now() < deadline,
             "left running: {:?}",
-            processes_under(tmp.path())
+            common::processes_under(tmp.path())
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// Client errors that say what to do: no daemon at the address (given
+/// without a scheme, taken as http://), and `analyze` of a path that is
+/// not there.
+#[test]
+fn errors_that_say_what_to_do() {
+    let port = common::free_port();
+    let out = deployd()
+        .args(["list", "--server", &format!("127.0.0.1:{port}")])
+        .output_checked();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains(&format!(
+            "cannot reach deployd at http://127.0.0.1:{port} ("
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("start it with `deployd serve`, or run this command with --sandbox"),
+        "{err}"
+    );
+    assert!(!err.contains("tcp connect error"), "{err}");
+
+    let out = deployd()
+        .args(["analyze", "/nonexistent/app"])
+        .output_checked();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("/nonexistent/app does not exist"), "{err}");
+}
+
+/// The project and region come from the active gcloud configuration when
+/// no flag or variable names them, and the run's first line says so.
+#[test]
+fn project_and_region_from_the_gcloud_configuration() {
+    let served = common::serve(deployd(), &["--sandbox"]);
+    let config = tempfile::tempdir().expect("CLOUDSDK_CONFIG");
+    std::fs::create_dir(config.path().join("configurations")).expect("mkdir");
+    std::fs::write(config.path().join("active_config"), "rehearsal").expect("write");
+    std::fs::write(
+        config.path().join("configurations/config_rehearsal"),
+        "[core]\nproject = demo-project\n[run]\nregion = europe-west1\n",
+    )
+    .expect("write");
+    let out = deployd()
+        .args([
+            "preflight",
+            "--server",
+            &format!("127.0.0.1:{}", served.grpc),
+            "--service",
+            "from-gcloud",
+        ])
+        .env("CLOUDSDK_CONFIG", config.path())
+        .env_remove("DEPLOYD_PROJECT")
+        .env_remove("DEPLOYD_REGION")
+        .env_remove("CLOUDSDK_CORE_PROJECT")
+        .env_remove("CLOUDSDK_RUN_REGION")
+        .env_remove("CLOUDSDK_ACTIVE_CONFIG_NAME")
+        .output_checked();
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert_eq!(
+        said.lines().next(),
+        Some("checking from-gcloud in project demo-project (from gcloud configuration \"rehearsal\" (core/project)), region europe-west1 (from gcloud configuration \"rehearsal\" (run/region))"),
+        "{said}"
+    );
+    // Without any: the default region, said to be one.
+    let out = deployd()
+        .args([
+            "preflight",
+            "--server",
+            &format!("127.0.0.1:{}", served.grpc),
+            "--service",
+            "from-gcloud",
+            "--project",
+            "demo-project",
+        ])
+        .env("CLOUDSDK_CONFIG", config.path().join("none"))
+        .env_remove("DEPLOYD_REGION")
+        .env_remove("CLOUDSDK_RUN_REGION")
+        .output_checked();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.starts_with("checking from-gcloud in project demo-project, region us-central1 (from the default; set --region or `gcloud config set run/region`)"),
+        "{said}"
+    );
 }

@@ -77,6 +77,7 @@ impl ClientCreds {
 
 /// A client of the daemon at `server`.
 pub async fn connect(server: &str, creds: &ClientCreds) -> anyhow::Result<Client> {
+    let server = &with_scheme(server);
     let url = url::Url::parse(server).with_context(|| {
         format!("the server {server:?} is not a URL (http://HOST:PORT or https://HOST:PORT)")
     })?;
@@ -117,7 +118,7 @@ pub async fn connect(server: &str, creds: &ClientCreds) -> anyhow::Result<Client
     let channel = endpoint
         .connect()
         .await
-        .with_context(|| format!("connecting to deployd at {server}"))?;
+        .map_err(|e| unreachable(server, &e))?;
     let header = match token {
         Some(t) => {
             let mut v: MetadataValue<Ascii> = format!("Bearer {t}")
@@ -130,4 +131,65 @@ pub async fn connect(server: &str, creds: &ClientCreds) -> anyhow::Result<Client
         None => None,
     };
     Ok(DeployerClient::with_interceptor(channel, Bearer(header)))
+}
+
+/// `HOST:PORT` as `http://HOST:PORT`, the way the daemon listens by
+/// default; a URL with a scheme stays as it is.
+fn with_scheme(server: &str) -> String {
+    if server.contains("://") {
+        server.to_string()
+    } else {
+        format!("http://{server}")
+    }
+}
+
+/// A failed connection, said once and with what to do (tonic's own text
+/// repeats itself: "tcp connect error: tcp connect error: ...").
+fn unreachable(server: &str, e: &tonic::transport::Error) -> anyhow::Error {
+    // The innermost cause is the one that says what happened.
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    anyhow::anyhow!(
+        "cannot reach deployd at {server} ({cause}): start it with `deployd serve`, or run this command with --sandbox"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_without_a_scheme_is_plain_http() {
+        assert_eq!(with_scheme("127.0.0.1:50051"), "http://127.0.0.1:50051");
+        assert_eq!(
+            with_scheme("https://d.example:443"),
+            "https://d.example:443"
+        );
+    }
+
+    #[tokio::test]
+    async fn no_daemon_says_how_to_start_one() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("port");
+        // Nothing listens there any more.
+        let err = match connect(&format!("127.0.0.1:{port}"), &ClientCreds::default()).await {
+            Ok(_) => panic!("connected to nothing"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(
+            err.starts_with(&format!(
+                "cannot reach deployd at http://127.0.0.1:{port} ("
+            )),
+            "{err}"
+        );
+        assert!(
+            err.contains("deployd serve") && err.contains("--sandbox"),
+            "{err}"
+        );
+        assert_eq!(err.matches("tcp connect error").count(), 0, "{err}");
+    }
 }

@@ -5,6 +5,7 @@
 
 mod canary;
 mod client;
+mod defaults;
 mod render;
 
 use std::collections::HashMap;
@@ -384,12 +385,43 @@ struct Connect {
 
 #[derive(Args, Debug, Clone)]
 struct TargetArgs {
-    /// Google Cloud project id (default with --sandbox: the sandbox's project).
+    /// Google Cloud project id. Without it: DEPLOYD_PROJECT,
+    /// CLOUDSDK_CORE_PROJECT, the active gcloud configuration's
+    /// core/project (with --sandbox: the sandbox's project).
     #[arg(long, env = ENV_PROJECT)]
     project: Option<String>,
-    #[arg(long, env = ENV_REGION, default_value = "us-central1")]
-    region: String,
+    /// Cloud Run region. Without it: DEPLOYD_REGION, CLOUDSDK_RUN_REGION,
+    /// the active gcloud configuration's run/region, else us-central1
+    /// (said at the start of the run).
+    #[arg(long, env = ENV_REGION)]
+    region: Option<String>,
 }
+
+impl TargetArgs {
+    /// The region, and where it came from when no flag or DEPLOYD_REGION
+    /// named it.
+    fn region_found(&self) -> defaults::Found {
+        match &self.region {
+            Some(r) => defaults::Found {
+                value: r.clone(),
+                from: String::new(),
+            },
+            None => defaults::Gcloud::from_process()
+                .region()
+                .unwrap_or_else(|| defaults::Found {
+                    value: DEFAULT_REGION.into(),
+                    from: "the default; set --region or `gcloud config set run/region`".into(),
+                }),
+        }
+    }
+
+    fn region(&self) -> String {
+        self.region_found().value
+    }
+}
+
+/// The region when nothing names one, as gcloud suggests for Cloud Run.
+const DEFAULT_REGION: &str = "us-central1";
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum IngressArg {
@@ -648,11 +680,43 @@ fn egress(e: Option<EgressArg>) -> i32 {
 }
 
 fn project(t: &TargetArgs, c: &Connect) -> anyhow::Result<String> {
+    Ok(project_found(t, c)?.value)
+}
+
+/// The project, and where it came from when no flag or DEPLOYD_PROJECT
+/// named it.
+fn project_found(t: &TargetArgs, c: &Connect) -> anyhow::Result<defaults::Found> {
+    let found = |value: &str, from: &str| defaults::Found {
+        value: value.to_string(),
+        from: from.to_string(),
+    };
     match (&t.project, c.sandbox) {
-        (Some(p), _) => Ok(p.clone()),
-        (None, true) => Ok(DEFAULT_PROJECT.into()),
-        (None, false) => bail!("--project (or {ENV_PROJECT}) is required"),
+        (Some(p), _) => Ok(found(p, "")),
+        (None, true) => Ok(found(DEFAULT_PROJECT, "the sandbox's project")),
+        (None, false) => defaults::Gcloud::from_process().project().with_context(|| {
+            format!("no project: pass --project, set {ENV_PROJECT}, or `gcloud config set project PROJECT`")
+        }),
     }
+}
+
+/// The run's opening line: what it acts on, and where each value came
+/// from when no flag said it.
+fn opening_line(doing: &str, service: &str, t: &TargetArgs, c: &Connect) -> anyhow::Result<String> {
+    let (p, r) = (project_found(t, c)?, t.region_found());
+    let from = |f: &defaults::Found| {
+        if f.from.is_empty() {
+            String::new()
+        } else {
+            format!(" (from {})", f.from)
+        }
+    };
+    Ok(format!(
+        "{doing} {service} in project {}{}, region {}{}",
+        p.value,
+        from(&p),
+        r.value,
+        from(&r)
+    ))
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -714,7 +778,7 @@ async fn run(command: Command) -> anyhow::Result<i32> {
             let req = proto::DeployRequest {
                 target: Some(proto::Target {
                     project: project(&a.target, &a.connect)?,
-                    region: a.target.region.clone(),
+                    region: a.target.region(),
                     service: a.service.clone(),
                 }),
                 source: Some(proto::Source {
@@ -772,6 +836,13 @@ async fn run(command: Command) -> anyhow::Result<i32> {
                 canary_steps,
                 analysis,
             };
+            let opening = opening_line("deploying", &a.service, &a.target, &a.connect)?;
+            // --detach prints only the id on stdout, for scripts.
+            match (a.connect.json, a.detach) {
+                (true, _) => {}
+                (false, true) => eprintln!("{opening}"),
+                (false, false) => println!("{opening}"),
+            }
             let mut s = Session::connect(&a.connect).await?;
             let stream = match s.client.deploy(req).await {
                 Ok(r) => r.into_inner(),
@@ -786,7 +857,7 @@ async fn run(command: Command) -> anyhow::Result<i32> {
             let req = proto::PreflightRequest {
                 target: Some(proto::Target {
                     project: project(&a.target, &a.connect)?,
-                    region: a.target.region.clone(),
+                    region: a.target.region(),
                     service: a.service.clone(),
                 }),
                 service_account: a.service_account.clone().unwrap_or_default(),
@@ -795,6 +866,12 @@ async fn run(command: Command) -> anyhow::Result<i32> {
                 repository: a.repository.clone().unwrap_or_default(),
                 build_service_account: a.build_service_account.clone().unwrap_or_default(),
             };
+            if !a.connect.json {
+                println!(
+                    "{}",
+                    opening_line("checking", &a.service, &a.target, &a.connect)?
+                );
+            }
             let mut s = Session::connect(&a.connect).await?;
             match s.client.preflight(req).await {
                 Ok(r) => s.follow(r.into_inner(), false).await,
@@ -1025,7 +1102,7 @@ async fn dora(a: DoraArgs) -> anyhow::Result<i32> {
     let req = proto::GetDeliveryMetricsRequest {
         target: Some(proto::Target {
             project,
-            region: a.target.region.clone(),
+            region: a.target.region(),
             service: a.service.clone(),
         }),
         window: Some(canary::proto_duration(a.since)),
@@ -1065,6 +1142,16 @@ async fn detach(mut stream: Events) -> anyhow::Result<i32> {
 /// Local analysis: the same code the Analyze stage runs.
 fn analyze(a: AnalyzeArgs) -> anyhow::Result<i32> {
     use crate::analysis::{self as analyze, dockerfile};
+    // Said as it is, not as "no supported app found".
+    if !a.path.is_dir() {
+        let what = if a.path.exists() {
+            "is not a directory"
+        } else {
+            "does not exist"
+        };
+        eprintln!("deployd: {} {what}", a.path.display());
+        return Ok(1);
+    }
     let plan = match analyze::analyze(&a.path) {
         Ok(p) => p,
         Err(e) => {
