@@ -1202,3 +1202,189 @@ fn project_and_region_from_the_gcloud_configuration() {
         "{said}"
     );
 }
+
+/// What a person reads, run by run: success, a failure, an automatic
+/// rollback, a rollback that fails, and a cancelled run, from the real
+/// binary against `serve --sandbox`, compared with tests/snapshots/cli/
+/// after filtering out what changes between runs (times, ports, ids,
+/// digests). `UPDATE_SNAPSHOTS=1` rewrites them; review the diff.
+#[test]
+fn the_human_output_of_each_kind_of_run() {
+    let apps = tempfile::tempdir().expect("apps");
+    let hello = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello");
+    let app = |name: &str, status: u16| {
+        let dir = apps.path().join(name);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::copy(hello.join("Dockerfile"), dir.join("Dockerfile")).expect("copy");
+        let main = std::fs::read_to_string(hello.join("main.py")).expect("main.py");
+        std::fs::write(
+            dir.join("main.py"),
+            main.replace("send_response(200)", &format!("send_response({status})")),
+        )
+        .expect("write");
+        dir.display().to_string()
+    };
+    let (good, bad) = (app("good", 200), app("bad", 500));
+    let empty = apps.path().join("empty");
+    std::fs::create_dir(&empty).expect("mkdir");
+    std::fs::write(empty.join("notes.txt"), "no app here\n").expect("write");
+    let empty = empty.display().to_string();
+    let port = common::free_port();
+    let served = common::serve(
+        deployd(),
+        &[
+            "--sandbox",
+            "--sandbox-listen",
+            &format!("127.0.0.1:{port}"),
+            "--local-source-root",
+            &apps.path().display().to_string(),
+        ],
+    );
+    let server = format!("127.0.0.1:{}", served.grpc);
+    let run = |args: &[&str]| {
+        let out = deployd()
+            .args(args)
+            .args(["--server", &server])
+            .output_checked();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let deploy = |path: &str, service: &str, more: &[&str]| {
+        let mut args = vec![
+            "deploy",
+            "--quiet",
+            "--project",
+            "demo-project",
+            "--region",
+            "us-central1",
+            path,
+            "--service",
+            service,
+            "--allow-unauthenticated",
+            "--health-attempts",
+            "2",
+        ];
+        args.extend_from_slice(more);
+        run(&args)
+    };
+    let faults = |doc: &str| {
+        let path = apps.path().join("faults.yaml");
+        std::fs::write(&path, doc).expect("write");
+        let out = deployd()
+            .args(["sandbox", "faults"])
+            .arg(&path)
+            .args(["--sandbox-url", &format!("http://127.0.0.1:{port}")])
+            .output_checked();
+        assert!(out.status.success(), "{out:?}");
+    };
+    let mut snapshots = vec![];
+
+    let (code, out, err) = deploy(&good, "snap", &[]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let first = out
+        .lines()
+        .find_map(|l| l.strip_prefix("  revision: "))
+        .expect("revision")
+        .to_string();
+    snapshots.push(("success", out));
+
+    let (code, out, err) = deploy(&empty, "snap-nothing", &[]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    snapshots.push(("failure", out));
+
+    let (code, out, err) = deploy(&bad, "snap", &[]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    snapshots.push(("rollback", out));
+
+    // The first version answers 500 too now: the rollback cannot verify.
+    faults(&format!(
+        "revisions: [{{service: snap, revision: {first}, error_rate: 1.0}}]\n"
+    ));
+    let (code, out, err) = deploy(&bad, "snap", &["--env", "V=3"]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    snapshots.push(("failed-rollback", out));
+
+    // A build that never ends, cancelled from another command.
+    faults("builds: [{never_finishes: true}]\n");
+    let (code, id, err) = deploy(&good, "snap-cancel", &["--detach"]);
+    assert_eq!(code, Some(0), "{err}");
+    let id = id.trim().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, out, _) = run(&["status", &id]);
+        if out.contains("build") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{out}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let (code, _, err) = run(&["cancel", &id]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, out, err) = run(&["watch", &id]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    snapshots.push(("cancelled", out));
+
+    let update = std::env::var_os("UPDATE_SNAPSHOTS").is_some();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots/cli");
+    let mut differ = vec![];
+    for (name, text) in snapshots {
+        let text = stable(&text, apps.path());
+        let path = dir.join(format!("{name}.txt"));
+        if update {
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            std::fs::write(&path, &text).expect("write");
+            continue;
+        }
+        let want = std::fs::read_to_string(&path).unwrap_or_default();
+        if want != text {
+            differ.push(format!(
+                "--- {} (UPDATE_SNAPSHOTS=1 to accept)\n{text}",
+                path.display()
+            ));
+        }
+    }
+    assert!(differ.is_empty(), "{}", differ.join("\n"));
+}
+
+/// Output with what changes between runs replaced: the apps' directory,
+/// times, ports, ids, digests, commits, sizes.
+fn stable(text: &str, apps: &std::path::Path) -> String {
+    let mut t = text.replace(&apps.display().to_string(), "[APPS]");
+    let rules: &[(&str, &str)] = &[
+        (r"\d+(\.\d+)? ?ms\b", "[T]"),
+        (r"\(\d+(\.\d+)?s\)", "([T])"),
+        (r"\bin \d+(\.\d+)?s\b", "in [T]"),
+        (r"\d+(\.\d+)?s \(", "[T] ("),
+        (r"127\.0\.0\.1:\d+", "127.0.0.1:[PORT]"),
+        (r"PORT=\d+", "PORT=[PORT]"),
+        (
+            r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+            "[ID]",
+        ),
+        (r"sha256:[0-9a-f]{64}", "sha256:[DIGEST]"),
+        (r"\b[0-9a-f]{64}\b", "[HASH]"),
+        (r"\(sha256 [0-9a-f]{12}\)", "(sha256 [HASH])"),
+        (r"\b[0-9a-f]{40}\b", "[COMMIT]"),
+        (r"#\d{10,}", "#[GENERATION]"),
+        (
+            r"\d+ files \(\d+ bytes\) into \d+ bytes",
+            "[N] files ([N] bytes) into [N] bytes",
+        ),
+        (r"\[\d{2}/\w{3}/\d{4} \d{2}:\d{2}:\d{2}\]", "[DATE]"),
+        (
+            r"%22\d{4}-\d{2}-\d{2}T\d{2}%3A\d{2}%3A\d{2}Z%22",
+            "%22[TIME]%22",
+        ),
+        (r"(snap(?:-nothing|-cancel)?)-[0-9a-f]{8}\b", "$1-[REV]"),
+    ];
+    for (pattern, with) in rules {
+        t = regex::Regex::new(pattern)
+            .expect("pattern")
+            .replace_all(&t, *with)
+            .into_owned();
+    }
+    t
+}

@@ -334,7 +334,7 @@ async fn unhealthy_revision_is_rolled_back_automatically() {
     assert!(o.rolled_back);
     assert_eq!(o.previous_revision, first.revision);
     assert_ne!(o.revision, first.revision);
-    assert_eq!(o.error.expect("failure").code, "UNHEALTHY");
+    assert_eq!(o.error.clone().expect("failure").code, "UNHEALTHY");
     // Five probes of the new revision, all 500; then the old one, healthy.
     let probes = probes(&events);
     assert_eq!(probes.len(), 6);
@@ -343,6 +343,39 @@ async fn unhealthy_revision_is_rolled_back_automatically() {
         .all(|p| p.status_code == 500 && !p.healthy));
     assert!(probes[5].healthy);
     assert!(stages_started(&events).contains(&i32::from(Stage::Rollback)));
+    // Each probe belongs to its stage: the rollback's is STAGE_ROLLBACK,
+    // between that stage's start and finish.
+    let stage_of_probes: Vec<i32> = events
+        .iter()
+        .filter(|e| matches!(e.kind, Some(proto::event::Kind::Probe(_))))
+        .map(|e| e.stage)
+        .collect();
+    assert_eq!(
+        stage_of_probes,
+        [
+            vec![i32::from(Stage::Verify); 5],
+            vec![i32::from(Stage::Rollback)]
+        ]
+        .concat()
+    );
+    let at = |want: fn(&proto::event::Kind) -> bool| {
+        events
+            .iter()
+            .position(|e| {
+                e.stage == i32::from(Stage::Rollback) && e.kind.as_ref().is_some_and(want)
+            })
+            .expect("event")
+    };
+    let started = at(|k| matches!(k, proto::event::Kind::StageStarted(_)));
+    let probed = at(|k| matches!(k, proto::event::Kind::Probe(_)));
+    let finished = at(|k| matches!(k, proto::event::Kind::StageFinished(_)));
+    assert!(started < probed && probed < finished);
+    // What to do starts with where users are, not with "roll back".
+    let failure = o.error.clone().expect("failure");
+    assert!(
+        failure.remediation[0].starts_with(&format!("Traffic is back on {}", first.revision)),
+        "{failure:?}"
+    );
     // The five probes followed the backoff (base 20 ms in tests: 20, 40, 80, 160).
     let at: Vec<_> = h
         .sandbox
@@ -405,6 +438,16 @@ async fn recommend_policy_reports_but_does_not_roll_back() {
     let (events, o) = deploy(&h, req).await;
     assert!(o.should_rollback && !o.rolled_back);
     assert!(!stages_started(&events).contains(&i32::from(Stage::Rollback)));
+    // The rollback is the caller's: a runnable command for it.
+    let first_step = &o.error.clone().expect("failure").remediation[0];
+    assert!(
+        first_step.starts_with(&format!("Traffic is still on {}", o.revision))
+            && first_step.ends_with(&format!(
+                "gcloud run services update-traffic advice --region={REGION} --project={PROJECT} --to-revisions={}=100",
+                first.revision
+            )),
+        "{first_step}"
+    );
     // Traffic stays on the latest (broken) revision, as asked.
     let svc = h
         .sandbox

@@ -96,18 +96,38 @@ fn get_when_up(port: u16, path: &str, what: &str) -> String {
     }
 }
 
+/// `GET path` on loopback `port`: the body of a 200 answer (HTTP/1.0,
+/// so the server closes the connection; no curl needed).
 fn get(port: u16, path: &str) -> Option<String> {
-    Command::new("curl")
-        .args([
-            "-fsS",
-            "--max-time",
-            "2",
-            &format!("http://127.0.0.1:{port}{path}"),
-        ])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(c, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n").ok()?;
+    let mut raw = vec![];
+    c.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?;
+    (status == "200").then(|| body.to_string())
+}
+
+/// Python with venv and pip (Debian: python3-venv), or a skip.
+fn python_venv_here() -> bool {
+    common::outside_tool(
+        "python3",
+        &["-m", "venv", "--help"],
+        "a python3 with venv: apt-get install python3-venv",
+    )
+}
+
+/// Node, or a skip.
+fn node_here() -> bool {
+    common::outside_tool("node", &["--version"], "apt-get install nodejs")
+}
+
+/// npm, or a skip.
+fn npm_here() -> bool {
+    common::outside_tool("npm", &["--version"], "apt-get install nodejs npm")
 }
 
 /// A fresh virtualenv: the image's site-packages.
@@ -141,6 +161,9 @@ fn locked_flask(lock: &str) -> String {
 
 #[test]
 fn the_poetry_plan_installs_from_its_lock() {
+    if !python_venv_here() {
+        return;
+    }
     let v = venv();
     // With virtualenvs.create off Poetry installs into the active
     // environment: the virtualenv here, the image's Python there.
@@ -152,6 +175,9 @@ fn the_poetry_plan_installs_from_its_lock() {
 
 #[test]
 fn the_uv_plan_installs_from_its_lock() {
+    if !python_venv_here() {
+        return;
+    }
     let v = venv();
     let body = run_natively("python-uv-lock", Some(&v.path().join("bin")));
     let want = locked_flask("python-uv-lock/uv.lock");
@@ -160,6 +186,9 @@ fn the_uv_plan_installs_from_its_lock() {
 
 #[test]
 fn the_pipenv_plan_installs_from_its_lock() {
+    if !python_venv_here() {
+        return;
+    }
     let v = venv();
     let bin = v.path().join("bin");
     // `--system` installs into the interpreter on PATH: the virtualenv's,
@@ -183,6 +212,9 @@ fn npm_prefix() -> (tempfile::TempDir, Vec<(&'static str, String)>) {
 
 #[test]
 fn the_pnpm_plan_installs_with_the_major_its_lock_needs() {
+    if !npm_here() {
+        return;
+    }
     let (prefix, env) = npm_prefix();
     let bin = prefix.path().join("bin");
     let body = run_natively_with("node-pnpm-v6", &[&bin], &env, true);
@@ -196,6 +228,9 @@ fn the_pnpm_plan_installs_with_the_major_its_lock_needs() {
 
 #[test]
 fn the_yarn_classic_plan_installs_from_its_lock() {
+    if !npm_here() {
+        return;
+    }
     let (prefix, env) = npm_prefix();
     let got = Command::new("npm")
         .args(["install", "-g", "--silent", "yarn@1"])
@@ -210,6 +245,9 @@ fn the_yarn_classic_plan_installs_from_its_lock() {
 
 #[test]
 fn a_literal_port_is_where_the_app_is_reached() {
+    if !node_here() {
+        return;
+    }
     // The plan's port is what Cloud Run would send traffic to; the app
     // ignores $PORT, so the test probes the plan's port.
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/node-literal-port");
@@ -251,7 +289,7 @@ fn a_heroku_php_plan_runs_on_debians_php() {
 
 #[test]
 fn a_vite_build_is_served_from_its_output() {
-    if !common::outside_tool("nginx", &["-v"], "apt-get install nginx") {
+    if !common::outside_tool("nginx", &["-v"], "apt-get install nginx") || !npm_here() {
         return;
     }
     // The assets stage's own commands, as the image's Node stage runs them.
@@ -419,6 +457,9 @@ async fn the_sandbox_serves_a_static_site_through_nginx() {
 /// revision's directory, then its start command.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sandbox_runs_the_express_app() {
+    if !npm_here() {
+        return;
+    }
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/node-express-npm");
     let (h, root, events, o) = rehearse(&src, "express-native", "").await;
     assert!(o.success, "{o:?}\n{}", said(&events));
@@ -448,6 +489,9 @@ async fn the_sandbox_runs_php_on_debians_php() {
 /// killed, with the line Cloud Run logs for that, in the revision's logs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_past_its_memory_limit_is_stopped_as_cloud_run_does() {
+    if !python_venv_here() {
+        return;
+    }
     let app = tempfile::tempdir().expect("app");
     std::fs::write(
         app.path().join("Dockerfile"),
@@ -528,6 +572,9 @@ async fn a_stack_that_cannot_run_here_says_the_stand_in_answers() {
 /// plan's pip installs (gunicorn), and its start command.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sandbox_runs_the_flask_app() {
+    if !python_venv_here() {
+        return;
+    }
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/python-flask");
     let (h, root, events, o) = rehearse(&src, "flask-native", "").await;
     assert!(o.success, "{o:?}\n{}", said(&events));

@@ -377,6 +377,12 @@ struct Connect {
     /// One JSON object per event on stdout.
     #[arg(long)]
     json: bool,
+    /// Stages, checks, probes and the outcome, without build log lines.
+    #[arg(long, short, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Everything, each line with its event's time.
+    #[arg(long, short)]
+    verbose: bool,
     #[command(flatten)]
     creds: ClientCreds,
     #[command(flatten)]
@@ -922,6 +928,7 @@ async fn run(command: Command) -> anyhow::Result<i32> {
             let mut s = Session {
                 client,
                 json: a.remote.json,
+                detail: render::Detail::Normal,
                 _embedded: None,
                 _state: None,
                 shutdown: CancellationToken::new(),
@@ -1245,6 +1252,7 @@ type Events = tonic::Streaming<proto::Event>;
 struct Session {
     client: Client,
     json: bool,
+    detail: render::Detail,
     _embedded: Option<daemon::Running>,
     _state: Option<tempfile::TempDir>,
     shutdown: CancellationToken,
@@ -1294,6 +1302,11 @@ impl Session {
         Ok(Session {
             client,
             json: c.json,
+            detail: match (c.quiet, c.verbose) {
+                (true, _) => render::Detail::Quiet,
+                (_, true) => render::Detail::Verbose,
+                _ => render::Detail::Normal,
+            },
             _embedded: embedded,
             _state: state,
             shutdown,
@@ -1350,7 +1363,7 @@ impl Session {
             if self.json {
                 writeln!(stdout, "{}", render::to_json(&event))?;
             } else {
-                render::human(&mut stdout, &event)?;
+                render::human_at(&mut stdout, &event, self.detail)?;
             }
             stdout.flush()?;
             if let Some(proto::event::Kind::Outcome(o)) = &event.kind {

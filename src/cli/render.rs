@@ -247,6 +247,37 @@ fn canary_human(out: &mut impl Write, c: &proto::CanaryStepResult) -> std::io::R
     Ok(())
 }
 
+/// How much of a run a person sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    /// Without build log lines.
+    Quiet,
+    Normal,
+    /// Every line with its event's time.
+    Verbose,
+}
+
+/// Writes one event for a person, at `detail`.
+pub fn human_at(out: &mut impl Write, e: &proto::Event, detail: Detail) -> std::io::Result<()> {
+    match detail {
+        Detail::Quiet if matches!(e.kind, Some(Kind::Log(_))) => Ok(()),
+        Detail::Verbose => {
+            let mut text = Vec::new();
+            human(&mut text, e)?;
+            let time = rfc3339(e.time.as_ref());
+            for line in String::from_utf8_lossy(&text).lines() {
+                if line.is_empty() {
+                    writeln!(out)?;
+                } else {
+                    writeln!(out, "{time} {line}")?;
+                }
+            }
+            Ok(())
+        }
+        _ => human(out, e),
+    }
+}
+
 /// Writes one event for a person.
 pub fn human(out: &mut impl Write, e: &proto::Event) -> std::io::Result<()> {
     let stage = stage_name(e.stage);
@@ -318,6 +349,9 @@ fn outcome(out: &mut impl Write, o: &proto::Outcome) -> std::io::Result<()> {
         if !o.image.is_empty() {
             writeln!(out, "  image:    {}", o.image)?;
         }
+        if !o.revision.is_empty() {
+            writeln!(out, "  traffic:  100% on {}", o.revision)?;
+        }
         return Ok(());
     }
     let stage = stage_name(o.failed_stage);
@@ -338,11 +372,29 @@ fn outcome(out: &mut impl Write, o: &proto::Outcome) -> std::io::Result<()> {
         }
         None => writeln!(out, "FAILED in {stage}")?,
     }
-    if o.should_rollback {
+    // Where users are now; the runnable commands are in "what to do".
+    let rollback_failed = o.error.as_ref().is_some_and(|f| {
+        f.remediation
+            .iter()
+            .any(|r| r.starts_with("Automatic rollback failed"))
+    });
+    if o.rolled_back {
         writeln!(
             out,
-            "  rollback recommended: gcloud run services update-traffic SERVICE --to-revisions={}=100",
-            o.previous_revision
+            "  traffic:  100% on {} again (rolled back, verified healthy); {} serves nothing",
+            o.previous_revision, o.revision
+        )?;
+    } else if o.should_rollback && rollback_failed {
+        writeln!(
+            out,
+            "  traffic:  the rollback to {} did not complete; users may still be on {}",
+            o.previous_revision, o.revision
+        )?;
+    } else if o.should_rollback {
+        writeln!(
+            out,
+            "  traffic:  still on {}, which is not healthy; {} served before",
+            o.revision, o.previous_revision
         )?;
     }
     Ok(())

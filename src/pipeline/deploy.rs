@@ -427,6 +427,7 @@ impl Pipeline {
                     id_token: token,
                     policy: None,
                     origin: metrics::ProbeOrigin::Deploy,
+                    stage: Stage::Rollback,
                 },
                 events,
                 cancel,

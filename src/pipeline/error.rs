@@ -335,7 +335,7 @@ impl StageError {
                 format!("Revision logs: https://console.cloud.google.com/run?project={project}"),
             ]),
             StageError::Unhealthy { .. } => ("UNHEALTHY", false, vec![
-                "The new revision does not answer its health check; roll back to the previous revision and inspect its logs.".into(),
+                "The new revision does not answer its health check: see what it logged, fix it and deploy again.".into(),
             ]),
             StageError::NoProbeIdentity { .. } => ("NO_PROBE_IDENTITY", false, vec![
                 "Give the daemon an identity: DEPLOYD_INVOKER_SERVICE_ACCOUNT (--invoker-service-account) naming an account with roles/run.invoker that the daemon may mint tokens for (roles/iam.serviceAccountTokenCreator), or run it on Google Cloud, where the metadata server provides one (GCE_METADATA_HOST elsewhere).".into(),

@@ -479,6 +479,16 @@ impl Pipeline {
             if d.resume_point() == ResumePoint::Rollback {
                 return self.automatic_rollback(&mut d, &mut workspace, &events, &cancel).await;
             }
+            // Rollback left to the caller: say how, runnable.
+            if d.request.rollback == RollbackPolicy::Recommend && d.should_rollback() {
+                if let (Some(f), Some(prev)) = (d.failure.as_mut(), d.previous_revision.as_deref()) {
+                    let t = &d.request.target;
+                    f.remediation.insert(0, format!(
+                        "Traffic is still on {}, which is not healthy (rollback policy: recommend). Roll back: gcloud run services update-traffic {} --region={} --project={} --to-revisions={}=100",
+                        d.revision.as_deref().unwrap_or("the new revision"),
+                        shell::quote(&t.service), shell::quote(&t.region), shell::quote(&t.project), shell::quote(prev)));
+                }
+            }
             false
         }
         .instrument(span.clone())
@@ -551,7 +561,7 @@ impl Pipeline {
             }
         }
         if let (Ok(()), Some(f)) = (&rolled, d.failure.as_mut()) {
-            if d.rolled_back && f.code == "CANCELLED" {
+            if d.rolled_back {
                 f.remediation.insert(0, format!(
                     "Traffic is back on {}, which answered its health check; the new revision {} serves nothing.",
                     d.previous_revision.as_deref().unwrap_or("the previous revision"),
@@ -828,6 +838,7 @@ impl Pipeline {
                     id_token,
                     policy: None,
                     origin: metrics::ProbeOrigin::Deploy,
+                    stage: Stage::Verify,
                 };
                 // The gate of consecutive answers is for a candidate that
                 // has no traffic yet; a Direct revision already serves.
@@ -941,6 +952,7 @@ impl Pipeline {
             id_token: None,
             policy: Some(&self.config.url_policy),
             origin: metrics::ProbeOrigin::VerifyRpc,
+            stage: Stage::Verify,
         };
         let v = verify::verify(
             self.prober.as_ref(),

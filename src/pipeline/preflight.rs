@@ -83,7 +83,7 @@ pub(super) enum CallError {
 }
 
 impl Pipeline {
-    /// Runs every check, emitting each as it completes; returns them in
+    /// Runs every check at once; reports and returns them in
     /// [`CHECK_ORDER`].
     pub(crate) async fn run_checks(
         &self,
@@ -105,6 +105,7 @@ impl Pipeline {
         let mut project_check = Box::pin(self.check_project(req, cancel));
         let mut project_done = false;
         let mut results = Vec::with_capacity(CHECK_ORDER.len());
+        let mut reported = 0;
         loop {
             let r = tokio::select! {
                 (r, reach) = &mut project_check, if !project_done => {
@@ -123,7 +124,6 @@ impl Pipeline {
                                         req.target.project
                                     )],
                                 );
-                                self.report_check(&skipped, events).await;
                                 results.push(skipped);
                             }
                             None
@@ -139,10 +139,26 @@ impl Pipeline {
                 Some(r) = pending.next() => r,
                 else => break,
             };
-            self.report_check(&r, events).await;
             results.push(r);
+            // Reported in CHECK_ORDER, each as soon as those before it are
+            // done: every run reads the same, and nothing waits on a check
+            // behind it.
+            while let Some(c) = CHECK_ORDER
+                .get(reported)
+                .and_then(|name| results.iter().find(|c| c.name == *name))
+            {
+                self.report_check(c, events).await;
+                reported += 1;
+            }
         }
         results.sort_by_key(|c| CHECK_ORDER.iter().position(|n| *n == c.name));
+        // Any not in CHECK_ORDER (none today) still reach the caller.
+        for c in results
+            .iter()
+            .filter(|c| !CHECK_ORDER.iter().any(|n| *n == c.name))
+        {
+            self.report_check(c, events).await;
+        }
         results
     }
 

@@ -103,7 +103,6 @@ impl UrlPolicy {
 }
 
 /// How to probe, beyond the health check itself.
-#[derive(Default)]
 pub struct ProbeContext<'a> {
     /// `Authorization: Bearer` for services that refuse anonymous requests.
     pub id_token: Option<String>,
@@ -112,6 +111,20 @@ pub struct ProbeContext<'a> {
     pub policy: Option<&'a UrlPolicy>,
     /// Whose probes these are, as the metrics count them.
     pub origin: ProbeOrigin,
+    /// The stage its probe and retry events belong to: a rollback's
+    /// probes are the rollback's.
+    pub stage: Stage,
+}
+
+impl Default for ProbeContext<'_> {
+    fn default() -> Self {
+        Self {
+            id_token: None,
+            policy: None,
+            origin: ProbeOrigin::default(),
+            stage: Stage::Verify,
+        }
+    }
 }
 
 /// Where a URL's host points now.
@@ -312,6 +325,7 @@ pub async fn verify(
         jitter: 0.0,
     };
     let target = health_url(url, &spec.path);
+    let stage = ctx.stage;
     let mut headers: Vec<(String, String)> = spec
         .headers
         .iter()
@@ -357,9 +371,7 @@ pub async fn verify(
                         error_class: class,
                         final_url: r.final_url.clone(),
                     };
-                    events
-                        .emit(Some(Stage::Verify), EventKind::Probe(probe))
-                        .await;
+                    events.emit(Some(stage), EventKind::Probe(probe)).await;
                     match error {
                         None => {
                             streak += 1;
@@ -396,7 +408,7 @@ pub async fn verify(
         },
         |attempt, delay, reason: &AttemptFailed| {
             events.emit(
-                Some(Stage::Verify),
+                Some(stage),
                 EventKind::Retry {
                     operation: "health check".into(),
                     attempt,
@@ -525,6 +537,7 @@ mod tests {
             id_token: None,
             policy: Some(&policy),
             origin: ProbeOrigin::VerifyRpc,
+            stage: Stage::Verify,
         };
         let v = verify(
             &prober,
