@@ -1388,3 +1388,47 @@ fn stable(text: &str, apps: &std::path::Path) -> String {
     }
     t
 }
+
+/// Daemon tuning on a client command that reaches another daemon would be
+/// ignored: it is refused, naming the flag. The health check's settings
+/// reach the daemon: a body the app does not answer fails the verify.
+#[test]
+fn client_flags_that_would_be_ignored_are_refused_and_health_flags_apply() {
+    let out = deployd()
+        .args(["deploy", "--server", "127.0.0.1:1", "--project", "p"])
+        .args([&example(), "--service", "s", "--retry-base-delay-ms", "5"])
+        .output_checked();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--retry-base-delay-ms tunes the embedded daemon of --sandbox"),
+        "{err}"
+    );
+    let help = deployd().args(["deploy", "--help"]).output_checked();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("Embedded daemon (with --sandbox only):"),
+        "{help}"
+    );
+    // Every flag says what it does.
+    let bare: Vec<&str> = help
+        .lines()
+        .filter(|l| l.trim_start().starts_with("--") && !l.contains("  "))
+        .filter(|l| l.trim_start().split_whitespace().count() <= 2)
+        .collect();
+    assert!(bare.is_empty(), "flags without a description: {bare:?}");
+
+    let out = deployd()
+        .args(["deploy", "--sandbox", &example(), "--service", "body-check"])
+        .args(["--allow-unauthenticated", "--health-attempts", "1"])
+        .args([
+            "--expect-body",
+            "not in the answer",
+            "--health-header",
+            "X-Probe=1",
+        ])
+        .output_checked();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("not in the answer"), "{said}");
+}

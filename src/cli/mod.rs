@@ -383,9 +383,11 @@ struct Connect {
     /// Everything, each line with its event's time.
     #[arg(long, short)]
     verbose: bool,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Daemon connection")]
     creds: ClientCreds,
-    #[command(flatten)]
+    /// Settings of the embedded daemon; refused with --server, whose
+    /// daemon has its own.
+    #[command(flatten, next_help_heading = "Embedded daemon (with --sandbox only)")]
     tuning: Tuning,
 }
 
@@ -460,83 +462,129 @@ struct DeployArgs {
     /// Source directory (omit with --git-url).
     #[arg(required_unless_present = "git_url")]
     path: Option<PathBuf>,
-    #[arg(long, conflicts_with = "path")]
+    /// A git repository to deploy instead of a directory (https://; ssh
+    /// only where the daemon allows it).
+    #[arg(long, conflicts_with = "path", help_heading = "Source")]
     git_url: Option<String>,
-    #[arg(long, requires = "git_url")]
+    /// Branch, tag or commit of --git-url (default: its default branch).
+    #[arg(long, requires = "git_url", help_heading = "Source")]
     git_ref: Option<String>,
     /// Deploy this directory of the source (monorepos).
-    #[arg(long)]
+    #[arg(long, help_heading = "Source")]
     subdirectory: Option<String>,
+    /// Cloud Run service name (lowercase letters, digits and hyphens).
     #[arg(long)]
     service: String,
     #[command(flatten)]
     target: TargetArgs,
     /// KEY=VALUE, repeatable.
-    #[arg(long = "env", value_parser = parse_kv)]
+    #[arg(long = "env", value_parser = parse_kv, help_heading = "Revision")]
     env: Vec<(String, String)>,
-    /// ENV=SECRET[:VERSION], repeatable.
-    #[arg(long = "secret", value_parser = parse_kv)]
+    /// ENV=SECRET[:VERSION] from Secret Manager, repeatable.
+    #[arg(long = "secret", value_parser = parse_kv, help_heading = "Revision")]
     secrets: Vec<(String, String)>,
-    #[arg(long)]
+    /// CPU limit, e.g. 1 or 2 (Cloud Run's default: 1).
+    #[arg(long, help_heading = "Revision")]
     cpu: Option<String>,
-    #[arg(long)]
+    /// Memory limit, e.g. 512Mi or 2Gi (Cloud Run's default: 512Mi).
+    #[arg(long, help_heading = "Revision")]
     memory: Option<String>,
-    #[arg(long)]
+    /// Instances kept warm (default 0).
+    #[arg(long, help_heading = "Revision")]
     min_instances: Option<u32>,
-    #[arg(long)]
+    /// Most instances Cloud Run may start.
+    #[arg(long, help_heading = "Revision")]
     max_instances: Option<u32>,
-    #[arg(long)]
+    /// Requests one instance serves at once (Cloud Run's default: 80).
+    #[arg(long, help_heading = "Revision")]
     concurrency: Option<u32>,
     /// Request timeout in seconds.
-    #[arg(long)]
+    #[arg(long, help_heading = "Revision")]
     timeout: Option<u32>,
-    #[arg(long)]
+    /// Service account the revision runs as (default: Compute Engine's
+    /// default account).
+    #[arg(long, help_heading = "Revision")]
     service_account: Option<String>,
-    #[arg(long, value_enum)]
+    /// Who may reach the service over the network.
+    #[arg(long, value_enum, help_heading = "Revision")]
     ingress: Option<IngressArg>,
-    #[arg(long)]
+    /// Serverless VPC Access connector for outbound traffic.
+    #[arg(long, help_heading = "Revision")]
     vpc_connector: Option<String>,
-    #[arg(long, value_enum)]
+    /// Which outbound traffic goes through --vpc-connector.
+    #[arg(long, value_enum, help_heading = "Revision")]
     vpc_egress: Option<EgressArg>,
     /// Make the service public (roles/run.invoker for allUsers).
-    #[arg(long)]
+    #[arg(long, help_heading = "Revision")]
     allow_unauthenticated: bool,
-    #[arg(long)]
+    /// The port the container listens on, sent as $PORT (default: the
+    /// analyzed port, else 8080).
+    #[arg(long, help_heading = "Revision")]
     port: Option<u32>,
-    #[arg(long)]
+    /// Cloud Build machine type (default E2_HIGHCPU_8).
+    #[arg(long, help_heading = "Build")]
     machine_type: Option<String>,
-    /// Build timeout in seconds.
-    #[arg(long)]
+    /// Build timeout in seconds (default 1200).
+    #[arg(long, help_heading = "Build")]
     build_timeout: Option<u32>,
-    #[arg(long)]
+    /// Build attempts on transient failures (default 3).
+    #[arg(long, help_heading = "Build")]
     build_attempts: Option<u32>,
-    #[arg(long)]
+    /// Artifact Registry repository for the image (default: deployd,
+    /// created when missing).
+    #[arg(long, help_heading = "Build")]
     repository: Option<String>,
     /// Service account the build runs as.
-    #[arg(long)]
+    #[arg(long, help_heading = "Build")]
     build_service_account: Option<String>,
-    #[arg(long, default_value = "/")]
+    /// Path the health check probes.
+    #[arg(long, default_value = "/", help_heading = "Verification")]
     health_path: String,
-    #[arg(long)]
+    /// Probe attempts before the revision is called unhealthy (default 5).
+    #[arg(long, help_heading = "Verification")]
     health_attempts: Option<u32>,
+    /// Timeout of one probe in milliseconds (default 30000).
+    #[arg(long, help_heading = "Verification")]
+    health_timeout_ms: Option<u32>,
+    /// Text the answer's body must contain.
+    #[arg(long, help_heading = "Verification")]
+    expect_body: Option<String>,
+    /// Accepted status codes, repeatable (default 200, 204, 301, 302).
+    #[arg(long = "health-status", help_heading = "Verification")]
+    health_statuses: Vec<u32>,
+    /// NAME=VALUE header sent with every probe, repeatable.
+    #[arg(long = "health-header", value_parser = parse_kv, help_heading = "Verification")]
+    health_headers: Vec<(String, String)>,
+    /// Caps the doubling backoff between probes, in milliseconds.
+    #[arg(long, help_heading = "Verification")]
+    health_max_delay_ms: Option<u32>,
     /// Path of the revision's HTTP startup probe (default: --health-path).
-    #[arg(long)]
+    #[arg(long, help_heading = "Verification")]
     startup_probe_path: Option<String>,
     /// Leave Cloud Run's default TCP startup check, which calls the revision
     /// ready as soon as its port is open.
-    #[arg(long, conflicts_with = "startup_probe_path")]
+    #[arg(
+        long,
+        conflicts_with = "startup_probe_path",
+        help_heading = "Verification"
+    )]
     no_startup_probe: bool,
     /// How the new revision receives traffic.
-    #[arg(long, value_enum, default_value = "direct")]
+    #[arg(long, value_enum, default_value = "direct", help_heading = "Rollout")]
     rollout: RolloutArg,
     /// With --rollout canary: the new revision's share while it is verified
     /// (one step, no bake; --canary-steps for more).
-    #[arg(long, conflicts_with = "canary_steps")]
+    #[arg(long, conflicts_with = "canary_steps", help_heading = "Rollout")]
     canary_percent: Option<u32>,
     #[command(flatten)]
     canary: canary::CanaryArgs,
     /// What to do when the new revision is not healthy.
-    #[arg(long, value_enum, default_value = "automatic")]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "automatic",
+        help_heading = "Rollout"
+    )]
     rollback: RollbackArg,
     /// Idempotency key: sending the same deploy again with it follows the
     /// first deployment instead of starting another.
@@ -725,9 +773,35 @@ fn opening_line(doing: &str, service: &str, t: &TargetArgs, c: &Connect) -> anyh
     ))
 }
 
+/// The first daemon-tuning flag given on the command line of a client
+/// command that does not run its own daemon (no --sandbox): it would be
+/// ignored, so it is refused. Values from the environment are not, as one
+/// shell may serve both a daemon and its clients.
+fn tuning_without_sandbox(m: &clap::ArgMatches) -> Option<String> {
+    let (name, sub) = m.subcommand()?;
+    if !matches!(name, "deploy" | "preflight" | "verify") || sub.get_flag("sandbox") {
+        return None;
+    }
+    let tuning = <Tuning as Args>::augment_args(clap::Command::new("tuning"));
+    let found = tuning.get_arguments().find(|a| {
+        sub.value_source(a.get_id().as_str()) == Some(clap::parser::ValueSource::CommandLine)
+    });
+    found.and_then(|a| a.get_long().map(str::to_string))
+}
+
 /// Runs the CLI; returns the process exit code.
 pub async fn main() -> anyhow::Result<i32> {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    if let Some(flag) = tuning_without_sandbox(&matches) {
+        eprintln!(
+            "deployd: --{flag} tunes the embedded daemon of --sandbox; a daemon reached with --server has its own settings (give them to `deployd serve`)"
+        );
+        return Ok(2);
+    }
     // Client commands print the event stream; the embedded daemon's own logs
     // would only interleave with it.
     let level = if matches!(cli.command, Command::Serve(_)) {
@@ -819,6 +893,11 @@ async fn run(command: Command) -> anyhow::Result<i32> {
                 health_check: Some(proto::HealthCheck {
                     path: a.health_path.clone(),
                     attempts: a.health_attempts.unwrap_or(0),
+                    timeout_ms: a.health_timeout_ms.unwrap_or(0),
+                    accepted_statuses: a.health_statuses.clone(),
+                    expect_body: a.expect_body.clone().unwrap_or_default(),
+                    headers: a.health_headers.iter().cloned().collect(),
+                    max_delay_ms: a.health_max_delay_ms.unwrap_or(0),
                     startup_probe: Some(proto::StartupProbe {
                         disabled: a.no_startup_probe,
                         path: a.startup_probe_path.clone().unwrap_or_default(),

@@ -665,9 +665,12 @@ impl Pipeline {
             return;
         };
         let t = &d.request.target;
+        // Said before the revision's quoted log lines, if any follow.
+        let (head, quoted) = f.message.split_once('\n').unwrap_or((&f.message, ""));
+        let sep = if quoted.is_empty() { "" } else { "\n" };
         f.message = format!(
-            "{}; this was the first revision of {}, so Cloud Run routes all of its traffic to {revision}, unverified, and there is no earlier revision to roll back to",
-            f.message, t.service
+            "{head}; this was the first revision of {}, so Cloud Run routes all of its traffic to {revision}, unverified, and there is no earlier revision to roll back to{sep}{quoted}",
+            t.service
         );
         let (s, r, p) = (
             shell::quote(&t.service),

@@ -295,7 +295,10 @@ async fn probe_attempt(
         ),
         (None, true, false) => (
             Some(ProbeErrorClass::BodyMismatch),
-            Some("the body lacks the expected text".into()),
+            Some(format!(
+                "the body lacks the expected text {}",
+                super::rules::shown(spec.expect_body.as_deref().unwrap_or_default())
+            )),
         ),
         (None, true, true) => (None, None),
     };
