@@ -117,9 +117,20 @@ fn invalid_service_name_is_refused() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("InvalidArgument") && stderr.contains("target.service"),
+        stderr.contains("InvalidArgument (INVALID_REQUEST)") && stderr.contains("target.service"),
         "{stderr}"
     );
+    // Every rule broken is listed at once, a field a line.
+    let out = deployd()
+        .args(["deploy", "--sandbox", &example(), "--service", "Not_Valid"])
+        .args(["--memory", "lots", "--health-attempts", "99"])
+        .output_checked();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("3 fields are invalid:"), "{stderr}");
+    for field in ["target.service", "health_check.attempts", "runtime.memory"] {
+        assert!(stderr.contains(&format!("\n  {field}: ")), "{stderr}");
+    }
 }
 
 /// `deployd serve --sandbox` in one process, `deployd deploy --server` in
@@ -1414,7 +1425,7 @@ fn client_flags_that_would_be_ignored_are_refused_and_health_flags_apply() {
     let bare: Vec<&str> = help
         .lines()
         .filter(|l| l.trim_start().starts_with("--") && !l.contains("  "))
-        .filter(|l| l.trim_start().split_whitespace().count() <= 2)
+        .filter(|l| l.split_whitespace().count() <= 2)
         .collect();
     assert!(bare.is_empty(), "flags without a description: {bare:?}");
 

@@ -552,18 +552,82 @@ async fn serving(h: &Harness) -> i32 {
 }
 
 fn check_refusal(what: &str, got: tonic::Status, code: tonic::Code, field: &str) {
+    use tonic_types::StatusExt;
     assert_eq!(got.code(), code, "{what}: {}", got.message());
+    let details = got.get_error_details();
+    let reason = details.error_info().map(|i| i.reason.as_str());
     if code == tonic::Code::InvalidArgument {
         assert!(
             got.message().starts_with(&format!("{field}: ")),
             "{what}: expected the message to name {field}: {}",
             got.message()
         );
+        assert_eq!(reason, Some("INVALID_REQUEST"), "{what}");
+        let violations = &details.bad_request().expect("BadRequest").field_violations;
+        assert_eq!(violations[0].field, field, "{what}: {violations:?}");
+    } else {
+        assert_eq!(reason, Some("URL_REFUSED"), "{what}");
     }
     assert!(
         got.message().len() <= 1024,
         "{what}: the message is bounded"
     );
+}
+
+/// A request that breaks several rules is refused once, with all of them:
+/// each field in the BadRequest details and in the message.
+#[tokio::test]
+async fn every_rule_a_request_breaks_is_reported_at_once() {
+    use tonic_types::StatusExt;
+    let h = Harness::start().await;
+    let mut client = h.client().await;
+    let mut req = deploy_request("Not_A_Service", &example_app());
+    for change in [
+        project("x/../demo-project"),
+        runtime(|rt| rt.memory = "lots".into()),
+        runtime(|rt| rt.cpu = "9".into()),
+        env("1BAD", "x"),
+        health(|h| h.attempts = 99),
+        edit(|r| r.build.get_or_insert_with(Default::default).machine_type = "HUGE".into()),
+    ] {
+        change(&mut req);
+    }
+    let got = client.deploy(req).await.expect_err("refused");
+    assert_eq!(got.code(), tonic::Code::InvalidArgument);
+    let details = got.get_error_details();
+    assert_eq!(
+        details.error_info().map(|i| i.domain.as_str()),
+        Some("deployd.v1")
+    );
+    let fields: Vec<&str> = details
+        .bad_request()
+        .expect("BadRequest")
+        .field_violations
+        .iter()
+        .map(|v| v.field.as_str())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "target.project",
+            "target.service",
+            "health_check.attempts",
+            "runtime.env",
+            "runtime.cpu",
+            "runtime.memory",
+            "build.machine_type"
+        ],
+        "{}",
+        got.message()
+    );
+    for f in fields {
+        assert!(
+            got.message().contains(&format!("{f}: ")),
+            "{}",
+            got.message()
+        );
+    }
+    assert!(h.sandbox.requests().is_empty());
 }
 
 /// At least 100 bad requests across the three RPCs: each is refused with

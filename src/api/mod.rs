@@ -7,6 +7,7 @@ pub mod auth;
 pub mod canary;
 pub mod convert;
 pub mod observe;
+pub mod refusal;
 
 pub mod proto {
     #![allow(clippy::all)]
@@ -32,9 +33,10 @@ use crate::api::auth::{Auth, Call, Principal};
 use crate::deployments::{CancelError, Cursor, Filter, Manager, StoreError, SubmitError, WatchEnd};
 use crate::pipeline::event::Reporter;
 use crate::pipeline::model::InvalidRequest;
-use crate::pipeline::rules::{self, truncate};
+use crate::pipeline::rules;
 use crate::pipeline::verify::UrlRefused;
 use crate::pipeline::Pipeline;
+use refusal::{refuse, Reason};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -63,9 +65,6 @@ fn trace_parent<T>(request: &Request<T>) -> opentelemetry::Context {
     })
 }
 use proto::deployer_server::{Deployer, DeployerServer};
-
-/// A status message longer than this is cut: it travels in a header.
-const MAX_STATUS_MESSAGE: usize = 1024;
 
 /// Buffered events per run; a slow client slows its run, not others.
 const EVENT_BUFFER: usize = 256;
@@ -227,34 +226,51 @@ fn ending_in(span: tracing::Span, stream: EventStream) -> EventStream {
     })
 }
 
-/// The one conversion from domain errors to gRPC status.
+/// The conversions from domain errors to gRPC status, each with its
+/// `ErrorInfo` reason (`refusal`).
 fn invalid(e: InvalidRequest) -> Status {
-    // Reasons quote the value they refuse, bounded; this bounds the rest.
-    let message = format!("{}: {}", e.field, e.reason);
-    Status::invalid_argument(truncate(&message, MAX_STATUS_MESSAGE))
+    refusal::invalid(vec![e])
+}
+
+/// Every rule a request breaks, or nothing.
+fn valid(violations: Vec<InvalidRequest>) -> Result<(), Status> {
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(refusal::invalid(violations))
+    }
 }
 
 /// Why a Deploy was not accepted.
 fn not_submitted(e: SubmitError) -> Status {
-    match &e {
+    let reason = match &e {
         // Another deploy of the same service is running: try after it.
-        SubmitError::Busy { .. } => Status::aborted(e.to_string()),
-        SubmitError::RequestMismatch { .. } => Status::already_exists(e.to_string()),
-        SubmitError::Draining | SubmitError::Store(_) => Status::unavailable(e.to_string()),
-    }
+        SubmitError::Busy { .. } => Reason::ServiceBusy,
+        SubmitError::RequestMismatch { .. } => Reason::RequestIdReused,
+        SubmitError::Draining => Reason::Draining,
+        SubmitError::Store(_) => Reason::StoreUnavailable,
+    };
+    refuse(reason, e.to_string())
 }
 
 /// A stream that ends without an outcome says why and where to go on.
 fn watch_end(e: WatchEnd) -> Status {
-    Status::unavailable(e.to_string())
+    let reason = match &e {
+        WatchEnd::Draining { .. } => Reason::Draining,
+        WatchEnd::Store { .. } => Reason::StoreUnavailable,
+    };
+    refuse(reason, e.to_string())
 }
 
 fn store_failed(e: StoreError) -> Status {
-    Status::unavailable(format!("the deployment store failed: {e}"))
+    refuse(
+        Reason::StoreUnavailable,
+        format!("the deployment store failed: {e}"),
+    )
 }
 
 fn not_found(id: &str) -> Status {
-    Status::not_found(format!("no deployment {id}"))
+    refuse(Reason::DeploymentNotFound, format!("no deployment {id}"))
 }
 
 fn deployment_id() -> String {
@@ -291,7 +307,7 @@ const MAX_PAGE_SIZE: u32 = 1000;
 
 /// A URL outside the verify policy: the caller may not have it probed.
 fn refused(e: UrlRefused) -> Status {
-    Status::permission_denied(e.to_string())
+    refuse(Reason::UrlRefused, e.to_string())
 }
 
 /// A listing reads at most this many pages of the store looking for
@@ -316,7 +332,7 @@ impl DeployerService {
     ) -> Result<EventStream, Status> {
         let parent = trace_parent(&request);
         let req = convert::preflight_request(request.into_inner()).map_err(invalid)?;
-        req.validate().map_err(invalid)?;
+        valid(req.violations())?;
         call.permit(Action::Preflight, &req.target.project, &req.target.service)?;
         Ok(self.start(
             call.rpc,
@@ -341,7 +357,7 @@ impl DeployerService {
             rules::request_id(key).map_err(|r| invalid(InvalidRequest::new("request_id", r)))?;
         }
         let req = convert::deploy_request(inner, self.health_base_delay).map_err(invalid)?;
-        req.validate().map_err(invalid)?;
+        valid(req.violations())?;
         self.pipeline.admit(&req).map_err(invalid)?;
         call.permit(Action::Deploy, &req.target.project, &req.target.service)?;
         // The run's spans continue the caller's trace when it sent one.
@@ -490,7 +506,7 @@ impl DeployerService {
         let parent = trace_parent(&request);
         let req = convert::verify_request(request.into_inner(), self.health_base_delay)
             .map_err(invalid)?;
-        req.validate().map_err(invalid)?;
+        valid(req.violations())?;
         call.permit_host(&url_host(&req.url))?;
         // Refused by name or address before anything is streamed; a name
         // that does not resolve yet is a failed attempt, not a refusal.
@@ -587,7 +603,9 @@ impl Deployer for DeployerService {
                     Ok(Response::new(convert::deployment(rec)))
                 }
                 Err(CancelError::NotFound(_)) => Err(not_found(&id)),
-                Err(e @ CancelError::Ended(_)) => Err(Status::failed_precondition(e.to_string())),
+                Err(e @ CancelError::Ended(_)) => {
+                    Err(refuse(Reason::DeploymentEnded, e.to_string()))
+                }
                 Err(CancelError::Store(e)) => Err(store_failed(e)),
             },
         };

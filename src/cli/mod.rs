@@ -1045,13 +1045,35 @@ async fn run(command: Command) -> anyhow::Result<i32> {
     }
 }
 
-/// A refused call: its status on stderr, exit code 2.
+/// A refused call: its status on stderr, with its reason and each field
+/// the request got wrong on a line of its own; exit code 2.
 fn refused(s: &tonic::Status) -> i32 {
-    eprintln!(
-        "deployd refused the request: {:?}: {}",
-        s.code(),
-        s.message()
-    );
+    use tonic_types::StatusExt;
+    let details = s.get_error_details();
+    let reason = details
+        .error_info()
+        .map(|i| format!(" ({})", i.reason))
+        .unwrap_or_default();
+    match details
+        .bad_request()
+        .filter(|b| b.field_violations.len() > 1)
+    {
+        Some(b) => {
+            eprintln!(
+                "deployd refused the request: {:?}{reason}: {} fields are invalid:",
+                s.code(),
+                b.field_violations.len()
+            );
+            for v in &b.field_violations {
+                eprintln!("  {}: {}", v.field, v.description);
+            }
+        }
+        None => eprintln!(
+            "deployd refused the request: {:?}{reason}: {}",
+            s.code(),
+            s.message()
+        ),
+    }
     2
 }
 

@@ -352,7 +352,7 @@ pub fn unresumable(id: &str, why: &str) -> crate::pipeline::event::Outcome {
     use crate::pipeline::event::{Failure, Outcome};
     Outcome {
         error: Some(Failure {
-            code: "RESUME_IMPOSSIBLE".into(),
+            code: crate::pipeline::error::FailureCode::ResumeImpossible.as_str().into(),
             message: format!("deployment {id} could not be resumed: {why}"),
             retriable: true,
             remediation: vec![

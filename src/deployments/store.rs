@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
+use crate::pipeline::error::FailureCode;
 use crate::pipeline::event::{Event, Outcome, Stage};
 use crate::pipeline::model::Target;
 use crate::pipeline::Deployment;
@@ -44,7 +45,7 @@ impl State {
     pub fn of(outcome: &Outcome) -> State {
         match &outcome.error {
             _ if outcome.success => State::Succeeded,
-            Some(f) if f.code == "CANCELLED" => State::Cancelled,
+            Some(f) if f.code == FailureCode::Cancelled.as_str() => State::Cancelled,
             _ => State::Failed,
         }
     }

@@ -156,6 +156,102 @@ impl CloudError {
     }
 }
 
+/// `Failure.code`: a stable contract, documented (with the same words) on
+/// `Failure.code` in the proto and listed in the README.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureCode {
+    /// The source path or git repository could not be read.
+    SourceUnavailable,
+    /// The source is outside what the daemon allows.
+    SourceNotAllowed,
+    /// No app deployd can build was recognised.
+    UnsupportedSource,
+    /// The app was recognised but has no start command.
+    NoStartCommand,
+    /// A file or value of the source is refused (escaping symlink, unsafe name).
+    UnsafeSource,
+    /// The source is over the daemon's upload limit.
+    SourceTooLarge,
+    /// The source could not be packed.
+    ArchiveFailed,
+    /// The daemon ran out of file descriptors (retriable).
+    DaemonResourcesExhausted,
+    /// A preflight check failed; the checks say which and how to fix it.
+    PreflightFailed,
+    /// A Google API call failed after its retries.
+    CloudApiError,
+    /// Cloud Build ended the build unsuccessfully.
+    BuildFailed,
+    /// The build ran past its timeout and was cancelled.
+    BuildTimeout,
+    /// Cloud Run could not make the revision ready (it did not start or listen on $PORT).
+    RevisionNotReady,
+    /// The revision did not answer its health check.
+    Unhealthy,
+    /// The health check of a private service was refused (401/403).
+    InvokerDenied,
+    /// A private service cannot be probed: the daemon has no identity.
+    NoProbeIdentity,
+    /// The canary's analysis failed and the rollout was stopped.
+    CanaryAborted,
+    /// The run was cancelled (never counted as a failure).
+    Cancelled,
+    /// The daemon could not record the deployment's progress.
+    StoreUnavailable,
+    /// A deployment whose daemon died could not be resumed.
+    ResumeImpossible,
+}
+
+impl FailureCode {
+    pub const ALL: &'static [FailureCode] = &[
+        FailureCode::SourceUnavailable,
+        FailureCode::SourceNotAllowed,
+        FailureCode::UnsupportedSource,
+        FailureCode::NoStartCommand,
+        FailureCode::UnsafeSource,
+        FailureCode::SourceTooLarge,
+        FailureCode::ArchiveFailed,
+        FailureCode::DaemonResourcesExhausted,
+        FailureCode::PreflightFailed,
+        FailureCode::CloudApiError,
+        FailureCode::BuildFailed,
+        FailureCode::BuildTimeout,
+        FailureCode::RevisionNotReady,
+        FailureCode::Unhealthy,
+        FailureCode::InvokerDenied,
+        FailureCode::NoProbeIdentity,
+        FailureCode::CanaryAborted,
+        FailureCode::Cancelled,
+        FailureCode::StoreUnavailable,
+        FailureCode::ResumeImpossible,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureCode::SourceUnavailable => "SOURCE_UNAVAILABLE",
+            FailureCode::SourceNotAllowed => "SOURCE_NOT_ALLOWED",
+            FailureCode::UnsupportedSource => "UNSUPPORTED_SOURCE",
+            FailureCode::NoStartCommand => "NO_START_COMMAND",
+            FailureCode::UnsafeSource => "UNSAFE_SOURCE",
+            FailureCode::SourceTooLarge => "SOURCE_TOO_LARGE",
+            FailureCode::ArchiveFailed => "ARCHIVE_FAILED",
+            FailureCode::DaemonResourcesExhausted => "DAEMON_RESOURCES_EXHAUSTED",
+            FailureCode::PreflightFailed => "PREFLIGHT_FAILED",
+            FailureCode::CloudApiError => "CLOUD_API_ERROR",
+            FailureCode::BuildFailed => "BUILD_FAILED",
+            FailureCode::BuildTimeout => "BUILD_TIMEOUT",
+            FailureCode::RevisionNotReady => "REVISION_NOT_READY",
+            FailureCode::Unhealthy => "UNHEALTHY",
+            FailureCode::InvokerDenied => "INVOKER_DENIED",
+            FailureCode::NoProbeIdentity => "NO_PROBE_IDENTITY",
+            FailureCode::CanaryAborted => "CANARY_ABORTED",
+            FailureCode::Cancelled => "CANCELLED",
+            FailureCode::StoreUnavailable => "STORE_UNAVAILABLE",
+            FailureCode::ResumeImpossible => "RESUME_IMPOSSIBLE",
+        }
+    }
+}
+
 /// How a stage failed. Each variant carries what a person needs to act.
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
@@ -254,30 +350,30 @@ impl StageError {
     /// failed, whether trying again may help, and what to do.
     pub fn to_failure(&self, project: &str) -> Failure {
         let message = error_chain(self);
-        let (code, retriable, remediation): (&str, bool, Vec<String>) = match self {
-            StageError::Source { .. } => ("SOURCE_UNAVAILABLE", false, vec![
+        let (code, retriable, remediation): (FailureCode, bool, Vec<String>) = match self {
+            StageError::Source { .. } => (FailureCode::SourceUnavailable, false, vec![
                 "Check that the path exists and is readable by the daemon, or that the git URL and ref are right.".into(),
             ]),
-            StageError::SourceNotAllowed { .. } => ("SOURCE_NOT_ALLOWED", false, vec![
+            StageError::SourceNotAllowed { .. } => (FailureCode::SourceNotAllowed, false, vec![
                 "Deploy from a git URL, or from a path under a root the daemon allows (deployd serve --local-source-root DIR).".into(),
             ]),
             StageError::Analyze { source, .. } => {
                 use crate::analysis::AnalyzeError as A;
                 match source {
-                    A::UnsafeValue { .. } => ("UNSAFE_SOURCE", false, vec![
+                    A::UnsafeValue { .. } => (FailureCode::UnsafeSource, false, vec![
                         "Rename the value so it uses only letters, digits and ._/-:@, or add your own Dockerfile.".into(),
                     ]),
-                    A::NotRecognized { .. } => ("UNSUPPORTED_SOURCE", false, vec![
+                    A::NotRecognized { .. } => (FailureCode::UnsupportedSource, false, vec![
                         "Add a Dockerfile, or a Procfile with a 'web:' line, at the root of the source (or point source.subdirectory at the app).".into(),
                     ]),
-                    A::NoSuchDirectory { .. } => ("SOURCE_UNAVAILABLE", false, vec![
+                    A::NoSuchDirectory { .. } => (FailureCode::SourceUnavailable, false, vec![
                         "Check source.subdirectory: it must name a directory of the source.".into(),
                     ]),
-                    A::NoStart { .. } => ("NO_START_COMMAND", false, vec![
+                    A::NoStart { .. } => (FailureCode::NoStartCommand, false, vec![
                         "Add a start script to package.json (scripts.start), a Procfile with a 'web:' line, or your own Dockerfile.".into(),
                     ]),
                     A::Io { source: e, .. } if out_of_descriptors(e) => daemon_out_of_descriptors(),
-                    A::Io { .. } => ("SOURCE_UNAVAILABLE", false, vec![
+                    A::Io { .. } => (FailureCode::SourceUnavailable, false, vec![
                         "Check that every file under the source directory is readable.".into(),
                     ]),
                 }
@@ -285,34 +381,34 @@ impl StageError {
             StageError::Archive { source, .. } => {
                 use super::archive::ArchiveError as A;
                 match source {
-                    A::TooLarge { .. } => ("SOURCE_TOO_LARGE", false, vec![
+                    A::TooLarge { .. } => (FailureCode::SourceTooLarge, false, vec![
                         "Leave build output, dependencies and data out of the upload with a .gcloudignore (gitignore syntax; '#!include:.gitignore' reuses your .gitignore).".into(),
                         "Or raise the limit with DEPLOYD_MAX_SOURCE_BYTES.".into(),
                     ]),
-                    A::SymlinkEscape { .. } | A::SpecialFile { .. } | A::PathEscape { .. } => ("UNSAFE_SOURCE", false, vec![
+                    A::SymlinkEscape { .. } | A::SpecialFile { .. } | A::PathEscape { .. } => (FailureCode::UnsafeSource, false, vec![
                         "Remove the file from the source tree, or list it in .gcloudignore.".into(),
                     ]),
-                    A::BadPattern { .. } | A::BadDockerignore { .. } => ("ARCHIVE_FAILED", false, vec![
+                    A::BadPattern { .. } | A::BadDockerignore { .. } => (FailureCode::ArchiveFailed, false, vec![
                         "Fix the pattern in the ignore file.".into(),
                     ]),
-                    A::IgnoreFileTooLarge { .. } => ("ARCHIVE_FAILED", false, vec![
+                    A::IgnoreFileTooLarge { .. } => (FailureCode::ArchiveFailed, false, vec![
                         "Shorten the ignore file: directory patterns (build/, node_modules/) cover many files in one line.".into(),
                     ]),
-                    A::BadInclude { .. } => ("UNSAFE_SOURCE", false, vec![
+                    A::BadInclude { .. } => (FailureCode::UnsafeSource, false, vec![
                         "Include only files of the source tree, by a relative path without '..' (#!include:.gitignore).".into(),
                     ]),
                     A::Io { source: e, .. } if out_of_descriptors(e) => daemon_out_of_descriptors(),
-                    A::Io { .. } => ("ARCHIVE_FAILED", false, vec![
+                    A::Io { .. } => (FailureCode::ArchiveFailed, false, vec![
                         "Check that every file under the source directory is readable.".into(),
                     ]),
                 }
             }
             StageError::PreflightFailed { remediation, inconclusive_only, .. } => {
-                ("PREFLIGHT_FAILED", *inconclusive_only, remediation.clone())
+                (FailureCode::PreflightFailed, *inconclusive_only, remediation.clone())
             }
             StageError::Cloud { source, .. } => {
                 let retriable = super::retry::classify_cloud(source).is_retriable();
-                ("CLOUD_API_ERROR", retriable, cloud_remediation(source, project))
+                (FailureCode::CloudApiError, retriable, cloud_remediation(source, project))
             }
             StageError::BuildFailed { retriable, log_url, attempts, .. } => {
                 let mut r = Vec::new();
@@ -324,36 +420,36 @@ impl StageError {
                 if !log_url.is_empty() {
                     r.push(format!("Full build log: {log_url}"));
                 }
-                ("BUILD_FAILED", *retriable, r)
+                (FailureCode::BuildFailed, *retriable, r)
             }
-            StageError::BuildTimedOut { log_url, .. } => ("BUILD_TIMEOUT", true, vec![
+            StageError::BuildTimedOut { log_url, .. } => (FailureCode::BuildTimeout, true, vec![
                 "Raise the build timeout (build.timeout_seconds) if the build is legitimately slow.".into(),
                 format!("Full build log: {log_url}"),
             ]),
-            StageError::RevisionNotReady { .. } => ("REVISION_NOT_READY", false, vec![
+            StageError::RevisionNotReady { .. } => (FailureCode::RevisionNotReady, false, vec![
                 "Make sure the container listens on $PORT (8080 by default) and starts within the startup timeout.".into(),
                 format!("Revision logs: https://console.cloud.google.com/run?project={project}"),
             ]),
-            StageError::Unhealthy { .. } => ("UNHEALTHY", false, vec![
+            StageError::Unhealthy { .. } => (FailureCode::Unhealthy, false, vec![
                 "The new revision does not answer its health check: see what it logged, fix it and deploy again.".into(),
             ]),
-            StageError::NoProbeIdentity { .. } => ("NO_PROBE_IDENTITY", false, vec![
+            StageError::NoProbeIdentity { .. } => (FailureCode::NoProbeIdentity, false, vec![
                 "Give the daemon an identity: DEPLOYD_INVOKER_SERVICE_ACCOUNT (--invoker-service-account) naming an account with roles/run.invoker that the daemon may mint tokens for (roles/iam.serviceAccountTokenCreator), or run it on Google Cloud, where the metadata server provides one (GCE_METADATA_HOST elsewhere).".into(),
                 "Or make the service public, if it is meant to be (allow_unauthenticated).".into(),
             ]),
-            StageError::CanaryAborted { .. } => ("CANARY_ABORTED", false, vec![
+            StageError::CanaryAborted { .. } => (FailureCode::CanaryAborted, false, vec![
                 "The candidate served worse than its limits allow (see the canary step results and their measurements); fix it and deploy again.".into(),
                 "If the limits are too strict for this service, loosen them in the request's analysis settings.".into(),
             ]),
-            StageError::Cancelled { .. } => ("CANCELLED", true, vec![
+            StageError::Cancelled { .. } => (FailureCode::Cancelled, true, vec![
                 "Nothing is left running (a build in progress was cancelled); deploy again when ready.".into(),
             ]),
-            StageError::Journal(_) => ("STORE_UNAVAILABLE", true, vec![
+            StageError::Journal(_) => (FailureCode::StoreUnavailable, true, vec![
                 "The daemon could not write to its deployment store (--database-url / --state-dir): check the database or disk, then deploy again.".into(),
             ]),
         };
         Failure {
-            code: code.into(),
+            code: code.as_str().into(),
             message,
             retriable,
             remediation,
@@ -423,9 +519,9 @@ fn out_of_descriptors(e: &std::io::Error) -> bool {
     })
 }
 
-fn daemon_out_of_descriptors() -> (&'static str, bool, Vec<String>) {
+fn daemon_out_of_descriptors() -> (FailureCode, bool, Vec<String>) {
     (
-        "DAEMON_RESOURCES_EXHAUSTED",
+        FailureCode::DaemonResourcesExhausted,
         true,
         vec![
             "deployd ran out of file descriptors under load; deploy again in a moment.".into(),
@@ -437,6 +533,30 @@ fn daemon_out_of_descriptors() -> (&'static str, bool, Vec<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The codes in the proto's comment on `Failure.code` and in the README
+    /// are exactly the ones deployd gives.
+    #[test]
+    fn failure_codes_are_documented() {
+        let ours: Vec<&str> = FailureCode::ALL.iter().map(|c| c.as_str()).collect();
+        let proto = include_str!("../../proto/deployd/v1/deployd.proto");
+        let listed: Vec<&str> = proto
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("//   "))
+            .filter_map(|l| l.split_once(": ").map(|(c, _)| c))
+            .filter(|c| !c.is_empty() && c.chars().all(|ch| ch.is_ascii_uppercase() || ch == '_'))
+            .collect();
+        assert_eq!(listed, ours, "proto's Failure.code list");
+        let readme = include_str!("../../README.md");
+        let line = readme
+            .split("Failure codes (")
+            .nth(1)
+            .and_then(|r| r.split_once("):"))
+            .and_then(|(_, r)| r.split("\n\n").next())
+            .expect("the README's failure code paragraph");
+        let in_readme: Vec<&str> = line.split('`').skip(1).step_by(2).collect();
+        assert_eq!(in_readme, ours, "README's failure codes");
+    }
 
     #[test]
     fn running_out_of_descriptors_is_the_daemons_problem_and_retriable() {

@@ -43,7 +43,7 @@ pub use deploy::CANDIDATE_TAG;
 pub use preflight::{CHECK_ORDER, REQUIRED_APIS, REQUIRED_PERMISSIONS};
 
 use cloud::{Cloud, Prober, PromQl};
-use error::StageError;
+use error::{FailureCode, StageError};
 use event::{EventKind, Failure, Outcome, Reporter, Stage};
 use model::{DeployRequest, PreflightRequest, RollbackPolicy, RolloutMode, VerifyRequest};
 use verify::{Approval, ProbeContext, UrlPolicy, UrlRefused, Verification};
@@ -699,7 +699,7 @@ impl Pipeline {
             && denied
             && !d.request.runtime.allow_unauthenticated
         {
-            f.code = "INVOKER_DENIED".into();
+            f.code = FailureCode::InvokerDenied.as_str().into();
             f.message = format!(
                 "{}: the private service refused deployd's identity token; it lacks roles/run.invoker (permission run.routes.invoke) on {}",
                 f.message, t.service

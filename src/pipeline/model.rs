@@ -34,6 +34,33 @@ pub struct InvalidRequest {
     pub reason: String,
 }
 
+/// Every rule a request breaks, in the order its fields are checked, so a
+/// caller can fix them all at once.
+#[derive(Debug, Default)]
+pub struct Violations(Vec<InvalidRequest>);
+
+impl Violations {
+    pub fn push(&mut self, v: InvalidRequest) {
+        self.0.push(v);
+    }
+
+    /// Keeps the violation a check reports, if any.
+    pub fn check(&mut self, r: Result<(), InvalidRequest>) {
+        if let Err(e) = r {
+            self.0.push(e);
+        }
+    }
+
+    pub fn into_vec(self) -> Vec<InvalidRequest> {
+        self.0
+    }
+
+    /// The first violation, for callers that stop at one.
+    pub fn first(self) -> Result<(), InvalidRequest> {
+        self.0.into_iter().next().map_or(Ok(()), Err)
+    }
+}
+
 impl InvalidRequest {
     pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self {
@@ -47,12 +74,17 @@ impl Target {
     /// Validates the project id, region and (when `with_service`) the Cloud
     /// Run service name against Google's naming rules.
     pub fn validate(&self, with_service: bool) -> Result<(), InvalidRequest> {
-        validate_project("target.project", &self.project)?;
-        validate_region("target.region", &self.region)?;
+        let mut v = Violations::default();
+        self.check(with_service, &mut v);
+        v.first()
+    }
+
+    pub fn check(&self, with_service: bool, v: &mut Violations) {
+        v.check(validate_project("target.project", &self.project));
+        v.check(validate_region("target.region", &self.region));
         if with_service {
-            validate_service_name("target.service", &self.service)?;
+            v.check(validate_service_name("target.service", &self.service));
         }
-        Ok(())
     }
 }
 
@@ -258,24 +290,24 @@ impl StartupProbe {
 
     /// Cloud Run's rules, so a revision it would refuse is refused before a
     /// build is spent on it.
-    pub fn validate(&self, prefix: &str) -> Result<(), InvalidRequest> {
+    pub fn check(&self, prefix: &str, v: &mut Violations) {
         let field = |name: &str| format!("{prefix}{name}");
         let max = STARTUP_PROBE_MAX_SECONDS;
-        rules::url_path(&self.path).map_err(|r| InvalidRequest::new(field("path"), r))?;
+        v.check(rules::url_path(&self.path).map_err(|r| InvalidRequest::new(field("path"), r)));
         if self.initial_delay_seconds > max {
-            return Err(InvalidRequest::new(
+            v.push(InvalidRequest::new(
                 field("initial_delay_seconds"),
                 format!("at most {max}"),
             ));
         }
         if !(1..=max).contains(&self.period_seconds) {
-            return Err(InvalidRequest::new(
+            v.push(InvalidRequest::new(
                 field("period_seconds"),
                 format!("must be between 1 and {max}"),
             ));
         }
         if !(1..=self.period_seconds).contains(&self.timeout_seconds) {
-            return Err(InvalidRequest::new(
+            v.push(InvalidRequest::new(
                 field("timeout_seconds"),
                 "must be at least 1 and at most period_seconds",
             ));
@@ -283,14 +315,19 @@ impl StartupProbe {
         if self.failure_threshold == 0
             || u64::from(self.failure_threshold) * u64::from(self.period_seconds) > u64::from(max)
         {
-            return Err(InvalidRequest::new(
+            v.push(InvalidRequest::new(
                 field("failure_threshold"),
                 format!(
                     "failure_threshold x period_seconds must be between 1 and {max} s (Cloud Run's startup window)"
                 ),
             ));
         }
-        Ok(())
+    }
+
+    pub fn validate(&self, prefix: &str) -> Result<(), InvalidRequest> {
+        let mut v = Violations::default();
+        self.check(prefix, &mut v);
+        v.first()
     }
 }
 
@@ -309,13 +346,13 @@ pub const MAX_INSTANCES: u32 = 1000;
 impl RuntimeSettings {
     /// Cloud Run's own limits, checked before a build is spent on a
     /// revision Cloud Run would refuse.
-    pub fn validate(&self) -> Result<(), InvalidRequest> {
+    pub fn check(&self, v: &mut Violations) {
         if let Some(p) = &self.startup_probe {
             // Set through the request's health check.
-            p.validate("health_check.startup_probe.")?;
+            p.check("health_check.startup_probe.", v);
         }
         if self.env.len() + self.secrets.len() > rules::MAX_ENV_VARS {
-            return Err(InvalidRequest::new(
+            v.push(InvalidRequest::new(
                 "runtime.env",
                 format!(
                     "{} variables; Cloud Run allows {}",
@@ -325,21 +362,26 @@ impl RuntimeSettings {
             ));
         }
         for (name, value) in &self.env {
-            rules::env_name(name).map_err(|r| InvalidRequest::new("runtime.env", r))?;
-            rules::env_value(name, value).map_err(|r| InvalidRequest::new("runtime.env", r))?;
+            v.check(rules::env_name(name).map_err(|r| InvalidRequest::new("runtime.env", r)));
+            v.check(
+                rules::env_value(name, value).map_err(|r| InvalidRequest::new("runtime.env", r)),
+            );
         }
         let mut secret_names = std::collections::BTreeSet::new();
         for s in &self.secrets {
             if s.env_name.is_empty() || s.secret.is_empty() {
-                return Err(InvalidRequest::new(
+                v.push(InvalidRequest::new(
                     "runtime.secrets",
                     "each secret needs env_name and secret",
                 ));
+                continue;
             }
-            rules::env_name(&s.env_name)
-                .map_err(|r| InvalidRequest::new("runtime.secrets.env_name", r))?;
+            v.check(
+                rules::env_name(&s.env_name)
+                    .map_err(|r| InvalidRequest::new("runtime.secrets.env_name", r)),
+            );
             if self.env.contains_key(&s.env_name) || !secret_names.insert(&s.env_name) {
-                return Err(InvalidRequest::new(
+                v.push(InvalidRequest::new(
                     "runtime.secrets.env_name",
                     format!(
                         "{} is set twice (in env and secrets, or by two secrets)",
@@ -347,23 +389,27 @@ impl RuntimeSettings {
                     ),
                 ));
             }
-            rules::secret(&s.secret)
-                .map_err(|r| InvalidRequest::new("runtime.secrets.secret", r))?;
-            rules::secret_version(&s.version)
-                .map_err(|r| InvalidRequest::new("runtime.secrets.version", r))?;
+            v.check(
+                rules::secret(&s.secret)
+                    .map_err(|r| InvalidRequest::new("runtime.secrets.secret", r)),
+            );
+            v.check(
+                rules::secret_version(&s.version)
+                    .map_err(|r| InvalidRequest::new("runtime.secrets.version", r)),
+            );
         }
         if let Some(cpu) = &self.cpu {
-            rules::cpu(cpu).map_err(|r| InvalidRequest::new("runtime.cpu", r))?;
+            v.check(rules::cpu(cpu).map_err(|r| InvalidRequest::new("runtime.cpu", r)));
         }
         if let Some(memory) = &self.memory {
-            rules::memory(memory).map_err(|r| InvalidRequest::new("runtime.memory", r))?;
+            v.check(rules::memory(memory).map_err(|r| InvalidRequest::new("runtime.memory", r)));
         }
         for (field, n) in [
             ("runtime.min_instances", self.min_instances),
             ("runtime.max_instances", self.max_instances),
         ] {
             if let Some(n) = n.filter(|n| *n > MAX_INSTANCES) {
-                return Err(InvalidRequest::new(
+                v.push(InvalidRequest::new(
                     field,
                     format!(
                         "{n} is over {MAX_INSTANCES}, the most deployd lets one service ask for"
@@ -373,7 +419,7 @@ impl RuntimeSettings {
         }
         if let (Some(min), Some(max)) = (self.min_instances, self.max_instances) {
             if min > max {
-                return Err(InvalidRequest::new(
+                v.push(InvalidRequest::new(
                     "runtime.min_instances",
                     format!("min_instances {min} exceeds max_instances {max}"),
                 ));
@@ -381,7 +427,7 @@ impl RuntimeSettings {
         }
         if let Some(c) = self.concurrency {
             if c > 1000 {
-                return Err(InvalidRequest::new(
+                v.push(InvalidRequest::new(
                     "runtime.concurrency",
                     "Cloud Run allows at most 1000 concurrent requests per instance",
                 ));
@@ -389,27 +435,36 @@ impl RuntimeSettings {
         }
         if let Some(t) = self.request_timeout {
             if t > Duration::from_secs(3600) {
-                return Err(InvalidRequest::new(
+                v.push(InvalidRequest::new(
                     "runtime.request_timeout_seconds",
                     "Cloud Run allows at most 3600 seconds",
                 ));
             }
         }
         if let Some(sa) = &self.service_account {
-            rules::service_account_email(sa)
-                .map_err(|r| InvalidRequest::new("runtime.service_account", r))?;
+            v.check(
+                rules::service_account_email(sa)
+                    .map_err(|r| InvalidRequest::new("runtime.service_account", r)),
+            );
         }
         if let Some(connector) = &self.vpc_connector {
-            rules::vpc_connector(connector)
-                .map_err(|r| InvalidRequest::new("runtime.vpc_connector", r))?;
+            v.check(
+                rules::vpc_connector(connector)
+                    .map_err(|r| InvalidRequest::new("runtime.vpc_connector", r)),
+            );
         }
         if self.vpc_egress.is_some() && self.vpc_connector.is_none() {
-            return Err(InvalidRequest::new(
+            v.push(InvalidRequest::new(
                 "runtime.vpc_connector",
                 "vpc_egress needs a VPC connector",
             ));
         }
-        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), InvalidRequest> {
+        let mut v = Violations::default();
+        self.check(&mut v);
+        v.first()
     }
 }
 
@@ -452,9 +507,9 @@ pub const MACHINE_TYPES: &[&str] = &[
 ];
 
 impl BuildOptions {
-    pub fn validate(&self) -> Result<(), InvalidRequest> {
+    pub fn check(&self, v: &mut Violations) {
         if !MACHINE_TYPES.contains(&self.machine_type.as_str()) {
-            return Err(InvalidRequest::new(
+            v.push(InvalidRequest::new(
                 "build.machine_type",
                 format!(
                     "{} is not a Cloud Build machine type ({})",
@@ -465,19 +520,19 @@ impl BuildOptions {
         }
         // Cloud Build accepts build timeouts up to 24 h.
         if self.timeout > Duration::from_secs(24 * 3600) {
-            return Err(InvalidRequest::new(
+            v.push(InvalidRequest::new(
                 "build.timeout_seconds",
                 "Cloud Build allows at most 86400 seconds",
             ));
         }
         if self.step_timeout > self.timeout {
-            return Err(InvalidRequest::new(
+            v.push(InvalidRequest::new(
                 "build.step_timeout_seconds",
                 "a step timeout cannot exceed the build timeout",
             ));
         }
         if !(1..=10).contains(&self.max_attempts) {
-            return Err(InvalidRequest::new(
+            v.push(InvalidRequest::new(
                 "build.max_attempts",
                 "must be between 1 and 10",
             ));
@@ -492,7 +547,7 @@ impl BuildOptions {
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
         if !repo_ok {
-            return Err(InvalidRequest::new(
+            v.push(InvalidRequest::new(
                 "build.repository",
                 format!(
                     "{} is not an Artifact Registry repository id",
@@ -501,10 +556,17 @@ impl BuildOptions {
             ));
         }
         if let Some(sa) = &self.service_account {
-            rules::service_account_email(sa)
-                .map_err(|r| InvalidRequest::new("build.service_account", r))?;
+            v.check(
+                rules::service_account_email(sa)
+                    .map_err(|r| InvalidRequest::new("build.service_account", r)),
+            );
         }
-        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), InvalidRequest> {
+        let mut v = Violations::default();
+        self.check(&mut v);
+        v.first()
     }
 }
 
@@ -563,17 +625,17 @@ const MAX_ACCEPTED_STATUSES: usize = 32;
 impl HealthCheckSpec {
     /// `prefix` is where the settings sit in the request (`health_check.`
     /// in a Deploy, nothing in a Verify) and `path_field` the path's name.
-    pub fn validate(&self, prefix: &str, path_field: &str) -> Result<(), InvalidRequest> {
+    pub fn check(&self, prefix: &str, path_field: &str, v: &mut Violations) {
         let field = |name: &str| format!("{prefix}{name}");
-        rules::url_path(&self.path).map_err(|r| InvalidRequest::new(path_field, r))?;
+        v.check(rules::url_path(&self.path).map_err(|r| InvalidRequest::new(path_field, r)));
         if !(1..=MAX_CONSECUTIVE_SUCCESSES).contains(&self.consecutive_successes) {
-            return Err(InvalidRequest::new(
+            v.push(InvalidRequest::new(
                 field("consecutive_successes"),
                 format!("must be between 1 and {MAX_CONSECUTIVE_SUCCESSES}"),
             ));
         }
         if !(1..=20).contains(&self.attempts) {
-            return Err(InvalidRequest::new(
+            v.push(InvalidRequest::new(
                 field("attempts"),
                 "must be between 1 and 20",
             ));
@@ -583,12 +645,12 @@ impl HealthCheckSpec {
             ("base_delay_ms", Some(self.base_delay), MAX_PROBE_BASE_DELAY),
             ("max_delay_ms", self.max_delay, MAX_PROBE_MAX_DELAY),
         ] {
-            if let Some(v) = value.filter(|v| *v > max) {
-                return Err(InvalidRequest::new(
+            if let Some(over) = value.filter(|d| *d > max) {
+                v.push(InvalidRequest::new(
                     field(name),
                     format!(
                         "{} ms is over the {} ms limit",
-                        v.as_millis(),
+                        over.as_millis(),
                         max.as_millis()
                     ),
                 ));
@@ -600,7 +662,7 @@ impl HealthCheckSpec {
                 .iter()
                 .any(|s| !(100..600).contains(s))
         {
-            return Err(InvalidRequest::new(
+            v.push(InvalidRequest::new(
                 field("accepted_statuses"),
                 format!("at most {MAX_ACCEPTED_STATUSES} HTTP status codes (100-599)"),
             ));
@@ -610,21 +672,28 @@ impl HealthCheckSpec {
             .as_ref()
             .is_some_and(|b| b.len() > MAX_EXPECT_BODY_BYTES)
         {
-            return Err(InvalidRequest::new(
+            v.push(InvalidRequest::new(
                 field("expect_body"),
                 format!("at most {MAX_EXPECT_BODY_BYTES} bytes"),
             ));
         }
         if self.headers.len() > rules::MAX_HEADERS {
-            return Err(InvalidRequest::new(
+            v.push(InvalidRequest::new(
                 field("headers"),
                 format!("at most {} headers", rules::MAX_HEADERS),
             ));
         }
         for (name, value) in &self.headers {
-            rules::header(name, value).map_err(|r| InvalidRequest::new(field("headers"), r))?;
+            v.check(
+                rules::header(name, value).map_err(|r| InvalidRequest::new(field("headers"), r)),
+            );
         }
-        Ok(())
+    }
+
+    pub fn validate(&self, prefix: &str, path_field: &str) -> Result<(), InvalidRequest> {
+        let mut v = Violations::default();
+        self.check(prefix, path_field, &mut v);
+        v.first()
     }
 }
 
@@ -670,8 +739,32 @@ pub struct DeployRequest {
 }
 
 impl DeployRequest {
+    /// The first rule the request breaks.
     pub fn validate(&self) -> Result<(), InvalidRequest> {
-        self.target.validate(true)?;
+        let mut v = Violations::default();
+        self.check(&mut v);
+        v.first()
+    }
+
+    /// Every rule the request breaks, in field order.
+    pub fn violations(&self) -> Vec<InvalidRequest> {
+        let mut v = Violations::default();
+        self.check(&mut v);
+        v.into_vec()
+    }
+
+    fn check(&self, v: &mut Violations) {
+        self.target.check(true, v);
+        v.check(self.check_source());
+        v.check(self.check_subdirectory());
+        // The health check first: the startup probe takes its path.
+        self.health.check("health_check.", "health_check.path", v);
+        self.runtime.check(v);
+        self.build.check(v);
+        v.check(self.check_rollout());
+    }
+
+    fn check_source(&self) -> Result<(), InvalidRequest> {
         match &self.source {
             SourceSpec::LocalPath(p) => {
                 let shown_path = shown(&p.to_string_lossy());
@@ -706,6 +799,10 @@ impl DeployRequest {
                 }
             }
         }
+        Ok(())
+    }
+
+    fn check_subdirectory(&self) -> Result<(), InvalidRequest> {
         if let Some(sub) = &self.subdirectory {
             let p = std::path::Path::new(sub);
             if sub.len() > 1024
@@ -723,10 +820,11 @@ impl DeployRequest {
                 ));
             }
         }
-        // The health check first: the startup probe takes its path.
-        self.health.validate("health_check.", "health_check.path")?;
-        self.runtime.validate()?;
-        self.build.validate()?;
+        Ok(())
+    }
+
+    /// Canary steps and their analysis, with the rollout mode they need.
+    fn check_rollout(&self) -> Result<(), InvalidRequest> {
         if let (RolloutMode::Canary { percent }, true) =
             (self.rollout, self.canary_steps.is_empty())
         {
@@ -783,13 +881,22 @@ pub struct PreflightRequest {
 
 impl PreflightRequest {
     pub fn validate(&self) -> Result<(), InvalidRequest> {
+        Violations(self.violations()).first()
+    }
+
+    /// Every rule the request breaks, in field order.
+    pub fn violations(&self) -> Vec<InvalidRequest> {
+        let mut v = Violations::default();
         // The service name is optional here: preflight checks the project.
-        self.target.validate(!self.target.service.is_empty())?;
+        self.target.check(!self.target.service.is_empty(), &mut v);
         if let Some(sa) = &self.service_account {
-            rules::service_account_email(sa)
-                .map_err(|r| InvalidRequest::new("service_account", r))?;
+            v.check(
+                rules::service_account_email(sa)
+                    .map_err(|r| InvalidRequest::new("service_account", r)),
+            );
         }
-        self.build.validate()
+        self.build.check(&mut v);
+        v.into_vec()
     }
 }
 
@@ -801,6 +908,19 @@ pub struct VerifyRequest {
 
 impl VerifyRequest {
     pub fn validate(&self) -> Result<(), InvalidRequest> {
+        Violations(self.violations()).first()
+    }
+
+    /// Every rule the request breaks: the URL's first, then the health
+    /// check's.
+    pub fn violations(&self) -> Vec<InvalidRequest> {
+        let mut v = Violations::default();
+        v.check(self.check_url());
+        self.health.check("", "health_path", &mut v);
+        v.into_vec()
+    }
+
+    fn check_url(&self) -> Result<(), InvalidRequest> {
         if self.url.is_empty() {
             return Err(InvalidRequest::new("url", "must not be empty"));
         }
@@ -818,7 +938,7 @@ impl VerifyRequest {
         if !parsed.username().is_empty() || parsed.password().is_some() {
             return Err(bad("must not carry credentials"));
         }
-        self.health.validate("", "health_path")
+        Ok(())
     }
 }
 

@@ -22,6 +22,7 @@ use futures::future::BoxFuture;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Code, Status};
 
+use crate::api::refusal::{refuse, Reason};
 use crate::config::AuthConfig;
 use crate::telemetry::metrics;
 use oidc::{OidcError, OidcVerifier};
@@ -104,8 +105,10 @@ impl Refusal {
     fn status(&self) -> Status {
         match self {
             // Not the caller's fault, and worth retrying.
-            Refusal::Oidc(OidcError::KeysUnavailable(_)) => Status::unavailable(self.to_string()),
-            _ => Status::unauthenticated(self.to_string()),
+            Refusal::Oidc(OidcError::KeysUnavailable(_)) => {
+                refuse(Reason::IssuerUnavailable, self.to_string())
+            }
+            _ => refuse(Reason::Unauthenticated, self.to_string()),
         }
     }
 }
@@ -547,11 +550,14 @@ impl Call {
 
     fn deny(&self, action: Action, what: &str) -> Status {
         metrics::auth_refused(self.rpc, "denied");
-        Status::permission_denied(format!(
-            "{} may not {} {what}: no policy rule allows it",
-            self.principal.name,
-            action.as_str()
-        ))
+        refuse(
+            Reason::NotPermitted,
+            format!(
+                "{} may not {} {what}: no policy rule allows it",
+                self.principal.name,
+                action.as_str()
+            ),
+        )
     }
 
     /// The call acts on a project's service (Deploy, Preflight).
