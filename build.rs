@@ -10,7 +10,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("deployd_descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // prost::Name on every message: the CLI finds a message's descriptor by
+    // its full name to print the canonical JSON mapping.
+    let mut config = tonic_prost_build::Config::new();
+    config.enable_type_names();
+    tonic_prost_build::configure().compile_fds_with_config(fds, config)?;
     println!("cargo:rerun-if-changed=proto");
     // The commit deployd_build_info names; "unknown" outside a checkout
     // (a crate tarball). Rebuilt when HEAD moves.

@@ -55,6 +55,53 @@ fn deploy_with_embedded_sandbox_ends_with_a_verified_url() {
     );
 }
 
+fn descriptor(name: &str) -> prost_reflect::MessageDescriptor {
+    prost_reflect::DescriptorPool::decode(deployd::api::proto::FILE_DESCRIPTOR_SET)
+        .expect("descriptor set")
+        .get_message_by_name(name)
+        .expect("message")
+}
+
+/// `v` is `desc` in the canonical JSON mapping with defaults emitted: every
+/// key is one of its fields' JSON names, every field without presence is
+/// there, and nested messages hold to the same (Timestamps and Durations
+/// are strings, maps are checked as objects).
+fn check_canonical(v: &serde_json::Value, desc: &prost_reflect::MessageDescriptor, path: &str) {
+    let obj = v
+        .as_object()
+        .unwrap_or_else(|| panic!("{path}: not an object: {v}"));
+    for f in desc.fields() {
+        if !f.supports_presence() {
+            assert!(
+                obj.contains_key(f.json_name()),
+                "{path}.{} is missing: {v}",
+                f.json_name()
+            );
+        }
+    }
+    for (key, value) in obj {
+        let f = desc
+            .fields()
+            .find(|f| f.json_name() == key)
+            .unwrap_or_else(|| panic!("{path}.{key} is no field of {}", desc.full_name()));
+        let prost_reflect::Kind::Message(m) = f.kind() else {
+            continue;
+        };
+        let path = format!("{path}.{key}");
+        if f.is_map() {
+            assert!(value.is_object(), "{path}: {value}");
+        } else if m.full_name().starts_with("google.protobuf.") {
+            assert!(value.is_string(), "{path}: {value}");
+        } else if f.is_list() {
+            for item in value.as_array().expect("a list") {
+                check_canonical(item, &m, &path);
+            }
+        } else {
+            check_canonical(value, &m, &path);
+        }
+    }
+}
+
 #[test]
 fn json_lines_end_with_the_outcome() {
     let out = deployd()
@@ -73,12 +120,32 @@ fn json_lines_end_with_the_outcome() {
         .lines()
         .map(|l| serde_json::from_str(l).expect("each line is JSON"))
         .collect();
-    let last = lines.last().expect("events");
-    assert_eq!(last["kind"], "outcome");
-    assert_eq!(last["data"]["success"], true);
-    assert_eq!(last["data"]["verified"], true);
-    let id = &lines[0]["deployment_id"];
-    assert!(lines.iter().all(|l| &l["deployment_id"] == id));
+    let last = &lines.last().expect("events")["outcome"];
+    assert_eq!(last["success"], true);
+    assert_eq!(last["verified"], true);
+    let id = &lines[0]["deploymentId"];
+    assert!(lines.iter().all(|l| &l["deploymentId"] == id));
+    // The proto's canonical JSON mapping, whole: every line is an Event
+    // whose every field without presence is there, nested messages too, and
+    // no key is foreign to the contract. A field added to the proto and
+    // left out of the output fails here.
+    let event = descriptor("deployd.v1.Event");
+    for l in &lines {
+        check_canonical(l, &event, "Event");
+    }
+    // The fields a hand-written mapping once dropped.
+    for key in ["rolledBack", "probeStats", "finalUrl", "sourceCommitTime"] {
+        assert!(last.get(key).is_some(), "outcome.{key}: {last}");
+    }
+    let probe = lines
+        .iter()
+        .find_map(|l| l.get("probe"))
+        .expect("a probe event");
+    for key in ["errorClass", "headersMs", "finalUrl"] {
+        assert!(probe.get(key).is_some(), "probe.{key}: {probe}");
+    }
+    assert_eq!(lines[0]["stage"], "STAGE_SOURCE");
+    assert!(lines[0]["seq"].is_string(), "uint64 as a string");
     // The shipped default: an HTTP startup probe on the health path.
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -235,7 +302,7 @@ fn json_logs_carry_the_deployment_id() {
     let id = stdout
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find_map(|e| e["deployment_id"].as_str().map(str::to_string))
+        .find_map(|e| e["deploymentId"].as_str().map(str::to_string))
         .expect("deployment id in the events");
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stderr)
         .lines()
@@ -320,7 +387,7 @@ fn deployments_from_the_command_line() {
         .collect();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["id"], id.as_str());
-    assert_eq!(rows[0]["state"], "succeeded");
+    assert_eq!(rows[0]["state"], "DEPLOYMENT_STATE_SUCCEEDED");
     let (code, _, err) = run(&["cancel", &id]);
     assert_eq!(code, Some(2), "{err}");
     assert!(
@@ -543,28 +610,29 @@ fn canary_steps_from_the_command_line() {
         .lines()
         .map(|l| serde_json::from_str(l).expect("json line"))
         .collect();
-    let steps: Vec<&serde_json::Value> = lines
-        .iter()
-        .filter(|l| l["kind"] == "canary_step")
-        .map(|l| &l["data"])
-        .collect();
+    let steps: Vec<&serde_json::Value> = lines.iter().filter_map(|l| l.get("canaryStep")).collect();
     assert_eq!(steps.len(), 2, "{stdout}");
     assert_eq!(steps[0]["percent"], 10);
     assert_eq!(steps[0]["action"], "next");
     assert_eq!(steps[1]["percent"], 50);
     assert_eq!(steps[1]["action"], "promote");
     for s in &steps {
-        assert_eq!(s["verdict"], "pass", "{s}");
+        assert_eq!(s["verdict"], "VERDICT_PASS", "{s}");
         let probes = s["measurements"]
             .as_array()
             .and_then(|m| m.iter().find(|m| m["name"] == "error_ratio").cloned())
             .expect("error ratio");
         // A 1 s interval scaled 100x: a probe every 10 ms for 0.6 s.
-        assert!(probes["samples"].as_u64().unwrap_or(0) >= 10, "{probes}");
+        // uint64 is a string in the canonical JSON mapping.
+        let samples: u64 = probes["samples"]
+            .as_str()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(samples >= 10, "{probes}");
     }
-    let outcome = &lines.last().expect("outcome")["data"];
+    let outcome = &lines.last().expect("outcome")["outcome"];
     assert_eq!(outcome["success"], true);
-    assert_eq!(outcome["canary_steps"].as_array().map(Vec::len), Some(2));
+    assert_eq!(outcome["canarySteps"].as_array().map(Vec::len), Some(2));
 }
 
 /// A fault set from outside, through the sandbox's control endpoint, while
@@ -619,10 +687,9 @@ fn a_fault_set_from_outside_aborts_a_canary() {
     let mut armed = false;
     for line in std::io::BufReader::new(stdout).lines() {
         let line: serde_json::Value = serde_json::from_str(&line.expect("line")).expect("json");
-        let step_two = line["kind"] == "progress"
-            && line["data"]["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("canary step 2/3"));
+        let step_two = line["progress"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("canary step 2/3"));
         if step_two && !armed {
             // The candidate is the service's latest revision.
             let (status, body) = reqwest::blocking_post(
@@ -639,18 +706,18 @@ fn a_fault_set_from_outside_aborts_a_canary() {
     assert!(!status.success());
     let steps: Vec<(u64, String)> = lines
         .iter()
-        .filter(|l| l["kind"] == "canary_step")
-        .map(|l| {
+        .filter_map(|l| l.get("canaryStep"))
+        .map(|c| {
             (
-                l["data"]["percent"].as_u64().unwrap_or(0),
-                l["data"]["action"].as_str().unwrap_or_default().to_string(),
+                c["percent"].as_u64().unwrap_or(0),
+                c["action"].as_str().unwrap_or_default().to_string(),
             )
         })
         .collect();
     assert_eq!(steps, [(10, "next".to_string()), (50, "abort".to_string())]);
-    let outcome = &lines.last().expect("outcome")["data"];
-    assert_eq!(outcome["canary_aborted"], true, "{outcome}");
-    assert_eq!(outcome["rolled_back"], true, "{outcome}");
+    let outcome = &lines.last().expect("outcome")["outcome"];
+    assert_eq!(outcome["canaryAborted"], true, "{outcome}");
+    assert_eq!(outcome["rolledBack"], true, "{outcome}");
     assert_eq!(outcome["error"]["code"], "CANARY_ABORTED");
 }
 
@@ -750,7 +817,7 @@ fn a_scenario_file_injects_quota_errors_into_the_embedded_sandbox() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let retries: Vec<&serde_json::Value> = lines.iter().filter(|l| l["kind"] == "retry").collect();
+    let retries: Vec<&serde_json::Value> = lines.iter().filter_map(|l| l.get("retry")).collect();
     assert_eq!(retries.len(), 2, "{lines:#?}");
     assert!(
         retries
@@ -762,7 +829,7 @@ fn a_scenario_file_injects_quota_errors_into_the_embedded_sandbox() {
     let out = run(&scenario(3));
     assert_eq!(out.status.code(), Some(1));
     let lines = events(&out);
-    let outcome = &lines.last().expect("outcome")["data"];
+    let outcome = &lines.last().expect("outcome")["outcome"];
     assert_eq!(outcome["success"], false);
     assert_eq!(outcome["error"]["retriable"], true, "{outcome}");
     assert!(

@@ -248,23 +248,26 @@ fn dora_from_the_command_line() {
         "--json",
     ]);
     assert_eq!(code, Some(0), "{err}");
+    // The proto's canonical JSON mapping of DeliveryMetrics.
     let m: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    assert_eq!(m["successfulDeployments"], 1, "{m}");
     assert_eq!(
-        m["deployment_frequency"]["successful_deployments"], 1,
-        "{m}"
-    );
-    assert_eq!(
-        m["deployment_frequency"]["band"], "high",
+        m["deploymentFrequencyBand"], "PERFORMANCE_BAND_HIGH",
         "1 in 7 days: {m}"
     );
-    let lead = m["lead_time"]["median_seconds"]
-        .as_f64()
-        .expect("lead time");
+    let lead: f64 = m["leadTimeMedian"]
+        .as_str()
+        .and_then(|d| d.strip_suffix('s'))
+        .and_then(|d| d.parse().ok())
+        .expect("lead time as a Duration string");
     assert!((lead - 2.0 * 86_400.0).abs() < 300.0, "{m}");
-    assert_eq!(m["lead_time"]["band"], "high", "{m}");
-    assert_eq!(m["change_failure_rate"]["rate"], 0.0, "{m}");
-    assert_eq!(m["change_failure_rate"]["band"], "elite", "{m}");
-    assert_eq!(m["time_to_restore"]["band"], "", "no restore: {m}");
+    assert_eq!(m["leadTimeBand"], "PERFORMANCE_BAND_HIGH", "{m}");
+    assert_eq!(m["changeFailureRate"], 0.0, "{m}");
+    assert_eq!(m["changeFailureBand"], "PERFORMANCE_BAND_ELITE", "{m}");
+    assert_eq!(
+        m["timeToRestoreBand"], "PERFORMANCE_BAND_UNSPECIFIED",
+        "no restore: {m}"
+    );
 
     let (code, out, err) = run(&["dora", "--project", "demo-project", "--service", "cli-dora"]);
     assert_eq!(code, Some(0), "{err}");

@@ -993,7 +993,7 @@ async fn run(command: Command) -> anyhow::Result<i32> {
                     let d = r.into_inner();
                     let mut out = std::io::stdout().lock();
                     if a.remote.json {
-                        writeln!(out, "{}", render::deployment_json(&d))?;
+                        writeln!(out, "{}", render::canonical_json(&d))?;
                     } else {
                         render::deployment(&mut out, &d)?;
                     }
@@ -1028,7 +1028,7 @@ async fn run(command: Command) -> anyhow::Result<i32> {
                 Ok(r) => {
                     let d = r.into_inner();
                     if a.remote.json {
-                        println!("{}", render::deployment_json(&d));
+                        println!("{}", render::canonical_json(&d));
                     } else {
                         println!(
                             "cancel requested for deployment {} (running on {}); follow it with: deployd watch {}",
@@ -1190,7 +1190,7 @@ async fn list(a: ListArgs) -> anyhow::Result<i32> {
     let mut out = std::io::stdout().lock();
     for d in &page.deployments {
         if a.remote.json {
-            writeln!(out, "{}", render::deployment_json(d))?;
+            writeln!(out, "{}", render::canonical_json(d))?;
         } else {
             render::deployment_row(&mut out, d)?;
         }
@@ -1221,7 +1221,7 @@ async fn dora(a: DoraArgs) -> anyhow::Result<i32> {
     };
     let mut out = std::io::stdout().lock();
     if a.remote.json {
-        writeln!(out, "{}", render::delivery_json(&m))?;
+        writeln!(out, "{}", render::canonical_json(&m))?;
     } else {
         render::delivery(&mut out, &m)?;
     }
@@ -1274,12 +1274,7 @@ fn analyze(a: AnalyzeArgs) -> anyhow::Result<i32> {
     let proto_plan = crate::api::convert::plan(&plan, text.as_deref());
     let mut out = std::io::stdout().lock();
     if a.json {
-        let event = proto::Event {
-            kind: Some(proto::event::Kind::Plan(proto_plan)),
-            stage: proto::Stage::Analyze.into(),
-            ..Default::default()
-        };
-        writeln!(out, "{}", render::to_json(&event)["data"])?;
+        writeln!(out, "{}", render::canonical_json(&proto_plan))?;
     } else {
         render::plan(&mut out, &proto_plan)?;
     }
@@ -1462,7 +1457,7 @@ impl Session {
                 id = event.deployment_id.clone();
             }
             if self.json {
-                writeln!(stdout, "{}", render::to_json(&event))?;
+                writeln!(stdout, "{}", render::canonical_json(&event))?;
             } else {
                 render::human_at(&mut stdout, &event, self.detail)?;
             }

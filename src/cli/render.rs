@@ -1,11 +1,48 @@
 //! The event stream for people (stages, progress, checks, the outcome) and,
-//! with `--json`, one JSON object per event for scripts.
+//! with `--json`, one JSON object per event for scripts: the proto's
+//! canonical JSON mapping (what grpcurl prints, with default values
+//! included), so a script reads deployd's and grpcurl's output alike.
 
 use std::io::Write;
 
-use serde_json::{json, Value};
+use std::sync::OnceLock;
+
+use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 
 use crate::api::proto::{self, event::Kind};
+
+/// The contract's descriptors, read once from the set build.rs embeds.
+fn descriptors() -> &'static DescriptorPool {
+    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET)
+            .expect("build.rs embeds a valid descriptor set")
+    })
+}
+
+/// A message of the contract in the proto's canonical JSON mapping
+/// (lowerCamelCase names, enums by name, 64-bit integers as strings,
+/// Timestamps and Durations as strings), with every field that has no
+/// presence present even at its default, so scripts need no defaults of
+/// their own. Unset messages and oneof members are left out, as the
+/// mapping says.
+pub fn canonical_json<M: prost::Message + prost::Name>(m: &M) -> String {
+    let Some(desc) = descriptors().get_message_by_name(&M::full_name()) else {
+        return "null".into();
+    };
+    let Ok(dynamic) = DynamicMessage::decode(desc, m.encode_to_vec().as_slice()) else {
+        return "null".into();
+    };
+    let options = SerializeOptions::new().skip_default_fields(false);
+    // Written as it is serialized, so fields keep the proto's order.
+    let mut out = Vec::new();
+    let written =
+        dynamic.serialize_with_options(&mut serde_json::Serializer::new(&mut out), &options);
+    match (written, String::from_utf8(out)) {
+        (Ok(()), Ok(text)) => text,
+        _ => "null".into(),
+    }
+}
 
 pub fn stage_name(s: i32) -> &'static str {
     match proto::Stage::try_from(s).unwrap_or(proto::Stage::Unspecified) {
@@ -18,10 +55,6 @@ pub fn stage_name(s: i32) -> &'static str {
         proto::Stage::Verify => "verify",
         proto::Stage::Rollback => "rollback",
     }
-}
-
-fn check_json(c: &proto::Check) -> Value {
-    json!({"name": c.name, "ok": c.ok, "inconclusive": c.inconclusive, "detail": c.detail, "remediation": c.remediation})
 }
 
 fn rfc3339(t: Option<&prost_types::Timestamp>) -> String {
@@ -38,25 +71,6 @@ pub fn state_name(s: i32) -> &'static str {
         proto::DeploymentState::Failed => "failed",
         proto::DeploymentState::Cancelled => "cancelled",
     }
-}
-
-/// A deployment resource as a JSON object (`list --json`, `status --json`).
-pub fn deployment_json(d: &proto::Deployment) -> Value {
-    let t = d.target.clone().unwrap_or_default();
-    json!({
-        "id": d.id, "request_id": d.request_id,
-        "project": t.project, "region": t.region, "service": t.service,
-        "state": state_name(d.state), "stage": stage_name(d.stage),
-        "create_time": rfc3339(d.create_time.as_ref()), "update_time": rfc3339(d.update_time.as_ref()),
-        "end_time": rfc3339(d.end_time.as_ref()),
-        "caller": d.caller, "owner": d.owner, "cancel_requested": d.cancel_requested,
-        "resumed": d.resumed, "last_seq": d.last_seq,
-        "outcome": d.outcome.as_ref().map(|o| json!({
-            "success": o.success, "url": o.url, "revision": o.revision, "previous_revision": o.previous_revision,
-            "rolled_back": o.rolled_back, "build_id": o.build_id,
-            "error": o.error.as_ref().map(|f| json!({"code": f.code, "message": f.message, "retriable": f.retriable, "remediation": f.remediation})),
-        })),
-    })
 }
 
 /// One line per deployment, for `deployd list`.
@@ -135,55 +149,6 @@ pub fn deployment(out: &mut impl Write, d: &proto::Deployment) -> std::io::Resul
     Ok(())
 }
 
-/// One event as a JSON object (a line of `--json` output).
-pub fn to_json(e: &proto::Event) -> Value {
-    let time = rfc3339(e.time.as_ref());
-    let (kind, data) = match &e.kind {
-        Some(Kind::StageStarted(_)) => ("stage_started", json!({})),
-        Some(Kind::StageFinished(f)) => (
-            "stage_finished",
-            json!({"ok": f.ok, "duration_ms": f.duration_ms}),
-        ),
-        Some(Kind::Progress(p)) => ("progress", json!({"message": p.message})),
-        Some(Kind::Log(l)) => ("log", json!({"line": l.line})),
-        Some(Kind::Check(c)) => ("check", check_json(c)),
-        Some(Kind::Probe(p)) => (
-            "probe",
-            json!({"attempt": p.attempt, "url": p.url, "status_code": p.status_code,
-                   "response_time_ms": p.response_time_ms, "healthy": p.healthy, "error": p.error}),
-        ),
-        Some(Kind::Retry(r)) => (
-            "retry",
-            json!({"operation": r.operation, "attempt": r.attempt, "delay_ms": r.delay_ms, "reason": r.reason}),
-        ),
-        Some(Kind::Plan(p)) => (
-            "plan",
-            json!({"language": p.language, "version": p.version, "framework": p.framework, "package_manager": p.package_manager,
-                   "install": p.install, "build": p.build, "start": p.start, "port": p.port,
-                   "evidence": p.evidence.iter().map(|e| json!({"file": e.file, "line": e.line, "note": e.note})).collect::<Vec<_>>(),
-                   "warnings": p.warnings.iter().map(|w| json!({"file": w.file, "line": w.line, "message": w.message, "env": w.env})).collect::<Vec<_>>(),
-                   "detected_language": p.detected_language, "user": p.user,
-                   "dockerfile": p.dockerfile}),
-        ),
-        Some(Kind::CanaryStep(c)) => ("canary_step", canary_json(c)),
-        Some(Kind::Outcome(o)) => (
-            "outcome",
-            json!({
-                "canary_steps": o.canary_steps.iter().map(canary_json).collect::<Vec<_>>(),
-                "canary_aborted": o.canary_aborted, "rolled_back": o.rolled_back,
-                "success": o.success, "url": o.url, "verified": o.verified, "response_time_ms": o.response_time_ms,
-                "should_rollback": o.should_rollback, "revision": o.revision, "previous_revision": o.previous_revision,
-                "image": o.image, "build_id": o.build_id, "failed_stage": stage_name(o.failed_stage),
-                "source_commit": o.source_commit,
-                "error": o.error.as_ref().map(|f| json!({"code": f.code, "message": f.message, "retriable": f.retriable, "remediation": f.remediation})),
-                "checks": o.checks.iter().map(check_json).collect::<Vec<_>>(),
-            }),
-        ),
-        None => ("unknown", json!({})),
-    };
-    json!({"deployment_id": e.deployment_id, "seq": e.seq, "stage": stage_name(e.stage), "time": time, "kind": kind, "data": data})
-}
-
 fn verdict_name(v: i32) -> &'static str {
     match proto::Verdict::try_from(v) {
         Ok(proto::Verdict::Pass) => "pass",
@@ -191,19 +156,6 @@ fn verdict_name(v: i32) -> &'static str {
         Ok(proto::Verdict::Inconclusive) => "inconclusive",
         _ => "unspecified",
     }
-}
-
-fn canary_json(c: &proto::CanaryStepResult) -> Value {
-    json!({
-        "step": c.step, "steps": c.steps, "percent": c.percent,
-        "baked_ms": c.baked.as_ref().map(|d| d.seconds as f64 * 1e3 + f64::from(d.nanos) / 1e6).unwrap_or(0.0),
-        "verdict": verdict_name(c.verdict), "action": c.action, "reason": c.reason,
-        "measurements": c.measurements.iter().map(|m| json!({
-            "source": m.source, "name": m.name, "value": m.value, "threshold": m.threshold,
-            "comparison": m.comparison, "samples": m.samples, "min_samples": m.min_samples,
-            "verdict": verdict_name(m.verdict), "baseline": m.baseline, "detail": m.detail,
-        })).collect::<Vec<_>>(),
-    })
 }
 
 fn canary_human(out: &mut impl Write, c: &proto::CanaryStepResult) -> std::io::Result<()> {
@@ -478,25 +430,6 @@ fn human_duration(secs: f64) -> String {
         (0, _, _) => format!("{h}h {m}m"),
         _ => format!("{d}d {h}h"),
     }
-}
-
-/// `deployd dora --json`.
-pub fn delivery_json(m: &proto::DeliveryMetrics) -> Value {
-    let t = m.target.clone().unwrap_or_default();
-    let rate = (m.successful_deployments + m.change_failures > 0).then_some(m.change_failure_rate);
-    json!({
-        "project": t.project, "region": t.region, "service": t.service,
-        "start_time": rfc3339(m.start_time.as_ref()), "end_time": rfc3339(m.end_time.as_ref()),
-        "deployment_frequency": {"successful_deployments": m.successful_deployments,
-            "per_day": m.deployments_per_day, "band": band_name(m.deployment_frequency_band)},
-        "lead_time": {"samples": m.lead_time_samples, "median_seconds": seconds(m.lead_time_median.as_ref()),
-            "band": band_name(m.lead_time_band)},
-        "change_failure_rate": {"change_failures": m.change_failures, "rate": rate,
-            "band": band_name(m.change_failure_band)},
-        "time_to_restore": {"restores": m.restores, "median_seconds": seconds(m.time_to_restore_median.as_ref()),
-            "band": band_name(m.time_to_restore_band),
-            "failing_since": m.failing_since.as_ref().map(|t| rfc3339(Some(t)))},
-    })
 }
 
 /// `deployd dora`: the four keys, each with its band.
