@@ -306,12 +306,14 @@ async fn a_token_accepted_before_is_refused_once_it_expires() {
 }
 
 /// A daemon taking API tokens for `admin` (everything), `team-a` (read
-/// and deploy on PROJECT) and `team-b` (everything, on other projects).
+/// and deploy on PROJECT), `team-b` (everything, on other projects) and
+/// `reader` (read on PROJECT).
 struct TokenDaemon {
     h: Harness,
     admin: String,
     team_a: String,
     team_b: String,
+    reader: String,
     _dir: tempfile::TempDir,
 }
 
@@ -320,8 +322,9 @@ async fn token_daemon() -> TokenDaemon {
     let (admin, l1) = tokens::new_token("admin");
     let (team_a, l2) = tokens::new_token("team-a");
     let (team_b, l3) = tokens::new_token("team-b");
+    let (reader, l4) = tokens::new_token("reader");
     let file = dir.path().join("tokens");
-    std::fs::write(&file, format!("# test tokens\n{l1}\n{l2}\n{l3}\n")).expect("tokens");
+    std::fs::write(&file, format!("# test tokens\n{l1}\n{l2}\n{l3}\n{l4}\n")).expect("tokens");
     let policy = policy_file(
         &dir,
         &format!(
@@ -337,6 +340,9 @@ async fn token_daemon() -> TokenDaemon {
     actions: ["*"]
     projects: ["team-b-*"]
     hosts: ["*.team-b.example"]
+  - principals: [reader]
+    actions: [read]
+    projects: ["{PROJECT}"]
 "#
         ),
     );
@@ -350,8 +356,40 @@ async fn token_daemon() -> TokenDaemon {
         admin,
         team_a,
         team_b,
+        reader,
         _dir: dir,
     }
+}
+
+/// Analyze reads sources as a deploy does: a principal who may deploy
+/// somewhere gets a plan; one who may only read is refused, with the
+/// NOT_PERMITTED reason.
+#[tokio::test]
+async fn analyze_is_for_principals_who_may_deploy() {
+    use tonic_types::StatusExt;
+    let d = token_daemon().await;
+    let mut client = d.h.client().await;
+    let req = || proto::AnalyzeRequest {
+        source: deploy_request("any", &example_app()).source,
+    };
+    let answer = client
+        .analyze(bearer(req(), &d.team_a))
+        .await
+        .expect("team-a may deploy, so it may analyze")
+        .into_inner();
+    assert!(answer.error.is_none(), "{answer:?}");
+    assert!(answer.plan.is_some_and(|p| !p.start.is_empty()));
+    let e = client
+        .analyze(bearer(req(), &d.reader))
+        .await
+        .expect_err("a reader may not");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("reader"), "{}", e.message());
+    assert_eq!(
+        e.get_error_details().error_info().map(|i| i.reason.clone()),
+        Some("NOT_PERMITTED".to_string())
+    );
+    assert!(d.h.sandbox.requests().is_empty(), "nothing reached Google");
 }
 
 #[tokio::test]

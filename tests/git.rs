@@ -183,3 +183,66 @@ async fn git_urls_cannot_bypass_the_source_policy() {
     }
     assert_eq!(srv.requests(), 0);
 }
+
+/// The Analyze RPC through `deployd analyze --server`, against `serve` with
+/// its shipped defaults: a git URL at a ref is cloned and analyzed by the
+/// daemon (the plan names the resolved commit), a local path under an
+/// allowed root gives the plan local analysis gives, and one outside the
+/// roots is answered with SOURCE_NOT_ALLOWED, not refused. Nothing deploys.
+#[tokio::test(flavor = "multi_thread")]
+async fn analyze_asks_the_daemon_for_a_plan() {
+    let srv = GitServer::start().await;
+    let (url, commit) = published_app(&srv).await;
+    let fixtures = format!("{}/tests/fixtures", env!("CARGO_MANIFEST_DIR"));
+    let served = common::serve(
+        std::process::Command::new(env!("CARGO_BIN_EXE_deployd")),
+        &[
+            "--sandbox",
+            "--source-private-hosts",
+            "127.0.0.1",
+            "--local-source-root",
+            &fixtures,
+        ],
+    );
+    let server = format!("http://127.0.0.1:{}", served.grpc);
+
+    let out = deployd(&["analyze", "--server", &server, "--git-url", &url, "--json"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON answer");
+    assert_eq!(r["sourceCommit"], commit.as_str(), "{r}");
+    assert_eq!(r["plan"]["language"], "python", "{r}");
+    assert_eq!(r["plan"]["framework"], "flask", "{r}");
+    assert!(
+        r["plan"]["dockerfile"]
+            .as_str()
+            .is_some_and(|d| d.contains("FROM python:")),
+        "{r}"
+    );
+    assert!(r.get("error").is_none(), "{r}");
+
+    // The daemon's plan of a local path is the local analysis' plan.
+    let dir = format!("{fixtures}/python-django-whitenoise");
+    let remote = deployd(&["analyze", "--server", &server, &dir, "--json"]).await;
+    let local = deployd(&["analyze", &dir, "--json"]).await;
+    assert!(remote.status.success(), "{}", text(&remote));
+    let remote: serde_json::Value = serde_json::from_slice(&remote.stdout).expect("JSON");
+    let local: serde_json::Value = serde_json::from_slice(&local.stdout).expect("JSON");
+    assert_eq!(remote["plan"], local, "the daemon's plan is the local one");
+
+    // Outside the daemon's roots: an answer saying so, exit 1.
+    let elsewhere = tempfile::tempdir().expect("tmp");
+    let out = deployd(&[
+        "analyze",
+        "--server",
+        &server,
+        &elsewhere.path().display().to_string(),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("[SOURCE_NOT_ALLOWED]"),
+        "{}",
+        text(&out)
+    );
+    drop(served);
+}

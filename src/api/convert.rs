@@ -12,10 +12,11 @@ use crate::pipeline::event::{
     CheckResult, Event, EventKind, Failure, Outcome, ProbeResult, ProbeStats, Stage,
 };
 use crate::pipeline::model::{
-    BuildOptions, DeployRequest, HealthCheckSpec, Ingress, InvalidRequest, PreflightRequest,
-    RollbackPolicy, RolloutMode, RuntimeSettings, SecretEnv, SourceSpec, StartupProbe, Target,
-    VerifyRequest, VpcEgress,
+    AnalyzeRequest, BuildOptions, DeployRequest, HealthCheckSpec, Ingress, InvalidRequest,
+    PreflightRequest, RollbackPolicy, RolloutMode, RuntimeSettings, SecretEnv, SourceSpec,
+    StartupProbe, Target, VerifyRequest, VpcEgress,
 };
+use crate::pipeline::Analysis;
 
 fn target(t: Option<proto::Target>) -> Result<Target, InvalidRequest> {
     let t = t.ok_or_else(|| InvalidRequest::new("target", "is required"))?;
@@ -115,22 +116,48 @@ pub fn health(
     })
 }
 
+/// A request's source: where it comes from and which directory of it.
+fn source(s: Option<proto::Source>) -> Result<(SourceSpec, Option<String>), InvalidRequest> {
+    let s = s.ok_or_else(|| InvalidRequest::new("source", "is required"))?;
+    let subdirectory = nonempty(s.subdirectory.clone());
+    let spec = match s.kind {
+        Some(proto::source::Kind::LocalPath(p)) => SourceSpec::LocalPath(PathBuf::from(p)),
+        Some(proto::source::Kind::GitUrl(url)) => SourceSpec::Git {
+            url,
+            git_ref: nonempty(s.git_ref),
+        },
+        None => return Err(InvalidRequest::new("source", "needs local_path or git_url")),
+    };
+    Ok((spec, subdirectory))
+}
+
+pub fn analyze_request(r: proto::AnalyzeRequest) -> Result<AnalyzeRequest, InvalidRequest> {
+    let (source, subdirectory) = source(r.source)?;
+    Ok(AnalyzeRequest {
+        source,
+        subdirectory,
+    })
+}
+
+pub fn analyze_response(r: Result<Analysis, Failure>) -> proto::AnalyzeResponse {
+    match r {
+        Ok(a) => proto::AnalyzeResponse {
+            plan: Some(plan(&a.plan, a.dockerfile.as_deref())),
+            source_commit: a.commit.unwrap_or_default(),
+            error: None,
+        },
+        Err(f) => proto::AnalyzeResponse {
+            error: Some(failure(f)),
+            ..Default::default()
+        },
+    }
+}
+
 pub fn deploy_request(
     r: proto::DeployRequest,
     default_health_delay: Duration,
 ) -> Result<DeployRequest, InvalidRequest> {
-    let source = r
-        .source
-        .ok_or_else(|| InvalidRequest::new("source", "is required"))?;
-    let subdirectory = nonempty(source.subdirectory.clone());
-    let source = match source.kind {
-        Some(proto::source::Kind::LocalPath(p)) => SourceSpec::LocalPath(PathBuf::from(p)),
-        Some(proto::source::Kind::GitUrl(url)) => SourceSpec::Git {
-            url,
-            git_ref: nonempty(source.git_ref),
-        },
-        None => return Err(InvalidRequest::new("source", "needs local_path or git_url")),
-    };
+    let (source, subdirectory) = source(r.source)?;
     let rt = r.runtime.unwrap_or_default();
     let runtime = RuntimeSettings {
         env: rt.env.into_iter().collect(),

@@ -32,7 +32,7 @@ use crate::api::auth::policy::Action;
 use crate::api::auth::{Auth, Call, Principal};
 use crate::deployments::{CancelError, Cursor, Filter, Manager, StoreError, SubmitError, WatchEnd};
 use crate::pipeline::event::Reporter;
-use crate::pipeline::model::InvalidRequest;
+use crate::pipeline::model::{InvalidRequest, SourceSpec};
 use crate::pipeline::rules;
 use crate::pipeline::verify::UrlRefused;
 use crate::pipeline::Pipeline;
@@ -410,6 +410,21 @@ impl DeployerService {
         Ok(rec)
     }
 
+    async fn analyze_call(
+        &self,
+        call: &mut Call,
+        r: proto::AnalyzeRequest,
+    ) -> Result<proto::AnalyzeResponse, Status> {
+        let req = convert::analyze_request(r).map_err(invalid)?;
+        valid(req.violations())?;
+        let shown = match &req.source {
+            SourceSpec::LocalPath(p) => p.display().to_string(),
+            SourceSpec::Git { url, .. } => url.clone(),
+        };
+        call.permit_analyze(&shown)?;
+        Ok(convert::analyze_response(self.pipeline.analyze(&req).await))
+    }
+
     async fn delivery_call(
         &self,
         call: &mut Call,
@@ -618,6 +633,15 @@ impl Deployer for DeployerService {
     ) -> Result<Response<EventStream>, Status> {
         let mut call = self.call("Verify", &request);
         let r = self.verify_call(&mut call, request).await;
+        call.end(r.map(Response::new))
+    }
+
+    async fn analyze(
+        &self,
+        request: Request<proto::AnalyzeRequest>,
+    ) -> Result<Response<proto::AnalyzeResponse>, Status> {
+        let mut call = self.call("Analyze", &request);
+        let r = self.analyze_call(&mut call, request.into_inner()).await;
         call.end(r.map(Response::new))
     }
 

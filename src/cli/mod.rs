@@ -179,11 +179,27 @@ enum StateArg {
 
 #[derive(Args, Debug)]
 struct AnalyzeArgs {
-    /// Source directory.
-    path: PathBuf,
+    /// Source directory (omit with --git-url).
+    #[arg(required_unless_present = "git_url")]
+    path: Option<PathBuf>,
     /// The plan as JSON (with the generated Dockerfile).
     #[arg(long)]
     json: bool,
+    /// Ask this daemon (its Analyze RPC) instead of analyzing here: it
+    /// fetches the source under its own source policy.
+    #[arg(long, env = ENV_SERVER)]
+    server: Option<String>,
+    /// A git repository to analyze (needs --server: the daemon clones it).
+    #[arg(long, conflicts_with = "path", requires = "server")]
+    git_url: Option<String>,
+    /// Branch, tag or commit of --git-url.
+    #[arg(long, requires = "git_url")]
+    git_ref: Option<String>,
+    /// Analyze this directory of the source (monorepos; needs --server).
+    #[arg(long, requires = "server")]
+    subdirectory: Option<String>,
+    #[command(flatten)]
+    creds: ClientCreds,
 }
 
 #[derive(Args, Debug)]
@@ -817,6 +833,7 @@ pub async fn main() -> anyhow::Result<i32> {
 
 async fn run(command: Command) -> anyhow::Result<i32> {
     match command {
+        Command::Analyze(a) if a.server.is_some() => analyze_remote(a).await,
         Command::Analyze(a) => analyze(a),
         Command::Serve(a) => serve(a).await,
         Command::Deploy(a) => {
@@ -1248,26 +1265,78 @@ async fn detach(mut stream: Events) -> anyhow::Result<i32> {
 }
 
 /// Local analysis: the same code the Analyze stage runs.
+/// `deployd analyze --server URL`: the daemon's Analyze RPC.
+async fn analyze_remote(a: AnalyzeArgs) -> anyhow::Result<i32> {
+    let kind = match (&a.path, &a.git_url) {
+        // The daemon resolves nothing against its own working directory.
+        (Some(p), _) => proto::source::Kind::LocalPath(
+            std::path::absolute(p)
+                .with_context(|| format!("source directory {}", p.display()))?
+                .display()
+                .to_string(),
+        ),
+        (None, Some(u)) => proto::source::Kind::GitUrl(u.clone()),
+        (None, None) => bail!("a source path or --git-url is required"),
+    };
+    let daemon = Remote {
+        server: a.server.clone(),
+        json: a.json,
+        creds: a.creds.clone(),
+    };
+    let mut client = remote(&daemon).await?;
+    let req = proto::AnalyzeRequest {
+        source: Some(proto::Source {
+            kind: Some(kind),
+            git_ref: a.git_ref.clone().unwrap_or_default(),
+            subdirectory: a.subdirectory.clone().unwrap_or_default(),
+        }),
+    };
+    let r = match client.analyze(req).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => return Ok(refused(&status)),
+    };
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        writeln!(out, "{}", render::canonical_json(&r))?;
+    } else if let Some(f) = &r.error {
+        drop(out);
+        eprintln!("deployd: [{}] {}", f.code, f.message);
+        for (i, step) in f.remediation.iter().enumerate() {
+            eprintln!("  {}. {step}", i + 1);
+        }
+    } else if let Some(plan) = &r.plan {
+        if !r.source_commit.is_empty() {
+            writeln!(out, "source commit {}", r.source_commit)?;
+        }
+        render::plan(&mut out, plan)?;
+    }
+    Ok(if r.error.is_some() { 1 } else { 0 })
+}
+
 fn analyze(a: AnalyzeArgs) -> anyhow::Result<i32> {
     use crate::analysis::{self as analyze, dockerfile};
+    let Some(path) = a.path.clone() else {
+        bail!("a source path is required (or --server with --git-url)");
+    };
+    let path = path.as_path();
     // Said as it is, not as "no supported app found".
-    if !a.path.is_dir() {
-        let what = if a.path.exists() {
+    if !path.is_dir() {
+        let what = if path.exists() {
             "is not a directory"
         } else {
             "does not exist"
         };
-        eprintln!("deployd: {} {what}", a.path.display());
+        eprintln!("deployd: {} {what}", path.display());
         return Ok(1);
     }
-    let plan = match analyze::analyze(&a.path) {
+    let plan = match analyze::analyze(path) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("deployd: {e}");
             return Ok(1);
         }
     };
-    let generated = dockerfile::render(&plan, a.path.join(".dockerignore").is_file());
+    let generated = dockerfile::render(&plan, path.join(".dockerignore").is_file());
     let text = generated
         .as_ref()
         .and_then(|g| g.dockerfile().map(str::to_string));

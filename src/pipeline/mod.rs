@@ -45,7 +45,9 @@ pub use preflight::{CHECK_ORDER, REQUIRED_APIS, REQUIRED_PERMISSIONS};
 use cloud::{Cloud, Prober, PromQl};
 use error::{FailureCode, StageError};
 use event::{EventKind, Failure, Outcome, Reporter, Stage};
-use model::{DeployRequest, PreflightRequest, RollbackPolicy, RolloutMode, VerifyRequest};
+use model::{
+    AnalyzeRequest, DeployRequest, PreflightRequest, RollbackPolicy, RolloutMode, VerifyRequest,
+};
 use verify::{Approval, ProbeContext, UrlPolicy, UrlRefused, Verification};
 
 use crate::telemetry::metrics;
@@ -741,19 +743,7 @@ impl Pipeline {
             }
             Stage::Analyze => {
                 let dir = workspace_dir(workspace)?;
-                let owned = dir.clone();
-                let plan = tokio::task::spawn_blocking(move || crate::analysis::analyze(&owned))
-                    .await
-                    .map_err(|e| StageError::Source {
-                        location: dir.display().to_string(),
-                        reason: e.to_string(),
-                    })?
-                    .map_err(|source| StageError::Analyze {
-                        dir: dir.display().to_string(),
-                        source,
-                    })?;
-                let generated =
-                    crate::analysis::dockerfile::render(&plan, dir.join(".dockerignore").is_file());
+                let (plan, generated) = analyze_dir(&dir).await?;
                 let text = generated
                     .as_ref()
                     .and_then(|g| g.dockerfile().map(str::to_string));
@@ -878,6 +868,34 @@ impl Pipeline {
             }
             Stage::Rollback => self.stage_rollback(d, events, cancel).await,
         }
+    }
+
+    /// A Deploy's source and analyze stages alone: the source fetched under
+    /// the daemon's source policy, analyzed, the Dockerfile generated when
+    /// the app has none. Nothing is uploaded or built.
+    pub async fn analyze(&self, req: &AnalyzeRequest) -> Result<Analysis, Failure> {
+        let run = async {
+            let ws = source::fetch(
+                &req.source,
+                req.subdirectory.as_deref(),
+                &self.config.sources,
+                &self.config.work_dir,
+            )
+            .await?;
+            let (plan, generated) = analyze_dir(&ws.dir).await?;
+            Ok(Analysis {
+                dockerfile: generated
+                    .as_ref()
+                    .and_then(|g| g.dockerfile().map(str::to_string)),
+                plan,
+                commit: ws.commit,
+            })
+        };
+        run.await.map_err(|e: StageError| {
+            tracing::info!(error = %error::error_chain(&e), "analyze failed");
+            // No project: remediation never names one for these stages.
+            e.to_failure("")
+        })
     }
 
     /// Preflight alone. Creates the repository and bucket when missing.
@@ -1060,6 +1078,41 @@ fn resume_message(d: &Deployment, resume: ResumePoint) -> String {
 }
 
 /// How long a rollback may still take once its run was cancelled.
+/// What an Analyze call found.
+#[derive(Debug, Clone)]
+pub struct Analysis {
+    pub plan: crate::analysis::BuildPlan,
+    /// The generated Dockerfile; `None` when the app has its own.
+    pub dockerfile: Option<String>,
+    pub commit: Option<String>,
+}
+
+/// The analysis of a fetched source (on a blocking thread: it reads files)
+/// and the files generated for it when it has no Dockerfile.
+async fn analyze_dir(
+    dir: &std::path::Path,
+) -> Result<
+    (
+        crate::analysis::BuildPlan,
+        Option<crate::analysis::dockerfile::Generated>,
+    ),
+    StageError,
+> {
+    let owned = dir.to_path_buf();
+    let plan = tokio::task::spawn_blocking(move || crate::analysis::analyze(&owned))
+        .await
+        .map_err(|e| StageError::Source {
+            location: dir.display().to_string(),
+            reason: e.to_string(),
+        })?
+        .map_err(|source| StageError::Analyze {
+            dir: dir.display().to_string(),
+            source,
+        })?;
+    let generated = crate::analysis::dockerfile::render(&plan, dir.join(".dockerignore").is_file());
+    Ok((plan, generated))
+}
+
 const ROLLBACK_AFTER_CANCEL: Duration = Duration::from_secs(60);
 
 /// Resolves shortly after cancellation, giving stages that clean up remote

@@ -755,72 +755,13 @@ impl DeployRequest {
 
     fn check(&self, v: &mut Violations) {
         self.target.check(true, v);
-        v.check(self.check_source());
-        v.check(self.check_subdirectory());
+        v.check(check_source(&self.source));
+        v.check(check_subdirectory(self.subdirectory.as_deref()));
         // The health check first: the startup probe takes its path.
         self.health.check("health_check.", "health_check.path", v);
         self.runtime.check(v);
         self.build.check(v);
         v.check(self.check_rollout());
-    }
-
-    fn check_source(&self) -> Result<(), InvalidRequest> {
-        match &self.source {
-            SourceSpec::LocalPath(p) => {
-                let shown_path = shown(&p.to_string_lossy());
-                if p.as_os_str().is_empty() {
-                    return Err(InvalidRequest::new(
-                        "source.local_path",
-                        "must not be empty",
-                    ));
-                }
-                // A relative path would resolve against the daemon's cwd.
-                if !p.is_absolute() {
-                    return Err(InvalidRequest::new(
-                        "source.local_path",
-                        format!("{shown_path} must be an absolute path"),
-                    ));
-                }
-                if p.as_os_str().len() > 4096 || p.to_string_lossy().chars().any(char::is_control) {
-                    return Err(InvalidRequest::new(
-                        "source.local_path",
-                        format!("{shown_path} is too long or contains control characters"),
-                    ));
-                }
-            }
-            SourceSpec::Git { url, git_ref } => {
-                if url.is_empty() {
-                    return Err(InvalidRequest::new("source.git_url", "must not be empty"));
-                }
-                super::source::GitUrl::parse(url)
-                    .map_err(|r| InvalidRequest::new("source.git_url", r))?;
-                if let Some(r) = git_ref {
-                    rules::git_ref(r).map_err(|r| InvalidRequest::new("source.git_ref", r))?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn check_subdirectory(&self) -> Result<(), InvalidRequest> {
-        if let Some(sub) = &self.subdirectory {
-            let p = std::path::Path::new(sub);
-            if sub.len() > 1024
-                || sub.chars().any(char::is_control)
-                || p.is_absolute()
-                || p.components()
-                    .any(|c| !matches!(c, std::path::Component::Normal(_)))
-            {
-                return Err(InvalidRequest::new(
-                    "source.subdirectory",
-                    format!(
-                        "{} must be a relative path inside the source, without '..'",
-                        shown(sub)
-                    ),
-                ));
-            }
-        }
-        Ok(())
     }
 
     /// Canary steps and their analysis, with the rollout mode they need.
@@ -867,6 +808,85 @@ impl DeployRequest {
             RolloutMode::Canary { .. } => self.canary_steps.clone(),
             _ => vec![],
         }
+    }
+}
+
+/// Where the source comes from: an absolute local path, or a git URL and
+/// ref git may be given.
+fn check_source(source: &SourceSpec) -> Result<(), InvalidRequest> {
+    match source {
+        SourceSpec::LocalPath(p) => {
+            let shown_path = shown(&p.to_string_lossy());
+            if p.as_os_str().is_empty() {
+                return Err(InvalidRequest::new(
+                    "source.local_path",
+                    "must not be empty",
+                ));
+            }
+            // A relative path would resolve against the daemon's cwd.
+            if !p.is_absolute() {
+                return Err(InvalidRequest::new(
+                    "source.local_path",
+                    format!("{shown_path} must be an absolute path"),
+                ));
+            }
+            if p.as_os_str().len() > 4096 || p.to_string_lossy().chars().any(char::is_control) {
+                return Err(InvalidRequest::new(
+                    "source.local_path",
+                    format!("{shown_path} is too long or contains control characters"),
+                ));
+            }
+        }
+        SourceSpec::Git { url, git_ref } => {
+            if url.is_empty() {
+                return Err(InvalidRequest::new("source.git_url", "must not be empty"));
+            }
+            super::source::GitUrl::parse(url)
+                .map_err(|r| InvalidRequest::new("source.git_url", r))?;
+            if let Some(r) = git_ref {
+                rules::git_ref(r).map_err(|r| InvalidRequest::new("source.git_ref", r))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A directory inside the source, never out of it.
+fn check_subdirectory(subdirectory: Option<&str>) -> Result<(), InvalidRequest> {
+    if let Some(sub) = subdirectory {
+        let p = std::path::Path::new(sub);
+        if sub.len() > 1024
+            || sub.chars().any(char::is_control)
+            || p.is_absolute()
+            || p.components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(InvalidRequest::new(
+                "source.subdirectory",
+                format!(
+                    "{} must be a relative path inside the source, without '..'",
+                    shown(sub)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What a Deploy of `source` would build, asked without deploying.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnalyzeRequest {
+    pub source: SourceSpec,
+    pub subdirectory: Option<String>,
+}
+
+impl AnalyzeRequest {
+    /// Every rule the request breaks: the same as a Deploy's source.
+    pub fn violations(&self) -> Vec<InvalidRequest> {
+        let mut v = Violations::default();
+        v.check(check_source(&self.source));
+        v.check(check_subdirectory(self.subdirectory.as_deref()));
+        v.into_vec()
     }
 }
 

@@ -411,6 +411,7 @@ pub fn rpc_name(path: &str) -> &'static str {
         "WatchDeployment",
         "CancelDeployment",
         "GetDeliveryMetrics",
+        "Analyze",
     ];
     let method = path.rsplit('/').next().unwrap_or("");
     if path.starts_with("/deployd.v1.Deployer/") {
@@ -603,6 +604,23 @@ impl Call {
     }
 
     /// A listing, of one project or of all the principal may see.
+    /// Analyze fetches and reads a source as a Deploy's first stages do: a
+    /// caller who may deploy some service may have a source analyzed.
+    pub fn permit_analyze(&mut self, source: &str) -> Result<(), Status> {
+        self.target = format!("sources/{source}");
+        if self
+            .auth
+            .permits_some(&self.principal, Action::Deploy, None)
+        {
+            Ok(())
+        } else {
+            Err(self.deny(
+                Action::Deploy,
+                "any service, so it may not have a source analyzed",
+            ))
+        }
+    }
+
     pub fn permit_listing(&mut self, project: Option<&str>) -> Result<(), Status> {
         self.target = match project {
             Some(p) => format!("projects/{p}"),
@@ -669,6 +687,16 @@ mod tests {
 
     #[test]
     fn rpc_names_are_a_fixed_set() {
+        // Every method of the contract is named, none counted as "other".
+        let pool = prost_reflect::DescriptorPool::decode(crate::api::proto::FILE_DESCRIPTOR_SET)
+            .expect("descriptor set");
+        let service = pool
+            .get_service_by_name("deployd.v1.Deployer")
+            .expect("Deployer");
+        for m in service.methods() {
+            let path = format!("/deployd.v1.Deployer/{}", m.name());
+            assert_eq!(rpc_name(&path), m.name(), "{path}");
+        }
         assert_eq!(rpc_name("/deployd.v1.Deployer/Deploy"), "Deploy");
         assert_eq!(rpc_name("/deployd.v1.Deployer/Nope"), "other");
         assert_eq!(rpc_name("/x.y/Deploy"), "other");
