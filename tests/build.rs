@@ -221,6 +221,71 @@ async fn internal_error_build_is_retried_as_a_whole() {
         .expect("retry event");
     assert_eq!(retry.operation, "build");
     assert!(retry.reason.contains("INTERNAL_ERROR"), "{}", retry.reason);
+
+    // Progress is typed: the archive's digest and place, each attempt's
+    // number and build, the image, as fields (not only in the message),
+    // and they agree with what Cloud Build was asked and the outcome.
+    let progress: Vec<proto::Progress> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(proto::event::Kind::Progress(p)) => Some(p.clone()),
+            _ => None,
+        })
+        .collect();
+    let digest = progress
+        .iter()
+        .find(|p| p.message.starts_with("packed "))
+        .map(|p| p.archive_sha256.clone())
+        .expect("packed");
+    assert!(digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()));
+    let builds = h.sandbox.builds();
+    let storage = &builds[0]["source"]["storageSource"];
+    let uri = format!(
+        "gs://{}/{}",
+        storage["bucket"].as_str().expect("bucket"),
+        storage["object"].as_str().expect("object")
+    );
+    assert!(uri.contains(&digest), "{uri}");
+    assert!(
+        progress.iter().any(|p| p.archive_uri == uri),
+        "{progress:#?}"
+    );
+    let attempts: Vec<(u32, u32)> = progress
+        .iter()
+        .filter(|p| p.message.starts_with("build attempt"))
+        .map(|p| (p.attempt, p.max_attempts))
+        .collect();
+    assert_eq!(attempts, [(1, 3), (2, 3)]);
+    let queued: Vec<(String, u32, bool)> = progress
+        .iter()
+        .filter(|p| p.message.contains(" queued"))
+        .map(|p| {
+            (
+                p.build_id.clone(),
+                p.attempt,
+                p.log_url.starts_with("https://"),
+            )
+        })
+        .collect();
+    // The sandbox lists builds newest first, as Cloud Build does.
+    let mut ids: Vec<String> = builds
+        .iter()
+        .filter_map(|b| b["id"].as_str().map(str::to_string))
+        .collect();
+    ids.reverse();
+    assert_eq!(
+        queued,
+        [(ids[0].clone(), 1, true), (ids[1].clone(), 2, true)],
+        "{ids:?}"
+    );
+    let built = progress
+        .iter()
+        .find(|p| p.message.starts_with("built "))
+        .expect("built");
+    assert_eq!(
+        (built.image.as_str(), built.build_id.as_str()),
+        (o.image.as_str(), o.build_id.as_str())
+    );
     let after = counter(
         &h.metrics().await,
         "deployd_build_retries_total",

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::cloud::{BuildInfo, BuildSpec, BuildStatus, BuildStep};
 use super::error::{CloudError, StageError};
-use super::event::{EventKind, JournalError, Reporter, Stage};
+use super::event::{BuildFacts, EventKind, JournalError, Reporter, Stage};
 use super::retry::{classify_cloud, retry, GaveUp, Retriability, RetryPolicy};
 use super::{
     archive, build_tags, deployment_tag, naming, ArchiveRef, BuildRecord, Deployment, PendingBuild,
@@ -84,12 +84,17 @@ impl Pipeline {
         let archive_ref = match (d.archive.clone(), dir) {
             (Some(a), _) => {
                 events
-                    .progress(
+                    .build_progress(
                         Stage::Build,
                         format!(
                             "building from gs://{}/{}, uploaded before",
                             a.bucket, a.object
                         ),
+                        BuildFacts {
+                            archive_uri: Some(format!("gs://{}/{}", a.bucket, a.object)),
+                            archive_sha256: Some(a.sha256.clone()),
+                            ..BuildFacts::default()
+                        },
                     )
                     .await;
                 a
@@ -178,10 +183,16 @@ impl Pipeline {
                 last_attempt.store(n, Ordering::Relaxed);
                 let adopt = if attempt == 1 { resume.clone() } else { None };
                 async move {
+                    let max = opts.max_attempts.max(n);
                     events
-                        .progress(
+                        .build_progress(
                             Stage::Build,
-                            format!("build attempt {n} of {}", opts.max_attempts.max(n)),
+                            format!("build attempt {n} of {max}"),
+                            BuildFacts {
+                                attempt: Some(n),
+                                max_attempts: Some(max),
+                                ..BuildFacts::default()
+                            },
                         )
                         .await;
                     let r = self
@@ -234,9 +245,16 @@ impl Pipeline {
                     .map(|(_, digest)| format!("{image}@{digest}"))
                     .unwrap_or_else(|| format!("{image}:{tag}"));
                 events
-                    .progress(
+                    .build_progress(
                         Stage::Build,
                         format!("built {pushed} in {:.1}s", elapsed.as_secs_f64()),
+                        BuildFacts {
+                            build_id: Some(info.id.clone()),
+                            log_url: Some(info.log_url.clone()),
+                            attempt: Some(attempts),
+                            image: Some(pushed.clone()),
+                            ..BuildFacts::default()
+                        },
                     )
                     .await;
                 d.build = Some(BuildRecord {
@@ -317,8 +335,16 @@ impl Pipeline {
         let bucket = naming::source_bucket(&target.project, &target.region);
         let object = naming::source_object(&target.service, &packed.sha256);
         let size = packed.blob.len();
+        let digest = BuildFacts {
+            archive_sha256: Some(packed.sha256.clone()),
+            ..BuildFacts::default()
+        };
+        let stored_at = BuildFacts {
+            archive_uri: Some(format!("gs://{bucket}/{object}")),
+            ..digest.clone()
+        };
         events
-            .progress(
+            .build_progress(
                 Stage::Build,
                 format!(
                     "packed {} files ({} bytes) into {} bytes{} (sha256 {})",
@@ -331,6 +357,7 @@ impl Pipeline {
                         .unwrap_or_default(),
                     &packed.sha256[..12]
                 ),
+                digest,
             )
             .await;
         let existing = self
@@ -346,9 +373,10 @@ impl Pipeline {
         let stored = match existing {
             Some(o) if o.size == size => {
                 events
-                    .progress(
+                    .build_progress(
                         Stage::Build,
                         format!("source unchanged, reusing gs://{bucket}/{object}"),
+                        stored_at,
                     )
                     .await;
                 o
@@ -367,9 +395,10 @@ impl Pipeline {
                     )
                     .await?;
                 events
-                    .progress(
+                    .build_progress(
                         Stage::Build,
                         format!("uploaded gs://{bucket}/{object}#{}", o.generation),
+                        stored_at,
                     )
                     .await;
                 o
@@ -399,9 +428,10 @@ impl Pipeline {
         match adopt {
             Some(Adopt::Recorded(p)) => {
                 events
-                    .progress(
+                    .build_progress(
                         Stage::Build,
                         format!("polling build {}, created before the restart", p.id),
+                        p.facts(),
                     )
                     .await;
                 return Ok(p);
@@ -416,17 +446,19 @@ impl Pipeline {
                     .into_iter()
                     .find(|b| tags.iter().all(|t| b.tags.contains(t)));
                 if let Some(b) = found {
-                    events
-                        .progress(
-                            Stage::Build,
-                            format!("found build {} by its tags (created before the restart, never recorded); polling it", b.id),
-                        )
-                        .await;
-                    return Ok(PendingBuild {
+                    let p = PendingBuild {
                         id: b.id,
                         attempt: n,
                         log_url: b.log_url,
-                    });
+                    };
+                    events
+                        .build_progress(
+                            Stage::Build,
+                            format!("found build {} by its tags (created before the restart, never recorded); polling it", p.id),
+                            p.facts(),
+                        )
+                        .await;
+                    return Ok(p);
                 }
             }
             None => {}
@@ -458,9 +490,10 @@ impl Pipeline {
             .await
             .map_err(AttemptError::Journal)?;
         events
-            .progress(
+            .build_progress(
                 Stage::Build,
                 format!("build {} queued; logs: {}", pending.id, pending.log_url),
+                pending.facts(),
             )
             .await;
         Ok(pending)

@@ -189,6 +189,81 @@ pub fn result_of(
     }
 }
 
+/// A progress line and, where a script follows the step (the archive, each
+/// build attempt, the image), its facts as fields.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(from = "ProgressRepr", into = "ProgressRepr")]
+pub struct Progress {
+    pub message: String,
+    pub build: BuildFacts,
+}
+
+/// What a build progress line is about; each unset where it does not apply.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct BuildFacts {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// The source archive's SHA-256, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_sha256: Option<String>,
+    /// Where the archive is stored, `gs://BUCKET/OBJECT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_uri: Option<String>,
+    /// The pushed image, by digest when Cloud Build reported one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+/// How the store keeps a progress event: a bare string (as every event
+/// written before progress had fields, so those still read) unless it
+/// carries facts.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum ProgressRepr {
+    Text(String),
+    Typed { message: String, build: BuildFacts },
+}
+
+impl From<ProgressRepr> for Progress {
+    fn from(r: ProgressRepr) -> Self {
+        match r {
+            ProgressRepr::Text(message) => Progress {
+                message,
+                build: BuildFacts::default(),
+            },
+            ProgressRepr::Typed { message, build } => Progress { message, build },
+        }
+    }
+}
+
+impl From<&str> for Progress {
+    fn from(message: &str) -> Self {
+        Progress {
+            message: message.into(),
+            build: BuildFacts::default(),
+        }
+    }
+}
+
+impl From<Progress> for ProgressRepr {
+    fn from(p: Progress) -> Self {
+        if p.build == BuildFacts::default() {
+            ProgressRepr::Text(p.message)
+        } else {
+            ProgressRepr::Typed {
+                message: p.message,
+                build: p.build,
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum EventKind {
     StageStarted,
@@ -196,7 +271,7 @@ pub enum EventKind {
         ok: bool,
         duration: Duration,
     },
-    Progress(String),
+    Progress(Progress),
     Log(String),
     Check(CheckResult),
     Probe(ProbeResult),
@@ -383,7 +458,55 @@ impl Reporter {
     }
 
     pub async fn progress(&self, stage: Stage, message: impl Into<String>) {
-        self.emit(Some(stage), EventKind::Progress(message.into()))
+        self.build_progress(stage, message, BuildFacts::default())
             .await;
+    }
+
+    /// A progress line with the build facts it is about.
+    pub async fn build_progress(
+        &self,
+        stage: Stage,
+        message: impl Into<String>,
+        build: BuildFacts,
+    ) {
+        self.emit(
+            Some(stage),
+            EventKind::Progress(Progress {
+                message: message.into(),
+                build,
+            }),
+        )
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Progress kept before it had fields reads as a message; one with
+    /// facts round-trips; one without is kept as the bare string still.
+    #[test]
+    fn progress_reads_what_earlier_versions_kept() {
+        let old: EventKind = serde_json::from_str(r#"{"Progress":"build attempt 1 of 3"}"#)
+            .expect("an event kept before");
+        assert_eq!(old, EventKind::Progress("build attempt 1 of 3".into()));
+        let typed = EventKind::Progress(Progress {
+            message: "build b1 queued".into(),
+            build: BuildFacts {
+                build_id: Some("b1".into()),
+                attempt: Some(2),
+                ..BuildFacts::default()
+            },
+        });
+        let kept = serde_json::to_string(&typed).expect("serializes");
+        assert_eq!(
+            serde_json::from_str::<EventKind>(&kept).expect("reads back"),
+            typed
+        );
+        assert_eq!(
+            serde_json::to_string(&EventKind::Progress("plain".into())).expect("serializes"),
+            r#"{"Progress":"plain"}"#
+        );
     }
 }

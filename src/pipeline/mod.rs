@@ -141,6 +141,18 @@ pub struct PendingBuild {
     pub log_url: String,
 }
 
+impl PendingBuild {
+    /// What a progress event about this build says of it.
+    pub fn facts(&self) -> event::BuildFacts {
+        event::BuildFacts {
+            build_id: Some(self.id.clone()),
+            log_url: Some(self.log_url.clone()),
+            attempt: Some(self.attempt),
+            ..event::BuildFacts::default()
+        }
+    }
+}
+
 /// Where a run stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Status {
