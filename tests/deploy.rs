@@ -414,6 +414,108 @@ async fn unhealthy_revision_is_rolled_back_automatically() {
     assert!(counter(&m, "deployd_deployments_total", "result=\"rolled_back\"") >= 1.0);
 }
 
+/// A rollback that cannot move traffic says users are still on the new
+/// revision and gives the command that moves them; the outcome carries the
+/// structured rollback failure.
+#[tokio::test]
+async fn a_rollback_that_cannot_move_traffic_says_users_are_still_on_the_new_revision() {
+    let h = Harness::start().await;
+    let (_, first) = deploy(&h, deploy_request("stuck-app", &example_app())).await;
+    assert!(first.success);
+    h.sandbox.next_revision_answers(
+        PROJECT,
+        "stuck-app",
+        AppResponse {
+            status: 500,
+            delay: Duration::ZERO,
+            body: "boom".into(),
+        },
+    );
+    // Preflight's validateOnly patch and the rollout's go through; the
+    // rollback's is refused for good.
+    h.sandbox.inject_after(
+        2,
+        Fault {
+            method: "run.projects.locations.services.patch".into(),
+            remaining: 10,
+            action: FaultAction::Error(InjectedError::new(
+                403,
+                "PERMISSION_DENIED",
+                "Permission 'run.services.update' denied",
+            )),
+        },
+    );
+    let app = app_version("2");
+    let mut req = deploy_request("stuck-app", app.path());
+    req.health_check = Some(proto::HealthCheck {
+        startup_probe: no_startup_probe(),
+        attempts: 2,
+        ..Default::default()
+    });
+    let (_, o) = deploy(&h, req).await;
+    assert!(!o.success && !o.rolled_back && o.should_rollback, "{o:?}");
+    let r = o.rollback_failure.clone().expect("rollback failure");
+    assert!(!r.traffic_moved);
+    assert_eq!(r.serving_revision, o.revision);
+    assert_eq!(r.error.expect("why").code, "CLOUD_API_ERROR");
+    let first_remedy = &o.error.expect("failure").remediation[0];
+    assert!(
+        first_remedy.contains(&format!("users are still on {}", o.revision))
+            && first_remedy.contains(&format!("--to-revisions={}=100", first.revision)),
+        "{first_remedy}"
+    );
+}
+
+/// A rollback whose previous revision is unhealthy too: traffic is on it,
+/// the outcome says so, and no remedy proposes moving users where they are.
+#[tokio::test]
+async fn a_rollback_to_an_unhealthy_revision_says_where_users_are() {
+    let h = Harness::start().await;
+    let (_, first) = deploy(&h, deploy_request("both-bad", &example_app())).await;
+    assert!(first.success);
+    let boom = AppResponse {
+        status: 500,
+        delay: Duration::ZERO,
+        body: "boom".into(),
+    };
+    h.sandbox.next_revision_answers(PROJECT, "both-bad", boom);
+    // The first revision starts failing every request too.
+    assert!(h.sandbox.revision_misbehaves(
+        PROJECT,
+        REGION,
+        "both-bad",
+        &first.revision,
+        deployd::sandbox::world::Misbehaviour {
+            error_rate: 1.0,
+            error_status: 500,
+            added_latency: Duration::ZERO,
+        },
+    ));
+    let app = app_version("2");
+    let mut req = deploy_request("both-bad", app.path());
+    req.health_check = Some(proto::HealthCheck {
+        startup_probe: no_startup_probe(),
+        attempts: 2,
+        ..Default::default()
+    });
+    let (_, o) = deploy(&h, req).await;
+    let r = o.rollback_failure.clone().expect("rollback failure");
+    assert!(r.traffic_moved);
+    assert_eq!(r.serving_revision, first.revision);
+    assert_eq!(r.error.expect("why").code, "UNHEALTHY");
+    let remediation = o.error.expect("failure").remediation;
+    assert!(
+        remediation[0].contains(&format!("moved traffic back to {}", first.revision)),
+        "{remediation:?}"
+    );
+    assert!(
+        !remediation
+            .iter()
+            .any(|r| r.contains(&format!("--to-revisions={}=100", first.revision))),
+        "no remedy moves users to where they are: {remediation:?}"
+    );
+}
+
 #[tokio::test]
 async fn recommend_policy_reports_but_does_not_roll_back() {
     let h = Harness::start().await;

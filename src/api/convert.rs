@@ -430,6 +430,11 @@ fn outcome(o: Outcome) -> proto::Outcome {
             .map(super::canary::step_result)
             .collect(),
         canary_aborted: o.canary_aborted,
+        rollback_failure: o.rollback_failure.map(|r| proto::RollbackFailure {
+            traffic_moved: r.traffic_moved,
+            serving_revision: r.serving_revision,
+            error: Some(failure(r.error)),
+        }),
     }
 }
 

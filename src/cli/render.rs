@@ -325,23 +325,27 @@ fn outcome(out: &mut impl Write, o: &proto::Outcome) -> std::io::Result<()> {
         None => writeln!(out, "FAILED in {stage}")?,
     }
     // Where users are now; the runnable commands are in "what to do".
-    let rollback_failed = o.error.as_ref().is_some_and(|f| {
-        f.remediation
-            .iter()
-            .any(|r| r.starts_with("Automatic rollback failed"))
-    });
     if o.rolled_back {
         writeln!(
             out,
             "  traffic:  100% on {} again (rolled back, verified healthy); {} serves nothing",
             o.previous_revision, o.revision
         )?;
-    } else if o.should_rollback && rollback_failed {
-        writeln!(
-            out,
-            "  traffic:  the rollback to {} did not complete; users may still be on {}",
-            o.previous_revision, o.revision
-        )?;
+    } else if let Some(r) = &o.rollback_failure {
+        let why = r.error.as_ref().map(|f| f.code.as_str()).unwrap_or("");
+        if r.traffic_moved {
+            writeln!(
+                out,
+                "  traffic:  100% on {} (moved back), which is not healthy either ({why}); {} serves nothing",
+                r.serving_revision, o.revision
+            )?;
+        } else {
+            writeln!(
+                out,
+                "  traffic:  still on {}, which is not healthy; moving it back to {} failed ({why})",
+                r.serving_revision, o.previous_revision
+            )?;
+        }
     } else if o.should_rollback {
         writeln!(
             out,

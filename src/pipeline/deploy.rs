@@ -398,6 +398,7 @@ impl Pipeline {
                     (&mut d.retries, events, cancel),
                 )
                 .await?;
+            d.rollback_traffic_moved = true;
             let token = if d.request.runtime.allow_unauthenticated {
                 None
             } else {

@@ -159,6 +159,22 @@ pub struct Outcome {
     pub canary_steps: Vec<super::canary::StepResult>,
     #[serde(default)]
     pub canary_aborted: bool,
+    /// Set when an automatic rollback did not restore a healthy service.
+    #[serde(default)]
+    pub rollback_failure: Option<RollbackFailure>,
+}
+
+/// An automatic rollback that did not restore a healthy service: where
+/// users are now, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackFailure {
+    /// Traffic was moved back to the previous revision, which then did not
+    /// answer healthy; false when moving it failed.
+    pub traffic_moved: bool,
+    /// The revision users are on as the run ends.
+    pub serving_revision: String,
+    /// What failed: moving traffic, or the previous revision's health.
+    pub error: Failure,
 }
 
 impl Outcome {

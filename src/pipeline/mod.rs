@@ -212,6 +212,12 @@ pub struct Deployment {
     pub rollout_sent: bool,
     pub rollback_started: bool,
     pub rollback_done: bool,
+    /// The rollback moved traffic back to `previous_revision`.
+    #[serde(default)]
+    pub rollback_traffic_moved: bool,
+    /// The rollback ended without a healthy service.
+    #[serde(default)]
+    pub rollback_failure: Option<event::RollbackFailure>,
     /// How often a daemon resumed this run after its previous one stopped.
     pub resumed: u32,
 }
@@ -290,6 +296,8 @@ impl Deployment {
             rollout_sent: false,
             rollback_started: false,
             rollback_done: false,
+            rollback_traffic_moved: false,
+            rollback_failure: None,
             resumed: 0,
         }
     }
@@ -386,6 +394,7 @@ impl Deployment {
                 .unwrap_or_default(),
             canary_steps: self.canary.results.clone(),
             canary_aborted: self.canary.aborted,
+            rollback_failure: self.rollback_failure.clone(),
         }
     }
 }
@@ -584,18 +593,48 @@ impl Pipeline {
         }
         if let Err(e) = rolled {
             tracing::error!(error = %error::error_chain(&e), "rollback failed");
-            if let Some(f) = d.failure.as_mut() {
-                let t = &d.request.target;
-                f.remediation.insert(0, format!("Automatic rollback failed: {}. Roll back by hand: gcloud run services update-traffic {} --region={} --project={} --to-revisions={}=100",
-                    error::error_chain(&e), shell::quote(&t.service), shell::quote(&t.region), shell::quote(&t.project),
-                    shell::quote(d.previous_revision.as_deref().unwrap_or("PREVIOUS"))));
-            }
+            self.explain_failed_rollback(d, &e);
         }
         d.rollback_done = true;
         matches!(
             events.checkpoint(d).await,
             Err(event::JournalError::LeaseLost { .. })
         )
+    }
+
+    /// A rollback that did not restore a healthy service: the outcome says
+    /// where users are and why, and the first remedy fits that state. When
+    /// traffic is back on the previous revision, moving it there again
+    /// would change nothing: the remedy is a fixed deploy, or an older
+    /// revision known to be healthy.
+    fn explain_failed_rollback(&self, d: &mut Deployment, e: &StageError) {
+        let t = &d.request.target;
+        let (s, r, p) = (
+            shell::quote(&t.service),
+            shell::quote(&t.region),
+            shell::quote(&t.project),
+        );
+        let new = d.revision.clone().unwrap_or_default();
+        let prev = d.previous_revision.clone().unwrap_or_default();
+        let moved = d.rollback_traffic_moved;
+        let remedy = if moved {
+            format!(
+                "Automatic rollback moved traffic back to {prev}, but it does not answer its health check either, so the service is not healthy. Deploy a fixed version, or move traffic to an older revision you know is healthy (gcloud run revisions list --service={s} --region={r} --project={p}, then gcloud run services update-traffic {s} --region={r} --project={p} --to-revisions=REVISION=100)."
+            )
+        } else {
+            format!(
+                "Automatic rollback could not move traffic: users are still on {new}. Roll back by hand: gcloud run services update-traffic {s} --region={r} --project={p} --to-revisions={}=100",
+                shell::quote(&prev)
+            )
+        };
+        if let Some(f) = d.failure.as_mut() {
+            f.remediation.insert(0, remedy);
+        }
+        d.rollback_failure = Some(event::RollbackFailure {
+            traffic_moved: moved,
+            serving_revision: if moved { prev } else { new },
+            error: e.to_failure(&t.project),
+        });
     }
 
     /// One stage with its started/finished events and duration metric.
