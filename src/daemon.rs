@@ -170,6 +170,17 @@ pub async fn start(
         _ => None,
     };
     let cloud = cloud(&config, sandbox.as_ref()).await?;
+    let mut config = config;
+    if config.pipeline.caller_member.is_empty() {
+        // Only Google's credentials name someone; an emulator has none.
+        let known = match config.backend {
+            Backend::Google => crate::gcp::identity::adc_member(),
+            _ => None,
+        };
+        tracing::info!(member = ?known, "the member remediation commands name");
+        config.pipeline.caller_member =
+            known.unwrap_or_else(|| crate::pipeline::PLACEHOLDER_MEMBER.to_string());
+    }
     let prober = Arc::new(match &config.probe_ca_file {
         Some(path) => HttpProber::with_ca_file(path)?,
         None => HttpProber::new()?,

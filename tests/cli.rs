@@ -1510,3 +1510,32 @@ fn client_flags_that_would_be_ignored_are_refused_and_health_flags_apply() {
     assert_eq!(out.status.code(), Some(1), "{said}");
     assert!(said.contains("not in the answer"), "{said}");
 }
+
+/// Against Google (the default backend), remediation commands grant roles
+/// to the account of the daemon's Application Default Credentials when
+/// they name one: `serve` says which member at start. (Google is not
+/// reachable here; nothing is called before the first request.)
+#[test]
+fn serve_names_the_member_of_its_credentials() {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("an RSA key");
+    let dir = tempfile::tempdir().expect("dir");
+    let adc = dir.path().join("sa.json");
+    let doc = serde_json::json!({
+        "type": "service_account",
+        "project_id": "my-proj",
+        "private_key_id": "k1",
+        "private_key": key.serialize_pem(),
+        "client_email": "deployer@my-proj.iam.gserviceaccount.com",
+        "client_id": "1",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    });
+    std::fs::write(&adc, doc.to_string()).expect("write");
+    let mut cmd = deployd();
+    cmd.env("GOOGLE_APPLICATION_CREDENTIALS", &adc);
+    let served = common::serve(cmd, &[]);
+    let log = std::fs::read_to_string(served.state.path().join("serve.stderr")).expect("log");
+    assert!(
+        log.contains("serviceAccount:deployer@my-proj.iam.gserviceaccount.com"),
+        "{log}"
+    );
+}

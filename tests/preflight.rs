@@ -30,7 +30,7 @@ async fn stopped_by_preflight(
     let mut failed: Vec<&str> = o
         .checks
         .iter()
-        .filter(|c| !c.ok)
+        .filter(|c| !c.ok && !c.skipped)
         .map(|c| c.name.as_str())
         .collect();
     failed.sort();
@@ -50,7 +50,7 @@ async fn stopped_by_preflight(
     }
     // No message is just "permission denied": each names what it is about,
     // and says what to do.
-    for c in o.checks.iter().filter(|c| !c.ok) {
+    for c in o.checks.iter().filter(|c| !c.ok && !c.skipped) {
         assert!(c.detail.len() > 30, "{}: {}", c.name, c.detail);
         assert!(
             !c.remediation.is_empty(),
@@ -292,43 +292,55 @@ async fn project_not_found() {
                 ..target("api")
             })
         },
-        &[
-            "project_access",
-            "required_apis",
-            "permissions",
-            "service_account",
-            "artifact_registry",
-            "build_bucket",
-            "cloud_build",
-            "network_policies",
-        ],
+        &["project_access"],
         &["gcloud projects describe ghost-project"],
     )
     .await;
     assert!(check(&o, "project_access")
         .detail
         .contains("ghost-project does not exist"));
+    said_once_with_the_rest_skipped(&o);
+}
+
+/// An inaccessible project is said once: every other check is skipped
+/// (no remedy of its own, no placeholder member), and the failure's
+/// remedies are project_access's alone.
+fn said_once_with_the_rest_skipped(o: &proto::Outcome) {
+    let skipped: Vec<&str> = o
+        .checks
+        .iter()
+        .filter(|c| c.skipped)
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(skipped.len(), 7, "{:#?}", o.checks);
+    assert!(o
+        .checks
+        .iter()
+        .filter(|c| c.skipped)
+        .all(|c| !c.ok && c.remediation.is_empty() && c.detail.contains("project_access")));
+    let err = o.error.clone().expect("failure");
+    assert_eq!(err.remediation, check(o, "project_access").remediation);
+    assert!(
+        err.message
+            .contains("1 of 8 preflight checks did not pass: project_access; 7 skipped"),
+        "{}",
+        err.message
+    );
+    assert!(!err.remediation.iter().any(|r| r.contains("YOUR_EMAIL")));
 }
 
 #[tokio::test]
 async fn project_scheduled_for_deletion() {
-    stopped_by_preflight(
+    let o = stopped_by_preflight(
         |sb| {
             sb.with_project(PROJECT, |p| p.lifecycle = "DELETE_REQUESTED".into());
         },
         no_tweak,
-        &[
-            "project_access",
-            "required_apis",
-            "service_account",
-            "artifact_registry",
-            "build_bucket",
-            "cloud_build",
-            "network_policies",
-        ],
+        &["project_access"],
         &["gcloud projects undelete demo-project"],
     )
     .await;
+    said_once_with_the_rest_skipped(&o);
     // Resource Manager still answers for it; every other API refuses.
 }
 

@@ -323,6 +323,7 @@ fn check(c: CheckResult) -> proto::Check {
         detail: c.detail,
         remediation: c.remediation,
         inconclusive: c.inconclusive,
+        skipped: c.skipped,
     }
 }
 

@@ -307,9 +307,11 @@ struct Tuning {
     /// Where git sources are cloned.
     #[arg(long, env = ENV_WORK_DIR)]
     work_dir: Option<PathBuf>,
-    /// IAM member used in remediation commands, e.g. user:me@example.com.
-    #[arg(long, env = ENV_CALLER_MEMBER, default_value = "user:YOUR_EMAIL")]
-    caller_member: String,
+    /// IAM member remediation commands grant roles to, e.g.
+    /// user:me@example.com (default: the service account of the daemon's
+    /// Application Default Credentials, when they name one).
+    #[arg(long, env = ENV_CALLER_MEMBER)]
+    caller_member: Option<String>,
     /// Deadline of one preflight API call.
     #[arg(long, env = ENV_CHECK_TIMEOUT_MS, default_value_t = 20_000)]
     check_timeout_ms: u64,
@@ -695,7 +697,8 @@ impl Tuning {
                 retry_base_delay: Duration::from_millis(self.retry_base_delay_ms),
                 poll_interval: poll,
                 work_dir: self.work_dir.clone().unwrap_or(d.pipeline.work_dir.clone()),
-                caller_member: self.caller_member.clone(),
+                // Empty: the daemon fills it from its credentials.
+                caller_member: self.caller_member.clone().unwrap_or_default(),
                 check_timeout: Duration::from_millis(self.check_timeout_ms),
                 max_source_bytes: self.max_source_bytes,
                 url_policy: UrlPolicy {

@@ -243,6 +243,7 @@ pub fn human(out: &mut impl Write, e: &proto::Event) -> std::io::Result<()> {
         Some(Kind::Log(l)) => writeln!(out, "    | {}", l.line),
         Some(Kind::Check(c)) => {
             let mark = match (c.ok, c.inconclusive) {
+                _ if c.skipped => "skip",
                 (true, _) => "pass",
                 (false, true) => "????",
                 (false, false) => "FAIL",

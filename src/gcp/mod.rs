@@ -15,6 +15,7 @@ pub mod error;
 pub mod http;
 pub mod iam;
 pub mod iamcredentials;
+pub mod identity;
 pub mod logging;
 pub mod lro;
 pub mod monitoring;

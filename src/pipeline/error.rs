@@ -275,10 +275,12 @@ pub enum StageError {
         source: super::archive::ArchiveError,
     },
 
-    #[error("{failed} of {total} preflight checks did not pass: {names}")]
+    #[error("{failed} of {total} preflight checks did not pass: {names}{skipped}")]
     PreflightFailed {
         failed: usize,
         total: usize,
+        /// "; N skipped until it passes", or nothing.
+        skipped: String,
         names: String,
         inconclusive_only: bool,
         remediation: Vec<String>,

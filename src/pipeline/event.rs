@@ -59,6 +59,9 @@ pub struct CheckResult {
     pub inconclusive: bool,
     pub detail: String,
     pub remediation: Vec<String>,
+    /// Not run, or its result set aside: a check it depends on failed.
+    #[serde(default)]
+    pub skipped: bool,
 }
 
 impl CheckResult {
@@ -69,6 +72,19 @@ impl CheckResult {
             inconclusive: false,
             detail: detail.into(),
             remediation: vec![],
+            skipped: false,
+        }
+    }
+
+    /// A check that cannot say anything until the one it depends on passes.
+    pub fn skipped(name: Cow<'static, str>, detail: impl Into<String>) -> Self {
+        Self {
+            name,
+            ok: false,
+            inconclusive: false,
+            detail: detail.into(),
+            remediation: vec![],
+            skipped: true,
         }
     }
 
@@ -79,6 +95,7 @@ impl CheckResult {
             inconclusive: false,
             detail: detail.into(),
             remediation,
+            skipped: false,
         }
     }
 
@@ -89,11 +106,13 @@ impl CheckResult {
             inconclusive: true,
             detail: detail.into(),
             remediation: vec!["Run preflight again; if it persists, check the API's status page and your network path to Google.".into()],
+            skipped: false,
         }
     }
 
     pub fn result_label(&self) -> &'static str {
         match (self.ok, self.inconclusive) {
+            _ if self.skipped => "skipped",
             (true, _) => "pass",
             (false, true) => "inconclusive",
             (false, false) => "fail",

@@ -104,7 +104,7 @@ impl Default for PipelineConfig {
             build_deadline_slack: Duration::from_secs(120),
             check_timeout: Duration::from_secs(20),
             work_dir: std::env::temp_dir().join("deployd"),
-            caller_member: "user:YOUR_EMAIL".into(),
+            caller_member: PLACEHOLDER_MEMBER.into(),
             max_source_bytes: archive::DEFAULT_MAX_SOURCE_BYTES,
             url_policy: UrlPolicy::default(),
             sources: source::SourcePolicy::default(),
@@ -1083,13 +1083,18 @@ fn workspace_dir(ws: &Option<source::Workspace>) -> Result<PathBuf, StageError> 
 
 /// Fails closed: any failed or inconclusive check stops the deploy.
 fn preflight_verdict(checks: &[event::CheckResult]) -> Result<(), StageError> {
-    let failed: Vec<&event::CheckResult> = checks.iter().filter(|c| !c.ok).collect();
-    if failed.is_empty() {
+    let failed: Vec<&event::CheckResult> = checks.iter().filter(|c| !c.ok && !c.skipped).collect();
+    let skipped = checks.iter().filter(|c| c.skipped).count();
+    if failed.is_empty() && skipped == 0 {
         return Ok(());
     }
     Err(StageError::PreflightFailed {
         failed: failed.len(),
         total: checks.len(),
+        skipped: match skipped {
+            0 => String::new(),
+            n => format!("; {n} skipped until it passes"),
+        },
         names: failed
             .iter()
             .map(|c| c.name.as_ref())
@@ -1129,6 +1134,10 @@ fn resume_message(d: &Deployment, resume: ResumePoint) -> String {
 }
 
 /// How long a rollback may still take once its run was cancelled.
+/// The member remediation commands name when the daemon's credentials do
+/// not say who it is.
+pub const PLACEHOLDER_MEMBER: &str = "user:YOUR_EMAIL";
+
 /// What an Analyze call found.
 #[derive(Debug, Clone)]
 pub struct Analysis {

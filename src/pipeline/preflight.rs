@@ -68,12 +68,27 @@ pub const CHECK_ORDER: &[&str] = &[
     "prometheus",
 ];
 
+/// The checks of a project, after project_access: each needs the project.
+const PROJECT_CHECKS: &[&str] = &[
+    "required_apis",
+    "permissions",
+    "service_account",
+    "artifact_registry",
+    "build_bucket",
+    "cloud_build",
+    "network_policies",
+];
+
 /// How far the project could be looked at.
 enum Reach {
     Reachable(Project),
     /// The Resource Manager API is disabled: the project number is unknown.
     ApiDisabled,
+    /// The lookup failed without a verdict: the number is unknown.
     Unreachable,
+    /// The project does not exist, is not the caller's to see, or is not
+    /// active: no other check can say anything useful about it.
+    Inaccessible,
 }
 
 /// A check call that failed for good (or not at all conclusively).
@@ -104,6 +119,7 @@ impl Pipeline {
         pending.push(Box::pin(self.check_network_policies(req, cancel)));
         let mut project_check = Box::pin(self.check_project(req, cancel));
         let mut project_done = false;
+        let mut inaccessible = false;
         let mut results = Vec::with_capacity(CHECK_ORDER.len());
         let mut reported = 0;
         loop {
@@ -114,6 +130,27 @@ impl Pipeline {
                         Reach::Reachable(p) => Some(p),
                         // Resource Manager is off: the number is unknown.
                         Reach::ApiDisabled => None,
+                        Reach::Inaccessible => {
+                            // Said once, by project_access: the others are
+                            // stopped and reported skipped.
+                            inaccessible = true;
+                            pending.clear();
+                            let skip = |c: &CheckResult| {
+                                CheckResult::skipped(
+                                    c.name.clone(),
+                                    format!("skipped: project {} is not accessible (project_access)", req.target.project),
+                                )
+                            };
+                            for c in results.iter_mut() {
+                                *c = skip(c);
+                            }
+                            for name in PROJECT_CHECKS {
+                                if results.iter().all(|c: &CheckResult| c.name != *name) {
+                                    results.push(skip(&CheckResult::pass(name, "")));
+                                }
+                            }
+                            None
+                        }
                         Reach::Unreachable => {
                             for name in ["service_account", "build_bucket"] {
                                 let skipped = CheckResult::fail(
@@ -129,7 +166,7 @@ impl Pipeline {
                             None
                         }
                     };
-                    if results.iter().all(|c: &CheckResult| c.name != "service_account") {
+                    if !inaccessible && results.iter().all(|c: &CheckResult| c.name != "service_account") {
                         let project = known.get_or_init(|| project).as_ref();
                         pending.push(Box::pin(self.check_service_account(req, project, cancel)));
                         pending.push(Box::pin(self.check_bucket(req, project, cancel)));
@@ -242,7 +279,7 @@ impl Pipeline {
                         format!("project {p} is scheduled for deletion"),
                         vec![format!("gcloud projects undelete {q_p}")],
                     ),
-                    Reach::Unreachable,
+                    Reach::Inaccessible,
                 ),
                 ProjectState::Other(s) => (
                     CheckResult::fail(
@@ -253,7 +290,7 @@ impl Pipeline {
                             format!("https://console.cloud.google.com/home/dashboard?project={p}"),
                         ],
                     ),
-                    Reach::Unreachable,
+                    Reach::Inaccessible,
                 ),
             },
             Err(CallError::Failed(e)) if e.reason.as_deref() == Some("SERVICE_DISABLED") => (
@@ -277,7 +314,7 @@ impl Pipeline {
                         format!("https://console.cloud.google.com/home/dashboard?project={p}"),
                     ],
                 ),
-                Reach::Unreachable,
+                Reach::Inaccessible,
             ),
             Err(e) => (
                 call_error_check(NAME, &format!("looking up project {p}"), e, p),
@@ -798,7 +835,7 @@ pub(super) fn call_error_check(
 /// Remediation of failed checks, deduplicated, in [`CHECK_ORDER`].
 pub fn gather_remediation(checks: &[CheckResult]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
-    for c in checks.iter().filter(|c| !c.ok) {
+    for c in checks.iter().filter(|c| !c.ok && !c.skipped) {
         for r in &c.remediation {
             if !out.contains(r) {
                 out.push(r.clone());

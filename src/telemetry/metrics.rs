@@ -117,7 +117,7 @@ pub const SPEC: &[MetricSpec] = &[
         name: PREFLIGHT_CHECKS,
         kind: Kind::Counter,
         labels: &["check", "result"],
-        help: "Preflight check verdicts by check and result (pass, fail, inconclusive).",
+        help: "Preflight check verdicts by check and result (pass, fail, inconclusive, skipped: not run because project_access failed).",
     },
     MetricSpec {
         name: BUILDS,
