@@ -1539,3 +1539,91 @@ fn serve_names_the_member_of_its_credentials() {
         "{log}"
     );
 }
+
+/// `deploy --image` deploys a prebuilt image as `gcloud run deploy --image`
+/// does: no source, analyze or build stage; preflight, deploy and verify
+/// run, and the image an earlier deploy built is what serves (its process,
+/// on the sandbox). An image never pushed fails as Cloud Run fails, with a
+/// remedy about pulling it; a malformed one is refused naming source.image.
+#[test]
+fn deploy_image_skips_source_analysis_and_build() {
+    let examples = format!("{}/examples", env!("CARGO_MANIFEST_DIR"));
+    let served = common::serve(deployd(), &["--sandbox", "--local-source-root", &examples]);
+    let server = format!("http://127.0.0.1:{}", served.grpc);
+    let events = |out: &std::process::Output| -> Vec<serde_json::Value> {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON line"))
+            .collect()
+    };
+    let out = deploy_to(&server, "from-source", &["--json"]).output_checked();
+    assert!(out.status.success());
+    let built = events(&out).last().expect("outcome")["outcome"]["image"]
+        .as_str()
+        .expect("image")
+        .to_string();
+    assert!(built.contains("@sha256:"), "{built}");
+
+    let image_deploy = |service: &str, image: &str| {
+        deployd()
+            .args(["deploy", "--server", &server, "--project", "demo-project"])
+            .args([
+                "--image",
+                image,
+                "--service",
+                service,
+                "--allow-unauthenticated",
+                "--json",
+            ])
+            .output_checked()
+    };
+    let out = image_deploy("prebuilt", &built);
+    let lines = events(&out);
+    assert!(out.status.success(), "{lines:#?}");
+    let stages: std::collections::BTreeSet<&str> = lines
+        .iter()
+        .filter(|l| l.get("stageStarted").is_some())
+        .filter_map(|l| l["stage"].as_str())
+        .collect();
+    assert_eq!(
+        stages,
+        ["STAGE_DEPLOY", "STAGE_PREFLIGHT", "STAGE_VERIFY"].into(),
+        "{lines:#?}"
+    );
+    let outcome = &lines.last().expect("outcome")["outcome"];
+    assert_eq!(outcome["image"], built.as_str());
+    assert_eq!(outcome["buildId"], "");
+    let url = outcome["url"].as_str().expect("url");
+    assert_eq!(
+        reqwest::blocking_get(url),
+        "Hello from deployd's example app\n",
+        "the built image's own app serves"
+    );
+
+    let missing = "us-central1-docker.pkg.dev/demo-project/deployd/never-pushed:v1";
+    let out = image_deploy("missing", missing);
+    assert_eq!(out.status.code(), Some(1));
+    let lines = events(&out);
+    let error = &lines.last().expect("outcome")["outcome"]["error"];
+    assert_eq!(error["code"], "REVISION_NOT_READY", "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(missing) && m.contains("not found")),
+        "{error}"
+    );
+    assert!(
+        error["remediation"][0]
+            .as_str()
+            .is_some_and(|r| r.starts_with("Cloud Run could not pull the image")),
+        "{error}"
+    );
+
+    let out = image_deploy("bad", "Not An Image");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("source.image:"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -38,6 +38,17 @@ fn git(url: &str, git_ref: &str) -> Edit {
     })
 }
 
+fn image(image: &str, subdirectory: &str) -> Edit {
+    let (image, subdirectory) = (image.to_string(), subdirectory.to_string());
+    edit(move |r| {
+        r.source = Some(proto::Source {
+            kind: Some(proto::source::Kind::Image(image.clone())),
+            git_ref: String::new(),
+            subdirectory: subdirectory.clone(),
+        })
+    })
+}
+
 fn project(p: &str) -> Edit {
     let p = p.to_string();
     edit(move |r| r.target.as_mut().expect("target").project = p.clone())
@@ -145,6 +156,10 @@ fn deploy_cases() -> Vec<(&'static str, Edit)> {
             "source.subdirectory",
             edit(|r| r.source.as_mut().expect("s").subdirectory = "a/../../b".into()),
         ),
+        ("source.image", image("-oops", "")),
+        ("source.image", image("$(reboot)", "")),
+        ("source.image", image("gcr.io/p/app:tag:again", "")),
+        ("source.subdirectory", image("gcr.io/p/app:v1", "sub")),
         ("source.git_url", git("file:///etc", "")),
         ("source.git_url", git("/srv/repo.git", "")),
         ("source.git_url", git("ext::sh -c id", "")),

@@ -126,7 +126,19 @@ fn source(s: Option<proto::Source>) -> Result<(SourceSpec, Option<String>), Inva
             url,
             git_ref: nonempty(s.git_ref),
         },
-        None => return Err(InvalidRequest::new("source", "needs local_path or git_url")),
+        Some(proto::source::Kind::Image(_)) if !s.git_ref.is_empty() => {
+            return Err(InvalidRequest::new(
+                "source.git_ref",
+                "an image has no git ref",
+            ));
+        }
+        Some(proto::source::Kind::Image(image)) => SourceSpec::Image(image),
+        None => {
+            return Err(InvalidRequest::new(
+                "source",
+                "needs local_path, git_url or image",
+            ))
+        }
     };
     Ok((spec, subdirectory))
 }
@@ -568,6 +580,7 @@ pub fn deploy_request_proto(r: &DeployRequest, request_id: String) -> proto::Dep
             proto::source::Kind::GitUrl(url.clone()),
             git_ref.clone().unwrap_or_default(),
         ),
+        SourceSpec::Image(image) => (proto::source::Kind::Image(image.clone()), String::new()),
     };
     let rt = &r.runtime;
     let (rollout_mode, canary_percent) = match r.rollout {

@@ -420,6 +420,7 @@ impl DeployerService {
         let shown = match &req.source {
             SourceSpec::LocalPath(p) => p.display().to_string(),
             SourceSpec::Git { url, .. } => url.clone(),
+            SourceSpec::Image(image) => image.clone(),
         };
         call.permit_analyze(&shown)?;
         Ok(convert::analyze_response(self.pipeline.analyze(&req).await))

@@ -477,9 +477,13 @@ enum EgressArg {
 
 #[derive(Args, Debug)]
 struct DeployArgs {
-    /// Source directory (omit with --git-url).
-    #[arg(required_unless_present = "git_url")]
+    /// Source directory (omit with --git-url or --image).
+    #[arg(required_unless_present_any = ["git_url", "image"])]
     path: Option<PathBuf>,
+    /// Deploy a prebuilt container image instead of source, as `gcloud run
+    /// deploy --image` does: no analysis and no build.
+    #[arg(long, conflicts_with_all = ["path", "git_url", "subdirectory"], help_heading = "Source")]
+    image: Option<String>,
     /// A git repository to deploy instead of a directory (https://; ssh
     /// only where the daemon allows it).
     #[arg(long, conflicts_with = "path", help_heading = "Source")]
@@ -849,10 +853,11 @@ async fn run(command: Command) -> anyhow::Result<i32> {
                 ),
                 None => None,
             };
-            let kind = match (local_path, &a.git_url) {
-                (Some(p), _) => proto::source::Kind::LocalPath(p),
-                (None, Some(u)) => proto::source::Kind::GitUrl(u.clone()),
-                (None, None) => bail!("a source path or --git-url is required"),
+            let kind = match (local_path, &a.git_url, &a.image) {
+                (Some(p), _, _) => proto::source::Kind::LocalPath(p),
+                (None, Some(u), _) => proto::source::Kind::GitUrl(u.clone()),
+                (None, None, Some(i)) => proto::source::Kind::Image(i.clone()),
+                (None, None, None) => bail!("a source path, --git-url or --image is required"),
             };
             let secrets = a
                 .secrets

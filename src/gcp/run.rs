@@ -192,6 +192,11 @@ struct Condition {
     kind: String,
     state: String,
     message: String,
+    /// A CommonReason (CONTAINER_MISSING, ...), when the failure is not
+    /// the revision's own.
+    reason: String,
+    #[serde(rename = "revisionReason")]
+    revision_reason: String,
 }
 
 fn short(rev: String) -> Option<String> {
@@ -203,12 +208,15 @@ fn short(rev: String) -> Option<String> {
 
 impl From<Service> for RunService {
     fn from(s: Service) -> Self {
-        let (ready, ready_message) = match s.terminal_condition {
+        let (ready, ready_message, ready_reason) = match s.terminal_condition {
             Some(c) => (
                 c.state == "CONDITION_SUCCEEDED",
                 (!c.message.is_empty()).then_some(c.message),
+                [c.reason, c.revision_reason]
+                    .into_iter()
+                    .find(|r| !r.is_empty() && r != "COMMON_REASON_UNDEFINED"),
             ),
-            None => (false, None),
+            None => (false, None, None),
         };
         let notices = s
             .conditions
@@ -242,6 +250,7 @@ impl From<Service> for RunService {
                 .collect(),
             ready,
             ready_message,
+            ready_reason,
             reconciling: s.reconciling,
             image: s.template.containers.into_iter().next().map(|c| c.image),
             tag_urls: s

@@ -178,6 +178,9 @@ pub struct RunService {
     pub traffic: Vec<TrafficTarget>,
     pub ready: bool,
     pub ready_message: Option<String>,
+    /// Why it is not ready, as Cloud Run's condition says (a CommonReason
+    /// such as CONTAINER_MISSING, or a revision reason).
+    pub ready_reason: Option<String>,
     /// A rollout is still in progress: `ready` is not final yet.
     pub reconciling: bool,
     pub image: Option<String>,

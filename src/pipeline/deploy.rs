@@ -129,13 +129,14 @@ impl Pipeline {
         };
         let service = match rollout {
             Rollout::Ready(s) => s,
-            Rollout::Failed { message, .. } => {
+            Rollout::Failed { message, service } => {
                 let revision = name.clone();
                 d.revision = Some(revision.clone());
                 return Err(StageError::RevisionNotReady {
                     service: target.service,
                     revision,
                     message,
+                    reason: service.and_then(|s| s.ready_reason),
                 });
             }
         };
@@ -148,6 +149,7 @@ impl Pipeline {
             return Err(StageError::RevisionNotReady {
                 service: target.service,
                 revision,
+                reason: service.ready_reason.clone(),
                 message: service.ready_message.clone().unwrap_or_else(|| {
                     format!(
                         "the service is not Ready (latest ready revision {:?}, latest created {:?})",
@@ -203,6 +205,18 @@ impl Pipeline {
     ) {
         let target = &d.request.target;
         d.previous_revision = existing.and_then(|s| s.serving_revision());
+        if let Some(image) = d.request.source.image() {
+            events
+                .build_progress(
+                    Stage::Deploy,
+                    format!("deploying the prebuilt image {image} (no source, analysis or build)"),
+                    super::event::BuildFacts {
+                        image: Some(image.to_string()),
+                        ..Default::default()
+                    },
+                )
+                .await;
+        }
         let mut mode = d.request.rollout;
         match (&d.previous_revision, mode) {
             (None, RolloutMode::Direct) => {
@@ -347,10 +361,11 @@ impl Pipeline {
             .await?;
         match rollout {
             Rollout::Ready(s) => Ok(s),
-            Rollout::Failed { message, .. } => Err(StageError::RevisionNotReady {
+            Rollout::Failed { message, service } => Err(StageError::RevisionNotReady {
                 service: target.service.clone(),
                 revision: revision.to_string(),
                 message,
+                reason: service.and_then(|s| s.ready_reason),
             }),
         }
     }

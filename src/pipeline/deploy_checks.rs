@@ -88,7 +88,12 @@ impl Pipeline {
         // The image is not built yet: its future name stands in for it.
         let spec = ServiceSpec {
             target: target.clone(),
-            image: naming::image(target, &d.request.build.repository),
+            image: d
+                .request
+                .source
+                .image()
+                .map(str::to_string)
+                .unwrap_or_else(|| naming::image(target, &d.request.build.repository)),
             runtime: d.revision_runtime(),
             labels: BTreeMap::from([("managed-by".to_string(), "deployd".to_string())]),
             revision_name: None,

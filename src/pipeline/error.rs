@@ -317,6 +317,8 @@ pub enum StageError {
         service: String,
         revision: String,
         message: String,
+        /// Cloud Run's reason, when its condition gave one.
+        reason: Option<String>,
     },
 
     #[error("{url} was not healthy after {attempts} attempt(s): {last_error}")]
@@ -427,6 +429,11 @@ impl StageError {
             StageError::BuildTimedOut { log_url, .. } => (FailureCode::BuildTimeout, true, vec![
                 "Raise the build timeout (build.timeout_seconds) if the build is legitimately slow.".into(),
                 format!("Full build log: {log_url}"),
+            ]),
+            // Cloud Run could not pull the image: no container ran.
+            StageError::RevisionNotReady { reason: Some(r), .. } if r.starts_with("CONTAINER_MISSING") || r.starts_with("CONTAINER_IMAGE") || r == "CONTAINER_PERMISSION_DENIED" => (FailureCode::RevisionNotReady, false, vec![
+                "Cloud Run could not pull the image: check that it exists (gcloud artifacts docker images list, or the registry's own listing) and that the Cloud Run service agent may read it.".into(),
+                format!("An image in another project's registry needs roles/artifactregistry.reader there for this project's Cloud Run service agent (shown with Google-provided grants at https://console.cloud.google.com/iam-admin/iam?project={project})."),
             ]),
             StageError::RevisionNotReady { .. } => (FailureCode::RevisionNotReady, false, vec![
                 "Make sure the container listens on $PORT (8080 by default) and starts within the startup timeout.".into(),

@@ -466,9 +466,24 @@ impl Pipeline {
                 tracing::info!("deploy started");
             }
             let mut workspace = None;
+            // A prebuilt image is what a build would have produced: there
+            // is no source to fetch, analyze or build.
+            if let (Some(image), None) = (d.request.source.image(), &d.build) {
+                d.build = Some(BuildRecord {
+                    id: String::new(),
+                    image: image.to_string(),
+                    log_url: String::new(),
+                    attempts: 0,
+                });
+            }
             if let ResumePoint::Stages(first) = resume {
                 for stage in &Stage::DEPLOY_ORDER[first..] {
                     let stage = *stage;
+                    if d.request.source.image().is_some()
+                        && matches!(stage, Stage::Source | Stage::Analyze | Stage::Build)
+                    {
+                        continue;
+                    }
                     if let Err(e) = self.timed_stage(stage, &mut d, &mut workspace, &events, &cancel).await {
                         if is_lease_lost(&e) {
                             return true;

@@ -182,6 +182,17 @@ pub enum SourceSpec {
         url: String,
         git_ref: Option<String>,
     },
+    /// A prebuilt image: nothing to fetch, analyze or build.
+    Image(String),
+}
+
+impl SourceSpec {
+    pub fn image(&self) -> Option<&str> {
+        match self {
+            SourceSpec::Image(i) => Some(i),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -757,6 +768,12 @@ impl DeployRequest {
         self.target.check(true, v);
         v.check(check_source(&self.source));
         v.check(check_subdirectory(self.subdirectory.as_deref()));
+        if self.source.image().is_some() && self.subdirectory.is_some() {
+            v.push(InvalidRequest::new(
+                "source.subdirectory",
+                "an image has no source directories",
+            ));
+        }
         // The health check first: the startup probe takes its path.
         self.health.check("health_check.", "health_check.path", v);
         self.runtime.check(v);
@@ -811,8 +828,8 @@ impl DeployRequest {
     }
 }
 
-/// Where the source comes from: an absolute local path, or a git URL and
-/// ref git may be given.
+/// Where the source comes from: an absolute local path, a git URL and ref
+/// git may be given, or an image reference.
 fn check_source(source: &SourceSpec) -> Result<(), InvalidRequest> {
     match source {
         SourceSpec::LocalPath(p) => {
@@ -846,6 +863,9 @@ fn check_source(source: &SourceSpec) -> Result<(), InvalidRequest> {
             if let Some(r) = git_ref {
                 rules::git_ref(r).map_err(|r| InvalidRequest::new("source.git_ref", r))?;
             }
+        }
+        SourceSpec::Image(image) => {
+            rules::image_ref(image).map_err(|r| InvalidRequest::new("source.image", r))?;
         }
     }
     Ok(())
@@ -884,7 +904,14 @@ impl AnalyzeRequest {
     /// Every rule the request breaks: the same as a Deploy's source.
     pub fn violations(&self) -> Vec<InvalidRequest> {
         let mut v = Violations::default();
-        v.check(check_source(&self.source));
+        if self.source.image().is_some() {
+            v.push(InvalidRequest::new(
+                "source.image",
+                "Analyze reads source code: give local_path or git_url",
+            ));
+        } else {
+            v.check(check_source(&self.source));
+        }
         v.check(check_subdirectory(self.subdirectory.as_deref()));
         v.into_vec()
     }

@@ -528,3 +528,56 @@ mod tests {
         assert_eq!(truncate("héllo", 2), "h");
     }
 }
+
+/// A container image reference as Docker reads one:
+/// `[HOST[:PORT]/]PATH[:TAG][@sha256:DIGEST]`, lowercase path components.
+/// It reaches Cloud Run's API and remediation commands, never a shell
+/// unquoted.
+pub fn image_ref(image: &str) -> Result<(), String> {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let re = RE.get_or_init(|| {
+        let component = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*";
+        regex::Regex::new(&format!(
+            r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::[0-9]+)?/)?{component}(?:/{component})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?(?:@sha256:[0-9a-f]{{64}})?$"
+        ))
+        .expect("a valid pattern")
+    });
+    if image.len() > 1024 || !re.is_match(image) {
+        return Err(format!(
+            "{} is not an image reference (HOST/PATH[:TAG][@sha256:DIGEST], e.g. us-docker.pkg.dev/my-project/repo/app:v1)",
+            shown(image)
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod image_ref_tests {
+    use super::image_ref;
+
+    #[test]
+    fn image_references() {
+        for ok in [
+            "us-central1-docker.pkg.dev/demo-project/deployd/hello:v1",
+            "us-central1-docker.pkg.dev/demo-project/deployd/hello@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "gcr.io/my-project/app",
+            "nginx",
+            "library/nginx:1.27-alpine",
+            "localhost:5000/a/b_c:latest",
+        ] {
+            assert!(image_ref(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "-oops",
+            "Upper/Case",
+            "a b",
+            "x:tag:again",
+            "repo/app@sha256:short",
+            "$(reboot)",
+            "gcr.io/p/app\n",
+        ] {
+            assert!(image_ref(bad).is_err(), "{bad:?}");
+        }
+    }
+}

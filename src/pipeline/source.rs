@@ -175,6 +175,13 @@ pub async fn fetch(
         SourceSpec::Git { url, git_ref } => {
             clone(url, git_ref.as_deref(), policy, work_root).await?
         }
+        // The run skips the source stage for an image; nothing to fetch.
+        SourceSpec::Image(image) => {
+            return Err(StageError::Source {
+                location: image.clone(),
+                reason: "a prebuilt image has no source to fetch".into(),
+            })
+        }
     };
     if let Some(sub) = subdirectory {
         let dir = ws.dir.join(sub);

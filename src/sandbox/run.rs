@@ -890,7 +890,12 @@ pub(crate) fn finish_operations(sh: &Arc<Shared>, w: &mut World, now: Instant) {
                         .and_then(|s| {
                             let name = s.latest_created.clone()?;
                             let ready = s.revisions.iter().any(|r| r.name == name && r.ready);
-                            Some((name, ready))
+                            // A missing image starts no container to log.
+                            let started = !s
+                                .revisions
+                                .iter()
+                                .any(|r| r.name == name && r.reason == "CONTAINER_MISSING");
+                            Some((name, ready, started))
                         })
                 };
                 let before = latest(w);
@@ -913,7 +918,9 @@ pub(crate) fn finish_operations(sh: &Arc<Shared>, w: &mut World, now: Instant) {
                     native_failure.as_deref(),
                 );
                 match latest(w) {
-                    Some((revision, ready)) if Some(&revision) != before.as_ref().map(|b| &b.0) => {
+                    Some((revision, ready, started))
+                        if Some(&revision) != before.as_ref().map(|b| &b.0) =>
+                    {
                         let limits = &sh.config.limits;
                         if let (true, Some(p)) = (ready, process) {
                             w.ran_natively.insert((
@@ -934,7 +941,7 @@ pub(crate) fn finish_operations(sh: &Arc<Shared>, w: &mut World, now: Instant) {
                         for line in pending.into_iter().flatten() {
                             w.log(&project, &location, &service, &revision, line, limits);
                         }
-                        if !ready && result.is_err() {
+                        if !ready && started && result.is_err() {
                             // What Cloud Run's platform logs for a container
                             // that never listened.
                             let line = LoggedLine {
@@ -1248,7 +1255,16 @@ pub(crate) fn render_service(p: &ProjectState, l: &str, s: &str, svc: &Service) 
         json!({"type": "Ready", "state": state, "lastTransitionTime": svc.update_time});
     if let Some(m) = &svc.failed_message {
         terminal["message"] = json!(m);
-        terminal["revisionReason"] = json!("HEALTH_CHECK_CONTAINER_ERROR");
+        // A missing image is a CommonReason; a container that did not
+        // start is the revision's own.
+        let missing = svc.revisions.iter().any(|r| {
+            Some(&r.name) == svc.latest_created.as_ref() && r.reason == "CONTAINER_MISSING"
+        });
+        if missing {
+            terminal["reason"] = json!("CONTAINER_MISSING");
+        } else {
+            terminal["revisionReason"] = json!("HEALTH_CHECK_CONTAINER_ERROR");
+        }
     }
     let mut conditions = vec![
         json!({"type": "RoutesReady", "state": state}),

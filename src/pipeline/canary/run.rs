@@ -227,10 +227,11 @@ impl Pipeline {
             .await?;
         match rollout {
             Rollout::Ready(s) => Ok(s),
-            Rollout::Failed { message, .. } => Err(StageError::RevisionNotReady {
+            Rollout::Failed { message, service } => Err(StageError::RevisionNotReady {
                 service: target.service.clone(),
                 revision: candidate.to_string(),
                 message,
+                reason: service.and_then(|s| s.ready_reason),
             }),
         }
     }
