@@ -1,5 +1,6 @@
-//! The sandbox: an emulator of the Google Cloud REST APIs deployd uses,
-//! written from `shared/gcp-api-contract.md` and sharing no types with
+//! The sandbox: an emulator of the Google Cloud REST APIs deployd uses
+//! (listed in `docs/sandbox-api.md`), written from Google's API reference
+//! and sharing no types with
 //! `crate::gcp`, so a field misnamed on one side fails a test instead of
 //! agreeing with itself.
 //!
