@@ -61,23 +61,16 @@ pub const CHECK_ORDER: &[&str] = &[
     "build_bucket",
     "cloud_build",
     "network_policies",
-    // A deploy's own (deploy_checks.rs).
+    // A deploy's own (deploy_checks.rs); PROJECT_CHECKS ends before them.
     "revision_spec",
     "probe_identity",
     "monitoring_access",
     "prometheus",
 ];
 
-/// The checks of a project, after project_access: each needs the project.
-const PROJECT_CHECKS: &[&str] = &[
-    "required_apis",
-    "permissions",
-    "service_account",
-    "artifact_registry",
-    "build_bucket",
-    "cloud_build",
-    "network_policies",
-];
+/// The checks `run_checks` makes after project_access (each needs the
+/// project): CHECK_ORDER up to a deploy's own.
+const PROJECT_CHECKS: &[&str] = CHECK_ORDER.split_at(8).0.split_at(1).1;
 
 /// How far the project could be looked at.
 enum Reach {
@@ -854,5 +847,14 @@ pub fn request_for_deploy(d: &super::model::DeployRequest) -> PreflightRequest {
         ingress: d.runtime.ingress,
         vpc_egress: d.runtime.vpc_egress,
         build: d.build.clone(),
+    }
+}
+
+#[cfg(test)]
+mod project_checks_tests {
+    #[test]
+    fn project_checks_are_the_ones_after_project_access() {
+        assert_eq!(super::PROJECT_CHECKS.first(), Some(&"required_apis"));
+        assert_eq!(super::PROJECT_CHECKS.last(), Some(&"network_policies"));
     }
 }
