@@ -850,3 +850,49 @@ async fn the_sandbox_validates_revisions_as_cloud_run_does() {
     );
     assert!(h.sandbox.service(PROJECT, REGION, "direct").is_none());
 }
+
+/// A prebuilt image needs no build: its deploy's preflight neither requires
+/// Cloud Build or Artifact Registry (both disabled here after a first
+/// deploy built the image) nor checks or creates a repository or bucket,
+/// and nothing reaches Cloud Build or Cloud Storage.
+#[tokio::test]
+async fn an_image_deploy_needs_nothing_a_build_needs() {
+    let h = Harness::start().await;
+    let (_, built) = deploy(&h, deploy_request("from-source", &example_app())).await;
+    assert!(built.success, "{built:?}");
+    h.sandbox.with_project(PROJECT, |p| {
+        p.enabled_apis.remove("cloudbuild.googleapis.com");
+        p.enabled_apis.remove("artifactregistry.googleapis.com");
+    });
+    let seen = h.sandbox.requests().len();
+    let mut req = deploy_request("prebuilt", &example_app());
+    req.source = Some(proto::Source {
+        kind: Some(proto::source::Kind::Image(built.image.clone())),
+        ..Default::default()
+    });
+    let (events, o) = deploy(&h, req).await;
+    assert!(o.success, "{o:?}");
+    let names: Vec<String> = checks(&events).into_iter().map(|c| c.name).collect();
+    assert_eq!(
+        names,
+        [
+            "project_access",
+            "required_apis",
+            "permissions",
+            "service_account",
+            "network_policies",
+            "revision_spec"
+        ]
+    );
+    let after: Vec<String> = h.sandbox.requests()[seen..]
+        .iter()
+        .map(|r| r.method.clone())
+        .filter(|m| {
+            m.starts_with("cloudbuild.")
+                || m.starts_with("storage.")
+                || m.starts_with("artifactregistry.")
+        })
+        .collect();
+    assert!(after.is_empty(), "{after:?}");
+    assert_eq!(o.image, built.image);
+}

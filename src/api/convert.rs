@@ -284,6 +284,7 @@ pub fn preflight_request(r: proto::PreflightRequest) -> Result<PreflightRequest,
             service_account: r.build_service_account,
             ..Default::default()
         })),
+        prebuilt_image: false,
     })
 }
 

@@ -924,6 +924,11 @@ pub struct PreflightRequest {
     pub ingress: Option<Ingress>,
     pub vpc_egress: Option<VpcEgress>,
     pub build: BuildOptions,
+    /// A deploy of a prebuilt image: nothing is uploaded or built, so what
+    /// only a build needs (its APIs, permissions, repository, bucket and
+    /// Cloud Build settings) is neither required nor created.
+    #[serde(default)]
+    pub prebuilt_image: bool,
 }
 
 impl PreflightRequest {

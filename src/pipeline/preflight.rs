@@ -24,6 +24,32 @@ pub const REQUIRED_APIS: &[&str] = &[
     "secretmanager.googleapis.com",
 ];
 
+/// The APIs only a build uses; an image deploy does not need them.
+const BUILD_APIS: &[&str] = &[
+    "cloudbuild.googleapis.com",
+    "artifactregistry.googleapis.com",
+];
+
+/// The checks only a build needs.
+const BUILD_CHECKS: &[&str] = &["artifact_registry", "build_bucket", "cloud_build"];
+
+/// Whether a permission serves only the build (its upload, repository and
+/// Cloud Build itself).
+fn build_only(permission: &str) -> bool {
+    ["cloudbuild.", "artifactregistry.", "storage."]
+        .iter()
+        .any(|p| permission.starts_with(p))
+}
+
+/// What a request's preflight needs, of `all`: everything for a source
+/// deploy, less `build_only` for an image deploy.
+fn needed<T: Copy>(req: &PreflightRequest, all: &[T], build_only: impl Fn(T) -> bool) -> Vec<T> {
+    all.iter()
+        .copied()
+        .filter(|x| !req.prebuilt_image || !build_only(*x))
+        .collect()
+}
+
 /// Each permission a deploy needs, with the predefined role that grants it.
 pub const REQUIRED_PERMISSIONS: &[(&str, &str)] = &[
     ("run.services.get", "roles/run.admin"),
@@ -105,10 +131,17 @@ impl Pipeline {
         // trips (project, then the service account), not one per check.
         let known: OnceLock<Option<Project>> = OnceLock::new();
         let mut pending: FuturesUnordered<Check<'_>> = FuturesUnordered::new();
+        // The checks this request gets, in the order they are reported.
+        let planned = needed(req, &CHECK_ORDER[..=PROJECT_CHECKS.len()], |n| {
+            BUILD_CHECKS.contains(&n)
+        });
+        let build = !req.prebuilt_image;
         pending.push(Box::pin(self.check_apis(req, cancel)));
         pending.push(Box::pin(self.check_permissions(req, cancel)));
-        pending.push(Box::pin(self.check_repository(req, cancel)));
-        pending.push(Box::pin(self.check_cloud_build(req, cancel)));
+        if build {
+            pending.push(Box::pin(self.check_repository(req, cancel)));
+            pending.push(Box::pin(self.check_cloud_build(req, cancel)));
+        }
         pending.push(Box::pin(self.check_network_policies(req, cancel)));
         let mut project_check = Box::pin(self.check_project(req, cancel));
         let mut project_done = false;
@@ -137,7 +170,7 @@ impl Pipeline {
                             for c in results.iter_mut() {
                                 *c = skip(c);
                             }
-                            for name in PROJECT_CHECKS {
+                            for name in planned.iter().skip(1) {
                                 if results.iter().all(|c: &CheckResult| c.name != *name) {
                                     results.push(skip(&CheckResult::pass(name, "")));
                                 }
@@ -145,7 +178,7 @@ impl Pipeline {
                             None
                         }
                         Reach::Unreachable => {
-                            for name in ["service_account", "build_bucket"] {
+                            for name in ["service_account", "build_bucket"].into_iter().filter(|n| planned.contains(n)) {
                                 let skipped = CheckResult::fail(
                                     name,
                                     format!("not checked: project {} is not reachable", req.target.project),
@@ -162,7 +195,9 @@ impl Pipeline {
                     if !inaccessible && results.iter().all(|c: &CheckResult| c.name != "service_account") {
                         let project = known.get_or_init(|| project).as_ref();
                         pending.push(Box::pin(self.check_service_account(req, project, cancel)));
-                        pending.push(Box::pin(self.check_bucket(req, project, cancel)));
+                        if build {
+                            pending.push(Box::pin(self.check_bucket(req, project, cancel)));
+                        }
                     }
                     r
                 }
@@ -173,7 +208,7 @@ impl Pipeline {
             // Reported in CHECK_ORDER, each as soon as those before it are
             // done: every run reads the same, and nothing waits on a check
             // behind it.
-            while let Some(c) = CHECK_ORDER
+            while let Some(c) = planned
                 .get(reported)
                 .and_then(|name| results.iter().find(|c| c.name == *name))
             {
@@ -319,9 +354,10 @@ impl Pipeline {
     async fn check_apis(&self, req: &PreflightRequest, cancel: &CancellationToken) -> CheckResult {
         const NAME: &str = "required_apis";
         let p = &req.target.project;
+        let apis = needed(req, REQUIRED_APIS, |a| BUILD_APIS.contains(&a));
         let q_p = shell::quote(p);
         match self
-            .call(cancel, || self.cloud.services_enabled(p, REQUIRED_APIS))
+            .call(cancel, || self.cloud.services_enabled(p, &apis))
             .await
         {
             Ok(states) => {
@@ -333,10 +369,7 @@ impl Pipeline {
                 if disabled.is_empty() {
                     CheckResult::pass(
                         NAME,
-                        format!(
-                            "all {} required APIs are enabled in {p}",
-                            REQUIRED_APIS.len()
-                        ),
+                        format!("all {} required APIs are enabled in {p}", apis.len()),
                     )
                 } else {
                     CheckResult::fail(
@@ -368,13 +401,14 @@ impl Pipeline {
         const NAME: &str = "permissions";
         let p = &req.target.project;
         let q_p = shell::quote(p);
-        let wanted: Vec<&str> = REQUIRED_PERMISSIONS.iter().map(|(perm, _)| *perm).collect();
+        let required = needed(req, REQUIRED_PERMISSIONS, |(perm, _)| build_only(perm));
+        let wanted: Vec<&str> = required.iter().map(|(perm, _)| *perm).collect();
         match self
             .call(cancel, || self.cloud.test_project_permissions(p, &wanted))
             .await
         {
             Ok(held) => {
-                let missing: Vec<&(&str, &str)> = REQUIRED_PERMISSIONS
+                let missing: Vec<&(&str, &str)> = required
                     .iter()
                     .filter(|(perm, _)| !held.iter().any(|h| h == perm))
                     .collect();
@@ -847,6 +881,7 @@ pub fn request_for_deploy(d: &super::model::DeployRequest) -> PreflightRequest {
         ingress: d.runtime.ingress,
         vpc_egress: d.runtime.vpc_egress,
         build: d.build.clone(),
+        prebuilt_image: d.source.image().is_some(),
     }
 }
 
