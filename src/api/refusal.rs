@@ -16,8 +16,12 @@ pub const DOMAIN: &str = "deployd.v1";
 const MAX_MESSAGE: usize = 1024;
 
 /// Field violations kept in one refusal; a request breaking more rules
-/// than this is told about the first ones.
-const MAX_VIOLATIONS: usize = 50;
+/// than this is told about the first ones. The details travel base64'd in
+/// the `grpc-status-details-bin` header, so they are bounded well inside
+/// the 16 KiB header lists HTTP/2 peers commonly accept: at most
+/// MAX_VIOLATIONS x MAX_DESCRIPTION bytes of descriptions.
+const MAX_VIOLATIONS: usize = 20;
+const MAX_DESCRIPTION: usize = 200;
 
 /// `ErrorInfo.reason` of each kind of refusal: a stable contract, listed
 /// with its status code in the proto's service comment.
@@ -123,7 +127,10 @@ pub fn invalid(violations: Vec<InvalidRequest>) -> Status {
         std::collections::HashMap::new(),
     );
     for v in kept {
-        details.add_bad_request_violation(v.field.clone(), truncate(&v.reason, MAX_MESSAGE));
+        details.add_bad_request_violation(
+            truncate(&v.field, MAX_DESCRIPTION),
+            truncate(&v.reason, MAX_DESCRIPTION),
+        );
     }
     Status::with_error_details(
         Code::InvalidArgument,
@@ -187,5 +194,23 @@ mod tests {
             .collect();
         assert_eq!(fields, ["target.project", "runtime.memory"]);
         assert_eq!(d.error_info().expect("ErrorInfo").reason, "INVALID_REQUEST");
+    }
+
+    /// However many rules a request breaks, the details stay small enough
+    /// for a header.
+    #[test]
+    fn the_details_are_bounded() {
+        let many = (0..500)
+            .map(|i| InvalidRequest::new(format!("runtime.env.{i}"), "x".repeat(5000)))
+            .collect();
+        let s = invalid(many);
+        assert!(s.details().len() < 8 * 1024, "{} bytes", s.details().len());
+        assert_eq!(
+            s.get_error_details()
+                .bad_request()
+                .map(|b| b.field_violations.len()),
+            Some(MAX_VIOLATIONS)
+        );
+        assert!(s.message().len() <= MAX_MESSAGE);
     }
 }
