@@ -844,15 +844,7 @@ async fn run(command: Command) -> anyhow::Result<i32> {
         Command::Analyze(a) => analyze(a),
         Command::Serve(a) => serve(a).await,
         Command::Deploy(a) => {
-            let local_path = match &a.path {
-                Some(p) => Some(
-                    std::fs::canonicalize(p)
-                        .with_context(|| format!("source directory {}", p.display()))?
-                        .display()
-                        .to_string(),
-                ),
-                None => None,
-            };
+            let local_path = a.path.as_deref().map(daemon_path).transpose()?;
             let kind = match (local_path, &a.git_url, &a.image) {
                 (Some(p), _, _) => proto::source::Kind::LocalPath(p),
                 (None, Some(u), _) => proto::source::Kind::GitUrl(u.clone()),
@@ -1273,16 +1265,19 @@ async fn detach(mut stream: Events) -> anyhow::Result<i32> {
 }
 
 /// Local analysis: the same code the Analyze stage runs.
+/// A local source as the daemon must be sent it: absolute and resolved,
+/// since it shares no working directory with this command.
+fn daemon_path(p: &std::path::Path) -> anyhow::Result<String> {
+    Ok(std::fs::canonicalize(p)
+        .with_context(|| format!("source directory {}", p.display()))?
+        .display()
+        .to_string())
+}
+
 /// `deployd analyze --server URL`: the daemon's Analyze RPC.
 async fn analyze_remote(a: AnalyzeArgs) -> anyhow::Result<i32> {
     let kind = match (&a.path, &a.git_url) {
-        // The daemon resolves nothing against its own working directory.
-        (Some(p), _) => proto::source::Kind::LocalPath(
-            std::path::absolute(p)
-                .with_context(|| format!("source directory {}", p.display()))?
-                .display()
-                .to_string(),
-        ),
+        (Some(p), _) => proto::source::Kind::LocalPath(daemon_path(p)?),
         (None, Some(u)) => proto::source::Kind::GitUrl(u.clone()),
         (None, None) => bail!("a source path or --git-url is required"),
     };

@@ -431,7 +431,7 @@ impl StageError {
                 format!("Full build log: {log_url}"),
             ]),
             // Cloud Run could not pull the image: no container ran.
-            StageError::RevisionNotReady { reason: Some(r), .. } if r.starts_with("CONTAINER_MISSING") || r.starts_with("CONTAINER_IMAGE") || r == "CONTAINER_PERMISSION_DENIED" => (FailureCode::RevisionNotReady, false, vec![
+            StageError::RevisionNotReady { reason: Some(r), .. } if matches!(r.as_str(), "CONTAINER_MISSING" | "CONTAINER_PERMISSION_DENIED" | "CONTAINER_IMAGE_UNAUTHORIZED" | "CONTAINER_IMAGE_AUTHORIZATION_CHECK_FAILED") => (FailureCode::RevisionNotReady, false, vec![
                 "Cloud Run could not pull the image: check that it exists (gcloud artifacts docker images list, or the registry's own listing) and that the Cloud Run service agent may read it.".into(),
                 format!("An image in another project's registry needs roles/artifactregistry.reader there for this project's Cloud Run service agent (shown with Google-provided grants at https://console.cloud.google.com/iam-admin/iam?project={project})."),
             ]),

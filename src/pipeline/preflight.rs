@@ -3,6 +3,7 @@
 //! be reachable; each reports as it completes. Transient errors are retried
 //! with the build policy and then reported as inconclusive, never as passed.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::sync::OnceLock;
 
@@ -94,9 +95,9 @@ pub const CHECK_ORDER: &[&str] = &[
     "prometheus",
 ];
 
-/// The checks `run_checks` makes after project_access (each needs the
-/// project): CHECK_ORDER up to a deploy's own.
-const PROJECT_CHECKS: &[&str] = CHECK_ORDER.split_at(8).0.split_at(1).1;
+/// The checks `run_checks` makes, project_access first: CHECK_ORDER up to
+/// a deploy's own.
+const PROJECT_CHECKS: &[&str] = CHECK_ORDER.split_at(8).0;
 
 /// How far the project could be looked at.
 enum Reach {
@@ -132,9 +133,7 @@ impl Pipeline {
         let known: OnceLock<Option<Project>> = OnceLock::new();
         let mut pending: FuturesUnordered<Check<'_>> = FuturesUnordered::new();
         // The checks this request gets, in the order they are reported.
-        let planned = needed(req, &CHECK_ORDER[..=PROJECT_CHECKS.len()], |n| {
-            BUILD_CHECKS.contains(&n)
-        });
+        let planned = needed(req, PROJECT_CHECKS, |n| BUILD_CHECKS.contains(&n));
         let build = !req.prebuilt_image;
         pending.push(Box::pin(self.check_apis(req, cancel)));
         pending.push(Box::pin(self.check_permissions(req, cancel)));
@@ -146,7 +145,7 @@ impl Pipeline {
         let mut project_check = Box::pin(self.check_project(req, cancel));
         let mut project_done = false;
         let mut inaccessible = false;
-        let mut results = Vec::with_capacity(CHECK_ORDER.len());
+        let mut results: Vec<CheckResult> = Vec::with_capacity(CHECK_ORDER.len());
         let mut reported = 0;
         loop {
             let r = tokio::select! {
@@ -161,18 +160,18 @@ impl Pipeline {
                             // stopped and reported skipped.
                             inaccessible = true;
                             pending.clear();
-                            let skip = |c: &CheckResult| {
+                            let skip = |name: Cow<'static, str>| {
                                 CheckResult::skipped(
-                                    c.name.clone(),
+                                    name,
                                     format!("skipped: project {} is not accessible (project_access)", req.target.project),
                                 )
                             };
                             for c in results.iter_mut() {
-                                *c = skip(c);
+                                *c = skip(c.name.clone());
                             }
                             for name in planned.iter().skip(1) {
                                 if results.iter().all(|c: &CheckResult| c.name != *name) {
-                                    results.push(skip(&CheckResult::pass(name, "")));
+                                    results.push(skip(Cow::Borrowed(name)));
                                 }
                             }
                             None
@@ -888,8 +887,8 @@ pub fn request_for_deploy(d: &super::model::DeployRequest) -> PreflightRequest {
 #[cfg(test)]
 mod project_checks_tests {
     #[test]
-    fn project_checks_are_the_ones_after_project_access() {
-        assert_eq!(super::PROJECT_CHECKS.first(), Some(&"required_apis"));
+    fn project_checks_end_before_a_deploys_own() {
+        assert_eq!(super::PROJECT_CHECKS.first(), Some(&"project_access"));
         assert_eq!(super::PROJECT_CHECKS.last(), Some(&"network_policies"));
     }
 }
