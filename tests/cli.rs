@@ -1540,11 +1540,17 @@ fn serve_names_the_member_of_its_credentials() {
     let mut cmd = deployd();
     cmd.env("GOOGLE_APPLICATION_CREDENTIALS", &adc);
     let served = common::serve(cmd, &[]);
-    let log = std::fs::read_to_string(served.state.path().join("serve.stderr")).expect("log");
-    assert!(
-        log.contains("serviceAccount:deployer@my-proj.iam.gserviceaccount.com"),
-        "{log}"
-    );
+    // The ports are bound before the credentials are read: wait for the line.
+    let want = "serviceAccount:deployer@my-proj.iam.gserviceaccount.com";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let log = std::fs::read_to_string(served.state.path().join("serve.stderr")).expect("log");
+        if log.contains(want) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{log}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 /// `deploy --image` deploys a prebuilt image as `gcloud run deploy --image`
